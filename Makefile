@@ -1,0 +1,51 @@
+# Two commands: `make lab` (set up on first run, then open the workbench) and `make test`.
+SHELL := /bin/bash
+PY_SYS ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8888
+STAMP := $(VENV)/.installed
+APT_STAMP := $(VENV)/.apt-installed
+DEBIAN_PKGS := espeak-ng flite festival sox asterisk-core-sounds-en asterisk-core-sounds-en-wav \
+               chromium chromium-driver fonts-dejavu-core
+
+.PHONY: lab test serve setup apt data demo bench clean-venv
+
+$(PY):
+	$(PY_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Re-install only when the pins change.
+$(STAMP): $(PY) requirements.txt requirements-test.txt pyproject.toml
+	$(PY) -m pip install -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian packages the data builder and the browser tests need (only when running as root).
+$(APT_STAMP): | $(PY)
+	@if [ "$$(id -u)" = "0" ]; then \
+	  missing=""; for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	else echo "not root: install these Debian packages yourself if missing: $(DEBIAN_PKGS)"; fi
+	touch $(APT_STAMP)
+
+apt: $(APT_STAMP)
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) notebooks/00_workbench.ipynb
+
+serve: setup
+	$(VENV)/bin/voila notebooks/00_workbench.ipynb --Voila.ip=127.0.0.1 --port=$(PORT) --no-browser
+
+test: setup apt
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m workbench bench interactive --json
+	$(PY) -m workbench bench latency --json
+	$(PY) -m workbench bench export --json
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,21 @@
+"""Errors the workbench raises on bad input. Each message names the file or field and the fix."""
+
+
+class WorkbenchError(Exception):
+    """Base class: anything the user can fix by changing an input."""
+
+
+class DataError(WorkbenchError):
+    """Bad audio, manifest or dataset input."""
+
+
+class CheckpointError(WorkbenchError):
+    """A checkpoint or weight file that cannot be loaded safely into the requested model."""
+
+
+class PlanError(WorkbenchError):
+    """A compression plan that is invalid, or made for another model."""
+
+
+class DeviceError(WorkbenchError):
+    """An unknown device name or a device profile missing a field."""

@@ -1,0 +1,91 @@
+"""The contract every acoustic model in the workbench follows.
+
+A model maps log-mel features to CTC log-probabilities in three stages, so the interactive engine
+can cache the input of any block and restart from there:
+
+    stem(features (B, n_mels, T), feat_lengths (B,)) -> h (B, T', D), lengths (B,)
+    blocks[i](h (B, T', D), pad_mask (B, T') bool True=pad) -> h (B, T', D)
+    head(h (B, T', D), lengths (B,)) -> logits (B, T', V)        # final norm + CTC classifier
+
+`forward` chains them and returns `(log_probs (B, T', V), lengths (B,))`.
+`ROLES` maps module-path patterns (fnmatch) to roles; `role_of(model, path)` resolves a path.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from workbench.models.layers import lengths_to_pad_mask
+
+#: The roles the profiler and the UI group cost by.
+ROLE_NAMES = ("front-end", "attention", "ffn", "conv", "norm", "head", "other")
+
+#: Character vocabulary for CTC: index 0 is the blank, 1 the word separator (space).
+VOCAB = ("<blank>", " ", "'", *"abcdefghijklmnopqrstuvwxyz")
+
+
+class CTCModel(nn.Module):
+    """Base class: subclasses define `stem`, `blocks`, `head`, `config` and `ROLES`."""
+
+    #: fnmatch patterns over module paths -> role; the first match wins.
+    ROLES: ClassVar[tuple[tuple[str, str], ...]] = ()
+    family: ClassVar[str] = "base"
+    blocks: nn.ModuleList
+    config: Any
+
+    def stem(self, features: torch.Tensor, feat_lengths: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def head(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, features: torch.Tensor, feat_lengths: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if feat_lengths is None:
+            feat_lengths = torch.full((features.shape[0],), features.shape[-1],
+                                      dtype=torch.long, device=features.device)
+        h, lengths = self.stem(features, feat_lengths)
+        return self.forward_from(h, lengths, 0)
+
+    def encode_until(self, features: torch.Tensor, feat_lengths: torch.Tensor, stop: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states at the input of block `stop` (0 = stem output): (B, T', D), lengths."""
+        h, lengths = self.stem(features, feat_lengths)
+        pad_mask = lengths_to_pad_mask(lengths, h.shape[1])
+        for block in self.blocks[:stop]:
+            h = block(h, pad_mask)
+        return h, lengths
+
+    def forward_from(self, h: torch.Tensor, lengths: torch.Tensor, start: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run blocks[start:] and the head on hidden states cached at the input of block `start`."""
+        pad_mask = lengths_to_pad_mask(lengths, h.shape[1])
+        for block in self.blocks[start:]:
+            h = block(h, pad_mask)
+        return self.head(h, lengths).log_softmax(dim=-1), lengths
+
+    def describe(self) -> dict[str, Any]:
+        """Family and config as plain data (stored in checkpoints)."""
+        return {"family": self.family, "config": asdict(self.config)}
+
+
+def role_of(model: nn.Module, path: str) -> str:
+    """Role of the submodule at `path` ("" is the whole model). Unknown paths are 'other'."""
+    for pattern, role in getattr(model, "ROLES", ()):
+        if fnmatch.fnmatchcase(path, pattern):
+            return role
+    return "other"
+
+
+def module_roles(model: nn.Module) -> dict[str, str]:
+    """Role of every named submodule that owns parameters directly (leaf layers)."""
+    out = {}
+    for path, module in model.named_modules():
+        if path and any(True for _ in module.parameters(recurse=False)):
+            out[path] = role_of(model, path)
+    return out
