@@ -1,0 +1,163 @@
+"""The `workbench` command line: data, train, eval, bench, calibrate, apply, lab.
+
+Machine-readable results go to stdout as one JSON object (with --json); progress and logs go to stderr.
+Errors on bad input print one clear line (no traceback) and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+
+def _print_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from workbench.evaluate import evaluate, load_eval_set
+    from workbench.models import load_checkpoint, load_demo
+    from workbench.paths import DEMO_DIR, REAL_TEST
+
+    torch.set_num_threads(args.threads)
+    manifest = Path(args.manifest) if args.manifest else REAL_TEST
+    checkpoint = Path(args.checkpoint) if args.checkpoint else DEMO_DIR / "model.safetensors"
+    model = load_checkpoint(checkpoint) if args.checkpoint else load_demo()
+    eval_set = load_eval_set(manifest, limit=args.limit)
+    result = evaluate(model, eval_set)
+    out = {"wer": round(result.wer, 4), "cer": round(result.cer, 4),
+           "utterances": result.utterances, "seconds": round(result.seconds, 3),
+           "audio_seconds": round(result.audio_seconds, 2),
+           "manifest": str(manifest), "checkpoint": str(checkpoint)}
+    if args.json:
+        _print_json(out)
+    else:
+        for r in result.per_utterance:
+            print(f"{r.id}\tREF: {r.reference}\n{'':{len(r.id)}}\tHYP: {r.hypothesis}")
+        print(f"WER {out['wer']:.3f}  CER {out['cer']:.3f}  ({out['utterances']} utterances, "
+              f"{out['seconds']} s)")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from workbench.data import build_all
+    from workbench.paths import cache_dir
+
+    out = Path(args.out) if args.out else cache_dir() / "corpus"
+    summary = build_all(out, n_train=args.n_train, seed=args.seed)
+    _print_json({"out": str(out), **(summary or {})})
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from workbench.recipes import train_conformer, train_demo
+
+    if args.demo:
+        summary = train_demo(out_dir=Path(args.out) if args.out else None,
+                             minutes=args.minutes, seed=args.seed)
+    else:
+        summary = train_conformer(preset=args.preset, out_dir=Path(args.out) if args.out else None,
+                                  minutes=args.minutes, seed=args.seed)
+    _print_json(summary)
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "00_workbench.ipynb"
+    return subprocess.call([sys.executable, "-m", "jupyter", "lab", "--ip=127.0.0.1",
+                            f"--port={args.port}", str(nb)])
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from workbench import bench
+
+    result = bench.run(args.what, args)
+    _print_json(result)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from workbench.latency import calibrate
+
+    result = calibrate(out_path=Path(args.out) if args.out else None)
+    _print_json(result if isinstance(result, dict) else {"result": str(result)})
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from workbench.export import apply_cli
+
+    return apply_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("eval", help="WER / CER of a checkpoint on a manifest")
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    e.add_argument("--checkpoint", help="model checkpoint (default: the shipped demo model)")
+    e.add_argument("--manifest", help="JSONL manifest (default: the shipped held-out real speech)")
+    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
+    e.add_argument("--threads", type=int, default=2)
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("data", help="build the training corpus offline")
+    d.add_argument("action", choices=["build"])
+    d.add_argument("--out", help="output folder (default: ~/.cache/workbench/corpus)")
+    d.add_argument("--n-train", type=int, default=4000)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("train", help="train the demo model or a Conformer preset")
+    t.add_argument("--demo", action="store_true", help="fine-tune the Whisper-tiny CTC demo model")
+    t.add_argument("--preset", default="small", help="Conformer preset when not --demo")
+    t.add_argument("--out", help="output folder (default: data/models/demo for --demo)")
+    t.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="benchmarks that print one JSON object")
+    b.add_argument("what", choices=["interactive", "latency", "export"])
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--n-plans", type=int, default=30)
+    b.add_argument("--changes", type=int, default=30)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("calibrate", help="measure onnxruntime here and fit the host latency profile")
+    c.add_argument("--out", help="where to write the host profile (default: the user cache)")
+    c.set_defaults(func=cmd_calibrate)
+
+    a = sub.add_parser("apply", help="apply a plan: ONNX export, ORT quantization, report, card")
+    a.add_argument("--plan", required=True)
+    a.add_argument("--checkpoint")
+    a.add_argument("--out", required=True)
+    a.add_argument("--force", action="store_true")
+    a.add_argument("--strict", action="store_true")
+    a.set_defaults(func=cmd_apply)
+
+    lab = sub.add_parser("lab", help="open the workbench notebook in JupyterLab")
+    lab.add_argument("--port", type=int, default=8888)
+    lab.set_defaults(func=cmd_lab)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except WorkbenchError as err:
+        print(f"workbench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

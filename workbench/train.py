@@ -1,0 +1,202 @@
+"""CTC training: AdamW with linear warm-up and cosine decay, optional SpecAugment, progress bars,
+seeded, resumable. Items can be log-mel features (train the whole model) or hidden states cached at
+the input of block k (train blocks[k:] and the head only; the frozen part runs once, not every step).
+
+Shapes: features (80, T) per item; hidden (T', D) per item; labels are character ids (workbench.VOCAB).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from workbench.models.base import CTCModel
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    max_batch_frames: int = 20_000     # padded frames (of the item's own time axis) per batch
+    grad_clip: float = 1.0
+    spec_augment: bool = True          # only for feature items: 2 freq masks (F=15), 2 time masks (T=40)
+    seed: int = 0
+    checkpoint_every: int = 200        # steps between resumable state files (0 = never)
+    max_minutes: float | None = None   # stop early when the wall-clock budget is spent
+
+
+@dataclass(frozen=True)
+class Item:
+    """One training example: x is (80, T) features or (T', D) hidden states; labels (L,) int64."""
+
+    x: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def frames(self) -> int:
+        return self.x.shape[-1] if self.x.dim() == 2 and self.x.shape[0] == 80 else self.x.shape[0]
+
+
+def make_batches(items: Sequence[Item], max_frames: int, rng: random.Random) -> list[list[int]]:
+    """Length-bucketed batches (shuffled within and across buckets)."""
+    order = sorted(range(len(items)), key=lambda i: items[i].frames + rng.random())
+    batches, cur, cur_max = [], [], 0
+    for i in order:
+        n = items[i].frames
+        if cur and max(cur_max, n) * (len(cur) + 1) > max_frames:
+            batches.append(cur)
+            cur, cur_max = [], 0
+        cur.append(i)
+        cur_max = max(cur_max, n)
+    if cur:
+        batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+def spec_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019, LD policy scaled down) on (80, T) features, via torchaudio."""
+    import torchaudio.transforms as T
+
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    freq, time_ = T.FrequencyMasking(15), T.TimeMasking(min(40, max(1, x.shape[-1] // 5)))
+    y = x.clone()
+    for _ in range(2):
+        y = freq(y)
+        y = time_(y)
+    return y
+
+
+def collate(items: list[Item], feature_mode: bool) -> tuple[torch.Tensor, ...]:
+    lengths = torch.tensor([it.frames for it in items])
+    if feature_mode:
+        x = torch.zeros(len(items), items[0].x.shape[0], int(lengths.max()))
+        for i, it in enumerate(items):
+            x[i, :, : it.frames] = it.x
+    else:
+        x = torch.zeros(len(items), int(lengths.max()), items[0].x.shape[-1])
+        for i, it in enumerate(items):
+            x[i, : it.frames] = it.x.float()
+    labels = torch.cat([it.labels for it in items])
+    label_lengths = torch.tensor([len(it.labels) for it in items])
+    return x, lengths, labels, label_lengths
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_ctc(model: CTCModel, items: Sequence[Item], cfg: TrainConfig, *, start_block: int | None = None,
+              trainable: Callable[[str], bool] | None = None, state_path: Path | None = None,
+              progress: bool = True, log: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train `model` in place with CTC loss; returns the loss log.
+
+    start_block=None: items are log-mel features, the whole forward runs.
+    start_block=k: items are hidden states cached at the input of block k (frozen part skipped).
+    trainable(path) selects which parameters train (others are frozen); default: all that run.
+    state_path: a resumable state file (model + optimizer + step + RNG); training resumes from it.
+    """
+    torch.manual_seed(cfg.seed)
+    feature_mode = start_block is None
+    names = dict(model.named_parameters())
+    params = [p for n, p in names.items() if trainable is None or trainable(n)]
+    for n, p in names.items():
+        p.requires_grad_(trainable is None or trainable(n))
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    step, history = 0, []
+    if state_path is not None and Path(state_path).exists():
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = int(state["step"]), list(state["history"])
+    rng = random.Random(cfg.seed * 1000 + step)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not progress, leave=False)
+    batches: list[list[int]] = []
+    while step < cfg.steps:
+        if not batches:
+            batches = make_batches(items, cfg.max_batch_frames, rng)
+        batch = [items[i] for i in batches.pop()]
+        if feature_mode and cfg.spec_augment:
+            batch = [Item(spec_augment(it.x, gen), it.labels) for it in batch]
+        x, lengths, labels, label_lengths = collate(batch, feature_mode)
+        if feature_mode:
+            log_probs, out_lengths = model(x, lengths)
+        else:
+            log_probs, out_lengths = model.forward_from(x, lengths, start_block)
+        loss = F.ctc_loss(log_probs.transpose(0, 1), labels, out_lengths, label_lengths,
+                          blank=0, reduction="mean", zero_infinity=True)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        step += 1
+        entry = {"step": step, "loss": float(loss), "lr": lr_at(step - 1, cfg),
+                 "seconds": time.perf_counter() - start}
+        history.append(entry)
+        bar.update(1)
+        bar.set_postfix(loss=f"{entry['loss']:.3f}")
+        if log is not None:
+            log(entry)
+        if state_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            _save_state(state_path, model, opt, step, history)
+        if cfg.max_minutes is not None and (time.perf_counter() - start) / 60 > cfg.max_minutes:
+            break
+    bar.close()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if state_path is not None:
+        _save_state(state_path, model, opt, step, history)
+    return history
+
+
+def _save_state(path: Path, model, opt, step: int, history: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "history": history}, tmp)
+    tmp.replace(path)
+
+
+@torch.inference_mode()
+def cache_hidden(model: CTCModel, features: Sequence[torch.Tensor], stop: int,
+                 max_frames: int = 12_000, progress: bool = True, dtype=torch.float16
+                 ) -> list[torch.Tensor]:
+    """Hidden states at the input of block `stop` for each (80, T) item -> list of (T', D)."""
+    from workbench.evaluate import batches as length_batches
+    from workbench.features import collate_features
+
+    model.eval()
+    out: list[torch.Tensor] = [torch.empty(0)] * len(features)
+    groups = length_batches([f.shape[-1] for f in features], max_frames)
+    for idx in tqdm(groups, desc=f"cache block {stop} input", disable=not progress, leave=False):
+        x, lens = collate_features([features[i] for i in idx])
+        h, hl = model.encode_until(x, lens, stop)
+        for j, i in enumerate(idx):
+            out[i] = h[j, : hl[j]].to(dtype).clone()
+    return out
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
