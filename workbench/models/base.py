@@ -69,6 +69,21 @@ class CTCModel(nn.Module):
             h = block(h, pad_mask)
         return self.head(h, lengths).log_softmax(dim=-1), lengths
 
+    def encode_until(self, features: torch.Tensor, feat_lengths: torch.Tensor | None, stop: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden state at the input of block `stop` (0 = stem output, len(blocks) = head input):
+        (B, T', D), lengths (B,). Lets callers cache it and restart from block `stop`."""
+        if not 0 <= stop <= len(self.blocks):
+            raise ValueError(f"stop: must be in 0..{len(self.blocks)}, got {stop}.")
+        if feat_lengths is None:
+            feat_lengths = torch.full((features.shape[0],), features.shape[-1],
+                                      dtype=torch.long, device=features.device)
+        h, lengths = self.stem(features, feat_lengths)
+        pad_mask = lengths_to_pad_mask(lengths, h.shape[1])
+        for block in self.blocks[:stop]:
+            h = block(h, pad_mask)
+        return h, lengths
+
     def describe(self) -> dict[str, Any]:
         """Family and config as plain data (stored in checkpoints)."""
         return {"family": self.family, "config": asdict(self.config)}

@@ -67,3 +67,12 @@ class FeedForward(nn.Module):
 def lengths_to_pad_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B,) int lengths -> (B, max_len) bool, True on padding."""
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+def is_tracing() -> bool:
+    """True while torch traces or compiles the model (ONNX export, torch.export, torch.compile).
+
+    Input checks that read tensor values (e.g. "every length >= 1") are skipped then: they are
+    data-dependent branches an exporter cannot keep, and the exported graph is checked by parity.
+    """
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
