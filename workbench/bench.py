@@ -1,0 +1,120 @@
+"""Benchmarks behind `workbench bench ...`: each returns one JSON-able dict (printed on stdout)."""
+from __future__ import annotations
+
+import copy
+import random
+import statistics
+import sys
+import time
+
+import torch
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def scripted_changes(model, n: int, seed: int) -> list:
+    """A realistic slider session: n single-layer changes on random blocks (bits, pruning, rank)."""
+    from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
+
+    rng = random.Random(seed)
+    n_blocks = len(model.blocks)
+    plan = CompressionPlan()
+    plans = []
+    attn = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"]
+    for _ in range(n):
+        b = rng.randrange(n_blocks)
+        kind = rng.choice(["bits", "bits", "neurons", "heads", "rank"])
+        if kind == "bits":
+            path = f"blocks.{b}.{rng.choice(attn + ['mlp.fc1', 'mlp.fc2'])}"
+            cfg = LayerConfig(quant=QuantConfig(weight_bits=rng.choice([8, 6, 4])))
+        elif kind == "neurons":
+            path = f"blocks.{b}.mlp"
+            cfg = LayerConfig(prune=PruneConfig(amount=rng.choice([0.25, 0.5, 0.75]),
+                                                structure="neurons"))
+        elif kind == "heads":
+            path = f"blocks.{b}.attn"
+            cfg = LayerConfig(prune=PruneConfig(amount=rng.choice([1 / 6, 2 / 6, 3 / 6]),
+                                                structure="heads"))
+        else:
+            path = f"blocks.{b}.{rng.choice(['mlp.fc1', 'mlp.fc2'])}"
+            cfg = LayerConfig(rank=rng.choice([64, 128, 192]))
+        plan = plan.with_layer(path, cfg)
+        plans.append(plan)
+    return plans
+
+
+def bench_interactive(changes: int = 30, seed: int = 0) -> dict:
+    """Engine vs naive (copy + compress + full eval) over a scripted slider session on the demo."""
+    from workbench.compress import compress
+    from workbench.evaluate import evaluate, load_eval_set
+    from workbench.models import load_demo
+    from workbench.paths import REAL_TEST
+    from workbench.session import Session
+    from workbench.size import size
+
+    torch.set_num_threads(2)
+    model = load_demo()
+    eval_set = load_eval_set(REAL_TEST, progress=False)
+    t0 = time.perf_counter()
+    session = Session(model, eval_set)
+    setup_s = time.perf_counter() - t0
+    plans = scripted_changes(model, changes, seed)
+    size_ms, quick_ms, full_ms = [], [], []
+    for i, plan in enumerate(plans):
+        t = time.perf_counter()
+        size(model, plan)
+        size_ms.append((time.perf_counter() - t) * 1e3)
+        t = time.perf_counter()
+        session.evaluate(plan, "quick")
+        quick_ms.append((time.perf_counter() - t) * 1e3)
+        t = time.perf_counter()
+        full = session.evaluate(plan, "full")
+        full_ms.append((time.perf_counter() - t) * 1e3)
+        print(f"change {i + 1}/{len(plans)}: restart block {full.restart_block}, "
+              f"quick {quick_ms[-1]:.0f} ms, full {full_ms[-1]:.0f} ms, WER {full.wer:.3f}",
+              file=sys.stderr)
+    naive_ms = []
+    check = []
+    for plan in plans[:: max(1, len(plans) // 5)][:5]:  # the naive way, measured in the same run
+        t = time.perf_counter()
+        m = compress(copy.deepcopy(model), plan)
+        res = evaluate(m, eval_set)
+        naive_ms.append((time.perf_counter() - t) * 1e3)
+        check.append(abs(res.wer - session.evaluate(plan, "full").wer))
+    naive = statistics.median(naive_ms)
+    first_readout = _pct(quick_ms, 0.5)
+    return {
+        "changes": len(plans), "eval_utterances": len(eval_set),
+        "size_p50_ms": round(_pct(size_ms, 0.5), 2), "size_p95_ms": round(_pct(size_ms, 0.95), 2),
+        "quick_wer_p50_ms": round(first_readout, 1),
+        "quick_wer_p95_ms": round(_pct(quick_ms, 0.95), 1),
+        "full_wer_p50_ms": round(_pct(full_ms, 0.5), 1),
+        "full_wer_p95_ms": round(_pct(full_ms, 0.95), 1),
+        "naive_full_ms": round(naive, 1),
+        "speedup_vs_naive": round(naive / first_readout, 2),
+        "speedup_full_vs_naive": round(naive / _pct(full_ms, 0.5), 2),
+        "engine_vs_naive_max_wer_diff": round(max(check), 5),
+        "session_setup_s": round(setup_s, 2),
+        "definition": "speedup_vs_naive = naive_full_ms / quick_wer_p50_ms (time to the first WER "
+                      "readout); speedup_full_vs_naive uses full_wer_p50_ms",
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run(what: str, args) -> dict:
+    if what == "interactive":
+        return bench_interactive(changes=args.changes, seed=args.seed)
+    if what == "latency":
+        from workbench.latency import bench_latency
+        return bench_latency(n_plans=args.n_plans, seed=args.seed)
+    if what == "export":
+        from workbench.export.bench import bench_export
+        return bench_export(args)
+    raise ValueError(what)

@@ -1,0 +1,275 @@
+"""The interactive engine: sub-second re-evaluation of a compression plan while a slider moves.
+
+How it is fast (DESIGN.md section 4):
+- the eval set's log-mel features are batched once (fixed batches, sorted by length);
+- hidden states at the input of every block are cached, keyed by the plan entries of everything
+  before that block; a new plan restarts from the first block whose entries differ from a cached
+  prefix (usually the block the user just touched), not from the audio;
+- a quick estimate runs on a fixed subset first: the subset's paired WER change vs the baseline is
+  added to the full baseline WER, with its standard error; then the full set follows;
+- `submit` runs quick-then-full on one worker thread; a newer submit cancels stale work between
+  blocks and batches, and a stale result is never delivered.
+Size and latency need no model run: they are arithmetic over cached per-layer tables.
+
+Numbers: the engine and a from-scratch run use the same fixed batches, so its WER equals the WER
+of `evaluate(compress(model, plan), eval_set)` up to batch composition (checked in tests).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+from workbench.decode import greedy_decode
+from workbench.evaluate import EvalSet, batches, score
+from workbench.features import collate_features
+from workbench.models.base import CTCModel
+from workbench.models.layers import lengths_to_pad_mask
+
+
+class Cancelled(Exception):
+    """Raised inside a run when a newer request made it stale."""
+
+
+@dataclass(frozen=True)
+class WerEstimate:
+    """WER / CER of a plan. kind='quick': subset estimate with standard error; 'full': exact."""
+
+    kind: Literal["quick", "full"]
+    wer: float
+    cer: float
+    wer_delta: float            # vs the baseline model on the same utterances
+    cer_delta: float
+    stderr: float               # standard error of `wer` (0 for the full set)
+    utterances: int
+    compute_ms: float
+    restart_block: int          # -1: from the features; k: from the input of block k; n: head only
+    plan_key: str
+    hypotheses: tuple[str, ...]  # per utterance of the evaluated set, in eval-set order
+    source: str = "measured: greedy CTC on the eval set (jiwer)"
+
+
+def plan_key(plan) -> str:
+    return hashlib.sha1(plan.to_json().encode()).hexdigest()[:16]
+
+
+class _Batches:
+    """Fixed length-sorted batches of a set of utterance indices, with stem outputs cached."""
+
+    def __init__(self, features, indices: list[int], max_frames: int) -> None:
+        lens = [features[i].shape[-1] for i in indices]
+        self.groups = [[indices[j] for j in g] for g in batches(lens, max_frames)]
+        self.inputs = [collate_features([features[i] for i in g]) for g in self.groups]
+        self.order = [i for g in self.groups for i in g]
+
+
+class Session:
+    """Holds a baseline model and an eval set; evaluates plans fast. Thread-safe via one lock."""
+
+    def __init__(self, model: CTCModel, eval_set: EvalSet, *, quick_utterances: int = 24,
+                 max_frames: int = 12_000, cache_entries: int = 48, calib=None, seed: int = 0) -> None:
+        self.baseline = copy.deepcopy(model).eval()
+        self.eval_set = eval_set
+        self.calib = calib
+        self.n_blocks = len(self.baseline.blocks)
+        n = len(eval_set)
+        rng = torch.Generator().manual_seed(seed)
+        quick = sorted(torch.randperm(n, generator=rng)[: min(quick_utterances, n)].tolist())
+        self._sets = {"quick": _Batches(eval_set.features, quick, max_frames),
+                      "full": _Batches(eval_set.features, list(range(n)), max_frames)}
+        self._lock = threading.RLock()
+        self._hidden: OrderedDict[tuple, list] = OrderedDict()   # (set, block, prefix sig) -> [(h, lens)]
+        self._models: OrderedDict[str, CTCModel] = OrderedDict()
+        self._results: OrderedDict[tuple, WerEstimate] = OrderedDict()
+        self._cache_entries = cache_entries
+        self._generation = 0
+        self._worker: threading.Thread | None = None
+        from workbench.plan import CompressionPlan
+        self._empty_plan = CompressionPlan()
+        self._baseline_hyps = {k: self._run(self._empty_plan, k, None)[0] for k in self._sets}
+        self.baseline_full = self.evaluate(self._empty_plan, "full")
+
+    # ---- plan structure -------------------------------------------------------------------
+    def _block_of(self, path: str) -> int:
+        """-1 for the stem, i for blocks.i.*, n_blocks for the head / final norm."""
+        if path.startswith("blocks."):
+            return int(path.split(".")[1])
+        return self.n_blocks if self._is_head(path) else -1
+
+    def _is_head(self, path: str) -> bool:
+        from workbench.models.base import role_of
+        return role_of(self.baseline, path) in ("head", "norm") and not path.startswith("blocks.")
+
+    def _signatures(self, plan) -> list[str]:
+        """Signature of the plan entries that touch each stage: [stem, block 0..n-1, head]."""
+        parts: list[dict] = [{} for _ in range(self.n_blocks + 2)]
+        for path, cfg in plan.resolve(self.baseline).items():
+            dump = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else cfg
+            parts[self._block_of(path) + 1][path] = dump
+        return [hashlib.sha1(json.dumps(p, sort_keys=True).encode()).hexdigest()[:12] for p in parts]
+
+    def compressed_model(self, plan) -> CTCModel:
+        """compress(baseline, plan), cached per plan (a few entries)."""
+        key = plan_key(plan)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        from workbench.compress import compress
+        model = compress(self.baseline, plan, calib=self.calib).eval()
+        with self._lock:
+            self._models[key] = model
+            while len(self._models) > 6:
+                self._models.popitem(last=False)
+        return model
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def _cache_put(self, key: tuple, value: list) -> None:
+        self._hidden[key] = value
+        self._hidden.move_to_end(key)
+        while len(self._hidden) > self._cache_entries:
+            self._hidden.popitem(last=False)
+
+    @torch.inference_mode()
+    def _run(self, plan, kind: str, cancel: Callable[[], bool] | None
+             ) -> tuple[list[str], int]:
+        """Hypotheses (in the set's batch order) and the block the run restarted from."""
+        sigs = self._signatures(plan)
+        sets = self._sets[kind]
+        # Find the deepest cached block input whose whole prefix matches this plan.
+        start, states = -1, None
+        for k in range(self.n_blocks, -1, -1):
+            key = (kind, k, tuple(sigs[: k + 1]))
+            with self._lock:
+                if key in self._hidden:
+                    start, states = k, self._hidden[key]
+                    self._hidden.move_to_end(key)
+                    break
+        model = self.compressed_model(plan) if any(s != e for s, e in
+                                                   zip(sigs, self._signatures(self._empty_plan))) \
+            else self.baseline
+        if states is None:
+            states = []
+            for x, lens in sets.inputs:
+                _check(cancel)
+                states.append(model.stem(x, lens))
+            start, restart = 0, -1
+            with self._lock:
+                self._cache_put((kind, 0, tuple(sigs[:1])), states)
+        else:
+            restart = start
+        for k in range(start, self.n_blocks):
+            block = model.blocks[k]
+            new = []
+            for h, lens in states:
+                _check(cancel)
+                new.append((block(h, lengths_to_pad_mask(lens, h.shape[1])), lens))
+            states = new
+            with self._lock:
+                self._cache_put((kind, k + 1, tuple(sigs[: k + 2])), states)
+        hyps: list[str] = []
+        for h, lens in states:
+            _check(cancel)
+            hyps += greedy_decode(model.head(h, lens).log_softmax(-1), lens)
+        return hyps, restart
+
+    def evaluate(self, plan, kind: Literal["quick", "full"] = "full",
+                 cancel: Callable[[], bool] | None = None) -> WerEstimate:
+        """WER / CER of `plan` on the quick subset (estimate + stderr) or the full set (exact)."""
+        key = (plan_key(plan), kind)
+        with self._lock:
+            if key in self._results:
+                return self._results[key]
+        t0 = time.perf_counter()
+        hyps, restart = self._run(plan, kind, cancel)
+        order = self._sets[kind].order
+        refs = [self.eval_set.texts[i] for i in order]
+        ids = [self.eval_set.ids[i] for i in order]
+        wer, cer, per = score(refs, hyps, ids)
+        if hasattr(self, "_baseline_hyps"):
+            base_wer, base_cer, base_per = score(refs, self._baseline_hyps[kind], ids)
+        else:  # constructing the baseline itself
+            base_wer, base_cer, base_per = wer, cer, per
+        stderr = 0.0
+        if kind == "quick":
+            # Paired ratio estimate: full baseline WER + subset change; SE from per-utterance deltas.
+            words = sum(p.words for p in per) or 1
+            d = torch.tensor([(p.word_errors - b.word_errors) for p, b in zip(per, base_per)],
+                             dtype=torch.float64)
+            stderr = float(d.std(unbiased=True) * math.sqrt(len(d)) / words) if len(d) > 1 else 0.0
+            full = self.baseline_full
+            wer_out, cer_out = full.wer + (wer - base_wer), full.cer + (cer - base_cer)
+        else:
+            wer_out, cer_out = wer, cer
+        by_index = dict(zip(order, hyps))
+        result = WerEstimate(kind, max(0.0, wer_out), max(0.0, cer_out), wer - base_wer,
+                             cer - base_cer, stderr, len(order), (time.perf_counter() - t0) * 1e3,
+                             restart, key[0], tuple(by_index[i] for i in sorted(by_index)),
+                             source=("estimated: paired change on a fixed subset of "
+                                     f"{len(order)} utterances, ± 1 standard error")
+                             if kind == "quick" else
+                             f"measured: greedy CTC on all {len(order)} utterances (jiwer)")
+        with self._lock:
+            self._results[key] = result
+            while len(self._results) > 512:
+                self._results.popitem(last=False)
+        return result
+
+    # ---- background work ------------------------------------------------------------------
+    def submit(self, plan, on_result: Callable[[WerEstimate], None],
+               on_error: Callable[[BaseException], None] | None = None,
+               kinds: tuple[str, ...] = ("quick", "full")) -> int:
+        """Evaluate quick then full on a worker thread; a newer submit cancels this one.
+
+        Callbacks run on the worker thread; a result is delivered only while it is the newest.
+        Returns the request's generation number.
+        """
+        with self._lock:
+            self._generation += 1
+            gen = self._generation
+        stale = lambda: gen != self._generation  # noqa: E731
+
+        def work() -> None:
+            with _RUN_LOCK:  # one model run at a time: two torch runs on 2 cores are ~10x slower
+                for kind in kinds:
+                    if stale():
+                        return
+                    try:
+                        result = self.evaluate(plan, kind, cancel=stale)
+                    except Cancelled:
+                        return
+                    except BaseException as err:  # shown by the UI, never swallowed
+                        if on_error is not None and not stale():
+                            on_error(err)
+                        return
+                    if not stale():
+                        on_result(result)
+
+        self._worker = threading.Thread(target=work, name=f"workbench-eval-{gen}", daemon=True)
+        self._worker.start()
+        return gen
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the latest submitted work is done (for tests and scripts)."""
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._generation += 1
+
+
+_RUN_LOCK = threading.Lock()
+
+
+def _check(cancel: Callable[[], bool] | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled()
