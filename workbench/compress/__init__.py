@@ -1,0 +1,29 @@
+"""Compression techniques, one per file, and the verb that applies a plan.
+
+    apply.py        compress(model, plan, calib) -> new model; compress_module (one block)
+    prune.py        heads / neurons / channels removed (shapes shrink), unstructured masks
+    lowrank.py      Linear -> two Linears by truncated SVD
+    quantize.py     fake-quantized weights (b bits) and activations (8 bits, observed ranges)
+    importance.py   scores per head / neuron / channel / weight (magnitude, Taylor)
+    calibration.py  calibration batches, Taylor gradients, activation range observation
+    presets.py      named starting plans
+    targets.py      which modules a plan may name (Linear/Conv, attention, FFN, conv modules)
+"""
+from workbench.compress import presets
+from workbench.compress.apply import (Compressed, compress, compress_detailed, compress_module,
+                                      under)
+from workbench.compress.calibration import (CalibrationBatch, calibrate_activations,
+                                            taylor_gradients)
+from workbench.compress.importance import (channel_importance, head_importance,
+                                           neuron_importance, weight_importance)
+from workbench.compress.lowrank import LowRankLinear
+from workbench.compress.quantize import (ActivationFakeQuant, QuantConv1d, QuantConv2d,
+                                         QuantLinear, observing)
+from workbench.compress.targets import Target, find_targets
+
+__all__ = [
+    "ActivationFakeQuant", "CalibrationBatch", "Compressed", "LowRankLinear", "QuantConv1d",
+    "QuantConv2d", "QuantLinear", "calibrate_activations", "channel_importance", "compress",
+    "compress_detailed", "compress_module", "head_importance", "neuron_importance", "observing",
+    "Target", "find_targets", "presets", "taylor_gradients", "under", "weight_importance",
+]
