@@ -1,0 +1,37 @@
+"""Edge-latency simulator: device profiles with sources, a roofline cost model, host calibration.
+
+    predict_latency(model, "rpi4", audio_seconds=8.0, weight_bits=plan) -> LatencyReport
+    layer_table(model, 8.0, plan) -> LayerTable        the effective layers a report prices
+    table_for_plan(base_table, model, plan)            the same by arithmetic (for sliders)
+    price_table(table, load_device("rpi5"))            a report without any model run
+    load_device("rpi5"), known_devices()               profiles in workbench/latency/devices/
+    calibrate()                                        fit the host profile (ONNX Runtime here)
+    bench_latency(n_plans=30)                          predictions vs fresh ORT measurements
+
+onnxruntime is imported only inside calibrate / bench_latency.
+"""
+from workbench.latency.cost import (LatencyReport, LayerLatency, MemoryFit, predict_latency,
+                                    price_table)
+from workbench.latency.devices import (DeviceProfile, Efficiency, host_cache_path, known_devices,
+                                       load_device)
+from workbench.latency.plan_table import table_for_plan
+from workbench.latency.table import EffectiveLayer, LayerTable, layer_table
+
+
+def calibrate(out_path=None, **kwargs):
+    """Measure ONNX Runtime on this machine and fit the host profile (see latency.calibrate)."""
+    from workbench.latency.calibrate import calibrate as _calibrate
+    return _calibrate(out_path=out_path, **kwargs)
+
+
+def bench_latency(n_plans: int = 30, seed: int = 0, **kwargs) -> dict:
+    """Random plans of the demo model: predicted vs measured ORT latency (see latency.bench)."""
+    from workbench.latency.bench import bench_latency as _bench
+    return _bench(n_plans=n_plans, seed=seed, **kwargs)
+
+
+__all__ = [
+    "DeviceProfile", "Efficiency", "EffectiveLayer", "LatencyReport", "LayerLatency",
+    "LayerTable", "MemoryFit", "bench_latency", "calibrate", "host_cache_path", "known_devices",
+    "layer_table", "load_device", "predict_latency", "price_table", "table_for_plan",
+]

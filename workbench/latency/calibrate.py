@@ -1,0 +1,253 @@
+"""Fit the `host` device profile to ONNX Runtime measured on this machine (`workbench calibrate`).
+
+What is measured: a fixed set of variants of the demo architecture (fp32; int8 dynamic
+per-channel; FFN neurons and attention heads pruned; low-rank FFN; mixes), each exported to ONNX
+once (dynamic time axis) and timed by ONNX Runtime, 1 thread, median of repeats, at several audio
+lengths (the attention scores grow with T^2, the rest with T, so lengths separate the two).
+
+What is fitted: the host profile's efficiencies (matmul fp32 / int8, conv, attention scores,
+elementwise, memory) and the per-op overhead, by least squares on log(predicted / measured) with
+a weak pull toward the nominal values (so a factor the variants barely exercise stays sane).
+The error band is the leave-one-variant-out MAPE: each variant predicted by a fit that never saw
+it.
+
+The result goes to the per-user cache (`host_profile.json` in workbench.paths.cache_dir(),
+$WORKBENCH_CACHE_DIR overrides), never into the repository. ~1-2 minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.latency import _onnx
+from workbench.latency.cost import price_table
+from workbench.latency.devices import (OP_CLASSES, DeviceProfile, Efficiency, host_cache_path,
+                                       load_device, parse_device, devices_dir)
+from workbench.latency.table import LayerTable, compressed_for_pricing, layer_table
+
+#: Audio lengths (seconds) every calibration variant is timed at.
+CALIBRATION_SECONDS = (2.0, 4.0, 8.0, 16.0)
+#: Weight of the pull toward the nominal efficiencies (in log units, per parameter).
+PRIOR_WEIGHT = 0.05
+#: Fitted parameters: the efficiencies, then the per-op overhead.
+PARAMS = (*OP_CLASSES, "overhead_us_per_op")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model variant timed at several lengths: its ONNX file and its effective layer tables."""
+
+    name: str
+    onnx_path: Path
+    tables: dict[float, LayerTable]
+    int8_layers: tuple[str, ...] = ()    # module paths quantized in ONNX Runtime
+    int8_matmuls: int = 0                # MatMulInteger nodes in the quantized graph
+
+
+@dataclass(frozen=True)
+class Point:
+    variant: str
+    seconds: float
+    measured_ms: float          # thread CPU time, median (see _onnx.Timing)
+    wall_ms: float
+    table: LayerTable
+
+
+def default_model() -> nn.Module:
+    """The demo model if it is there, else the same architecture from the pretrained encoder."""
+    from workbench.errors import CheckpointError
+    from workbench.models import load_demo, whisper_ctc_pretrained
+    try:
+        return load_demo()
+    except CheckpointError:
+        return whisper_ctc_pretrained()
+
+
+def calibration_plans() -> dict[str, Any]:
+    """The fixed calibration variants (names -> CompressionPlan); the bench uses other plans."""
+    from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
+    int8 = LayerConfig(quant=QuantConfig(weight_bits=8))
+    p = CompressionPlan()
+    return {
+        "fp32": p,
+        "int8": p.with_group("attention", int8).with_group("ffn", int8),
+        "ffn_neurons_60": p.with_group("ffn", LayerConfig(
+            prune=PruneConfig(amount=0.6, structure="neurons"))),
+        "heads_50_int8": p.with_group("attention", LayerConfig(
+            prune=PruneConfig(amount=0.5, structure="heads"), quant=QuantConfig(weight_bits=8))),
+        "ffn_rank_96": p.with_group("ffn", LayerConfig(rank=96)),
+        "ffn_int8_heads_33": p.with_group("ffn", int8).with_group("attention", LayerConfig(
+            prune=PruneConfig(amount=1 / 3, structure="heads"))),
+    }
+
+
+def int8_paths(model: nn.Module) -> list[str]:
+    """Module paths of the layers a compressed model holds at <= 8 bits (what ORT quantizes)."""
+    return [p for p, m in model.named_modules()
+            if isinstance(getattr(m, "weight_bits", None), int) and m.weight_bits <= 8]
+
+
+def build_variant(model: nn.Module, name: str, plan: Any, seconds: Sequence[float],
+                  workdir: Path) -> Variant:
+    """Apply `plan` (shapes + bits), export to ONNX, quantize the int8 layers, make the tables."""
+    compressed = compressed_for_pricing(model, plan)
+    fp32 = _onnx.export_onnx(compressed, workdir / f"{name.replace(':', '_')}.fp32.onnx")
+    quant = int8_paths(compressed)
+    path = fp32
+    if quant:
+        path = _onnx.quantize_int8(fp32, workdir / f"{name.replace(':', '_')}.int8.onnx", quant)
+        fp32.unlink()
+    # Exact shapes at the longest length; shorter ones scale analytically (T and T^2 terms).
+    base = layer_table(compressed, max(seconds))
+    return Variant(name, path, {s: base.at_seconds(s) for s in seconds}, tuple(quant),
+                   _onnx.op_counts(path).get("MatMulInteger", 0) if quant else 0)
+
+
+def measure_variants(variants: Sequence[Variant], repeats: int = 7) -> list[Point]:
+    """Every (variant, length) timed in interleaved rounds (see _onnx.measure_interleaved)."""
+    jobs = [((v.name, s), v.onnx_path, s) for v in variants for s in sorted(v.tables)]
+    times = _onnx.measure_interleaved(jobs, repeats=repeats)
+    return [Point(v.name, s, times[(v.name, s)].cpu_ms, times[(v.name, s)].wall_ms,
+                  v.tables[s]) for v in variants for s in sorted(v.tables)]
+
+
+def fit(points: Sequence[Point], nominal: DeviceProfile) -> DeviceProfile:
+    """Least squares on log(pred / measured) over the efficiencies and the per-op overhead."""
+    from scipy.optimize import least_squares
+
+    theta0 = np.log(np.array(_params_of(nominal)))
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        dev = _with_params(nominal, np.exp(theta))
+        r = [math.log(price_table(p.table, dev).total_ms / p.measured_ms) for p in points]
+        return np.concatenate([np.array(r), PRIOR_WEIGHT * (theta - theta0)])
+
+    result = least_squares(residuals, theta0, bounds=(np.log(1e-3), np.log(1e3)),
+                           diff_step=1e-3, x_scale=1.0)
+    return _with_params(nominal, np.exp(result.x))
+
+
+def abs_pct_errors(points: Sequence[Point], dev: DeviceProfile) -> list[float]:
+    return [abs(price_table(p.table, dev).total_ms / p.measured_ms - 1) * 100 for p in points]
+
+
+def cross_validated_errors(points: Sequence[Point], nominal: DeviceProfile) -> list[float]:
+    """Absolute % errors of each variant's points under a fit made without that variant."""
+    errors = []
+    for name in sorted({p.variant for p in points}):
+        train = [p for p in points if p.variant != name]
+        test = [p for p in points if p.variant == name]
+        errors += abs_pct_errors(test, fit(train, nominal))
+    return errors
+
+
+def calibrate(out_path: str | Path | None = None, *, model: nn.Module | None = None,
+              seconds: Sequence[float] = CALIBRATION_SECONDS, repeats: int = 7,
+              plans: dict[str, Any] | None = None, write: bool = True) -> dict[str, Any]:
+    """Measure, fit, and write the calibrated host profile; returns what was written.
+
+    out_path: default `host_profile.json` in the per-user cache. write=False only returns it.
+    """
+    model = model if model is not None else default_model()
+    nominal = nominal_host()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # the export and shape passes share the machine with the timing
+    try:
+        with tempfile.TemporaryDirectory(prefix="workbench-calibrate-") as tmp:
+            variants = [build_variant(model, n, p, seconds, Path(tmp))
+                        for n, p in (plans or calibration_plans()).items()]
+            points = measure_variants(variants, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    result = fit_record(points, nominal)
+    result["variants"] = {v.name: {"int8_layers": len(v.int8_layers),
+                                   "int8_matmuls": v.int8_matmuls,
+                                   "macs_at_max_seconds": v.tables[max(v.tables)].macs}
+                          for v in variants}
+    if write:
+        path = Path(out_path) if out_path is not None else host_cache_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        result = {**result, "path": str(path)}
+    return result
+
+
+def nominal_host() -> DeviceProfile:
+    """The shipped host profile, without any cached calibration."""
+    path = devices_dir() / "host.json"
+    return parse_device(json.loads(path.read_text()), str(path))
+
+
+def fit_record(points: Sequence[Point], nominal: DeviceProfile | None = None) -> dict[str, Any]:
+    """Fit the host profile to `points`; the JSON the host loader overlays
+    (devices.apply_calibration) plus the evidence (errors in sample and cross-validated)."""
+    nominal = nominal or nominal_host()
+    dev = fit(points, nominal)
+    errors = abs_pct_errors(points, dev)
+    cv_errors = cross_validated_errors(points, nominal)
+    cv_mape = statistics.fmean(cv_errors)
+    return {
+        "calibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "efficiency": {op: round(getattr(dev.efficiency, op), 5) for op in OP_CLASSES},
+        "overhead_us_per_op": round(dev.overhead_us_per_op, 4),
+        "error_band_pct": round(max(cv_mape, 1.0), 2),
+        "error_band_definition": "leave-one-variant-out mean absolute % error of the total time",
+        "mape_pct": round(statistics.fmean(errors), 2),
+        "cv_mape_pct": round(cv_mape, 2),
+        "cv_max_abs_pct_error": round(max(cv_errors), 2),
+        "ram_mb": round(_ram_mb(), 0),
+        "points": [{"variant": p.variant, "seconds": p.seconds,
+                    "measured_ms": round(p.measured_ms, 3), "wall_ms": round(p.wall_ms, 3),
+                    "predicted_ms": round(price_table(p.table, dev).total_ms, 3)}
+                   for p in points],
+    }
+
+
+def fitted_host(record: dict[str, Any]) -> DeviceProfile:
+    """The host profile with a calibration record applied (without reading the cache)."""
+    from workbench.latency.devices import apply_calibration
+    return apply_calibration(nominal_host(), record, "<calibration run>")
+
+
+def machine_info() -> dict[str, str]:
+    import onnxruntime
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version()}
+
+
+def _ram_mb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e6
+    except (ValueError, OSError, AttributeError):
+        return float(load_device("host").ram_mb)
+
+
+def _params_of(dev: DeviceProfile) -> list[float]:
+    return [getattr(dev.efficiency, op) for op in OP_CLASSES] + [dev.overhead_us_per_op]
+
+
+def _with_params(dev: DeviceProfile, values: np.ndarray) -> DeviceProfile:
+    eff = Efficiency(**{op: float(v) for op, v in zip(OP_CLASSES, values)})
+    return replace(dev, efficiency=eff, overhead_us_per_op=float(values[-1]))

@@ -1,0 +1,243 @@
+"""The roofline latency model: per-layer time of a (compressed) model on a device, +- a band.
+
+Per effective layer (workbench.latency.table):
+
+    compute_s  = 2 * MACs / (peak(precision) * efficiency[op class])
+    memory_s   = bytes_moved / (bandwidth * efficiency.memory)
+    time       = max(compute_s, memory_s) + ops * overhead_per_op
+
+- precision: int8 for <= 8-bit weights of a matmul/conv (4-bit and other narrow weights run int8
+  arithmetic after unpacking), fp16 for 16-bit weights where the device has fp16 arithmetic, else
+  fp32. On the Cortex-A72 (rpi4) the int8 peak equals the fp32 peak (no SDOT), so int8 only
+  shrinks the bytes; on the A76 (rpi5, phone) SDOT makes int8 faster.
+- structured pruning (heads, neurons, channels) and low rank shrink the module shapes and so the
+  MACs and bytes; unstructured sparsity changes nothing here: dense runtimes (ONNX Runtime MLAS,
+  XNNPACK, CMSIS-NN) store and multiply the zeros.
+- bytes_moved: weights at their bits + activations read and written (fp32, or the device's
+  quantized_activation_bits for int8 layers on full-integer runtimes); attention scores also
+  write, normalise and re-read the (H, T, T) score matrix.
+- elementwise ops (norms, activations) count ELEMENTWISE_FLOPS per element and are memory-bound
+  in practice.
+- ops: ONNX nodes one layer becomes in our dynamo export after ONNX Runtime's graph fusions
+  (OPS_PER_LAYER, counted in the optimised graph of whisper_ctc); each pays the per-op overhead.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from workbench.errors import WorkbenchError
+from workbench.latency.devices import DeviceProfile, load_device
+from workbench.latency.table import BitsOrPlan, EffectiveLayer, LayerTable, layer_table
+
+#: FLOPs per element of a norm / activation (mean, variance, normalise, affine ~ 8).
+ELEMENTWISE_FLOPS = 8
+#: ONNX Runtime nodes per layer after graph optimisation (counted on whisper_ctc's export):
+#: MatMul + bias Add; int8: DynamicQuantizeMatMul / MatMulIntegerToFloat + the shared input
+#: quantization; attention scores: head split/merge Reshape/Transpose x 8, scaled QK^T
+#: (FusedMatMul), mask (IsNaN/Where), Softmax, AV MatMul.
+OPS_PER_LAYER = {"matmul": 2, "conv": 1, "attention_scores": 12, "elementwise": 1}
+
+
+@dataclass(frozen=True)
+class LayerLatency:
+    """Simulated time of one effective layer, split into its roofline terms (milliseconds)."""
+
+    path: str
+    role: str
+    op: str
+    precision: str
+    macs: int
+    bytes_moved: int
+    compute_ms: float
+    memory_ms: float
+    overhead_ms: float
+    time_ms: float
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_ms >= self.memory_ms else "memory"
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """Weights vs their store (flash, else RAM) and activation peak vs SRAM (else RAM), in bytes."""
+
+    weights_bytes: int
+    weights_limit_bytes: int
+    weights_store: str           # "flash" or "RAM"
+    activations_bytes: int
+    activations_limit_bytes: int
+    activations_store: str       # "SRAM" or "RAM"
+
+    @property
+    def weights_fit(self) -> bool:
+        return self.weights_bytes <= self.weights_limit_bytes
+
+    @property
+    def activations_fit(self) -> bool:
+        return self.activations_bytes <= self.activations_limit_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.weights_fit and self.activations_fit
+
+    def describe(self) -> str:
+        """e.g. 'weights 7.7 MB > flash 2.0 MB: does not fit; activations 0.9 MB <= SRAM 1.0 MB'."""
+        def part(name: str, used: int, limit: int, store: str) -> str:
+            ok = used <= limit
+            return (f"{name} {used / 1e6:.2f} MB {'<=' if ok else '>'} {store} "
+                    f"{limit / 1e6:.2f} MB{'' if ok else ': does not fit'}")
+        return (part("weights", self.weights_bytes, self.weights_limit_bytes, self.weights_store)
+                + "; " + part("activations", self.activations_bytes,
+                              self.activations_limit_bytes, self.activations_store))
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """Simulated latency of one model + plan on one device. Read `source` next to every number."""
+
+    device: str
+    runtime: str
+    audio_seconds: float
+    layers: tuple[LayerLatency, ...]
+    total_ms: float
+    real_time_factor: float        # processing time / audio time (< 1: faster than real time)
+    error_band_pct: float          # +- this percentage around total_ms
+    calibrated: bool
+    memory: MemoryFit
+    source: str
+
+    @property
+    def low_ms(self) -> float:
+        return self.total_ms * (1 - self.error_band_pct / 100)
+
+    @property
+    def high_ms(self) -> float:
+        return self.total_ms * (1 + self.error_band_pct / 100)
+
+    def by_role(self) -> dict[str, float]:
+        """Simulated milliseconds per role."""
+        out: dict[str, float] = {}
+        for layer in self.layers:
+            out[layer.role] = out.get(layer.role, 0.0) + layer.time_ms
+        return out
+
+    def summary(self) -> str:
+        return (f"{self.total_ms:.1f} ms +- {self.error_band_pct:.0f} % for "
+                f"{self.audio_seconds:g} s of audio (RTF {self.real_time_factor:.3f}); "
+                f"{self.memory.describe()} [{self.source}]")
+
+
+def predict_latency(model: nn.Module | LayerTable, device: str | DeviceProfile = "host",
+                    audio_seconds: float = 4.0, weight_bits: BitsOrPlan = None, *,
+                    make_inputs: Callable[[float], tuple[Any, ...]] | None = None
+                    ) -> LatencyReport:
+    """Simulated latency of `model` (or a prepared LayerTable) on `device` for `audio_seconds`.
+
+    weight_bits: None (fp32 / as the model or table says), {module path or pattern: bits}, or a
+    CompressionPlan (applied with workbench.compress.compress). A LayerTable made for another
+    audio length is rescaled analytically (LayerTable.at_seconds).
+    """
+    if not isinstance(audio_seconds, (int, float)) or not audio_seconds > 0:
+        raise WorkbenchError(f"audio_seconds: must be > 0 seconds, got {audio_seconds!r}.")
+    dev = load_device(device)
+    if isinstance(model, LayerTable):
+        table = model if model.audio_seconds == audio_seconds else model.at_seconds(audio_seconds)
+        if weight_bits is not None:
+            if hasattr(weight_bits, "resolve"):
+                raise WorkbenchError("weight_bits: a CompressionPlan needs the model, not a "
+                                     "LayerTable; pass the model, or use "
+                                     "latency.table_for_plan(table, model, plan).")
+            table = table.with_bits(weight_bits)
+    else:
+        table = layer_table(model, audio_seconds, weight_bits, make_inputs=make_inputs)
+    return price_table(table, dev)
+
+
+def price_table(table: LayerTable, dev: DeviceProfile) -> LatencyReport:
+    """The roofline over a table (no model run): what the interactive UI calls per change."""
+    layers = tuple(layer_latency(layer, dev) for layer in table.layers)
+    total = sum(x.time_ms for x in layers)
+    act_scale = _activation_scale(table, dev)
+    memory = MemoryFit(
+        weights_bytes=table.weight_bytes,
+        weights_limit_bytes=int((dev.flash_mb if dev.flash_mb is not None else dev.ram_mb) * 1e6),
+        weights_store="flash" if dev.flash_mb is not None else "RAM",
+        activations_bytes=int(table.peak_activation_bytes * act_scale),
+        activations_limit_bytes=int(dev.sram_kb * 1e3 if dev.sram_kb is not None
+                                    else dev.ram_mb * 1e6),
+        activations_store="SRAM" if dev.sram_kb is not None else "RAM")
+    band = dev.error_band_pct
+    how = (f"calibrated {dev.calibrated_at}" if dev.calibrated else "uncalibrated")
+    source = (f"simulated, roofline, device {dev.name}, runtime {dev.runtime}, "
+              f"+-{band:.0f} % ({how})")
+    return LatencyReport(device=dev.name, runtime=dev.runtime, audio_seconds=table.audio_seconds,
+                         layers=layers, total_ms=total,
+                         real_time_factor=total / 1e3 / table.audio_seconds,
+                         error_band_pct=band, calibrated=dev.calibrated, memory=memory,
+                         source=source)
+
+
+def layer_latency(layer: EffectiveLayer, dev: DeviceProfile) -> LayerLatency:
+    """Roofline time of one layer on one device (module docstring)."""
+    eff = dev.efficiency
+    precision = layer.precision
+    if layer.op == "matmul":
+        op_eff = eff.matmul_int8 if precision == "int8" else eff.matmul_fp32
+        flops = 2 * layer.macs
+    elif layer.op == "conv":
+        op_eff, flops = eff.conv, 2 * layer.macs
+    elif layer.op == "attention_scores":
+        op_eff, flops = eff.attention_scores, 2 * layer.macs
+    else:
+        op_eff, flops = eff.elementwise, ELEMENTWISE_FLOPS * layer.output_bytes // 4
+    compute_s = flops / (dev.peak_ops(precision) * op_eff)
+    moved = bytes_moved(layer, dev)
+    memory_s = moved / (dev.memory_bandwidth_gbs * 1e9 * eff.memory)
+    overhead_s = OPS_PER_LAYER[layer.op] * dev.overhead_us_per_op * 1e-6
+    return LayerLatency(path=layer.path, role=layer.role, op=layer.op, precision=precision,
+                        macs=layer.macs, bytes_moved=moved, compute_ms=compute_s * 1e3,
+                        memory_ms=memory_s * 1e3, overhead_ms=overhead_s * 1e3,
+                        time_ms=(max(compute_s, memory_s) + overhead_s) * 1e3)
+
+
+def bytes_moved(layer: EffectiveLayer, dev: DeviceProfile) -> int:
+    """Weights + activations in and out; the score matrix is written, normalised and re-read."""
+    scale = dev.quantized_activation_bits / 32 if layer.precision == "int8" else 1.0
+    acts = layer.input_bytes + layer.output_bytes
+    if layer.op == "attention_scores":
+        # q, k, v in; (H,T,T) written by QK^T, read+written by softmax, read by AV; output out.
+        acts = layer.input_bytes * 4 // 3 + 4 * layer.output_bytes
+    return int(layer.weight_bytes + acts * scale)
+
+
+def _activation_scale(table: LayerTable, dev: DeviceProfile) -> float:
+    """Full-integer runtimes keep int8 activations when every weight layer is int8."""
+    weighted = [x for x in table.layers if x.op in ("matmul", "conv") and x.params]
+    if weighted and all(x.precision == "int8" for x in weighted):
+        return dev.quantized_activation_bits / 32
+    return 1.0
+
+
+def speedup(fast: LatencyReport, slow: LatencyReport) -> float:
+    """slow / fast total time (e.g. fp32 report / int8 report)."""
+    return slow.total_ms / fast.total_ms
+
+
+def reports_by_device(model: nn.Module | LayerTable, devices: Sequence[str] | None = None,
+                      audio_seconds: float = 4.0, weight_bits: BitsOrPlan = None
+                      ) -> dict[str, LatencyReport]:
+    """One report per device (default: every known device), sharing one shape pass."""
+    from workbench.latency.devices import known_devices
+    if isinstance(model, LayerTable):
+        table = model.at_seconds(audio_seconds) if model.audio_seconds != audio_seconds else model
+        if weight_bits is not None:
+            table = table.with_bits(weight_bits)
+    else:
+        table = layer_table(model, audio_seconds, weight_bits)
+    return {name: price_table(table, load_device(name))
+            for name in (devices if devices is not None else known_devices())}
