@@ -1,8 +1,40 @@
 """workbench: compress transformer acoustic models for edge devices, and see what each choice costs.
 
-`import workbench` loads the computational core only (torch, no ipywidgets / plotly / onnxruntime).
+The verbs, in pipeline order (DESIGN.md section 1):
+
+    model = load_demo()                                  # or conformer_ctc("small"), load_checkpoint(p)
+    eval_set = load_eval_set(REAL_TEST)                  # features computed once
+    evaluate(model, eval_set)                            # WER / CER (jiwer, greedy CTC)
+    profile(model, audio_seconds=8)                      # cost per layer and role
+    plan = CompressionPlan().with_group("ffn", LayerConfig(quant=QuantConfig(weight_bits=4)))
+    small = compress(model, plan)                        # a new model; `model` is not touched
+    size(model, plan)                                    # exact bytes per layer
+    predict_latency(model, "rpi5", 8.0, plan)            # simulated, with its error band
+    Session(model, eval_set).evaluate(plan, "quick")     # the interactive engine
+
+`import workbench` loads the computational core only (torch; no ipywidgets / plotly / onnxruntime).
 The UI lives in `workbench.ui`, the ONNX export in `workbench.export`.
 """
 from workbench._version import __version__
+from workbench.compress import compress, presets
+from workbench.errors import (CheckpointError, DataError, DeviceError, PlanError,
+                              WorkbenchError)
+from workbench.evaluate import EvalSet, evaluate, load_eval_set, transcribe
+from workbench.features import log_mel
+from workbench.latency import known_devices, load_device, predict_latency
+from workbench.models import (VOCAB, build_model, conformer_ctc, load_checkpoint, load_demo,
+                              save_checkpoint, whisper_ctc_pretrained)
+from workbench.paths import CALIB, REAL_TEST, SYNTH_TEST
+from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
+from workbench.profile import profile
+from workbench.session import Session
+from workbench.size import size
 
-__all__ = ["__version__"]
+__all__ = [
+    "CALIB", "REAL_TEST", "SYNTH_TEST", "VOCAB", "CheckpointError", "CompressionPlan", "DataError",
+    "DeviceError", "EvalSet", "LayerConfig", "PlanError", "PruneConfig", "QuantConfig", "Session",
+    "WorkbenchError", "__version__", "build_model", "compress", "conformer_ctc", "evaluate",
+    "known_devices", "load_checkpoint", "load_demo", "load_device", "load_eval_set", "log_mel",
+    "predict_latency", "presets", "profile", "save_checkpoint", "size", "transcribe",
+    "whisper_ctc_pretrained",
+]

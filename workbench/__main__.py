@@ -29,8 +29,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     manifest = Path(args.manifest) if args.manifest else REAL_TEST
     checkpoint = Path(args.checkpoint) if args.checkpoint else DEMO_DIR / "model.safetensors"
-    model = load_checkpoint(checkpoint) if args.checkpoint else load_demo()
     eval_set = load_eval_set(manifest, limit=args.limit)
+    model = load_checkpoint(checkpoint) if args.checkpoint else load_demo()
     result = evaluate(model, eval_set)
     out = {"wer": round(result.wer, 4), "cer": round(result.cer, 4),
            "utterances": result.utterances, "seconds": round(result.seconds, 3),

@@ -10,6 +10,7 @@ Data: the synthetic corpus (train split) plus the real-speech fine-tune split, n
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -72,7 +73,8 @@ def train_demo(out_dir: Path | None = None, minutes: float | None = None, seed: 
     torch.manual_seed(recipe.seed)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    corpus = build_all(corpus_dir, n_train=recipe.n_train, seed=recipe.seed) or {}
+    # The corpus is built once at its default size; a smaller recipe uses a prefix of it.
+    corpus = build_all(corpus_dir, n_train=max(recipe.n_train, 4000), seed=recipe.seed) or {}
     synth = read_manifest(corpus_dir / "synth" / "train.jsonl")[: recipe.n_train]
     real = read_manifest(corpus_dir / "real" / "finetune.jsonl")
     f_s, l_s = _items(synth, 1, True, recipe.seed, "synthetic train features")
@@ -97,15 +99,17 @@ def train_demo(out_dir: Path | None = None, minutes: float | None = None, seed: 
     budget = minutes
     s1 = recipe.stage1 if budget is None else _with_minutes(recipe.stage1, budget * 0.2)
     s2 = recipe.stage2 if budget is None else _with_minutes(recipe.stage2, budget * 0.6)
-    state_dir = cache_dir() / "train_state"
+    # Resumable state, keyed by the recipe so a different recipe never resumes another's state.
+    tag = hashlib.sha1(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:10]
+    state_dir = cache_dir() / "train_state" / f"demo_{tag}"
     h1 = train_ctc(model, [Item(h, y) for h, y in zip(hidden_top, labels)], s1,
                    start_block=len(model.blocks), trainable=lambda n: n.startswith("ctc_head"),
-                   state_path=state_dir / f"demo_stage1_seed{recipe.seed}.pt")
+                   state_path=state_dir / "stage1.pt")
     del hidden_top
     h2 = train_ctc(model, [Item(h, y) for h, y in zip(hidden_k, labels)], s2, start_block=k,
                    trainable=lambda n: n.startswith(("ctc_head", "ln_post"))
                    or any(n.startswith(f"blocks.{i}.") for i in range(k, len(model.blocks))),
-                   state_path=state_dir / f"demo_stage2_seed{recipe.seed}.pt")
+                   state_path=state_dir / "stage2.pt")
     t_train = time.perf_counter() - t0 - t_data - t_cache
 
     model.eval()
@@ -152,7 +156,7 @@ def train_conformer(preset: str = "small", out_dir: Path | None = None, minutes:
     torch.manual_seed(seed)
     corpus_dir = Path(corpus_dir or cache_dir() / "corpus")
     out_dir = Path(out_dir or cache_dir() / "models" / f"conformer_{preset}")
-    build_all(corpus_dir, n_train=n_train, seed=seed)
+    build_all(corpus_dir, n_train=max(n_train, 4000), seed=seed)
     utts = read_manifest(corpus_dir / "synth" / "train.jsonl")[:n_train]
     utts += read_manifest(corpus_dir / "real" / "finetune.jsonl")
     feats, labels = _items(utts, 1, True, seed, "features")
