@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8888
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-installed
-DEBIAN_PKGS := espeak-ng flite festival sox asterisk-core-sounds-en asterisk-core-sounds-en-wav \
+DEBIAN_PKGS := espeak-ng flite festival festvox-kallpc16k sox asterisk-core-sounds-en asterisk-core-sounds-en-wav \
                chromium chromium-driver fonts-dejavu-core
 
 .PHONY: lab test serve setup apt data demo bench clean-venv

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from workbench.data import (AugmentConfig, augment_wave, colored_noise, spec_augment,
-                            speed_perturb, telephone)
+from workbench.data import AugmentConfig, augment_wave, colored_noise, spec_augment, speed_perturb, telephone
 from workbench.data.augment import add_noise, babble_noise, reverberate, room_impulse_response
 from workbench.errors import DataError
 

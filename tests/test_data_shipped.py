@@ -4,8 +4,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from workbench.data import normalize_text, read_manifest
-from workbench.data import asterisk, corpus
+from workbench.data import asterisk, corpus, normalize_text, read_manifest
 from workbench.data.build import voice_of
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -56,3 +56,12 @@ def test_every_accent_has_held_out_and_train_voices():
     test = [v for v in voices if v.held_out]
     assert 20 <= len(test) < len(voices) / 3
     assert any(v.engine == "espeak-ng" and v.name.startswith("en-029") for v in test)
+
+
+def test_build_all_refuses_the_repository():
+    from workbench.data import build_all
+    from workbench.errors import DataError
+    from workbench.paths import REPO_ROOT
+
+    with pytest.raises(DataError, match="inside the workbench repository"):
+        build_all(REPO_ROOT / "data" / "corpus", n_train=1, progress=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jiwer
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from workbench.decode import greedy_decode
 from workbench.features import FRAMES_PER_SECOND, collate_features, log_mel

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import random
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -21,14 +23,13 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars on stderr (tqdm.auto would pull in ipywidgets in Jupyter)
 
 from workbench.data import asterisk
 from workbench.data.audio import load_audio, save_flac
 from workbench.data.corpus import build_sentences, split_sentences, vocabulary
 from workbench.data.manifest import Utterance, read_manifest, write_manifest
-from workbench.data.synth import (SynthSettings, Voice, require_engines, synthesize,
-                                  voice_catalogue)
+from workbench.data.synth import SynthSettings, Voice, require_engines, synthesize, voice_catalogue
 from workbench.errors import DataError
 
 #: Share of utterances per engine. Festival costs ~0.4 s per call (vs ~0.03 s espeak-ng), so it
@@ -129,7 +130,7 @@ def run_jobs(jobs: list[SynthJob], workers: int = 2, progress: bool = True, desc
                 bar.update()
     bar.close()
     utts, errors = [], []
-    for job, (_, duration, err) in zip(jobs, results):
+    for job, (_, duration, err) in zip(jobs, results, strict=True):
         if duration is None:
             errors.append(err)
         else:
@@ -232,9 +233,6 @@ def _key(utts: list[Utterance]) -> list[tuple[str, str]]:
 
 
 def _require_asterisk() -> None:
-    import os
-    import subprocess
-
     if asterisk.SOUNDS_DIR.is_dir() and asterisk.TRANSCRIPTS.is_file():
         return
     pkgs = list(asterisk.DEBIAN_PACKAGES)
@@ -249,13 +247,15 @@ def _require_asterisk() -> None:
 def build_all(out_dir: Path | str, n_train: int = 4000, seed: int = 0, progress: bool = True) -> dict:
     """Synthetic corpus (out_dir/synth) + real splits (out_dir/real); idempotent; returns a summary.
 
-    Refuses a folder inside a git checkout: training audio (hundreds of MB) is built on demand
-    into the user cache, never committed.
+    Refuses a folder inside the workbench checkout: training audio (~200 MB for 4,000
+    utterances) is built on demand into the user cache, never committed.
     """
+    from workbench.paths import REPO_ROOT
+
     out_dir = Path(out_dir).expanduser().resolve()
-    if any((parent / ".git").exists() for parent in (out_dir, *out_dir.parents)):
-        raise DataError(f"{out_dir}: is inside a git repository; build the corpus outside it "
-                        "(default: ~/.cache/workbench/corpus)")
+    if out_dir == REPO_ROOT or REPO_ROOT in out_dir.parents:
+        raise DataError(f"{out_dir}: is inside the workbench repository; build the corpus outside "
+                        "it (default: ~/.cache/workbench/corpus)")
     return {"synth": build_corpus(out_dir / "synth", n_train=n_train, seed=seed, progress=progress),
             "real": build_real(out_dir / "real", progress=progress)}
 

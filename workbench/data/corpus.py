@@ -48,7 +48,9 @@ def _time(rng: random.Random) -> str:
     h, m = rng.randint(1, 12), rng.choice((0, 0, 5, 10, 15, 20, 30, 30, 40, 45, 50, rng.randint(1, 59)))
     style = rng.random()
     if style < 0.45:
-        return f"{h}:{m:02d} {rng.choice(('am', 'pm', 'a.m.', 'p.m.'))}" if m else f"{h} {rng.choice(('am', 'pm'))}"
+        if m:
+            return f"{h}:{m:02d} {rng.choice(('am', 'pm', 'a.m.', 'p.m.'))}"
+        return f"{h} {rng.choice(('am', 'pm'))}"
     if style < 0.65:
         return f"{rng.randint(0, 23)}:{m:02d}"
     if style < 0.85:
@@ -113,8 +115,9 @@ SLOTS: dict[str, Callable[[random.Random], str]] = {
     "name": _choice(lex.FIRST_NAMES), "relative": _choice(lex.RELATIVES), "city": _choice(lex.CITIES),
     "place": _choice(lex.PLACES), "genre": _choice(lex.GENRES), "instrument": _choice(lex.INSTRUMENTS),
     "animal": _choice(lex.ANIMALS), "object": _choice(lex.OBJECTS), "adj": _choice(lex.ADJECTIVES),
-    "verb": _choice(lex.VERBS_PAST),
-    "food_verb": _choice(lex.FOOD_VERBS), "verb_base": _choice(lex.VERBS_BASE), "pastday": _choice(lex.PAST_TIMES), "job": _choice(lex.JOBS), "activity": _choice(lex.ACTIVITIES),
+    "verb": _choice(lex.VERBS_PAST), "food_verb": _choice(lex.FOOD_VERBS),
+    "verb_base": _choice(lex.VERBS_BASE), "pastday": _choice(lex.PAST_TIMES),
+    "job": _choice(lex.JOBS), "activity": _choice(lex.ACTIVITIES),
     "weekday": _choice(lex.WEEKDAYS), "dayword": _choice(lex.DAY_PARTS), "event": _choice(lex.EVENTS),
     "task": _choice(lex.TASKS), "weather": _choice(lex.WEATHER_WORDS), "vehicle": _choice(lex.VEHICLES),
     "feeling": _choice(lex.FEELINGS), "nature": _choice(lex.NATURE), "language": _choice(lex.LANGUAGES),
@@ -138,7 +141,8 @@ SLOTS: dict[str, Callable[[random.Random], str]] = {
     "small": lambda rng: str(rng.randint(2, 5)),
     "n60": lambda rng: str(rng.randint(5, 59)),
     "n99": lambda rng: str(rng.randint(1, 99)),
-    "n999": lambda rng: str(rng.choice((rng.randint(100, 999), rng.randint(10, 99), rng.randint(1, 9) * 100))),
+    "n999": lambda rng: str(rng.choice((rng.randint(100, 999), rng.randint(10, 99),
+                                        rng.randint(1, 9) * 100))),
     "square": lambda rng: str(rng.randint(2, 30) ** 2),
     "decimal": lambda rng: f"{rng.randint(0, 99)}.{rng.randint(1, 9)}",
     "year": lambda rng: str(rng.randint(1950, 2030)),
@@ -162,7 +166,7 @@ def build_sentences(seed: int = 0) -> list[str]:
     """
     rng = random.Random(seed)
     out: dict[str, None] = {}
-    for family, quota, templates in FAMILIES:
+    for _family, quota, templates in FAMILIES:
         got, tries = 0, 0
         while got < quota and tries < 30 * quota:
             tries += 1

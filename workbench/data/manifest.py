@@ -62,7 +62,7 @@ def _parse_line(line: str, path: Path, lineno: int) -> Utterance:
     audio, duration, text = entry["audio_filepath"], entry["duration"], entry["text"]
     if not isinstance(audio, str) or not audio:
         raise DataError(f"{where}: field 'audio_filepath' must be a non-empty string")
-    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration < 0:
+    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
         raise DataError(f"{where}: field 'duration' must be a non-negative number of seconds, "
                         f"got {duration!r}")
     if not isinstance(text, str):

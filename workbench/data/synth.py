@@ -139,8 +139,9 @@ def _run(cmd: list[str], what: str, stdin: str | None = None) -> None:
         raise DataError(f"{what} failed (exit {proc.returncode}): {proc.stderr.strip()[:300]}")
 
 
-def synthesize(text: str, voice: Voice, settings: SynthSettings = SynthSettings()) -> torch.Tensor:
+def synthesize(text: str, voice: Voice, settings: SynthSettings | None = None) -> torch.Tensor:
     """Speak `text` -> (samples,) float32 at 16 kHz, silence-trimmed and loudness-normalized."""
+    settings = settings or SynthSettings()
     spoken = speakable(text)
     with tempfile.TemporaryDirectory(prefix="wb-synth-") as tmp:
         wav = Path(tmp) / "out.wav"
