@@ -1,0 +1,233 @@
+"""Headless tests of the workbench app (no browser): its state, its edits, its error area, and
+that its readouts are the core's numbers.
+
+The model is a tiny untrained Conformer-CTC and the eval set six random-feature utterances: the
+app does not care what the WER is, only that it shows the core's WER for the current plan.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("plotly")
+
+from workbench.compress import presets  # noqa: E402
+from workbench.compress.targets import find_targets  # noqa: E402
+from workbench.errors import PlanError  # noqa: E402
+from workbench.evaluate import EvalSet  # noqa: E402
+from workbench.latency import predict_latency  # noqa: E402
+from workbench.models import conformer_ctc  # noqa: E402
+from workbench.plan import CompressionPlan, LayerConfig, QuantConfig  # noqa: E402
+from workbench.session import plan_key  # noqa: E402
+from workbench.size import size  # noqa: E402
+from workbench.ui import Workbench  # noqa: E402
+
+COMPRESS_TAB = 1
+
+
+def _eval_set(n: int = 6) -> EvalSet:
+    gen = torch.Generator().manual_seed(0)
+    feats = tuple(torch.randn(80, 120 + 40 * i, generator=gen) for i in range(n))
+    texts = tuple(["hello world", "press one", "thank you", "good bye", "the pound key",
+                   "agent login"][i % 6] for i in range(n))
+    return EvalSet("random", Path("/nonexistent/manifest.jsonl"),
+                   tuple(f"u{i}" for i in range(n)), texts, feats)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return conformer_ctc("tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def session(model):
+    from workbench.session import Session
+    return Session(model, _eval_set(), quick_utterances=3)
+
+
+@pytest.fixture()
+def wb(model, session):
+    app = Workbench(model, session.eval_set, device="rpi4", audio_seconds=4.0, session=session)
+    app.tabs.selected_index = COMPRESS_TAB
+    app.wait()
+    yield app
+    app.session.cancel()
+
+
+def _num(html: str, attr: str) -> str:
+    match = re.search(rf"data-{attr}='([^']*)'", html)
+    assert match, f"no data-{attr} in {html!r}"
+    return match.group(1)
+
+
+def _wait_full(app: Workbench, timeout: float = 30.0) -> None:
+    """Until the header shows the measured WER of the current plan."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app.wait(timeout)
+        est = app.state.wer
+        if est is not None and est.kind == "full" and est.plan_key == plan_key(app.plan):
+            return
+        time.sleep(0.02)
+    raise AssertionError("the full WER of the current plan never arrived")
+
+
+def test_preset_sets_the_documented_plan_and_every_row_shows_it(wb, model):
+    wb.compress.apply_preset("int8_everywhere")
+    assert wb.plan == presets.int8_everywhere()
+    bits_rows = [r for r in wb.compress.rows.values() if r.bits is not None]
+    assert bits_rows and all(r.bits.value == 8 for r in bits_rows)
+
+    wb.compress.apply_preset("prune_ffn_neurons")
+    assert wb.plan == presets.prune_ffn_neurons()
+    ffn = [p for p, t in find_targets(model).items() if t.kind == "ffn"]
+    assert len(ffn) == 4  # two FFNs (Macaron) in each of the two blocks
+    for path in ffn:
+        assert wb.compress.rows[path].prune.value == pytest.approx(0.5, abs=1e-9)
+        assert wb.compress.rows[path].structure.value == "neurons"
+    assert all(r.bits.value == 32 for r in bits_rows)  # the preset replaced the int8 plan
+
+
+def test_undo_and_redo_restore_plans_and_rows(wb):
+    start = wb.plan
+    wb.compress.apply_preset("int8_everywhere")
+    int8 = wb.plan
+    row = wb.compress.rows["blocks.0.ffn1.fc1"]
+    row.bits.value = 4
+    assert wb.plan.layers["blocks.0.ffn1.fc1"].quant.weight_bits == 4
+    wb.compress.undo.click()
+    assert wb.plan == int8 and row.bits.value == 8
+    wb.compress.undo.click()
+    assert wb.plan == start and row.bits.value == 32
+    assert wb.compress.undo.disabled
+    wb.compress.redo.click()
+    assert wb.plan == int8
+    wb.compress.rows["blocks.1.attn"].prune.value = 0.25   # a new edit clears the redo stack
+    assert wb.state.redo_stack == ()
+    assert wb.compress.redo.disabled
+
+
+def test_restoring_a_history_point_restores_its_plan_exactly(wb):
+    plans = [presets.int8_everywhere(),
+             CompressionPlan().with_layer("blocks.1.ffn2.fc2",
+                                          LayerConfig(quant=QuantConfig(weight_bits=3))),
+             presets.prune_attention_heads()]
+    for p in plans:
+        wb.set_plan(p, "test")
+        _wait_full(wb)
+    keys = [h.key for h in wb.state.history]
+    for p in plans:
+        assert plan_key(p) in keys
+    target = next(i for i, h in enumerate(wb.state.history) if h.key == plan_key(plans[1]))
+    wb.tradeoffs.restore(target)
+    assert wb.plan == plans[1]
+    assert wb.plan.to_json() == plans[1].to_json()
+    assert wb.compress.rows["blocks.1.ffn2.fc2"].bits.value == 3
+    _wait_full(wb)
+    assert _num(wb.header.wer.value, "plan") == plan_key(plans[1])
+    wb.state.undo()     # restoring is an ordinary, undoable edit
+    assert wb.plan == plans[2]
+
+
+def test_readouts_are_the_core_numbers(wb, model):
+    plan = (CompressionPlan()
+            .with_layer("blocks.0.ffn1.fc1", LayerConfig(quant=QuantConfig(weight_bits=4)))
+            .with_layer("blocks.0.ffn1", LayerConfig.model_validate(
+                {"prune": {"amount": 0.25, "structure": "neurons"}})))
+    wb.set_plan(plan)
+    _wait_full(wb)
+    assert int(_num(wb.header.size.value, "bytes")) == size(model, plan).total_bytes
+    expected = predict_latency(model, "rpi4", 4.0, plan)
+    assert float(_num(wb.header.latency.value, "ms")) == pytest.approx(expected.total_ms,
+                                                                       rel=1e-6)
+    assert _num(wb.header.memory.value, "fits") == str(expected.memory.fits).lower()
+    full = wb.session.evaluate(plan, "full")
+    assert float(_num(wb.header.wer.value, "wer")) == pytest.approx(full.wer, abs=1e-9)
+    assert _num(wb.header.wer.value, "kind") == "full"
+    assert "simulated" in wb.header.latency.value
+    wb.header.device.value = "cortex_m7"
+    expected = predict_latency(model, "cortex_m7", 4.0, plan)
+    assert float(_num(wb.header.latency.value, "ms")) == pytest.approx(expected.total_ms,
+                                                                       rel=1e-6)
+    # Other audio lengths rescale the cached table (LayerTable.at_seconds): within a frame of
+    # rounding of the exact shape pass.
+    wb.header.audio.value = 2.5
+    expected = predict_latency(model, "cortex_m7", 2.5, plan)
+    assert float(_num(wb.header.latency.value, "ms")) == pytest.approx(expected.total_ms,
+                                                                       rel=0.01)
+
+
+def test_a_stale_result_never_overwrites_a_newer_one(wb):
+    old = presets.int8_everywhere()
+    stale = wb.session.evaluate(old, "full")
+    new = presets.prune_attention_heads()
+    wb.set_plan(new)
+    _wait_full(wb)
+    shown = wb.state.wer
+    wb.controller._on_result(stale)       # an old plan's result arriving late
+    assert wb.state.wer is shown and wb.state.wer.plan_key == plan_key(new)
+    quick = wb.session.evaluate(new, "quick")
+    wb.controller._on_result(quick)       # a quick estimate after the full result
+    assert wb.state.wer.kind == "full"
+    # Many edits in a row: whatever finishes last, the shown WER is the current plan's.
+    for amount in (0.05, 0.1, 0.15, 0.2):
+        wb.compress.rows["blocks.0.attn"].prune.value = amount
+    _wait_full(wb)
+    assert wb.state.wer.plan_key == plan_key(wb.plan)
+
+
+def test_an_invalid_edit_is_shown_in_the_error_area_and_changes_nothing(wb):
+    path = "blocks.0.ffn1.fc1"
+    wb.compress.rows[path].rank.value = 16
+    row = wb.compress.rows["blocks.0.ffn1"]
+    row.structure.value = "unstructured"    # amount 0 so far: a valid edit
+    before = wb.plan
+    assert wb.errors.errors == []
+    row.prune.value = 0.3                   # unstructured + low rank on fc1: a PlanError
+    assert wb.plan == before
+    assert any(e.type_name == PlanError.__name__ and path in e.message for e in wb.errors.errors)
+    assert "editing blocks.0.ffn1" in wb.errors.text
+    assert wb.errors.widget.layout.display == "flex"
+    assert row.prune.value == 0.0            # the rejected value does not stay on screen
+    wb.errors.clear()
+    assert wb.errors.widget.layout.display == "none"
+
+
+def test_an_exception_in_any_callback_is_shown_with_its_traceback(wb):
+    def broken(_change):
+        raise RuntimeError("boom in a callback")
+
+    wb.state.observe(wb.errors.guard("a test observer", broken), names=["device"])
+    wb.header.device.value = "rpi5"          # the observer runs and raises
+    assert wb.state.device == "rpi5"
+    shown = wb.errors.errors[-1]
+    assert shown.where == "a test observer" and shown.type_name == "RuntimeError"
+    assert "boom in a callback" in wb.errors._html.value
+    assert "Traceback" in shown.traceback and "<details>" in wb.errors._html.value
+
+
+def test_every_tab_draws_without_errors(wb):
+    for i in range(len(wb.tabs.children)):
+        wb.tabs.selected_index = i
+    assert wb.errors.errors == []
+    assert wb.profile.layers_fig.figure.data and wb.profile.hotspots.value.count("<code>") == 5
+    assert "reference" in wb.listen.transcripts.value
+    assert '"format_version": 1' in wb.export.json.value
+
+
+def test_export_saves_the_current_plan_for_this_model(wb, model, tmp_path):
+    wb.set_plan(presets.int4_ffn_int8_attention())
+    wb.tabs.selected_index = len(wb.tabs.children) - 1
+    wb.export.path.value = str(tmp_path / "sub" / "plan.json")
+    wb.export.save_button.click()
+    saved = CompressionPlan.from_json((tmp_path / "sub" / "plan.json").read_text())
+    assert saved == presets.int4_ffn_int8_attention().for_model(model)
+    assert saved.resolve(model) == wb.plan.resolve(model)    # the fingerprint matches
+    assert "plan.json" in wb.export.status.value
+    assert wb.export.json.value == saved.to_json()

@@ -1,0 +1,171 @@
+"""The workbench app: `Workbench(model, eval_set).show()`, or `Workbench.demo().show()`.
+
+    from workbench.ui import Workbench
+    wb = Workbench.demo()          # shipped demo model + held-out real speech
+    wb.show()                      # the app widget (also shown when `wb` ends a cell)
+
+Pieces: AppState (single source of truth) <- Controller (calls the core: size, latency now; WER
+on the Session's worker thread) -> Header and tabs (Profile, Compress, Trade-offs, Sensitivity,
+Listen, Export), which observe the state and send edits through the controller. Every callback
+runs under the error area's guard (class wb-error).
+
+`WORKBENCH_EVAL_LIMIT=n` makes `demo()` evaluate only the first n utterances (fast tests and
+slow machines); `demo_inputs()` is what `demo()` loads, so a test can rebuild the same numbers.
+"""
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as widgets
+from torch import nn
+
+from workbench.errors import WorkbenchError
+from workbench.evaluate import EvalSet
+from workbench.plan import CompressionPlan
+from workbench.session import Session
+from workbench.ui.compress_tab import CompressTab
+from workbench.ui.controller import Controller
+from workbench.ui.core import Core
+from workbench.ui.css import STYLE
+from workbench.ui.errors import ErrorArea
+from workbench.ui.export_tab import ExportTab
+from workbench.ui.header import Header
+from workbench.ui.listen_tab import ListenTab
+from workbench.ui.profile_tab import ProfileTab
+from workbench.ui.sensitivity_tab import SensitivityTab
+from workbench.ui.state import AppState
+from workbench.ui.tradeoffs_tab import TradeoffsTab
+from workbench.ui.view import LazyView
+
+#: Environment variable: evaluate only the first n utterances in `Workbench.demo()`.
+EVAL_LIMIT_ENV = "WORKBENCH_EVAL_LIMIT"
+TAB_TITLES = ("Profile", "Compress", "Trade-offs", "Sensitivity", "Listen", "Export")
+
+
+@dataclass(frozen=True)
+class DemoInputs:
+    model: nn.Module
+    eval_set: EvalSet
+    note: str            # shown in the app when the shipped demo model is missing
+
+
+def eval_limit_from_env() -> int | None:
+    raw = os.environ.get(EVAL_LIMIT_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise WorkbenchError(f"{EVAL_LIMIT_ENV}: must be a positive number of utterances, "
+                             f"got {raw!r}; unset it to evaluate the whole set.")
+    return int(raw)
+
+
+def demo_inputs(eval_limit: int | None = None) -> DemoInputs:
+    """The demo model (the untrained Whisper CTC if the trained one is not built yet, with a
+    note saying so) and the held-out real-speech set (first `eval_limit` utterances; default:
+    $WORKBENCH_EVAL_LIMIT, else all)."""
+    from workbench.evaluate import load_eval_set
+    from workbench.errors import CheckpointError
+    from workbench.models import load_demo, whisper_ctc_pretrained
+    from workbench.paths import REAL_TEST
+
+    limit = eval_limit if eval_limit is not None else eval_limit_from_env()
+    note = ""
+    try:
+        model = load_demo()
+    except CheckpointError as err:
+        model = whisper_ctc_pretrained()
+        note = (f"{err} Showing the pretrained Whisper encoder with an untrained CTC head "
+                f"instead, so WER is near 100 %.")
+    eval_set = load_eval_set(REAL_TEST, limit=limit, progress=False)
+    return DemoInputs(model, eval_set, note)
+
+
+def _quick_covers_all(session: Session) -> bool:
+    sets = getattr(session, "_sets", None)   # Session internals; a public flag would be better
+    try:
+        return len(sets["quick"].order) >= len(session.eval_set)
+    except (TypeError, KeyError, AttributeError):
+        return False
+
+
+class Workbench:
+    """The whole app for one model and one eval set. See the module docstring."""
+
+    def __init__(self, model: nn.Module, eval_set: EvalSet, *, device: str = "rpi4",
+                 audio_seconds: float = 4.0, plan: CompressionPlan | None = None,
+                 quick_utterances: int = 24, session: Session | None = None,
+                 note: str = "") -> None:
+        self.session = session if session is not None else Session(
+            model, eval_set, quick_utterances=quick_utterances)
+        # The Session holds its own deep copy; pricing uses the same one, so later changes to
+        # the caller's model cannot make size / latency disagree with WER.
+        self.core = Core(self.session.baseline)
+        self.core.device(device)  # an unknown device fails here, listing the known ones
+        self.core.warm_up(device, float(audio_seconds))
+        self.errors = ErrorArea()
+        self.state = AppState(plan if plan is not None else CompressionPlan(), device=device,
+                              audio_seconds=float(audio_seconds))
+        # When the quick subset is the whole set, the estimate would repeat the full run.
+        quick_is_full = _quick_covers_all(self.session)
+        self.controller = Controller(self.state, self.core, self.session, self.errors,
+                                     kinds=("full",) if quick_is_full else ("quick", "full"))
+        self.header = Header(self.state, self.core.devices(), self.errors)
+        self.profile = ProfileTab(self.controller)
+        self.compress = CompressTab(self.controller)
+        self.tradeoffs = TradeoffsTab(self.controller)
+        self.sensitivity = SensitivityTab(self.controller)
+        self.listen = ListenTab(self.controller)
+        self.export = ExportTab(self.controller)
+        views = (self.profile, self.compress, self.tradeoffs, self.sensitivity, self.listen,
+                 self.export)
+        self.tabs = widgets.Tab(children=[v.widget for v in views], titles=TAB_TITLES)
+        self.tabs.add_class("wb-tabs")
+        self._views = views
+        self.tabs.observe(self.errors.guard("switching tabs", self._tab_changed),
+                          names=["selected_index"])
+        self.tabs.selected_index = 0
+        self._tab_changed({"new": 0})
+        es = self.session.eval_set
+        title = (f"<b>workbench</b> · {html.escape(type(self.session.baseline).__name__)} · "
+                 f"{html.escape(es.name)} ({len(es)} utterances, {es.seconds:.0f} s) · baseline "
+                 f"WER {100 * self.session.baseline_full.wer:.2f} %")
+        if note:
+            title += f"<br><span class='wb-error'>{html.escape(note)}</span>"
+        self.widget = widgets.VBox([widgets.HTML(STYLE), widgets.HTML(title), self.errors.widget,
+                                    self.header.widget, self.tabs])
+        self.widget.add_class("wb-app")
+
+    @classmethod
+    def demo(cls, *, eval_limit: int | None = None, **kwargs: Any) -> Workbench:
+        """The app on the shipped demo model and held-out real speech (see `demo_inputs`)."""
+        inputs = demo_inputs(eval_limit)
+        return cls(inputs.model, inputs.eval_set, note=inputs.note, **kwargs)
+
+    # ---- display -----------------------------------------------------------------------------
+    def show(self) -> widgets.Widget:
+        """The app widget (display it, or let it end a cell)."""
+        return self.widget
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _tab_changed(self, change: dict) -> None:
+        for i, view in enumerate(self._views):
+            if isinstance(view, LazyView):
+                view.set_visible(i == change["new"])
+
+    # ---- scripting ---------------------------------------------------------------------------
+    @property
+    def plan(self) -> CompressionPlan:
+        return self.state.plan
+
+    def set_plan(self, plan: CompressionPlan, label: str = "set from code") -> None:
+        """Make `plan` current (validated; undoable), as if edited in the app."""
+        self.controller.propose(plan, label)
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Block until the current plan's WER evaluation has been delivered."""
+        self.controller.wait(timeout)

@@ -1,0 +1,151 @@
+"""The app's calls into the computational core, with the caches that make them instant.
+
+Nothing here computes a metric: size comes from `workbench.size.size`, latency from
+`workbench.latency` (`layer_table`, `LayerTable.with_bits`, `price_table`), the profile from
+`workbench.profile.profile`, importance from `workbench.compress.importance`.
+
+Why a cache for latency: `predict_latency(model, device, seconds, plan)` compresses the model and
+runs a shape pass (~150 ms on Whisper tiny), too slow for every slider step. Only structure
+(structured pruning, low rank) changes shapes; bits only change the price of each row, and the
+audio length only rescales the rows (`LayerTable.at_seconds`: work and activations grow with T,
+attention scores with T^2). So the shape pass runs once per structure, on a short reference
+clip, and every other change re-prices the cached table (`at_seconds` + `with_bits` +
+`price_table`, ~5 ms). That equals `predict_latency` exactly at whole multiples of the reference
+length and within a frame of rounding elsewhere (<1 % on Conformer at 2.5 s; tested).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from workbench.compress.targets import find_targets
+from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig
+
+#: Shape-pass tables kept (each a few KB of plain data).
+TABLE_CACHE = 64
+#: Audio length (s) of the shape pass; tables are rescaled to the selected length.
+REFERENCE_SECONDS = 1.0
+
+
+class Core:
+    """Core calls for one baseline model. Thread-safe (one lock around the caches)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.targets = find_targets(model)
+        self._lock = threading.Lock()
+        self._tables: OrderedDict[str, object] = OrderedDict()
+        self._profiles: dict[float, object] = {}
+        self._importance: dict[str, torch.Tensor] = {}
+
+    # ---- plan --------------------------------------------------------------------------------
+    def resolve(self, plan: CompressionPlan) -> dict[str, LayerConfig]:
+        """Effective settings per layer; raises PlanError on a bad plan (shown by the app)."""
+        return plan.resolve(self.model)
+
+    # ---- size --------------------------------------------------------------------------------
+    def size(self, plan: CompressionPlan):
+        """workbench.size.SizeReport of `plan` (exact bytes, no model run)."""
+        from workbench.size import size
+        return size(self.model, plan)
+
+    # ---- latency -----------------------------------------------------------------------------
+    def devices(self) -> tuple[str, ...]:
+        from workbench.latency import known_devices
+        return known_devices()
+
+    def device(self, name: str):
+        from workbench.latency import load_device
+        return load_device(name)
+
+    def latency(self, plan: CompressionPlan, device: str, audio_seconds: float):
+        """workbench.latency.LatencyReport of `plan` on `device` for `audio_seconds` of audio."""
+        from workbench.latency import load_device, price_table
+        resolved = self.resolve(plan)
+        table = self._table(resolved)
+        if float(audio_seconds) != table.audio_seconds:
+            table = table.at_seconds(float(audio_seconds))
+        bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
+                if cfg.quant is not None}
+        return price_table(table.with_bits(bits), load_device(device))
+
+    def warm_up(self, device: str, audio_seconds: float) -> None:
+        """Price one structural change of each kind (heads, neurons, channels) once, so the first
+        slider move does not pay one-off costs (lazy imports, first compress and shape pass of
+        that kind: ~0.3-3 s on a busy machine)."""
+        from workbench.plan import PruneConfig
+        seen: set[str] = set()
+        for path, target in self.targets.items():
+            if target.kind in STRUCTURE_FOR_KIND and target.kind not in seen:
+                seen.add(target.kind)
+                plan = CompressionPlan(layers={path: LayerConfig(prune=PruneConfig(
+                    amount=0.5, structure=STRUCTURE_FOR_KIND[target.kind]))})
+                self.size(plan)
+                self.latency(plan, device, audio_seconds)
+
+    def _table(self, resolved: dict[str, LayerConfig]):
+        """The shape-pass table of the plan's structure (structured pruning + low rank only)."""
+        from workbench.latency.table import compressed_for_pricing, table_from_profile
+        from workbench.profile import profile
+        structure: dict[str, LayerConfig] = {}
+        for path, cfg in resolved.items():
+            keep = {}
+            if cfg.prune is not None and cfg.prune.structure in STRUCTURE_FOR_KIND.values():
+                keep["prune"] = cfg.prune
+            if cfg.rank is not None or cfg.energy is not None:
+                keep.update(rank=cfg.rank, energy=cfg.energy)
+            if keep:
+                structure[path] = LayerConfig(**keep)
+        key = json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
+                         sort_keys=True)
+        with self._lock:
+            if key in self._tables:
+                self._tables.move_to_end(key)
+                return self._tables[key]
+        # layer_table(model, seconds, plan) would also scan every weight for zeros (sparsity is
+        # reported, never priced) and quantize: both cost more than the shape pass itself.
+        model = (compressed_for_pricing(self.model, CompressionPlan(layers=structure))
+                 if structure else self.model)
+        table = table_from_profile(profile(model, REFERENCE_SECONDS, measure=False))
+        with self._lock:
+            self._tables[key] = table
+            while len(self._tables) > TABLE_CACHE:
+                self._tables.popitem(last=False)
+        return table
+
+    # ---- profile -----------------------------------------------------------------------------
+    def profile(self, audio_seconds: float):
+        """workbench.profile.Profile of the baseline model (analytic, no timing), cached."""
+        from workbench.profile import profile
+        seconds = float(audio_seconds)
+        with self._lock:
+            if seconds in self._profiles:
+                return self._profiles[seconds]
+        prof = profile(self.model, seconds, measure=False)
+        with self._lock:
+            self._profiles[seconds] = prof
+        return prof
+
+    # ---- importance --------------------------------------------------------------------------
+    def importance(self, path: str) -> torch.Tensor:
+        """Magnitude importance of each head / neuron / channel of a structured module (cached:
+        the baseline weights never change)."""
+        with self._lock:
+            if path in self._importance:
+                return self._importance[path]
+        scores = _importance(self.model, path, self.targets[path].kind)
+        with self._lock:
+            self._importance[path] = scores
+        return scores
+
+
+def _importance(model: nn.Module, path: str, kind: str) -> torch.Tensor:
+    from workbench.compress import importance as imp
+    module = model.get_submodule(path)
+    fn = {"attention": imp.head_importance, "ffn": imp.neuron_importance,
+          "conv_module": imp.channel_importance}[kind]
+    return fn(module, "magnitude")

@@ -1,0 +1,116 @@
+"""Export tab: save the current plan as JSON (stamped with the model's fingerprint), download it,
+and build the ONNX model with its verification report (`workbench.export.apply_plan`, what
+`workbench apply` runs), on a background thread.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import threading
+from pathlib import Path
+
+import ipywidgets as widgets
+
+from workbench.ui.controller import Controller
+from workbench.ui.view import LazyView
+
+def export_verb():
+    """`workbench.export.apply_plan` and its options class, or None if the export is missing."""
+    try:
+        from workbench.export import ApplyOptions, apply_plan
+    except ImportError:
+        return None
+    return apply_plan, ApplyOptions
+
+
+class ExportTab(LazyView):
+    def __init__(self, controller: Controller) -> None:
+        super().__init__(controller.errors, "the plan export")
+        self.controller = controller
+        self.state = controller.state
+        self.core = controller.core
+        g = controller.errors.guard
+        self.path = widgets.Text("plan.json", description="plan file",
+                                 layout=widgets.Layout(width="420px"))
+        self.path.add_class("wb-export-path")
+        self.save_button = save = widgets.Button(description="save plan JSON",
+                                                 button_style="primary")
+        save.add_class("wb-export-save")
+        self.status = widgets.HTML()
+        self.status.add_class("wb-export-status")
+        self.download = widgets.HTML()
+        self.download.add_class("wb-export-download")
+        self.json = widgets.Textarea(disabled=True, layout=widgets.Layout(width="100%",
+                                                                           height="260px"))
+        self.json.add_class("wb-plan-json")
+        self.out_dir = widgets.Text("out/export", description="ONNX folder",
+                                    layout=widgets.Layout(width="420px"))
+        self.out_dir.add_class("wb-export-dir")
+        self.force = widgets.Checkbox(False, description="replace the folder if it exists")
+        self.force.add_class("wb-export-force")
+        self.onnx = widgets.Button(description="export ONNX + report")
+        self.onnx.add_class("wb-export-onnx")
+        self.onnx_status = widgets.HTML()
+        self.onnx_status.add_class("wb-export-onnx-status")
+        save.on_click(g("saving the plan", lambda _b: self.save()))
+        self.onnx.on_click(g("exporting", lambda _b: self.start_export()))
+        self.state.observe(g("showing the plan JSON", lambda _c: self.invalidate()),
+                           names=["plan"])
+        self.widget = widgets.VBox([widgets.HBox([self.path, save]), self.status, self.download,
+                                    self.json,
+                                    widgets.HBox([self.out_dir, self.force, self.onnx]),
+                                    self.onnx_status])
+        self.widget.add_class("wb-export")
+
+    def plan_json(self) -> str:
+        return self.state.plan.for_model(self.core.model).to_json()
+
+    def draw(self) -> None:
+        text = self.plan_json()
+        self.json.value = text
+        data = base64.b64encode(text.encode()).decode()
+        self.download.value = (f"<a download='plan.json' href='data:application/json;base64,"
+                               f"{data}'>download plan.json</a>")
+        if export_verb() is None:
+            self.onnx.disabled = True
+            self.onnx_status.value = ("<span class='wb-muted'>ONNX export: not available in this "
+                                      "version (use `workbench apply --plan plan.json`).</span>")
+
+    def save(self) -> Path:
+        path = Path(self.path.value).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.plan_json())
+        self.status.value = f"saved <code>{html.escape(str(path.resolve()))}</code>"
+        return path
+
+    def start_export(self) -> None:
+        verb = export_verb()
+        if verb is None:
+            raise RuntimeError("the ONNX export is not available in this version.")
+        apply_plan, options_cls = verb
+        model = self.core.model
+        plan = self.state.plan.for_model(model)
+        out = Path(self.out_dir.value).expanduser()
+        # Verify on as many utterances as the app evaluates, so the export takes about as long.
+        options = options_cls(overwrite=self.force.value,
+                              eval_limit=len(self.controller.session.eval_set))
+        self.onnx.disabled = True
+        self.onnx_status.value = ("exporting and verifying in the background (ONNX Runtime "
+                                  "measurements; WER updates are slower meanwhile)…")
+
+        def work() -> None:
+            try:
+                report = apply_plan(model, plan, out, options)
+                from workbench.export.apply import summary_lines
+                lines = "\n".join(summary_lines(report))
+                self.onnx_status.value = (f"exported to <code>{html.escape(str(out))}</code> "
+                                          f"(model.onnx, report.json, MODEL_CARD.md)"
+                                          f"<pre>{html.escape(lines)}</pre>")
+            except Exception:
+                self.onnx_status.value = "export failed (see the error above)"
+                raise
+            finally:
+                self.onnx.disabled = False
+
+        threading.Thread(target=self.controller.errors.guard("exporting", work),
+                         name="workbench-export", daemon=True).start()
