@@ -37,7 +37,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) notebooks/00_workbench.ipynb
 
 serve: setup
-	$(VENV)/bin/voila notebooks/00_workbench.ipynb --Voila.ip=127.0.0.1 --port=$(PORT) --no-browser
+	$(VENV)/bin/voila notebooks/00_workbench.ipynb --Voila.ip=127.0.0.1 --port=$(PORT) --no-browser --show_tracebacks=True
 
 test: setup apt
 	$(PY) -m pytest -q

@@ -31,8 +31,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else DEMO_DIR / "model.safetensors"
     eval_set = load_eval_set(manifest, limit=args.limit)
     model = load_checkpoint(checkpoint) if args.checkpoint else load_demo()
-    result = evaluate(model, eval_set)
-    out = {"wer": round(result.wer, 4), "cer": round(result.cer, 4),
+    lexicon = None
+    if args.decoder == "lexicon":
+        from workbench.lexicon import training_lexicon
+        lexicon = training_lexicon()
+    result = evaluate(model, eval_set, lexicon=lexicon)
+    out = {"wer": round(result.wer, 4), "cer": round(result.cer, 4), "decoder": args.decoder,
            "utterances": result.utterances, "seconds": round(result.seconds, 3),
            "audio_seconds": round(result.audio_seconds, 2),
            "manifest": str(manifest), "checkpoint": str(checkpoint)}
@@ -107,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--manifest", help="JSONL manifest (default: the shipped held-out real speech)")
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
     e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--decoder", choices=["greedy", "lexicon"], default="greedy",
+                   help="greedy CTC, or greedy + correction to a lexicon of training words")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("data", help="build the training corpus offline")

@@ -116,10 +116,13 @@ def score(references: list[str] | tuple[str, ...], hypotheses: list[str], ids=No
     return float(wer), float(cer), tuple(per)
 
 
-def evaluate(model: CTCModel, eval_set: EvalSet) -> EvalResult:
-    """WER / CER of `model` on `eval_set` (greedy CTC decoding)."""
+def evaluate(model: CTCModel, eval_set: EvalSet, lexicon=None) -> EvalResult:
+    """WER / CER of `model` on `eval_set`: greedy CTC decoding, then (optionally) lexicon
+    correction of out-of-lexicon words (`workbench.lexicon.Lexicon`)."""
     start = time.perf_counter()
     hyps = transcribe(model, eval_set.features)
+    if lexicon is not None:
+        hyps = [lexicon.correct(h) for h in hyps]
     seconds = time.perf_counter() - start
     wer, cer, per = score(eval_set.texts, hyps, eval_set.ids)
     return EvalResult(wer, cer, len(eval_set), seconds, eval_set.seconds, per)

@@ -114,14 +114,26 @@ def train_demo(out_dir: Path | None = None, minutes: float | None = None, seed: 
     corpus = build_all(corpus_dir, n_train=max(recipe.n_train, 4000), seed=recipe.seed) or {}
     synth = read_manifest(corpus_dir / "synth" / "train.jsonl")[: recipe.n_train]
     real = read_manifest(corpus_dir / "real" / "finetune.jsonl")
-    f_s, l_s = _items(synth, 1, True, recipe.seed, "synthetic train features")
-    f_r, l_r = _items(real, recipe.real_copies, True, recipe.seed + 1, "real fine-tune features")
-    feats, labels = f_s + f_r, l_s + l_r
-    t_data = time.perf_counter() - t0
-
+    tag = hashlib.sha1(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:10]
+    state_dir = cache_dir() / "train_state" / f"demo_{tag}"
     model = whisper_ctc_pretrained()
     k = len(model.blocks) - recipe.finetune_blocks
-    hidden_k = cache_hidden(model, feats, stop=k)
+    items_file = state_dir / "items.pt"   # augmented items' hidden states: made once, reused
+    if items_file.is_file():
+        saved = torch.load(items_file, weights_only=True)
+        hidden_k, labels, n_items = saved["hidden"], saved["labels"], saved["n_items"]
+    else:
+        f_s, l_s = _items(synth, 1, True, recipe.seed, "synthetic train features")
+        f_r, l_r = _items(real, recipe.real_copies, True, recipe.seed + 1, "real fine-tune features")
+        feats, labels = f_s + f_r, l_s + l_r
+        n_items = len(feats)
+        hidden_k = cache_hidden(model, feats, stop=k)
+        del feats
+        state_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"hidden": hidden_k, "labels": labels, "n_items": n_items},
+                   items_file.with_suffix(".tmp"))
+        items_file.with_suffix(".tmp").replace(items_file)
+    t_data = time.perf_counter() - t0
     with torch.inference_mode():  # outputs of the frozen encoder, for stage 1
         hidden_top = []
         for h in tqdm(hidden_k, desc="cache encoder output", leave=False):
@@ -136,14 +148,12 @@ def train_demo(out_dir: Path | None = None, minutes: float | None = None, seed: 
     budget = minutes
     s1 = recipe.stage1 if budget is None else _with_minutes(recipe.stage1, budget * 0.2)
     s2 = recipe.stage2 if budget is None else _with_minutes(recipe.stage2, budget * 0.6)
-    # Resumable state, keyed by the recipe so a different recipe never resumes another's state.
-    tag = hashlib.sha1(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:10]
-    state_dir = cache_dir() / "train_state" / f"demo_{tag}"
-    h1 = train_ctc(model, [Item(h, y) for h, y in zip(hidden_top, labels)], s1,
+    # Resumable state lives in state_dir, keyed by the recipe: another recipe never resumes it.
+    h1 = train_ctc(model, [Item(h, y, time_last=False) for h, y in zip(hidden_top, labels)], s1,
                    start_block=len(model.blocks), trainable=lambda n: n.startswith("ctc_head"),
                    state_path=state_dir / "stage1.pt")
     del hidden_top
-    h2 = train_ctc(model, [Item(h, y) for h, y in zip(hidden_k, labels)], s2, start_block=k,
+    h2 = train_ctc(model, [Item(h, y, time_last=False) for h, y in zip(hidden_k, labels)], s2, start_block=k,
                    trainable=lambda n: n.startswith(("ctc_head", "ln_post"))
                    or any(n.startswith(f"blocks.{i}.") for i in range(k, len(model.blocks))),
                    state_path=state_dir / "stage2.pt")
@@ -158,7 +168,7 @@ def train_demo(out_dir: Path | None = None, minutes: float | None = None, seed: 
     summary = {
         "model": "whisper_ctc (Whisper tiny.en encoder, OpenAI, MIT) + CTC character head",
         "data": {"synthetic_train_utterances": len(synth), "real_finetune_prompts": len(real),
-                 "training_items": len(feats), "corpus": corpus},
+                 "training_items": n_items, "corpus": corpus},
         "recipe": {"finetune_blocks": recipe.finetune_blocks, "real_copies": recipe.real_copies,
                    "stage1": asdict(s1), "stage2": asdict(s2), "seed": recipe.seed},
         "steps": {"stage1": len(h1), "stage2": len(h2)},

@@ -223,6 +223,11 @@ class Session:
                 self._results.popitem(last=False)
         return result
 
+    @property
+    def quick_is_full(self) -> bool:
+        """True when the quick subset is the whole eval set (then a quick run adds nothing)."""
+        return len(self._sets["quick"].order) == len(self._sets["full"].order)
+
     # ---- background work ------------------------------------------------------------------
     def submit(self, plan, on_result: Callable[[WerEstimate], None],
                on_error: Callable[[BaseException], None] | None = None,
@@ -267,7 +272,10 @@ class Session:
             self._generation += 1
 
 
-_RUN_LOCK = threading.Lock()
+#: One model run at a time in this process: two torch runs on 2 cores are ~10x slower than one.
+#: Anything that runs a model in the background (sweeps, exports) takes this lock too.
+RUN_LOCK = threading.Lock()
+_RUN_LOCK = RUN_LOCK
 
 
 def _check(cancel: Callable[[], bool] | None) -> None:

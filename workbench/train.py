@@ -36,14 +36,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Item:
-    """One training example: x is (80, T) features or (T', D) hidden states; labels (L,) int64."""
+    """One training example: x is (80, T) features (time_last) or (T', D) hidden states;
+    labels (L,) int64. The layout is explicit: a shape cannot tell (80, 384) apart."""
 
     x: torch.Tensor
     labels: torch.Tensor
+    time_last: bool = True
 
     @property
     def frames(self) -> int:
-        return self.x.shape[-1] if self.x.dim() == 2 and self.x.shape[0] == 80 else self.x.shape[0]
+        return self.x.shape[-1] if self.time_last else self.x.shape[0]
 
 
 def make_batches(items: Sequence[Item], max_frames: int, rng: random.Random) -> list[list[int]]:
@@ -136,6 +138,9 @@ def train_ctc(model: CTCModel, items: Sequence[Item], cfg: TrainConfig, *, start
         batch = [items[i] for i in batches.pop()]
         if feature_mode and cfg.spec_augment:
             batch = [Item(spec_augment(it.x, gen), it.labels) for it in batch]
+        if any(it.time_last != feature_mode for it in batch):
+            raise ValueError("items must be features (time_last=True) when start_block is None, "
+                             "hidden states (time_last=False) otherwise")
         x, lengths, labels, label_lengths = collate(batch, feature_mode)
         if feature_mode:
             log_probs, out_lengths = model(x, lengths)

@@ -84,11 +84,7 @@ def demo_inputs(eval_limit: int | None = None) -> DemoInputs:
 
 
 def _quick_covers_all(session: Session) -> bool:
-    sets = getattr(session, "_sets", None)   # Session internals; a public flag would be better
-    try:
-        return len(sets["quick"].order) >= len(session.eval_set)
-    except (TypeError, KeyError, AttributeError):
-        return False
+    return session.quick_is_full
 
 
 class Workbench:

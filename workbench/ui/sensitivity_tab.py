@@ -26,11 +26,8 @@ YIELD_S = 0.02
 
 
 def _run_lock(session) -> threading.Lock:
-    lock = getattr(session, "run_lock", None)
-    if lock is None:
-        from workbench import session as session_module
-        lock = session_module._RUN_LOCK   # until Session exposes it publicly
-    return lock
+    from workbench.session import RUN_LOCK
+    return RUN_LOCK
 
 
 def _parse(text: str, kind: type, what: str) -> tuple:
