@@ -1,0 +1,214 @@
+"""`workbench apply`: plan + model -> DIR with model.onnx, plan.json, report.json, MODEL_CARD.md.
+
+    apply_plan(model, plan, out, options) -> report dict      (the Python entry point)
+    apply_cli(args) -> exit code                              (the CLI's `apply` subcommand)
+
+DIR is built in a staging folder next to it and moved into place at the end (`atomic`), so an
+interrupted run leaves no partial DIR and no partial model.onnx. Deliverable: DIR/model.onnx.
+The fp32 export is not kept (its size, hash and parity are in the report; re-create it with a
+plan without quantization).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from workbench.errors import PlanError
+from workbench.evaluate import EvalSet, load_eval_set
+from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_atomic
+from workbench.export.calibration import CALIB_UTTERANCES, load_calibration_set
+from workbench.export.errors import ExportError, OutputExistsError
+from workbench.export.model_card import render
+from workbench.export.onnx_export import OPSET
+from workbench.export.pipeline import Export, build_export, needs_calibration
+from workbench.export.positions import bytes_priced_elsewhere
+from workbench.export.report import (DELIVERABLE, FORMAT, accuracy_section, host_description,
+                                     latency_section, layer_rows, ops_section, parity_section,
+                                     sessions, sha256, simulated_devices, size_section)
+from workbench.paths import CALIB, DEMO_DIR, REAL_TEST, SYNTH_TEST
+from workbench.plan import CompressionPlan, fingerprint_of, plan_from_json
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """What `apply_plan` measures. Defaults are what `workbench apply` runs."""
+
+    strict: bool = False
+    overwrite: bool = False                   # replace a non-empty output folder (--force)
+    eval_manifests: tuple[Path, ...] = (REAL_TEST, SYNTH_TEST)
+    eval_limit: int | None = None             # first N utterances of each eval set
+    calib_manifest: Path = CALIB
+    calib_utterances: int = CALIB_UTTERANCES
+    parity_utterances: int = 5
+    latency_seconds: float = 5.0
+    latency_repeats: int = 15
+    threads: tuple[int, ...] = (1, 2)
+    simulate_devices: bool = True
+    model_name: str = "workbench-ctc"
+    checkpoint: str | None = None             # shown in the card's "reproduce" line
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse a file, or a non-empty folder without --force."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out}: is a file, not a folder; choose another path.")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise OutputExistsError(f"--out {out}: folder exists and is not empty; pass --force to "
+                                f"replace it, or choose another folder.")
+
+
+def check_plan_fits(plan: CompressionPlan, model: nn.Module, model_label: str) -> None:
+    """Refuse a plan made for another model fingerprint, saying how to fix it."""
+    if plan.model_fingerprint is None:
+        return
+    actual = fingerprint_of(model)
+    if plan.model_fingerprint != actual:
+        family = getattr(model, "family", type(model).__name__)
+        raise PlanError(
+            f"model_fingerprint: this plan was made for model {plan.model_fingerprint[:12]}..., "
+            f"not for {model_label} ({family}, fingerprint {actual[:12]}...); re-create the plan "
+            f"for {model_label} (CompressionPlan.for_model, or in the workbench UI) or pass the "
+            f"matching --checkpoint.")
+
+
+def read_plan(path: Path) -> CompressionPlan:
+    """A plan file parsed by the plan module (errors name the line and field)."""
+    if not path.is_file():
+        raise PlanError(f"--plan {path}: no such plan file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise PlanError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start}).") \
+            from None
+    return plan_from_json(text, source_name=str(path))
+
+
+def _eval_sets(options: ApplyOptions) -> list[EvalSet]:
+    return [load_eval_set(m, limit=options.eval_limit, progress=False) for m in
+            options.eval_manifests]
+
+
+def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_sets: list[EvalSet],
+                 calib: EvalSet | None, options: ApplyOptions) -> dict[str, Any]:
+    """Verify `export` (see workbench.export.report) and collect everything into one dict."""
+    import onnx
+    import onnxruntime
+
+    ort_model, ort_fp32 = sessions(export.model, export.fp32)
+    accuracy, _ = accuracy_section(ort_model, export.sim, model, eval_sets)
+    parity_feats = list(eval_sets[0].features[:options.parity_utterances]) if eval_sets else []
+    layers = layer_rows(export.decisions, export.layer_nodes)
+    from workbench.size import size
+    predicted = size(model, plan).total_bytes
+    report: dict[str, Any] = {
+        "format": FORMAT, "deliverable": DELIVERABLE,
+        "files": {DELIVERABLE: {"bytes": len(export.model), "sha256": sha256(export.model)},
+                  "fp32 export (not kept)": {"bytes": len(export.fp32),
+                                             "sha256": sha256(export.fp32)}},
+        "model": {"name": options.model_name, "family": getattr(model, "family", "unknown"),
+                  "fingerprint": fingerprint_of(model), "checkpoint": options.checkpoint},
+        "versions": {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+                     "torch": torch.__version__, "opset": OPSET},
+        "host": host_description(),
+        "accuracy": accuracy,
+        "parity": parity_section(ort_model, ort_fp32, export.sim, export.structural, parity_feats),
+        "latency_ms": latency_section(export.model, export.fp32, options.latency_seconds,
+                                      options.latency_repeats, options.threads),
+        "simulated_latency": (simulated_devices(export.sim, options.latency_seconds)
+                              if options.simulate_devices else {"unavailable": "not requested"}),
+        "size": size_section(export.proto, len(export.model), len(export.fp32), predicted,
+                             export.computed_tables, bytes_priced_elsewhere(
+                                 export.computed_tables, set(model.state_dict()))),
+        "ops": ops_section(export.proto, export.model),
+        "layers": layers,
+        "rounded_up": [r["path"] for r in layers if r["changes"]],
+        "notes": list(export.notes),
+    }
+    if calib is not None:
+        report["calibration"] = {
+            "manifest": str(calib.manifest), "utterances": len(calib),
+            "description": f"{len(calib)} utterances of `{calib.manifest}` "
+                           f"({calib.seconds:.0f} s), batch 1: activation ranges (act_bits) and "
+                           f"Taylor importance (CTC-loss gradients) where the plan asks for them."}
+    return report
+
+
+def apply_plan(model: nn.Module, plan: CompressionPlan, out: Path,
+               options: ApplyOptions = ApplyOptions()) -> dict[str, Any]:
+    """Export `model` compressed by `plan` to folder `out` and verify it; returns the report.
+
+    `model` is not changed. Raises PlanError / ExportError / DataError (WorkbenchError) on bad
+    input, before anything is written.
+    """
+    out = Path(out)
+    start = time.perf_counter()
+    check_output_dir(out, options.overwrite)
+    check_plan_fits(plan, model, options.checkpoint or "this model")
+    calib = (load_calibration_set(options.calib_manifest, options.calib_utterances)
+             if needs_calibration(model, plan) else None)
+    export = build_export(model, plan, calib, strict=options.strict)
+    resolved = plan.resolve(model)
+    stamped = plan if plan.model_fingerprint else plan.for_model(model)   # record the model
+    with staged_dir(out) as stage:
+        write_text_atomic(stage / "plan.json", stamped.to_json())
+        write_bytes_atomic(stage / DELIVERABLE, export.model)
+        report = build_report(model, plan, export, _eval_sets(options), calib, options)
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        write_text_atomic(stage / "report.json", json.dumps(report, indent=2) + "\n")
+        metadata = None
+        if options.checkpoint and Path(options.checkpoint).is_file():
+            from workbench.models import read_checkpoint_metadata
+            metadata = read_checkpoint_metadata(options.checkpoint)
+        write_text_atomic(stage / "MODEL_CARD.md", render(report, resolved, stamped.to_json(),
+                                                          metadata))
+    return report
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    lines = [f"wrote {report['deliverable']} ({report['size']['model_bytes']:,} bytes)"]
+    for row in report["accuracy"]:
+        lines.append(f"{row['set']}: WER ORT {row['wer_ort']:.4f} vs simulated "
+                     f"{row['wer_sim']:.4f} (|diff| {row['wer_abs_diff']:.4f})")
+    t1 = report["latency_ms"].get("threads_1")
+    if t1:
+        lines.append(f"latency 1 thread: {t1['model_ms']} ms vs fp32 {t1['fp32_ms']} ms "
+                     f"({t1['speedup_vs_fp32']}x)")
+    if report["rounded_up"]:
+        lines.append(f"rounded up / changed: {', '.join(report['rounded_up'])}")
+    return lines
+
+
+def apply_cli(args: argparse.Namespace) -> int:
+    """`workbench apply --plan P [--checkpoint C] --out DIR [--force] [--strict]`.
+
+    Prints the report as one JSON object on stdout, a summary on stderr.
+    """
+    from workbench.models import DEMO_FILE, load_checkpoint, load_demo
+
+    torch.set_num_threads(2)  # the PyTorch side (simulated WER); ORT runs with explicit threads
+    plan = read_plan(Path(args.plan))
+    out = Path(args.out)
+    check_output_dir(out, args.force)
+    model = load_checkpoint(args.checkpoint) if args.checkpoint else load_demo()
+    label = f"checkpoint {args.checkpoint}" if args.checkpoint else "the demo model"
+    check_plan_fits(plan, model, label)
+    checkpoint = args.checkpoint or str(DEMO_DIR / DEMO_FILE)
+    options = ApplyOptions(strict=args.strict, overwrite=args.force,
+                           model_name=Path(args.checkpoint).stem if args.checkpoint else
+                           "workbench-demo-whisper-ctc", checkpoint=checkpoint)
+    try:
+        report = apply_plan(model, plan, out, options)
+    except KeyboardInterrupt:
+        raise ExportError(f"interrupted: nothing was written to {out}.") from None
+    for line in summary_lines(report):
+        print(line, file=sys.stderr)
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return 0

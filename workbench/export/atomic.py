@@ -1,0 +1,71 @@
+"""Atomic file and folder writes: a reader never sees a half-written export.
+
+Files are written to a temporary name in the same folder and moved into place with `os.replace`
+(atomic on POSIX when source and target are on the same file system, which the same folder
+guarantees). An export folder is built as a hidden sibling staging folder and renamed into place
+at the end, so an interrupted `workbench apply` leaves either the old folder or the new one,
+never a mix, and no partial `model.onnx` at the target path.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+#: Permissions of what we write (mkstemp / mkdtemp create owner-only 0600 / 0700 entries).
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file in the same folder + fsync + os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty staging folder next to `target`; on success it replaces `target`.
+
+    On any exception (KeyboardInterrupt included) the staging folder is removed and `target`
+    is left exactly as it was. An existing `target` is replaced only after the new folder is
+    complete (the caller decides whether replacing is allowed: see `--force`).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging.", dir=target.parent))
+    os.chmod(stage, DIR_MODE)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        # Move the old folder aside first (rename is atomic), then drop it.
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.rmdir(old)
+        os.replace(target, old)
+    os.replace(stage, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,16 @@
+"""Errors of the export (all WorkbenchError subclasses: the CLI prints them as one line, exit 2)."""
+from __future__ import annotations
+
+from workbench.errors import WorkbenchError
+
+
+class ExportError(WorkbenchError):
+    """The model or plan cannot be exported as asked."""
+
+
+class UnsupportedBitsError(ExportError):
+    """`--strict` and a layer whose bit width (or grid) has no ONNX Runtime kernel."""
+
+
+class OutputExistsError(ExportError):
+    """The output folder exists and is not empty, and --force was not given."""

