@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--manifest", help="JSONL manifest (default: the shipped held-out real speech)")
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
     e.add_argument("--threads", type=int, default=2)
-    e.add_argument("--decoder", choices=["greedy", "lexicon"], default="greedy",
+    e.add_argument("--decoder", choices=["greedy", "lexicon"], default="lexicon",
                    help="greedy CTC, or greedy + correction to a lexicon of training words")
     e.set_defaults(func=cmd_eval)
 
