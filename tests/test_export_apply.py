@@ -115,6 +115,8 @@ def test_apply_writes_verified_export(tiny, tmp_path):
     assert report["files"]["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size
     assert [row["set"] for row in report["accuracy"]] == ["real_test", "synth_test"]
     assert all(row["utterances"] == 3 for row in report["accuracy"])
+    assert report["accuracy_all_sets"]["utterances"] == 6
+    assert 0.0 <= report["parity"]["argmax_agreement"] <= 1.0 and report["parity"]["frames"] > 0
     assert report["ops"]["file_quantized"]["MatMulInteger"] > 0
     assert report["latency_ms"]["threads_1"]["model_ms"] > 0
     # A tiny model's file is mostly graph (names, shapes); its tensor data is what size() prices.

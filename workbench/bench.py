@@ -20,7 +20,11 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def scripted_changes(model, n: int, seed: int) -> list:
-    """A realistic slider session: n single-layer changes on random blocks (bits, pruning, rank)."""
+    """A realistic slider session: n single-layer changes on random blocks.
+
+    Each change moves one control of one layer (weight bits 8/6/4, FFN neurons pruned 10-40 %,
+    one or two of six heads removed, a rank for an FFN Linear), or resets that layer (1 in 5).
+    """
     from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
 
     rng = random.Random(seed)
@@ -30,21 +34,23 @@ def scripted_changes(model, n: int, seed: int) -> list:
     attn = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"]
     for _ in range(n):
         b = rng.randrange(n_blocks)
-        kind = rng.choice(["bits", "bits", "neurons", "heads", "rank"])
+        kind = rng.choice(["bits", "bits", "neurons", "heads", "rank", "reset"])
         if kind == "bits":
             path = f"blocks.{b}.{rng.choice(attn + ['mlp.fc1', 'mlp.fc2'])}"
             cfg = LayerConfig(quant=QuantConfig(weight_bits=rng.choice([8, 6, 4])))
         elif kind == "neurons":
             path = f"blocks.{b}.mlp"
-            cfg = LayerConfig(prune=PruneConfig(amount=rng.choice([0.25, 0.5, 0.75]),
+            cfg = LayerConfig(prune=PruneConfig(amount=rng.choice([0.1, 0.2, 0.3, 0.4]),
                                                 structure="neurons"))
         elif kind == "heads":
             path = f"blocks.{b}.attn"
-            cfg = LayerConfig(prune=PruneConfig(amount=rng.choice([1 / 6, 2 / 6, 3 / 6]),
+            cfg = LayerConfig(prune=PruneConfig(amount=rng.choice([1 / 6, 2 / 6]),
                                                 structure="heads"))
+        elif kind == "reset" and plan.layers:
+            path, cfg = rng.choice(sorted(plan.layers)), None
         else:
             path = f"blocks.{b}.{rng.choice(['mlp.fc1', 'mlp.fc2'])}"
-            cfg = LayerConfig(rank=rng.choice([64, 128, 192]))
+            cfg = LayerConfig(rank=rng.choice([192, 256, 320]))
         plan = plan.with_layer(path, cfg)
         plans.append(plan)
     return plans

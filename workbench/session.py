@@ -88,6 +88,7 @@ class Session:
         self._lock = threading.RLock()
         self._hidden: OrderedDict[tuple, list] = OrderedDict()   # (set, block, prefix sig) -> [(h, lens)]
         self._models: OrderedDict[str, CTCModel] = OrderedDict()
+        self._blocks: OrderedDict[tuple, torch.nn.Module] = OrderedDict()  # (block, entries) -> module
         self._results: OrderedDict[tuple, WerEstimate] = OrderedDict()
         self._cache_entries = cache_entries
         self._generation = 0
@@ -117,14 +118,48 @@ class Session:
         return [hashlib.sha1(json.dumps(p, sort_keys=True).encode()).hexdigest()[:12] for p in parts]
 
     def compressed_model(self, plan) -> CTCModel:
-        """compress(baseline, plan), cached per plan (a few entries)."""
+        """The baseline with `plan` applied, assembled block by block from a cache.
+
+        A slider move changes one block: only that block is compressed again (compress_module on a
+        copy of it); untouched blocks are the baseline's own modules, shared, never modified.
+        Plans touching the stem or head, or needing calibration (Taylor importance, activation
+        quantization), take the whole-model path `compress(baseline, plan, calib)`.
+        """
         key = plan_key(plan)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        from workbench.compress import compress
-        model = compress(self.baseline, plan, calib=self.calib).eval()
+        from workbench.compress import compress, compress_module, under
+        from workbench.compress.apply import needs_activation_calibration, needs_gradients
+
+        resolved = {p: c for p, c in plan.resolve(self.baseline).items() if not c.is_empty()}
+        whole = (needs_gradients(resolved) or needs_activation_calibration(resolved)
+                 or any(self._block_of(p) in (-1, self.n_blocks) for p in resolved))
+        if whole:
+            model = compress(self.baseline, plan, calib=self.calib).eval()
+        else:
+            blocks = []
+            for i, block in enumerate(self.baseline.blocks):
+                entries = under(resolved, f"blocks.{i}")
+                if not entries:
+                    blocks.append(block)
+                    continue
+                sig = (i, json.dumps({p: c.model_dump(mode="json") for p, c in entries.items()},
+                                     sort_keys=True))
+                with self._lock:
+                    cached = self._blocks.get(sig)
+                if cached is None:
+                    cached = compress_module(block, entries).model.eval()
+                    with self._lock:
+                        self._blocks[sig] = cached
+                        while len(self._blocks) > 256:
+                            self._blocks.popitem(last=False)
+                blocks.append(cached)
+            # A shallow copy with its own module table: the baseline's table is not touched.
+            model = copy.copy(self.baseline)
+            model._modules = dict(self.baseline._modules)
+            model.blocks = torch.nn.ModuleList(blocks)
         with self._lock:
             self._models[key] = model
             while len(self._models) > 6:

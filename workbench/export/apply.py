@@ -103,7 +103,7 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
     import onnxruntime
 
     ort_model, ort_fp32 = sessions(export.model, export.fp32)
-    accuracy, _ = accuracy_section(ort_model, export.sim, model, eval_sets)
+    accuracy, overall = accuracy_section(ort_model, export.sim, model, eval_sets)
     parity_feats = list(eval_sets[0].features[:options.parity_utterances]) if eval_sets else []
     layers = layer_rows(export.decisions, export.layer_nodes)
     from workbench.size import size
@@ -119,6 +119,7 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
                      "torch": torch.__version__, "opset": OPSET},
         "host": host_description(),
         "accuracy": accuracy,
+        "accuracy_all_sets": overall,
         "parity": parity_section(ort_model, ort_fp32, export.sim, export.structural, parity_feats),
         "latency_ms": latency_section(export.model, export.fp32, options.latency_seconds,
                                       options.latency_repeats, options.threads),
@@ -177,6 +178,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     for row in report["accuracy"]:
         lines.append(f"{row['set']}: WER ORT {row['wer_ort']:.4f} vs simulated "
                      f"{row['wer_sim']:.4f} (|diff| {row['wer_abs_diff']:.4f})")
+    overall = report.get("accuracy_all_sets")
+    if overall:
+        lines.append(f"all sets ({overall['words']} words): WER ORT {overall['wer_ort']:.4f} vs "
+                     f"simulated {overall['wer_sim']:.4f} (|diff| {overall['wer_abs_diff']:.4f})")
     t1 = report["latency_ms"].get("threads_1")
     if t1:
         lines.append(f"latency 1 thread: {t1['model_ms']} ms vs fp32 {t1['fp32_ms']} ms "

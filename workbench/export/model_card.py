@@ -121,6 +121,10 @@ def methods(resolved: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) ->
 def accuracy_section(report: Mapping[str, Any]) -> str:
     rows = [(SET_TITLES.get(r["set"], r["set"]), r["utterances"], r["wer_ort"], r["cer_ort"],
              r["wer_sim"], r["wer_abs_diff"], r["wer_uncompressed"]) for r in report["accuracy"]]
+    overall = report.get("accuracy_all_sets") or {}
+    if overall:
+        rows.append(("all of the above", overall["utterances"], overall["wer_ort"], None,
+                     overall["wer_sim"], overall["wer_abs_diff"], None))
     parts = [_table(("test set", "utterances", "WER (ONNX)", "CER (ONNX)", "WER simulated",
                      "abs diff", "WER uncompressed"), rows)]
     for r in report["accuracy"]:
@@ -215,9 +219,12 @@ def render(report: Mapping[str, Any], resolved: Mapping[str, Any], plan_json: st
                 "## Compression methods", ""]
     sections += [f"- {m}" for m in methods(resolved, report["layers"])]
     sections += ["", "## Accuracy", "", accuracy_section(report), "",
-                 f"Parity: max |Δ log-probs| ONNX vs the PyTorch simulation "
-                 f"{report['parity']['max_abs_diff_log_probs']} over "
-                 f"{report['parity']['utterances']} utterances.", "",
+                 f"Parity, ONNX vs the PyTorch simulation over {report['parity']['utterances']} "
+                 f"utterances ({report['parity']['frames']} frames): greedy token agreement "
+                 f"{report['parity']['argmax_agreement']:.2%}, max |Δ probability| "
+                 f"{report['parity']['max_abs_diff_probs']}, max |Δ log-probability| "
+                 f"{report['parity']['max_abs_diff_log_probs']} (largest on unlikely tokens).",
+                 "",
                  "## Size and latency", "",
                  size_sentence(size), "", latency_section(report), "",
                  "## Calibration data", "", report.get("calibration", {}).get(

@@ -108,6 +108,26 @@ def max_abs_diff(session: onnxruntime.InferenceSession, model: torch.nn.Module,
     return worst
 
 
+@torch.inference_mode()
+def parity_stats(session: onnxruntime.InferenceSession, model: torch.nn.Module,
+                 features: Sequence[torch.Tensor]) -> dict[str, float]:
+    """ORT vs PyTorch over the valid frames of `features`: max |Δ log_probs| (dominated by
+    unlikely tokens, log p ~ -20, where int8 noise moves values most), max |Δ probabilities|,
+    and the fraction of frames whose greedy (argmax) token is the same."""
+    model = model.eval()
+    worst_log, worst_p, same, frames = 0.0, 0.0, 0, 0
+    for feats in features:
+        ref, _ = model(feats[None], torch.tensor([feats.shape[-1]]))
+        out, n = ort_log_probs(session, feats)
+        ref_n = ref[0, :n].numpy()
+        worst_log = max(worst_log, float(np.abs(out[:n] - ref_n).max()))
+        worst_p = max(worst_p, float(np.abs(np.exp(out[:n]) - np.exp(ref_n)).max()))
+        same += int((out[:n].argmax(-1) == ref_n.argmax(-1)).sum())
+        frames += n
+    return {"max_abs_diff_log_probs": round(worst_log, 6), "max_abs_diff_probs": round(worst_p, 6),
+            "argmax_agreement": round(same / max(frames, 1), 6), "frames": frames}
+
+
 def latency_ms(models: Mapping[str, bytes], threads: int = 1, seconds: float = 5.0,
                repeats: int = 15, warmup: int = 3, n_mels: int = 80) -> dict[str, float]:
     """Median run time (ms) of each model on a fixed `seconds` input, measured in turns."""
