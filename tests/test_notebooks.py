@@ -191,7 +191,9 @@ def test_roofline_roof_is_min_of_peak_and_bandwidth_times_intensity() -> None:
     roof = fig.data[0]
     for x, y in zip(roof.x, roof.y):
         assert y == pytest.approx(min(48.0, 4.8 * x), rel=1e-9)
-    assert {trace.name for trace in fig.data[1:]} == {"norm", "ffn"}
+    ridge = fig.data[1]
+    assert list(ridge.x) == [pytest.approx(10.0), pytest.approx(10.0)]
+    assert {trace.name for trace in fig.data[2:]} == {"norm", "ffn"}
 
 
 def test_stacked_bars_mark_the_total_of_each_bar_with_its_error() -> None:

@@ -128,14 +128,18 @@ def roofline(intensity: Sequence[float], gflops: Sequence[float], labels: Sequen
     hi = max(max(finite), max(ceilings.values()) / bandwidth_gbs) * 3
     xs = np.geomspace(lo, hi, 64)
     fig = new_figure()
+    floor = min([*(g for g in gflops if g > 0), *(lo * bandwidth_gbs,)]) / 2
     for i, (name, peak) in enumerate(ceilings.items()):
         fig.add_trace(go.Scatter(
             x=xs, y=np.minimum(peak, xs * bandwidth_gbs), mode="lines", name=f"roof: {name}",
             line=dict(color="black" if i == 0 else "#888", dash="solid" if i == 0 else "dash"),
             hovertemplate=f"{name} roof<br>%{{x:.3g}} FLOP/byte: %{{y:.4g}} GFLOP/s"
                           "<extra></extra>"))
-        fig.add_vline(x=peak / bandwidth_gbs, line=dict(color="#bbb", dash="dot", width=1),
-                      annotation_text=f"ridge {name}", annotation_position="bottom right")
+        ridge = peak / bandwidth_gbs     # a trace, not a shape: shapes on log axes take log10 x
+        fig.add_trace(go.Scatter(x=[ridge, ridge], y=[floor, peak], mode="lines",
+                                 line=dict(color="#bbb", dash="dot", width=1), showlegend=False,
+                                 hovertemplate=f"ridge point {name}: {ridge:.3g} FLOP/byte"
+                                               "<extra></extra>"))
     for role in dict.fromkeys(roles):
         idx = [j for j, r in enumerate(roles) if r == role and intensity[j] > 0]
         fig.add_trace(go.Scatter(
@@ -199,7 +203,8 @@ def spectrum(singular: Mapping[str, Sequence[float]], title: str,
         fig.add_hline(y=energy, line=dict(color="black", dash="dot", width=1), row=1, col=2)
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="index (rank)")
-    return _layout(fig, title, height=360, legend=dict(orientation="h", y=-0.3))
+    return _layout(fig, title, height=380, margin=dict(l=10, r=10, t=70, b=10),
+                   legend=dict(orientation="h", y=-0.3))
 
 
 def masks(grids: Mapping[str, np.ndarray], title: str) -> go.Figure:
@@ -215,7 +220,7 @@ def masks(grids: Mapping[str, np.ndarray], title: str) -> go.Figure:
                                  hovertemplate="row %{y}, col %{x}: %{z:.0f}<extra></extra>"),
                       row=1, col=i + 1)
         fig.update_yaxes(autorange="reversed", row=1, col=i + 1)
-    return _layout(fig, title, height=340)
+    return _layout(fig, title, height=360, margin=dict(l=10, r=10, t=70, b=10))
 
 
 def measured_vs_predicted(measured: Sequence[float], predicted: Sequence[float],
