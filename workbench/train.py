@@ -155,7 +155,7 @@ def train_ctc(model: CTCModel, items: Sequence[Item], cfg: TrainConfig, *, start
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
-        entry = {"step": step, "loss": float(loss), "lr": lr_at(step - 1, cfg),
+        entry = {"step": step, "loss": loss.item(), "lr": lr_at(step - 1, cfg),
                  "seconds": time.perf_counter() - start}
         history.append(entry)
         bar.update(1)
