@@ -2,6 +2,24 @@
 import threading
 
 import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def tiny_conformer():
+    """A randomly initialised Conformer-CTC 'tiny' (seed 0), one per test module."""
+    from workbench.models import conformer_ctc
+    torch.manual_seed(0)
+    return conformer_ctc("tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def whisper_small():
+    """A randomly initialised Whisper-CTC of a small size (same module paths as tiny.en)."""
+    from workbench.models import build_model
+    torch.manual_seed(0)
+    return build_model("whisper_ctc", d_model=64, n_heads=2, n_layers=2, d_ff=128, n_ctx=100,
+                       head_dim=32).eval()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -11,7 +11,7 @@ from torch import nn
 
 from workbench.compress import presets
 from workbench.errors import PlanError
-from workbench.models import build_model, conformer_ctc, model_fingerprint
+from workbench.models import model_fingerprint
 from workbench.models.layers import FeedForward, MultiHeadSelfAttention
 from workbench.compress.targets import find_targets
 from workbench.plan import (SCHEMA_PATH, SKIP, CompressionPlan, GroupEntry, LayerConfig,
@@ -23,17 +23,8 @@ HEADS = LayerConfig(prune=PruneConfig(amount=0.5, structure="heads"))
 
 
 @pytest.fixture(scope="module")
-def conformer() -> nn.Module:
-    torch.manual_seed(0)
-    return conformer_ctc("tiny").eval()
-
-
-@pytest.fixture(scope="module")
-def whisper_small() -> nn.Module:
-    """A randomly initialised Whisper-CTC of a small size (same module paths as tiny.en)."""
-    torch.manual_seed(0)
-    return build_model("whisper_ctc", d_model=64, n_heads=2, n_layers=2, d_ff=128, n_ctx=100,
-                       head_dim=32).eval()
+def conformer(tiny_conformer) -> nn.Module:
+    return tiny_conformer
 
 
 def _rich_plan() -> CompressionPlan:

@@ -8,22 +8,13 @@ import torch
 from torch import nn
 
 from workbench.compress import CalibrationBatch, compress, presets
-from workbench.models import build_model, conformer_ctc
 from workbench.plan import CompressionPlan, GroupEntry, LayerConfig, PruneConfig, QuantConfig
 from workbench.size import WeightSpec, size, size_of_compressed, storage_bytes
 
 
 @pytest.fixture(scope="module")
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    return conformer_ctc("tiny").eval()
-
-
-@pytest.fixture(scope="module")
-def whisper_small() -> nn.Module:
-    torch.manual_seed(0)
-    return build_model("whisper_ctc", d_model=64, n_heads=2, n_layers=2, d_ff=128, n_ctx=100,
-                       head_dim=32).eval()
+def model(tiny_conformer) -> nn.Module:
+    return tiny_conformer
 
 
 def _fp32_bytes(m: nn.Module) -> int:

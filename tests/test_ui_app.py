@@ -21,7 +21,6 @@ from workbench.compress.targets import find_targets  # noqa: E402
 from workbench.errors import PlanError  # noqa: E402
 from workbench.evaluate import EvalSet  # noqa: E402
 from workbench.latency import predict_latency  # noqa: E402
-from workbench.models import conformer_ctc  # noqa: E402
 from workbench.plan import CompressionPlan, LayerConfig, QuantConfig  # noqa: E402
 from workbench.session import plan_key  # noqa: E402
 from workbench.size import size  # noqa: E402
@@ -40,9 +39,8 @@ def _eval_set(n: int = 6) -> EvalSet:
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return conformer_ctc("tiny").eval()
+def model(tiny_conformer):
+    return tiny_conformer
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import torch
 from workbench.errors import WorkbenchError
 from workbench.evaluate import EvalSet
 from workbench.latency import predict_latency
-from workbench.models import conformer_ctc
 from workbench.plan import CompressionPlan
 from workbench.sensitivity import (Budgets, SensitivityTable, SweepCell, pareto_front, run_sweep,
                                    suggest_plan, sweep_items, with_setting)
@@ -20,9 +19,8 @@ from workbench.size import size
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return conformer_ctc("tiny").eval()
+def model(tiny_conformer):
+    return tiny_conformer
 
 
 @pytest.fixture(scope="module")
