@@ -252,3 +252,22 @@ def test_prune_unstructured_in_place_function_respects_old_mask() -> None:
     assert torch.equal(layer.weight_mask, first)
     prune_unstructured_(layer, 0.8)
     assert int((~layer.weight_mask).sum()) == 80 and not (layer.weight_mask & ~first).any()
+
+
+def test_svd_cache_follows_weight_content() -> None:
+    """A cached SVD is reused only for the same weights: a changed weight gets its own."""
+    from workbench.compress.lowrank import svd
+    torch.manual_seed(1)
+    linear = nn.Linear(32, 24)
+    first = factorize(linear, 8)
+    u1, _, _ = svd(linear.weight)
+    assert svd(linear.weight)[0] is u1  # served from the cache
+    again = factorize(linear, 8)
+    assert torch.equal(first.down.weight, again.down.weight)
+    assert torch.equal(first.up.weight, again.up.weight)
+    with torch.no_grad():
+        linear.weight[0, 0] += 1.0
+    assert svd(linear.weight)[0] is not u1
+    changed = factorize(linear, 24)  # full rank of the changed weight reproduces it
+    x = torch.randn(4, 32)
+    torch.testing.assert_close(changed(x), linear(x), atol=1e-4, rtol=0)

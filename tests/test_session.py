@@ -102,3 +102,29 @@ def test_errors_are_delivered_not_swallowed(setup):
     session.wait(60)
     # Taylor importance without calibration data must raise a clear error, reported to on_error.
     assert errors and "calib" in str(errors[0]).lower()
+
+
+def test_full_reuses_the_quick_part(setup):
+    """The full set is the quick subset plus the rest; after a quick run of a plan, the full
+    run only computes the rest (the quick part comes back from its cached final states)."""
+    model, es, session = setup
+    plan = CompressionPlan().with_layer("blocks.0.attn.k_proj",
+                                         LayerConfig(quant=QuantConfig(weight_bits=5)))
+    quick = session.evaluate(plan, "quick")
+    full = session.evaluate(plan, "full")
+    assert sorted(session.quick_indices) == session.quick_indices and len(session.quick_indices) == 6
+    by_index = dict(enumerate(full.hypotheses))
+    naive = transcribe(compress(model, plan), es.features)
+    assert list(full.hypotheses) == naive
+    assert list(quick.hypotheses) == [by_index[i] for i in session.quick_indices]
+
+
+def test_batches_split_on_length_ratio():
+    from workbench.evaluate import batches
+    lengths = [100, 110, 124, 126, 200, 240, 260, 1000]
+    groups = batches(lengths, max_frames=10_000, max_ratio=1.25)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert max(lengths[i] for i in g) <= 1.25 * min(lengths[i] for i in g)
+        assert max(lengths[i] for i in g) * len(g) <= 10_000
+    assert groups[0] == [0, 1, 2] and groups[-1] == [7]

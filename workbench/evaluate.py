@@ -70,12 +70,21 @@ def load_eval_set(manifest: Path | str, limit: int | None = None, progress: bool
                    tuple(normalize_text(u.text) for u in utts), tuple(feats))
 
 
-def batches(lengths: list[int], max_frames: int = 12_000) -> list[list[int]]:
-    """Indices grouped by similar length so padding is small; each batch <= max_frames padded frames."""
+def batches(lengths: list[int], max_frames: int = 12_000, max_ratio: float = 1.25
+            ) -> list[list[int]]:
+    """Indices grouped by similar length so padding is small.
+
+    Each batch holds <= max_frames padded frames, and its longest item is at most `max_ratio`
+    times its shortest: padded frames cost the same compute as real ones (attention
+    quadratically), and on 2 cores splitting at 1.25 made a block run ~30 % faster than
+    filling batches up to max_frames, while batches stay large enough for efficient GEMMs.
+    """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    out, cur = [], []
+    out: list[list[int]] = []
+    cur: list[int] = []
     for i in order:
-        if cur and lengths[i] * (len(cur) + 1) > max_frames:
+        if cur and (lengths[i] * (len(cur) + 1) > max_frames
+                    or lengths[i] > max_ratio * max(1, lengths[cur[0]])):
             out.append(cur)
             cur = []
         cur.append(i)

@@ -5,8 +5,11 @@ How it is fast (DESIGN.md section 4):
 - hidden states at the input of every block are cached, keyed by the plan entries of everything
   before that block; a new plan restarts from the first block whose entries differ from a cached
   prefix (usually the block the user just touched), not from the audio;
-- a quick estimate runs on a fixed subset first: the subset's paired WER change vs the baseline is
-  added to the full baseline WER, with its standard error; then the full set follows;
+- a quick estimate runs on a fixed random subset first (16 utterances): the subset's paired WER
+  change vs the baseline is added to the full baseline WER, with its standard error; then the
+  full set follows, which is that subset plus the rest, so the subset's work is reused;
+- batches are length-sorted with little padding (`evaluate.batches`), and low-rank settings reuse
+  cached SVDs (`compress.lowrank.svd`);
 - `submit` runs quick-then-full on one worker thread; a newer submit cancels stale work between
   blocks and batches, and a stale result is never delivered.
 Size and latency need no model run: they are arithmetic over cached per-layer tables.
@@ -74,17 +77,28 @@ class _Batches:
 class Session:
     """Holds a baseline model and an eval set; evaluates plans fast. Thread-safe via one lock."""
 
-    def __init__(self, model: CTCModel, eval_set: EvalSet, *, quick_utterances: int = 24,
-                 max_frames: int = 12_000, cache_entries: int = 48, calib=None, seed: int = 0) -> None:
+    def __init__(self, model: CTCModel, eval_set: EvalSet, *, quick_utterances: int = 16,
+                 max_frames: int = 12_000, cache_entries: int = 48, calib=None, seed: int = 0,
+                 warm_svd: bool = True) -> None:
         self.baseline = copy.deepcopy(model).eval()
+        if warm_svd:  # ~1 s once on the demo, so the first move of any rank slider needs no SVD
+            from workbench.compress import lowrank
+            linears = [m for m in self.baseline.blocks.modules() if isinstance(m, torch.nn.Linear)]
+            if len(linears) <= lowrank.SVD_CACHE_ENTRIES // 2:  # big models: SVD on demand
+                for module in linears:
+                    lowrank.svd(module.weight)
         self.eval_set = eval_set
         self.calib = calib
         self.n_blocks = len(self.baseline.blocks)
         n = len(eval_set)
         rng = torch.Generator().manual_seed(seed)
         quick = sorted(torch.randperm(n, generator=rng)[: min(quick_utterances, n)].tolist())
-        self._sets = {"quick": _Batches(eval_set.features, quick, max_frames),
-                      "full": _Batches(eval_set.features, list(range(n)), max_frames)}
+        rest = sorted(set(range(n)) - set(quick))
+        # The full set is evaluated as the quick part plus the rest: the quick part's hidden
+        # states (cached by the quick run just before) are reused, not recomputed.
+        self._parts = {"quick": _Batches(eval_set.features, quick, max_frames),
+                       "rest": _Batches(eval_set.features, rest, max_frames)}
+        self._kinds = {"quick": ("quick",), "full": ("quick", "rest")}
         self._lock = threading.RLock()
         self._hidden: OrderedDict[tuple, list] = OrderedDict()   # (set, block, prefix sig) -> [(h, lens)]
         self._models: OrderedDict[str, CTCModel] = OrderedDict()
@@ -95,7 +109,9 @@ class Session:
         self._worker: threading.Thread | None = None
         from workbench.plan import CompressionPlan
         self._empty_plan = CompressionPlan()
-        self._baseline_hyps = {k: self._run(self._empty_plan, k, None)[0] for k in self._sets}
+        self._empty_sigs = self._signatures(self._empty_plan)
+        self._baseline_hyps = {k: self._run_kind(self._empty_plan, k, None)[0]
+                               for k in self._kinds}
         self.baseline_full = self.evaluate(self._empty_plan, "full")
 
     # ---- plan structure -------------------------------------------------------------------
@@ -173,12 +189,27 @@ class Session:
         while len(self._hidden) > self._cache_entries:
             self._hidden.popitem(last=False)
 
-    @torch.inference_mode()
-    def _run(self, plan, kind: str, cancel: Callable[[], bool] | None
-             ) -> tuple[list[str], int]:
-        """Hypotheses (in the set's batch order) and the block the run restarted from."""
+    def _order(self, kind: str) -> list[int]:
+        return [i for part in self._kinds[kind] for i in self._parts[part].order]
+
+    def _run_kind(self, plan, kind: str, cancel: Callable[[], bool] | None
+                  ) -> tuple[list[str], int]:
+        """Hypotheses in `_order(kind)` and the earliest block any part restarted from."""
         sigs = self._signatures(plan)
-        sets = self._sets[kind]
+        hyps: list[str] = []
+        restarts = []
+        for part in self._kinds[kind]:
+            part_hyps, restart = self._run(plan, sigs, part, cancel)
+            hyps += part_hyps
+            restarts.append(restart)
+        return hyps, min(restarts)
+
+    @torch.inference_mode()
+    def _run(self, plan, sigs: list[str], kind: str, cancel: Callable[[], bool] | None
+             ) -> tuple[list[str], int]:
+        """Hypotheses of one part (in its batch order) and the block the run restarted from
+        (-1: from the features; k: from the input of block k; n_blocks: head only)."""
+        sets = self._parts[kind]
         # Find the deepest cached block input whose whole prefix matches this plan.
         start, states = -1, None
         for k in range(self.n_blocks, -1, -1):
@@ -188,9 +219,7 @@ class Session:
                     start, states = k, self._hidden[key]
                     self._hidden.move_to_end(key)
                     break
-        model = self.compressed_model(plan) if any(s != e for s, e in
-                                                   zip(sigs, self._signatures(self._empty_plan))) \
-            else self.baseline
+        model = self.compressed_model(plan) if sigs != self._empty_sigs else self.baseline
         if states is None:
             states = []
             for x, lens in sets.inputs:
@@ -224,8 +253,8 @@ class Session:
             if key in self._results:
                 return self._results[key]
         t0 = time.perf_counter()
-        hyps, restart = self._run(plan, kind, cancel)
-        order = self._sets[kind].order
+        hyps, restart = self._run_kind(plan, kind, cancel)
+        order = self._order(kind)
         refs = [self.eval_set.texts[i] for i in order]
         ids = [self.eval_set.ids[i] for i in order]
         wer, cer, per = score(refs, hyps, ids)
@@ -259,9 +288,14 @@ class Session:
         return result
 
     @property
+    def quick_indices(self) -> list[int]:
+        """Eval-set indices of the fixed quick subset."""
+        return sorted(self._parts["quick"].order)
+
+    @property
     def quick_is_full(self) -> bool:
         """True when the quick subset is the whole eval set (then a quick run adds nothing)."""
-        return len(self._sets["quick"].order) == len(self._sets["full"].order)
+        return not self._parts["rest"].order
 
     # ---- background work ------------------------------------------------------------------
     def submit(self, plan, on_result: Callable[[WerEstimate], None],

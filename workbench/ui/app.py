@@ -92,7 +92,7 @@ class Workbench:
 
     def __init__(self, model: nn.Module, eval_set: EvalSet, *, device: str = "rpi4",
                  audio_seconds: float = 4.0, plan: CompressionPlan | None = None,
-                 quick_utterances: int = 24, session: Session | None = None,
+                 quick_utterances: int = 16, session: Session | None = None,
                  note: str = "") -> None:
         self.session = session if session is not None else Session(
             model, eval_set, quick_utterances=quick_utterances)
