@@ -101,6 +101,37 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return apply_cli(args)
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from workbench.export.apply import read_plan
+    from workbench.models import load_checkpoint, load_demo
+    from workbench.recovery import DEFAULT_CONFIG, recover_plan
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise WorkbenchError(f"--out {out}: exists and is not empty; pass --force to replace "
+                             f"its files, or choose another folder.")
+    plan = read_plan(Path(args.plan))
+    teacher = load_checkpoint(args.checkpoint) if args.checkpoint else load_demo()
+    cfg = replace(DEFAULT_CONFIG, max_minutes=args.minutes,
+                  steps=args.steps or DEFAULT_CONFIG.steps)
+    torch_threads(args.threads)
+    result = recover_plan(plan, teacher, out_dir=out, config=cfg,
+                          manifests=[Path(m) for m in args.manifest] or None,
+                          teacher_name=args.checkpoint or "demo")
+    _print_json({**result.report, "checkpoint": str(result.checkpoint),
+                 "export_plan": str(result.export_plan),
+                 "next": f"workbench apply --plan {result.export_plan} --checkpoint "
+                         f"{result.checkpoint} --out <folder>"})
+    return 0
+
+
+def torch_threads(n: int) -> None:
+    import torch
+    torch.set_num_threads(n)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -149,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--force", action="store_true")
     a.add_argument("--strict", action="store_true")
     a.set_defaults(func=cmd_apply)
+
+    r = sub.add_parser("recover", help="prune / factorize by a plan, then recover accuracy by "
+                                       "distillation from the uncompressed model")
+    r.add_argument("--plan", required=True, help="plan JSON (its quantization is kept for export)")
+    r.add_argument("--checkpoint", help="teacher checkpoint (default: the demo model)")
+    r.add_argument("--out", required=True, help="folder for model.safetensors, export_plan.json, "
+                                                 "recovery.json")
+    r.add_argument("--manifest", action="append", default=[],
+                   help="training manifest(s) (default: the demo corpus, built if missing)")
+    r.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
+    r.add_argument("--steps", type=int, default=None, help="optimizer steps (default 360)")
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    r.set_defaults(func=cmd_recover)
 
     lab = sub.add_parser("lab", help="open the workbench notebook in JupyterLab")
     lab.add_argument("--port", type=int, default=8888)

@@ -75,13 +75,14 @@ class FastAugmenter:
         return out / peak if peak > 1.0 else out
 
 
-def _items(utts, copies: int, augment: bool, seed: int, desc: str) -> tuple[list, list]:
+def _items(utts, copies: int, augment: bool, seed: int, desc: str, progress: bool = True
+           ) -> tuple[list, list]:
     """Utterances -> (features (80, T) list, label tensors list), with augmented views."""
     from workbench.data import load_audio, normalize_text
 
     augmenter = FastAugmenter(seed) if augment else None
     feats, labels = [], []
-    for u in tqdm(utts, desc=desc, leave=False):
+    for u in tqdm(utts, desc=desc, leave=False, disable=not progress):
         wave = load_audio(u.audio_path)
         ids = torch.tensor(encode_text(normalize_text(u.text)), dtype=torch.long)
         if len(ids) == 0:

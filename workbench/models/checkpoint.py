@@ -6,6 +6,10 @@ header metadata (str -> str):
     "format": "workbench-ctc/1"
     "model":  json of CTCModel.describe() = {"family": ..., "config": {...}}
     "metadata": json of the caller's metadata dict (e.g. training recipe, metrics)
+    "structure": (optional) json of a CompressionPlan holding only structural entries (pruned
+                 heads / neurons / channels, explicit low ranks): how the stored model's shapes
+                 differ from its family + config. Loading builds the model, applies it (which
+                 units go does not matter, only how many), then fills every tensor from the file.
 The `.pt` variant is `torch.save` of {"format", "model", "metadata", "state_dict"} with only plain
 containers and tensors, so it loads under `torch.load(weights_only=True)`.
 """
@@ -28,15 +32,19 @@ _SHOW = 5  # offending tensor names listed in an error
 
 
 def save_checkpoint(model: CTCModel, path: str | Path, metadata: dict[str, Any] | None = None,
-                    dtype: torch.dtype = torch.float16) -> Path:
+                    dtype: torch.dtype = torch.float16, structure: Any = None) -> Path:
     """Write `model` to `path` (`.safetensors`, or `.pt`); floating tensors stored as `dtype`.
 
+    `structure`: the structural CompressionPlan that turned the family's model into this one
+    (e.g. a pruned and recovered model; see `workbench.compress.recover`), or None.
     The model itself is not touched (tensors are copied before the cast).
     """
     if dtype not in (torch.float16, torch.float32):
         raise WorkbenchError(f"dtype: checkpoints store float16 or float32, got {dtype}.")
     path = Path(path)
     info = model.describe()
+    if structure is not None:
+        info = {**info, "structure": json.loads(structure.to_json())}
     try:
         meta_json = json.dumps(metadata or {}, sort_keys=True)
     except TypeError as err:
@@ -115,6 +123,8 @@ def load_checkpoint(path: str | Path, family: str | None = None) -> CTCModel:
         model = FAMILIES[found][0](make_config(found, info.get("config", {})))
     except WorkbenchError as err:
         raise CheckpointError(f"{path}: its config does not fit the '{found}' family: {err}") from None
+    if info.get("structure") is not None:
+        model = _with_structure(model, info["structure"], path)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -130,6 +140,21 @@ def load_checkpoint(path: str | Path, family: str | None = None) -> CTCModel:
     model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v
                            for k, v in state.items()})
     return model.float().eval()
+
+
+def _with_structure(model: CTCModel, structure: dict[str, Any], path: Path) -> CTCModel:
+    """The family's model reshaped by a structural plan (weights are overwritten next)."""
+    from workbench.compress import compress
+    from workbench.plan import CompressionPlan
+    from workbench.errors import PlanError
+    try:
+        plan = CompressionPlan.from_json(json.dumps(structure), source_name=f"{path} structure")
+        if any(c.quant is not None or c.energy is not None for c in plan.layers.values()):
+            raise PlanError("structure: holds quantization or an energy rank; a stored structure "
+                            "has only pruning and explicit ranks.")
+        return compress(model, plan, force=True)
+    except WorkbenchError as err:
+        raise CheckpointError(f"{path}: its stored structure cannot be applied: {err}") from None
 
 
 def model_fingerprint(model: CTCModel) -> str:

@@ -1,0 +1,51 @@
+"""`workbench recover` on the shipped demo model: prune, recover (2 steps on the shipped
+calibration manifest, so CI needs no corpus), save, reload, export plan, refusals."""
+import json
+from pathlib import Path
+
+from workbench.__main__ import main
+from workbench.export.bench import pruned_int8_plan
+from workbench.models import load_checkpoint, load_demo, model_fingerprint
+from workbench.paths import DATA_DIR
+from workbench.plan import CompressionPlan
+
+CALIB = DATA_DIR / "calib" / "manifest.jsonl"
+
+
+def test_recover_writes_a_loadable_pruned_checkpoint(tmp_path: Path, capsys):
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(pruned_int8_plan().to_json())
+    out = tmp_path / "recovered"
+    code = main(["recover", "--plan", str(plan_file), "--out", str(out), "--steps", "2",
+                 "--manifest", str(CALIB)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["steps"] == 2 and report["training_items"] > 40
+    assert set(report["greedy_wer_before"]) == {"real_test", "synth_test"}
+    model = load_checkpoint(report["checkpoint"])
+    demo = load_demo()
+    # 50 % of 1536 FFN neurons and 2 of 6 heads gone in every block.
+    assert all(b.mlp.fc1.out_features == 768 and b.attn.n_heads == 4 for b in model.blocks)
+    assert model_fingerprint(model) != model_fingerprint(demo)
+    assert report["params"]["recovered"] == sum(p.numel() for p in model.parameters())
+    export_plan = CompressionPlan.from_json(Path(report["export_plan"]).read_text())
+    resolved = export_plan.resolve(model)
+    assert resolved and all(c.quant is not None and c.quant.weight_bits == 8 and c.prune is None
+                            for c in resolved.values())
+    # An existing non-empty output folder is kept unless --force.
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    code = main(["recover", "--plan", str(plan_file), "--out", str(out), "--steps", "2",
+                 "--manifest", str(CALIB)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--force" in err
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+
+def test_recover_refuses_a_corrupt_plan(tmp_path: Path, capsys):
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text('{\n  "format_version": 1,\n  "default": {"prune": {"amount": 1.2}}\n}\n')
+    code = main(["recover", "--plan", str(plan_file), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "plan.json:3: default.prune.amount" in err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,203 @@
+"""Recovery training: a compressed model learns back what compression took, from the original.
+
+    recover(student, teacher, items, config) -> Recovered(model, history)   (inputs unchanged)
+
+Knowledge distillation in the layer-wise form that suits structured pruning of a transformer
+encoder (heads / FFN neurons removed, d_model kept): each student block's output is pulled
+towards the teacher block's output, and the student's CTC posteriors towards the teacher's.
+
+    loss = hidden_weight * mean_k MSE(h_s^k, h_t^k) / Var(h_t^k)     (valid frames only)
+         + kd_weight     * KL(p_t || p_s) per valid frame             (CTC posteriors, T = 1)
+         + ctc_weight    * CTC(labels)                                 (when items carry labels)
+
+Hidden-state matching follows TinyBERT (Jiao et al. 2020, arXiv:1909.10351) and DistilHuBERT
+(Chang et al. 2022, arXiv:2110.01900) for speech; normalising by the teacher's variance keeps
+blocks with large activations from dominating. Only the student's blocks, final norm and head
+train; its front-end stays frozen (compression plans rarely touch it, and it is cheap to keep).
+
+Items are log-mel features with labels (`workbench.train.Item`, time_last=True). The teacher
+runs under no_grad each step (~1/3 of the student's step), so nothing big is cached.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from workbench.errors import WorkbenchError
+from workbench.models.layers import lengths_to_pad_mask
+from workbench.train import Item, collate, make_batches
+
+
+@dataclass(frozen=True)
+class RecoverConfig:
+    steps: int = 600
+    lr: float = 5e-4
+    warmup: int = 40
+    weight_decay: float = 0.01
+    max_batch_frames: int = 12_000   # padded log-mel frames (100 Hz) per batch
+    hidden_weight: float = 1.0
+    kd_weight: float = 1.0
+    ctc_weight: float = 0.2
+    grad_clip: float = 1.0
+    max_minutes: float | None = None  # stop early when the wall-clock budget is spent
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Recovered:
+    model: torch.nn.Module
+    history: tuple[dict, ...]   # per step: loss terms, lr, seconds
+
+
+def _lr(step: int, cfg: RecoverConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _front_end(model: torch.nn.Module, name: str) -> bool:
+    """True for a parameter / buffer name of the front-end (frozen during recovery)."""
+    from workbench.models.base import role_of
+    if name.startswith("blocks."):
+        return False
+    return role_of(model, name.rsplit(".", 1)[0] if "." in name else "") == "front-end"
+
+
+def _check_pair(student, teacher) -> None:
+    if len(student.blocks) != len(teacher.blocks):
+        raise WorkbenchError(f"recover: the student has {len(student.blocks)} blocks, the teacher "
+                             f"{len(teacher.blocks)}; layer-wise distillation needs the same depth "
+                             f"(prune heads / neurons, not whole blocks).")
+    s_stem = {k: v for k, v in student.state_dict().items() if _front_end(student, k)}
+    t_stem = teacher.state_dict()
+    changed = [k for k, v in s_stem.items() if k not in t_stem or t_stem[k].shape != v.shape
+               or not torch.equal(t_stem[k], v)]
+    if changed:
+        raise WorkbenchError(f"recover: the student's front-end differs from the teacher's "
+                             f"({changed[:3]}); recovery trains blocks and head only, so compress "
+                             f"the front-end after recovery, or not at all.")
+
+
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of x (B, T, ...) over valid (B, T) positions and trailing dims."""
+    w = valid.to(x.dtype)
+    while w.dim() < x.dim():
+        w = w.unsqueeze(-1)
+    return (x * w).sum() / (w.sum() * (x[0, 0].numel())).clamp_min(1.0)
+
+
+def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[Item],
+            config: RecoverConfig | None = None, progress: bool = True,
+            log: Callable[[dict], None] | None = None) -> Recovered:
+    """Train a copy of `student` (a compressed `teacher`) to reproduce `teacher`.
+
+    Neither argument is modified. Both are CTC models with stem / blocks / head (workbench
+    models). Returns the trained copy in eval mode and the per-step loss log.
+    """
+    cfg = config or RecoverConfig()
+    if not items:
+        raise WorkbenchError("recover: no training items.")
+    if any(not it.time_last for it in items):
+        raise WorkbenchError("recover: items must be log-mel features (time_last=True).")
+    _check_pair(student, teacher)
+    model = copy.deepcopy(student)
+    teacher = copy.deepcopy(teacher).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(not _front_end(model, name))
+        if p.requires_grad:
+            params.append(p)
+    opt = torch.optim.AdamW(
+        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=cfg.lr)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    model.train()
+    history: list[dict] = []
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.steps, desc="recover", disable=not progress, leave=False)
+    batches: list[list[int]] = []
+    step = 0
+    while step < cfg.steps:
+        if not batches:
+            batches = make_batches(items, cfg.max_batch_frames, rng)
+        x, lengths, labels, label_lengths = collate([items[i] for i in batches.pop()], True)
+        with torch.no_grad():
+            h, hl = teacher.stem(x, lengths)
+            valid = ~lengths_to_pad_mask(hl, h.shape[1])  # True on real frames
+            pad = ~valid
+            targets, t = [], h
+            for block in teacher.blocks:
+                t = block(t, pad)
+                targets.append(t)
+            t_logp = teacher.head(t, hl).log_softmax(-1)
+        s = h
+        hidden = h.new_zeros(())
+        for block, target in zip(model.blocks, targets):
+            s = block(s, pad)
+            var = _masked_mean((target - _masked_mean(target, valid)) ** 2, valid).clamp_min(1e-6)
+            hidden = hidden + _masked_mean((s - target) ** 2, valid) / var
+        hidden = hidden / len(targets)
+        s_logp = model.head(s, hl).log_softmax(-1)
+        kd = _masked_mean((t_logp.exp() * (t_logp - s_logp)).sum(-1, keepdim=True), valid)
+        ctc = (F.ctc_loss(s_logp.transpose(0, 1), labels, hl, label_lengths, blank=0,
+                          reduction="mean", zero_infinity=True)
+               if cfg.ctc_weight > 0 and labels.numel() else h.new_zeros(()))
+        loss = cfg.hidden_weight * hidden + cfg.kd_weight * kd + cfg.ctc_weight * ctc
+        lr = _lr(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        step += 1
+        entry = {"step": step, "loss": loss.item(), "hidden": hidden.item(), "kd": kd.item(),
+                 "ctc": ctc.item(), "lr": lr, "seconds": round(time.perf_counter() - start, 2)}
+        history.append(entry)
+        bar.update(1)
+        bar.set_postfix(loss=f"{entry['loss']:.3f}", kd=f"{entry['kd']:.3f}")
+        if log is not None:
+            log(entry)
+        if cfg.max_minutes is not None and (time.perf_counter() - start) / 60 > cfg.max_minutes:
+            break
+    bar.close()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return Recovered(model, tuple(history))
+
+
+def split_plan(plan, teacher: torch.nn.Module, compressed: torch.nn.Module):
+    """(structure, rest) of `plan` resolved on `teacher`: `structure` holds the entries that
+    change shapes (pruning; low rank with the rank `compressed` actually got, so an energy
+    setting becomes an explicit rank) as explicit per-layer entries; `rest` holds the
+    quantization entries, to apply after recovery (export time). Layers kept dense are left out.
+    """
+    from workbench.compress.lowrank import LowRankLinear
+    from workbench.plan import CompressionPlan, LayerConfig
+
+    structure: dict[str, LayerConfig] = {}
+    rest: dict[str, LayerConfig] = {}
+    for path, cfg in plan.resolve(teacher).items():
+        rank = None
+        if cfg.sets("low_rank"):
+            layer = compressed.get_submodule(path)
+            rank = layer.rank if isinstance(layer, LowRankLinear) else None
+        entry = LayerConfig(prune=cfg.prune, rank=rank)
+        if not entry.is_empty():
+            structure[path] = entry
+        if cfg.quant is not None:
+            rest[path] = LayerConfig(quant=cfg.quant)
+    return CompressionPlan(layers=structure), CompressionPlan(layers=rest)
