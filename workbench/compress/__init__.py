@@ -8,6 +8,7 @@
     calibration.py  calibration batches, Taylor gradients, activation range observation
     presets.py      named starting plans
     targets.py      which modules a plan may name (Linear/Conv, attention, FFN, conv modules)
+    recover.py      recovery training after compression: layer-wise distillation from the original
 """
 from workbench.compress import presets
 from workbench.compress.apply import (Compressed, compress, compress_detailed, compress_module,
