@@ -49,3 +49,14 @@ def test_recover_refuses_a_corrupt_plan(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "plan.json:3: default.prune.amount" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_recover_refuses_a_plan_without_structure(tmp_path: Path, capsys):
+    plan_file = tmp_path / "int8.json"
+    plan_file.write_text(CompressionPlan.from_json(pruned_int8_plan().to_json())
+                         .model_copy(update={"groups": ()}).to_json())
+    code = main(["recover", "--plan", str(plan_file), "--out", str(tmp_path / "o"),
+                 "--manifest", str(CALIB)])
+    err = capsys.readouterr().err
+    assert code == 2 and "removes no structure" in err and "workbench apply" in err
+    assert not (tmp_path / "o").exists()

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
     r.add_argument("--steps", type=int, default=None, help="optimizer steps (default 360)")
     r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    r.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     r.set_defaults(func=cmd_recover)
 
     lab = sub.add_parser("lab", help="open the workbench notebook in JupyterLab")

@@ -81,6 +81,10 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
     teacher = teacher if teacher is not None else load_demo()
     compressed = compress(teacher, plan)
     structure, rest = split_plan(plan, teacher, compressed)
+    if not structure.layers:
+        from workbench.errors import PlanError
+        raise PlanError("recover: the plan removes no structure (no pruning, no low rank); a "
+                        "quantization-only plan needs no recovery: run `workbench apply` on it.")
     weights = hashlib.sha1()
     for name, tensor in sorted(teacher.state_dict().items()):
         weights.update(name.encode())
@@ -118,9 +122,10 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         "how": "layer-wise distillation (block outputs MSE / teacher variance) + KL on CTC "
                "posteriors + 0.2 CTC; front-end frozen (workbench.compress.recover)",
     }
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(result.model, checkpoint, metadata={"recovery": report}, structure=structure,
-                    dtype=torch.float32)
-    export_plan.write_text(rest.to_json())
-    report_file.write_text(json.dumps(report, indent=2) + "\n")
+    from workbench.export.atomic import staged_dir, write_text_atomic
+    with staged_dir(out) as stage:  # all three files appear together, or none (interrupted)
+        save_checkpoint(result.model, stage / checkpoint.name, metadata={"recovery": report},
+                        structure=structure, dtype=torch.float32)
+        write_text_atomic(stage / export_plan.name, rest.to_json())
+        write_text_atomic(stage / report_file.name, json.dumps(report, indent=2) + "\n")
     return RecoveryResult(checkpoint, export_plan, report)
