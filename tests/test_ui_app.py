@@ -229,3 +229,34 @@ def test_export_saves_the_current_plan_for_this_model(wb, model, tmp_path):
     assert saved.resolve(model) == wb.plan.resolve(model)    # the fingerprint matches
     assert "plan.json" in wb.export.status.value
     assert wb.export.json.value == saved.to_json()
+
+
+def test_export_recovers_a_pruned_plan_first(wb, model, tmp_path):
+    """Tick 'recover first': the pruned model is distilled (2 steps on the shipped calibration
+    set), saved next to the export, and the recovered model is what the ONNX export holds."""
+    from workbench.compress.recover import RecoverConfig
+    from workbench.models import load_checkpoint, model_fingerprint
+    from workbench.paths import CALIB
+
+    pruned = presets.prune_ffn_neurons(0.5).with_default(
+        LayerConfig(quant=QuantConfig(weight_bits=8)))
+    wb.set_plan(pruned)
+    wb.tabs.selected_index = len(wb.tabs.children) - 1
+    assert "removes structure" in wb.export.recover_hint.value
+    wb.export.recover.value = True
+    wb.export.recover_config = RecoverConfig(steps=2, warmup=1)
+    wb.export.recover_manifests = [CALIB]
+    out = tmp_path / "export"
+    wb.export.out_dir.value = str(out)
+    wb.export.onnx.click()
+    wb.export.worker.join(timeout=600)
+    assert wb.errors.errors == [], wb.errors.errors[-1].traceback if wb.errors.errors else ""
+    recovered = load_checkpoint(tmp_path / "export-recovered" / "model.safetensors")
+    assert wb.export.progress.value == wb.export.progress.max == 2
+    assert (out / "model.onnx").is_file() and "exported to" in wb.export.onnx_status.value
+    import json
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["fingerprint"] == model_fingerprint(recovered)
+    assert model_fingerprint(recovered) != model_fingerprint(model)
+    wb.set_plan(CompressionPlan())
+    assert "Nothing to recover" in wb.export.recover_hint.value

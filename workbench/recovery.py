@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -65,14 +65,21 @@ def _wers(model: torch.nn.Module) -> dict[str, float]:
             for name, m in (("real_test", REAL_TEST), ("synth_test", SYNTH_TEST))}
 
 
+def removes_structure(plan: CompressionPlan, model: torch.nn.Module) -> bool:
+    """True when `plan` prunes or factorizes some layer of `model` (recovery has work to do)."""
+    return any(c.prune is not None or c.sets("low_rank") for c in plan.resolve(model).values())
+
+
 def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
                  out_dir: Path | None = None, config: RecoverConfig | None = None,
                  manifests: list[Path] | None = None, teacher_name: str = "demo",
-                 progress: bool = True, evaluate_sets: bool = True) -> RecoveryResult:
+                 progress: bool = True, evaluate_sets: bool = True,
+                 log: Callable[[dict], None] | None = None) -> RecoveryResult:
     """Prune / factorize `teacher` (default: the demo) by `plan`, recover it, save it.
 
     With `out_dir` None the result lives in the user cache, keyed by plan + teacher weights +
-    recipe, and a second call returns it without training.
+    recipe, and a second call returns it without training (so does an `out_dir` holding the
+    result of the same call). `log` gets every training step's losses (for progress bars).
     """
     from workbench.compress import compress
     from workbench.models import load_demo, save_checkpoint
@@ -106,7 +113,7 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
     items = recovery_items(manifests, seed=cfg.seed, progress=progress)
     t_data = time.perf_counter() - start
     before = _wers(student) if evaluate_sets else {}
-    result = recover(student, teacher, items, cfg, progress=progress)
+    result = recover(student, teacher, items, cfg, progress=progress, log=log)
     after = _wers(result.model) if evaluate_sets else {}
     report = {
         "tag": tag, "teacher": teacher_name,

@@ -1,6 +1,10 @@
 """Export tab: save the current plan as JSON (stamped with the model's fingerprint), download it,
 and build the ONNX model with its verification report (`workbench.export.apply_plan`, what
 `workbench apply` runs), on a background thread.
+
+A plan that removes structure (pruning, low rank) can be recovered first — distillation from the
+uncompressed model (`workbench.recovery.recover_plan`, what `workbench recover` runs), with a
+progress bar — and the recovered model is exported with the plan's quantization.
 """
 from __future__ import annotations
 
@@ -44,10 +48,24 @@ class ExportTab(LazyView):
                                                                            height="260px"))
         self.json.add_class("wb-plan-json")
         self.out_dir = widgets.Text("out/export", description="ONNX folder",
+                                    style={"description_width": "initial"},
                                     layout=widgets.Layout(width="420px"))
         self.out_dir.add_class("wb-export-dir")
         self.force = widgets.Checkbox(False, description="replace the folder if it exists")
         self.force.add_class("wb-export-force")
+        self.recover = widgets.Checkbox(False, description="recover first (distillation from "
+                                        "the uncompressed model, ~10 min on 2 cores)",
+                                        indent=False, layout=widgets.Layout(width="auto"))
+        self.recover.add_class("wb-export-recover")
+        self.recover_hint = widgets.HTML()
+        self.recover_hint.add_class("wb-export-recover-hint")
+        self.progress = widgets.IntProgress(0, min=0, max=1, description="recovery",
+                                            layout=widgets.Layout(display="none"))
+        self.progress.add_class("wb-export-progress")
+        #: Recovery recipe and data (None: the demo corpus); tests and scripts may change them.
+        self.recover_config = None
+        self.recover_manifests = None
+        self.worker: threading.Thread | None = None
         self.onnx = widgets.Button(description="export ONNX + report")
         self.onnx.add_class("wb-export-onnx")
         self.onnx_status = widgets.HTML()
@@ -59,6 +77,7 @@ class ExportTab(LazyView):
         self.widget = widgets.VBox([widgets.HBox([self.path, save]), self.status, self.download,
                                     self.json,
                                     widgets.HBox([self.out_dir, self.force, self.onnx]),
+                                    self.recover, self.recover_hint, self.progress,
                                     self.onnx_status])
         self.widget.add_class("wb-export")
 
@@ -71,6 +90,16 @@ class ExportTab(LazyView):
         data = base64.b64encode(text.encode()).decode()
         self.download.value = (f"<a download='plan.json' href='data:application/json;base64,"
                                f"{data}'>download plan.json</a>")
+        from workbench.recovery import removes_structure
+        if removes_structure(self.state.plan, self.core.model):
+            self.recover_hint.value = (
+                "<span class='wb-muted'>This plan removes structure. Without recovery the "
+                "exported model keeps the accuracy shown above (often much worse than the "
+                "original); tick <i>recover first</i>, or run <code>workbench recover</code>."
+                "</span>")
+        else:
+            self.recover_hint.value = ("<span class='wb-muted'>Nothing to recover: this plan "
+                                       "removes no structure.</span>")
         if export_verb() is None:
             self.onnx.disabled = True
             self.onnx_status.value = ("<span class='wb-muted'>ONNX export: not available in this "
@@ -98,8 +127,14 @@ class ExportTab(LazyView):
         self.onnx_status.value = ("exporting and verifying in the background (ONNX Runtime "
                                   "measurements; WER updates are slower meanwhile)…")
 
+        from workbench.recovery import removes_structure
+        recover = self.recover.value and removes_structure(plan, model)
+
         def work() -> None:
+            nonlocal model, plan
             try:
+                if recover:
+                    model, plan = self.recover_first(model, plan, out)
                 report = apply_plan(model, plan, out, options)
                 from workbench.export.apply import summary_lines
                 lines = "\n".join(summary_lines(report))
@@ -112,5 +147,36 @@ class ExportTab(LazyView):
             finally:
                 self.onnx.disabled = False
 
-        threading.Thread(target=self.controller.errors.guard("exporting", work),
-                         name="workbench-export", daemon=True).start()
+        self.worker = threading.Thread(target=self.controller.errors.guard("exporting", work),
+                                       name="workbench-export", daemon=True)
+        self.worker.start()
+
+    def recover_first(self, model, plan, out: Path):
+        """Recover `plan`'s structure into `<out>-recovered`; returns (recovered model, the
+        plan's quantization part) for the export. Runs on the export thread."""
+        from workbench.models import load_checkpoint
+        from workbench.plan import CompressionPlan
+        from workbench.recovery import DEFAULT_CONFIG, recover_plan
+        from workbench.session import RUN_LOCK
+
+        config = self.recover_config or DEFAULT_CONFIG
+        self.progress.max, self.progress.value = config.steps, 0
+        self.progress.layout.display = None
+        self.onnx_status.value = ("recovering: distilling the pruned model from the original "
+                                  "(WER updates wait until it is done)…")
+
+        def on_step(entry: dict) -> None:
+            self.progress.value = entry["step"]
+            self.progress.description = f"loss {entry['loss']:.2f}"
+
+        with RUN_LOCK:  # one model run at a time: the dashboard's WER updates queue behind it
+            result = recover_plan(plan, model, out_dir=out.with_name(out.name + "-recovered"),
+                                  config=config, manifests=self.recover_manifests,
+                                  teacher_name="the dashboard's model", progress=False,
+                                  log=on_step)
+        self.progress.value = self.progress.max
+        after = result.report.get("greedy_wer_after") or {}
+        self.onnx_status.value = (f"recovered in {result.report['steps']} steps (greedy WER "
+                                  f"after: {html.escape(str(after))}); exporting…")
+        return (load_checkpoint(result.checkpoint),
+                CompressionPlan.from_json(result.export_plan.read_text()))
