@@ -60,3 +60,22 @@ def test_recover_refuses_a_plan_without_structure(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "removes no structure" in err and "workbench apply" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_recover_qat_on_a_quantization_only_plan(tmp_path: Path, capsys):
+    """--qat trains for the plan's bit widths; without structure the checkpoint keeps the
+    demo's shapes and the report gives the quantized WER before and after."""
+    from workbench.plan import LayerConfig, QuantConfig
+    plan_file = tmp_path / "int4.json"
+    plan_file.write_text(CompressionPlan(default=LayerConfig(quant=QuantConfig(
+        weight_bits=4, granularity="per_block"))).to_json())
+    code = main(["recover", "--plan", str(plan_file), "--out", str(tmp_path / "o"), "--qat",
+                 "--steps", "2", "--manifest", str(CALIB)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["qat"] is True and "quantization-aware" in report["how"]
+    assert set(report["greedy_wer_after_quantized"]) == {"real_test", "synth_test"}
+    assert set(report["greedy_wer_before_quantized"]) == {"real_test", "synth_test"}
+    model = load_checkpoint(report["checkpoint"])
+    assert model_fingerprint(model) == model_fingerprint(load_demo())

@@ -119,7 +119,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
     result = recover_plan(plan, teacher, out_dir=out, config=cfg,
                           manifests=[Path(m) for m in args.manifest] or None,
-                          teacher_name=args.checkpoint or "demo")
+                          teacher_name=args.checkpoint or "demo", qat=args.qat)
     _print_json({**result.report, "checkpoint": str(result.checkpoint),
                  "export_plan": str(result.export_plan),
                  "next": f"workbench apply --plan {result.export_plan} --checkpoint "
@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training manifest(s) (default: the demo corpus, built if missing)")
     r.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
     r.add_argument("--steps", type=int, default=None, help="optimizer steps (default 360)")
+    r.add_argument("--qat", action="store_true", help="also train for the plan's weight bits "
+                                                      "(quantization-aware, straight-through)")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     r.set_defaults(func=cmd_recover)

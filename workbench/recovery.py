@@ -5,8 +5,9 @@ by distillation from the uncompressed model, and save the result as a checkpoint
 
 Training data: the demo's corpus (synthetic train sentences, real fine-tune prompts with one
 augmented view each), built offline if missing (`workbench data build`); or any NeMo manifests.
-The evaluation sets are never trained on. Quantization entries of the plan are not trained
-(no QAT): they are written to `export_plan.json`, for `workbench apply --checkpoint`.
+The evaluation sets are never trained on. Quantization entries of the plan are written to
+`export_plan.json`, for `workbench apply --checkpoint`; with `qat=True` recovery also trains for
+them (quantization-aware, straight-through; then a plan without structure is fine too).
 """
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
                  out_dir: Path | None = None, config: RecoverConfig | None = None,
                  manifests: list[Path] | None = None, teacher_name: str = "demo",
                  progress: bool = True, evaluate_sets: bool = True,
-                 log: Callable[[dict], None] | None = None) -> RecoveryResult:
+                 log: Callable[[dict], None] | None = None, qat: bool = False
+                 ) -> RecoveryResult:
     """Prune / factorize `teacher` (default: the demo) by `plan`, recover it, save it.
 
     With `out_dir` None the result lives in the user cache, keyed by plan + teacher weights +
@@ -89,18 +91,20 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
     teacher = teacher if teacher is not None else load_demo()
     compressed = compress(teacher, plan)
     structure, rest = split_plan(plan, teacher, compressed)
-    if not structure.layers:
+    if not structure.layers and not (qat and rest.layers):
         from workbench.errors import PlanError
         raise PlanError("recover: the plan removes no structure (no pruning, no low rank); a "
-                        "quantization-only plan needs no recovery: run `workbench apply` on it.")
+                        "quantization-only plan needs no recovery: run `workbench apply` on it, "
+                        "or train for its bit widths with --qat.")
     weights = hashlib.sha1()
     for name, tensor in sorted(teacher.state_dict().items()):
         weights.update(name.encode())
         weights.update(tensor.detach().float().numpy().tobytes())
-    tag = hashlib.sha1(json.dumps({"structure": structure.to_json(), "config": asdict(cfg),
-                                   "teacher": weights.hexdigest(),
-                                   "manifests": [str(m) for m in manifests or []]},
-                                  sort_keys=True).encode()).hexdigest()[:12]
+    key = {"structure": structure.to_json(), "config": asdict(cfg),
+           "teacher": weights.hexdigest(), "manifests": [str(m) for m in manifests or []]}
+    if qat:
+        key["qat"] = rest.to_json()
+    tag = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     out = Path(out_dir) if out_dir is not None else cache_dir() / "recovered" / tag
     checkpoint, export_plan, report_file = (out / "model.safetensors", out / "export_plan.json",
                                             out / "recovery.json")
@@ -113,14 +117,21 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
     items = recovery_items(manifests, seed=cfg.seed, progress=progress)
     t_data = time.perf_counter() - start
     before = _wers(student) if evaluate_sets else {}
-    result = recover(student, teacher, items, cfg, progress=progress, log=log)
+    result = recover(student, teacher, items, cfg, progress=progress, log=log,
+                     quant=rest if qat else None)
     after = _wers(result.model) if evaluate_sets else {}
+    quantized = (_wers(compress(result.model, rest, force=True))
+                 if evaluate_sets and rest.layers else {})
+    quantized_before = (_wers(compress(student, rest, force=True))
+                        if evaluate_sets and rest.layers else {})
     report = {
         "tag": tag, "teacher": teacher_name,
         "structure": json.loads(structure.to_json()),
         "params": {"teacher": sum(p.numel() for p in teacher.parameters()),
                    "recovered": sum(p.numel() for p in result.model.parameters())},
         "greedy_wer_before": before, "greedy_wer_after": after,
+        "greedy_wer_before_quantized": quantized_before,
+        "greedy_wer_after_quantized": quantized, "qat": qat,
         "teacher_greedy_wer": _wers(teacher) if evaluate_sets else {},
         "training_items": len(items), "steps": len(result.history),
         "final_loss": result.history[-1] if result.history else None,
@@ -128,7 +139,9 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         "seconds": {"data": round(t_data, 1), "total": round(time.perf_counter() - start, 1)},
         "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "how": "layer-wise distillation (block outputs MSE / teacher variance) + KL on CTC "
-               "posteriors + 0.2 CTC; front-end frozen (workbench.compress.recover)",
+               "posteriors + 0.2 CTC; front-end frozen (workbench.compress.recover)"
+               + ("; quantization-aware (straight-through) for the plan's weight bits" if qat
+                  else ""),
     }
     from workbench.export.atomic import staged_dir, write_text_atomic
     with staged_dir(out) as stage:  # all three files appear together, or none (interrupted)

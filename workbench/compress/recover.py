@@ -17,6 +17,13 @@ train; its front-end stays frozen (compression plans rarely touch it, and it is 
 
 Items are log-mel features with labels (`workbench.train.Item`, time_last=True). The teacher
 runs under no_grad each step (~1/3 of the student's step), so nothing big is cached.
+
+Quantization-aware training (`quant=` a plan with weight bits): during recovery the trainable
+layers see their weights on the plan's b-bit grid in the forward pass, while gradients update
+full-precision latent weights through the rounding (straight-through estimator, Bengio et al.
+2013, arXiv:1308.3432; as in Jacob et al. 2018, arXiv:1712.05877). The returned model holds the
+latent weights; quantize it with the same plan (`compress`, or `workbench apply`) — the grid is
+computed from them exactly as in training. The front-end is frozen and not quantized in training.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from workbench.compress.quantize import fake_quant_weight
 from workbench.errors import WorkbenchError
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.train import Item, collate, make_batches
@@ -64,11 +72,41 @@ def _lr(step: int, cfg: RecoverConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+class FakeQuantSTE(torch.nn.Module):
+    """A weight parametrization: forward sees the b-bit grid, backward passes straight through."""
+
+    def __init__(self, bits: int, granularity: str, symmetric: bool) -> None:
+        super().__init__()
+        self.bits, self.granularity, self.symmetric = bits, granularity, symmetric
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        grid, _, _ = fake_quant_weight(weight, self.bits, self.granularity, self.symmetric)
+        return weight + (grid.to(weight.dtype) - weight).detach()
+
+
+def _add_fake_quant(model: torch.nn.Module, quant) -> list[torch.nn.Module]:
+    """Register FakeQuantSTE on the weight of every trainable layer `quant` gives weight bits."""
+    from torch.nn.utils import parametrize
+
+    from workbench.compress.lowrank import LowRankLinear
+    done = []
+    for path, cfg in quant.resolve(model, force=True).items():
+        if cfg.quant is None or cfg.quant.weight_bits is None or _front_end(model, path + ".w"):
+            continue
+        layer = model.get_submodule(path)
+        for target in ((layer.down, layer.up) if isinstance(layer, LowRankLinear) else (layer,)):
+            parametrize.register_parametrization(target, "weight", FakeQuantSTE(
+                cfg.quant.weight_bits, cfg.quant.granularity, cfg.quant.symmetric))
+            done.append(target)
+    return done
+
+
 def _front_end(model: torch.nn.Module, name: str) -> bool:
     """True for a parameter / buffer name of the front-end (frozen during recovery)."""
     from workbench.models.base import role_of
     if name.startswith("blocks."):
         return False
+    name = name.replace(".parametrizations.weight.original", ".weight")
     return role_of(model, name.rsplit(".", 1)[0] if "." in name else "") == "front-end"
 
 
@@ -97,19 +135,25 @@ def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[Item],
             config: RecoverConfig | None = None, progress: bool = True,
-            log: Callable[[dict], None] | None = None) -> Recovered:
+            log: Callable[[dict], None] | None = None, quant=None) -> Recovered:
     """Train a copy of `student` (a compressed `teacher`) to reproduce `teacher`.
 
     Neither argument is modified. Both are CTC models with stem / blocks / head (workbench
-    models). Returns the trained copy in eval mode and the per-step loss log.
+    models). `quant`: a plan whose weight bits are trained for (QAT, see the module docstring);
+    `student` itself must then be unquantized. Returns the trained copy in eval mode (latent
+    full-precision weights) and the per-step loss log.
     """
     cfg = config or RecoverConfig()
     if not items:
         raise WorkbenchError("recover: no training items.")
     if any(not it.time_last for it in items):
         raise WorkbenchError("recover: items must be log-mel features (time_last=True).")
+    if quant is not None and any(hasattr(m, "weight_bits") for m in student.modules()):
+        raise WorkbenchError("recover: with quant= (QAT) the student must be unquantized: "
+                             "compress it with the plan's structure only (see split_plan).")
     _check_pair(student, teacher)
     model = copy.deepcopy(student)
+    fake_quantized = _add_fake_quant(model, quant) if quant is not None else []
     teacher = copy.deepcopy(teacher).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -173,6 +217,9 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[
         if cfg.max_minutes is not None and (time.perf_counter() - start) / 60 > cfg.max_minutes:
             break
     bar.close()
+    from torch.nn.utils import parametrize
+    for layer in fake_quantized:  # keep the latent weights; the plan quantizes them again
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
