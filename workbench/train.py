@@ -94,6 +94,8 @@ def collate(items: list[Item], feature_mode: bool) -> tuple[torch.Tensor, ...]:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr over cfg.warmup steps, then cosine decay to 0 at cfg.steps (any
+    config with lr / warmup / steps, e.g. RecoverConfig)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)

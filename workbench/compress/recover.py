@@ -28,7 +28,6 @@ computed from them exactly as in training. The front-end is frozen and not quant
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +40,7 @@ from tqdm import tqdm
 from workbench.compress.quantize import fake_quant_weight
 from workbench.errors import WorkbenchError
 from workbench.models.layers import lengths_to_pad_mask
-from workbench.train import Item, collate, make_batches
+from workbench.train import Item, collate, lr_at, make_batches
 
 
 @dataclass(frozen=True)
@@ -63,13 +62,6 @@ class RecoverConfig:
 class Recovered:
     model: torch.nn.Module
     history: tuple[dict, ...]   # per step: loss terms, lr, seconds
-
-
-def _lr(step: int, cfg: RecoverConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class FakeQuantSTE(torch.nn.Module):
@@ -199,7 +191,7 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[
                           reduction="mean", zero_infinity=True)
                if cfg.ctc_weight > 0 and labels.numel() else h.new_zeros(()))
         loss = cfg.hidden_weight * hidden + cfg.kd_weight * kd + cfg.ctc_weight * ctc
-        lr = _lr(step, cfg)
+        lr = lr_at(step, cfg)  # linear warm-up, cosine decay (same schedule as training)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
