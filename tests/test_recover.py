@@ -41,8 +41,9 @@ def _distance(student, teacher, items) -> float:
     return err / ref
 
 
-def test_recovery_moves_the_student_towards_the_teacher(whisper_small):
-    teacher = whisper_small
+@pytest.mark.parametrize("family", ["whisper_small", "tiny_conformer"])
+def test_recovery_moves_the_student_towards_the_teacher(family, request):
+    teacher = request.getfixturevalue(family)
     student = compress(teacher, PRUNE)
     before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
     before_s = {k: v.clone() for k, v in student.state_dict().items()}
@@ -56,8 +57,10 @@ def test_recovery_moves_the_student_towards_the_teacher(whisper_small):
     assert all(torch.equal(before_t[k], v) for k, v in teacher.state_dict().items())
     assert all(torch.equal(before_s[k], v) for k, v in student.state_dict().items())
     new = result.model.state_dict()
-    assert torch.equal(new["conv1.weight"], before_s["conv1.weight"])
-    assert not torch.equal(new["blocks.0.mlp.fc1.weight"], before_s["blocks.0.mlp.fc1.weight"])
+    front = [k for k in new if not k.startswith(("blocks.", "ctc_head", "ln_post"))]
+    assert front and all(torch.equal(new[k], before_s[k]) for k in front)
+    changed = [k for k in new if k.startswith("blocks.") and not torch.equal(new[k], before_s[k])]
+    assert len(changed) > len(new) // 2
     assert not result.model.training
 
 
