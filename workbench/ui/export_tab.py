@@ -176,7 +176,9 @@ class ExportTab(LazyView):
                                   log=on_step)
         self.progress.value = self.progress.max
         after = result.report.get("greedy_wer_after") or {}
+        wers = ", ".join(f"{html.escape(name)} {wer:.3f}" for name, wer in after.items())
         self.onnx_status.value = (f"recovered in {result.report['steps']} steps (greedy WER "
-                                  f"after: {html.escape(str(after))}); exporting…")
+                                  f"measured after recovery, before quantization: {wers}); "
+                                  f"exporting…")
         return (load_checkpoint(result.checkpoint),
                 CompressionPlan.from_json(result.export_plan.read_text()))
