@@ -116,7 +116,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     teacher = load_checkpoint(args.checkpoint) if args.checkpoint else load_demo()
     cfg = replace(DEFAULT_CONFIG, max_minutes=args.minutes,
                   steps=args.steps or DEFAULT_CONFIG.steps)
-    torch_threads(args.threads)
+    import torch
+    torch.set_num_threads(args.threads)
     result = recover_plan(plan, teacher, out_dir=out, config=cfg,
                           manifests=[Path(m) for m in args.manifest] or None,
                           teacher_name=args.checkpoint or "demo", qat=args.qat)
@@ -125,11 +126,6 @@ def cmd_recover(args: argparse.Namespace) -> int:
                  "next": f"workbench apply --plan {result.export_plan} --checkpoint "
                          f"{result.checkpoint} --out <folder>"})
     return 0
-
-
-def torch_threads(n: int) -> None:
-    import torch
-    torch.set_num_threads(n)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,11 +59,17 @@ def recovery_items(manifests: list[Path] | None = None, n_synth: int = 1200, see
     return [Item(f, y) for f, y in zip(feats, labels)]
 
 
-def _wers(model: torch.nn.Module) -> dict[str, float]:
-    from workbench.evaluate import evaluate, load_eval_set
+def _held_out_sets() -> dict[str, Any]:
+    """The shipped held-out sets, features computed once (every WER of the report uses them)."""
+    from workbench.evaluate import load_eval_set
     from workbench.paths import REAL_TEST, SYNTH_TEST
-    return {name: round(evaluate(model, load_eval_set(m, progress=False)).wer, 4)
+    return {name: load_eval_set(m, progress=False)
             for name, m in (("real_test", REAL_TEST), ("synth_test", SYNTH_TEST))}
+
+
+def _wers(model: torch.nn.Module, sets: dict[str, Any]) -> dict[str, float]:
+    from workbench.evaluate import evaluate
+    return {name: round(evaluate(model, eval_set).wer, 4) for name, eval_set in sets.items()}
 
 
 def removes_structure(plan: CompressionPlan, model: torch.nn.Module) -> bool:
@@ -89,8 +95,12 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
 
     cfg = config or DEFAULT_CONFIG
     teacher = teacher if teacher is not None else load_demo()
-    compressed = compress(teacher, plan)
-    structure, rest = split_plan(plan, teacher, compressed)
+    # The student: the plan's structure without its quantization (which is applied at export,
+    # or trained for with qat); split_plan reads the ranks it got.
+    shapes = {path: c.model_copy(update={"quant": None}) for path, c in plan.resolve(teacher).items()}
+    student = compress(teacher, CompressionPlan(layers={p: c for p, c in shapes.items()
+                                                        if not c.is_empty()}))
+    structure, rest = split_plan(plan, teacher, student)
     if not structure.layers and not (qat and rest.layers):
         from workbench.errors import PlanError
         raise PlanError("recover: the plan removes no structure (no pruning, no low rank); a "
@@ -113,17 +123,15 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         if report.get("tag") == tag:
             return RecoveryResult(checkpoint, export_plan, report)
     start = time.perf_counter()
-    student = compress(teacher, structure, force=True)
     items = recovery_items(manifests, seed=cfg.seed, progress=progress)
     t_data = time.perf_counter() - start
-    before = _wers(student) if evaluate_sets else {}
+    sets = _held_out_sets() if evaluate_sets else {}
+    before = _wers(student, sets)
     result = recover(student, teacher, items, cfg, progress=progress, log=log,
                      quant=rest if qat else None)
-    after = _wers(result.model) if evaluate_sets else {}
-    quantized = (_wers(compress(result.model, rest, force=True))
-                 if evaluate_sets and rest.layers else {})
-    quantized_before = (_wers(compress(student, rest, force=True))
-                        if evaluate_sets and rest.layers else {})
+    after = _wers(result.model, sets)
+    quantized = _wers(compress(result.model, rest, force=True), sets) if rest.layers else {}
+    quantized_before = _wers(compress(student, rest, force=True), sets) if rest.layers else {}
     report = {
         "tag": tag, "teacher": teacher_name,
         "structure": json.loads(structure.to_json()),
@@ -132,7 +140,7 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         "greedy_wer_before": before, "greedy_wer_after": after,
         "greedy_wer_before_quantized": quantized_before,
         "greedy_wer_after_quantized": quantized, "qat": qat,
-        "teacher_greedy_wer": _wers(teacher) if evaluate_sets else {},
+        "teacher_greedy_wer": _wers(teacher, sets),
         "training_items": len(items), "steps": len(result.history),
         "final_loss": result.history[-1] if result.history else None,
         "config": asdict(cfg),
