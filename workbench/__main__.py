@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from workbench import cli_checks as ck
+from workbench import lesson_timing
 from workbench.errors import WorkbenchError
 
 
@@ -29,8 +31,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     manifest = Path(args.manifest) if args.manifest else REAL_TEST
     checkpoint = Path(args.checkpoint) if args.checkpoint else DEMO_DIR / "model.safetensors"
+    model = load_checkpoint(checkpoint) if args.checkpoint else load_demo()   # before features
     eval_set = load_eval_set(manifest, limit=args.limit)
-    model = load_checkpoint(checkpoint) if args.checkpoint else load_demo()
     lexicon = None
     if args.decoder == "lexicon":
         from workbench.lexicon import training_lexicon
@@ -55,6 +57,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     from workbench.paths import cache_dir
 
     out = Path(args.out) if args.out else cache_dir() / "corpus"
+    ck.check_writable_parent(out / "x")
     summary = build_all(out, n_train=args.n_train, seed=args.seed,
                         install_system_packages=args.install_system_packages)
     _print_json({"out": str(out), **(summary or {})})
@@ -62,8 +65,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from workbench.models import PRESETS
     from workbench.recipes import train_conformer, train_demo
 
+    if not args.demo:
+        ck.check_choice("--preset", args.preset, PRESETS)
+    if args.out:
+        ck.check_writable_parent(Path(args.out) / "x")
     if args.demo:
         summary = train_demo(out_dir=Path(args.out) if args.out else None,
                              minutes=args.minutes, seed=args.seed)
@@ -78,6 +86,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     import os
 
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "00_workbench.ipynb"
+    ck.check_port_free(args.port)
     root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
     return subprocess.call([sys.executable, "-m", "jupyter", "lab", "--ip=127.0.0.1",
                             f"--port={args.port}", *root, str(nb)])
@@ -94,6 +103,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from workbench.latency import calibrate
 
+    if args.out:
+        if Path(args.out).is_dir():
+            raise ck.ArgumentError(f"--out {args.out}: is a folder; give the path of the JSON "
+                                   f"file to write (e.g. {Path(args.out) / 'host.json'}).")
+        ck.check_writable_parent(Path(args.out))
     result = calibrate(out_path=Path(args.out) if args.out else None)
     _print_json(result if isinstance(result, dict) else {"result": str(result)})
     return 0
@@ -102,6 +116,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from workbench.export import apply_cli
 
+    ck.check_new_output_dir(Path(args.out), args.force)   # before the model is even loaded
     return apply_cli(args)
 
 
@@ -113,9 +128,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from workbench.recovery import DEFAULT_CONFIG, recover_plan
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise WorkbenchError(f"--out {out}: exists and is not empty; pass --force to replace "
-                             f"its files, or choose another folder.")
+    ck.check_new_output_dir(out, args.force)
     plan = read_plan(Path(args.plan))
     teacher = load_checkpoint(args.checkpoint) if args.checkpoint else load_demo()
     cfg = replace(DEFAULT_CONFIG, max_minutes=args.minutes,
@@ -133,15 +146,17 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    p = ck.OneLineParser(prog="workbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("eval", help="WER / CER of a checkpoint on a manifest")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    e.add_argument("--checkpoint", help="model checkpoint (default: the shipped demo model)")
-    e.add_argument("--manifest", help="JSONL manifest (default: the shipped held-out real speech)")
-    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
-    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--checkpoint", type=ck.existing_file("--checkpoint"),
+                   help="model checkpoint (default: the shipped demo model)")
+    e.add_argument("--manifest", type=ck.existing_file("--manifest"),
+                   help="JSONL manifest (default: the shipped held-out real speech)")
+    e.add_argument("--limit", type=ck.limit, default=None, help="evaluate only the first N utterances")
+    e.add_argument("--threads", type=ck.threads, default=2)
     e.add_argument("--decoder", choices=["greedy", "lexicon"], default="lexicon",
                    help="greedy CTC, or greedy + correction to a lexicon of training words")
     e.set_defaults(func=cmd_eval)
@@ -149,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="build the training corpus offline")
     d.add_argument("action", choices=["build"])
     d.add_argument("--out", help="output folder (default: ~/.cache/workbench/corpus)")
-    d.add_argument("--n-train", type=int, default=4000)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-train", type=ck.count, default=4000)
+    d.add_argument("--seed", type=ck.seed, default=0)
     d.add_argument("--install-system-packages", action="store_true",
                    help="as root, apt-get install missing synthesizers / prompts (else: `make apt`)")
     d.set_defaults(func=cmd_data)
@@ -159,16 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--demo", action="store_true", help="fine-tune the Whisper-tiny CTC demo model")
     t.add_argument("--preset", default="small", help="Conformer preset when not --demo")
     t.add_argument("--out", help="output folder (default: data/models/demo for --demo)")
-    t.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--minutes", type=ck.minutes, default=None, help="wall-clock budget")
+    t.add_argument("--seed", type=ck.seed, default=0)
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
-    b.add_argument("what", choices=["interactive", "latency", "export"])
+    b.add_argument("what", choices=["interactive", "latency", "export", "lessons"])
     b.add_argument("--json", action="store_true")
-    b.add_argument("--n-plans", type=int, default=30)
-    b.add_argument("--changes", type=int, default=30)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--n-plans", type=ck.count, default=30)
+    b.add_argument("--changes", type=ck.count, default=30)
+    b.add_argument("--seed", type=ck.seed, default=0)
+    lesson_timing.add_arguments(b)
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("calibrate", help="measure onnxruntime here and fit the host latency profile")
@@ -176,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_calibrate)
 
     a = sub.add_parser("apply", help="apply a plan: ONNX export, ORT quantization, report, card")
-    a.add_argument("--plan", required=True)
-    a.add_argument("--checkpoint")
+    a.add_argument("--plan", required=True, type=ck.existing_file("--plan"))
+    a.add_argument("--checkpoint", type=ck.existing_file("--checkpoint"))
     a.add_argument("--out", required=True)
     a.add_argument("--force", action="store_true")
     a.add_argument("--strict", action="store_true")
@@ -185,33 +201,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("recover", help="prune / factorize by a plan, then recover accuracy by "
                                        "distillation from the uncompressed model")
-    r.add_argument("--plan", required=True, help="plan JSON (its quantization is kept for export)")
-    r.add_argument("--checkpoint", help="teacher checkpoint (default: the demo model)")
+    r.add_argument("--plan", required=True, type=ck.existing_file("--plan"), help="plan JSON (its quantization is kept for export)")
+    r.add_argument("--checkpoint", type=ck.existing_file("--checkpoint"), help="teacher checkpoint (default: the demo model)")
     r.add_argument("--out", required=True, help="folder for model.safetensors, export_plan.json, "
                                                  "recovery.json")
-    r.add_argument("--manifest", action="append", default=[],
+    r.add_argument("--manifest", action="append", default=[], type=ck.existing_file("--manifest"),
                    help="training manifest(s) (default: the demo corpus, built if missing)")
-    r.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
-    r.add_argument("--steps", type=int, default=None, help="optimizer steps (default 360)")
+    r.add_argument("--minutes", type=ck.minutes, default=10.0, help="wall-clock training budget")
+    r.add_argument("--steps", type=ck.steps, default=None, help="optimizer steps (default 360)")
     r.add_argument("--qat", action="store_true", help="also train for the plan's weight bits "
                                                       "(quantization-aware, straight-through)")
-    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--threads", type=ck.threads, default=2)
     r.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     r.set_defaults(func=cmd_recover)
 
     lab = sub.add_parser("lab", help="open the workbench notebook in JupyterLab")
-    lab.add_argument("--port", type=int, default=8888)
+    lab.add_argument("--port", type=ck.port, default=8888)
     lab.set_defaults(func=cmd_lab)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    ck.install_signal_handlers()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except WorkbenchError as err:
-        print(f"workbench {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (WorkbenchError, KeyboardInterrupt) as err:
+        return ck.report_error(args.command, err)
 
 
 if __name__ == "__main__":

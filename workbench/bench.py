@@ -136,4 +136,7 @@ def run(what: str, args) -> dict:
     if what == "export":
         from workbench.export.bench import bench_export
         return bench_export(args)
+    if what == "lessons":
+        from workbench.lesson_timing import bench_lessons
+        return bench_lessons(only=args.only, budget_s=args.budget)
     raise ValueError(what)

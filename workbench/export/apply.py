@@ -204,10 +204,9 @@ def apply_cli(args: argparse.Namespace) -> int:
     options = ApplyOptions(strict=args.strict, overwrite=args.force,
                            model_name=Path(args.checkpoint).stem if args.checkpoint else
                            "workbench-demo-whisper-ctc", checkpoint=checkpoint)
-    try:
-        report = apply_plan(model, plan, out, options)
-    except KeyboardInterrupt:
-        raise ExportError(f"interrupted: nothing was written to {out}.") from None
+    # Ctrl-C / SIGTERM propagate (KeyboardInterrupt): the staging folder is removed on the way
+    # out and `workbench` prints one line (see workbench.cli_checks.report_error).
+    report = apply_plan(model, plan, out, options)
     for line in summary_lines(report):
         print(line, file=sys.stderr)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")

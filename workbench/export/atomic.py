@@ -51,21 +51,47 @@ def staged_dir(target: Path) -> Iterator[Path]:
     is left exactly as it was. An existing `target` is replaced only after the new folder is
     complete (the caller decides whether replacing is allowed: see `--force`).
     """
+    from workbench.export.errors import ExportError
+
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging.", dir=target.parent))
-    os.chmod(stage, DIR_MODE)
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging.", dir=target.parent))
+    except OSError as err:
+        _remove_empty(created)
+        raise ExportError(f"{target}: cannot create the output folder there ({err.strerror}); "
+                          f"choose a folder you can write to.") from None
+    old = None
+    try:
+        os.chmod(stage, DIR_MODE)
         yield stage
+        if target.exists():
+            # Move the old folder aside first (rename is atomic), then drop it.
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.rmdir(old)
+            os.replace(target, old)
+        try:
+            os.replace(stage, target)
+        except BaseException as err:
+            if old is not None:   # put the previous folder back: the target is never lost
+                os.replace(old, target)
+                old = None
+            if isinstance(err, OSError):
+                raise ExportError(f"{target}: could not move the finished folder into place "
+                                  f"({err.strerror or err}); nothing was written there.") from None
+            raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        _remove_empty(created)
         raise
-    old = None
-    if target.exists():
-        # Move the old folder aside first (rename is atomic), then drop it.
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.rmdir(old)
-        os.replace(target, old)
-    os.replace(stage, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders we created for an output that never arrived (deepest first)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

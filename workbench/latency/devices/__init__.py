@@ -102,7 +102,11 @@ def load_device(name: str | DeviceProfile) -> DeviceProfile:
         return name
     known = known_devices()
     if name not in known:
-        raise DeviceError(f"device: unknown device '{name}'; known devices: {', '.join(known)}.")
+        import difflib
+        hit = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
+        hint = f" did you mean '{hit[0]}'?" if hit else ""
+        raise DeviceError(f"device: unknown device '{name}';{hint} known devices: "
+                          f"{', '.join(known)}.")
     path = devices_dir() / f"{name}.json"
     profile = parse_device(_read_json(path), str(path))
     if name == "host":
