@@ -94,3 +94,38 @@ def test_bad_stream_config_is_refused_with_the_field(kwargs, field) -> None:
 def test_a_model_without_the_whisper_structure_is_refused() -> None:
     with pytest.raises(StreamingError, match="Whisper-CTC family"):
         StreamingStep(torch.nn.Linear(2, 2), StreamConfig())
+
+
+def test_onnx_step_chunk_by_chunk_equals_the_simulation(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from workbench.decode import greedy_decode
+    from workbench.streaming.onnx_step import export_step, run_onnx_stream
+
+    model = tiny()
+    cfg = StreamConfig(chunk=12, lookahead=3, left=20)
+    path = export_step(model, cfg, tmp_path / "step.onnx")
+    feats, lens = batch((157,))
+    ref, t_len = stream_logits(StreamingStep(model, cfg), feats, lens)
+    got, step_ms = run_onnx_stream(path, cfg, feats[0])
+    assert got.shape == ref[0].shape and (got - ref[0]).abs().max() <= 1e-3
+    assert greedy_decode(got[None], t_len) == greedy_decode(ref, t_len)
+    assert len(step_ms) == n_steps(int(t_len), cfg.chunk) and min(step_ms) >= 0
+
+
+def test_streaming_table_reports_every_chunk_and_device() -> None:
+    from workbench.evaluate import EvalSet
+    from workbench.streaming.report import cache_bytes, streaming_table
+
+    model = tiny()
+    feats, lens = batch((157, 90))
+    es = EvalSet("t", None, ("a", "b"), ("a tone", "a tone"),
+                 tuple(feats[i, :, :n] for i, n in enumerate(lens.tolist())))
+    rows = streaming_table(model, es, (0.5, 1.0, None), progress=False)
+    assert [r.chunk_s for r in rows] == [0.5, 1.0, None]
+    for r in rows:
+        assert set(r.first_partial_ms) == set(r.compute_ms) and len(r.compute_ms) == 2
+        assert all(r.first_partial_ms[d] > r.compute_ms[d] > 0 for d in r.compute_ms)
+    assert rows[0].algorithmic_ms == pytest.approx(520.0)
+    assert rows[0].cache_bytes == cache_bytes(model, StreamConfig.from_seconds(0.5, 0, 4.0)) > 0
+    # a larger chunk costs more per step on every device
+    assert all(rows[1].compute_ms[d] > rows[0].compute_ms[d] for d in rows[0].compute_ms)
