@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-plans", type=int, default=30)
     b.add_argument("--changes", type=int, default=30)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--published", action="store_true",
+                   help="latency: leave-one-model-out check on data/latency_measurements.jsonl")
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("calibrate", help="measure onnxruntime here and fit the host latency profile")
@@ -198,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     r.set_defaults(func=cmd_recover)
+
+    from workbench.latency.cli import add_parser as add_latency_parser
+    add_latency_parser(sub)
 
     lab = sub.add_parser("lab", help="open the workbench notebook in JupyterLab")
     lab.add_argument("--port", type=int, default=8888)
