@@ -158,11 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
-    b.add_argument("what", choices=["interactive", "latency", "export"])
+    b.add_argument("what", choices=["interactive", "latency", "export", "search"])
     b.add_argument("--json", action="store_true")
     b.add_argument("--n-plans", type=int, default=30)
     b.add_argument("--changes", type=int, default=30)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--trials", type=int, default=32, help="bench search: trials per run")
+    b.add_argument("--no-ray", action="store_true", help="bench search: serial run only")
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("calibrate", help="measure onnxruntime here and fit the host latency profile")
@@ -192,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     r.set_defaults(func=cmd_recover)
+
+    from workbench.search.cli import add_parsers as add_search_parsers  # search, sweep
+    add_search_parsers(sub)
 
     lab = sub.add_parser("lab", help="open the workbench notebook in JupyterLab")
     lab.add_argument("--port", type=int, default=8888)
