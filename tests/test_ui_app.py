@@ -64,8 +64,9 @@ def _num(html: str, attr: str) -> str:
     return match.group(1)
 
 
-def _wait_full(app: Workbench, timeout: float = 30.0) -> None:
-    """Until the header shows the measured WER of the current plan."""
+def _wait_full(app: Workbench, timeout: float = 600.0) -> None:
+    """Until the header shows the measured WER of the current plan (the timeout is a hang guard,
+    not a time budget: a loaded 2-core machine may take minutes)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         app.wait(timeout)

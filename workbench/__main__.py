@@ -55,7 +55,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     from workbench.paths import cache_dir
 
     out = Path(args.out) if args.out else cache_dir() / "corpus"
-    summary = build_all(out, n_train=args.n_train, seed=args.seed)
+    summary = build_all(out, n_train=args.n_train, seed=args.seed,
+                        install_system_packages=args.install_system_packages)
     _print_json({"out": str(out), **(summary or {})})
     return 0
 
@@ -74,9 +75,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
+    import os
+
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "00_workbench.ipynb"
+    root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
     return subprocess.call([sys.executable, "-m", "jupyter", "lab", "--ip=127.0.0.1",
-                            f"--port={args.port}", str(nb)])
+                            f"--port={args.port}", *root, str(nb)])
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -147,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="output folder (default: ~/.cache/workbench/corpus)")
     d.add_argument("--n-train", type=int, default=4000)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--install-system-packages", action="store_true",
+                   help="as root, apt-get install missing synthesizers / prompts (else: `make apt`)")
     d.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", help="train the demo model or a Conformer preset")
