@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--trials", type=int, default=32, help="bench search: trials per run")
     b.add_argument("--no-ray", action="store_true", help="bench search: serial run only")
+    b.add_argument("--published", action="store_true",
+                   help="latency: leave-one-model-out check on data/latency_measurements.jsonl")
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("calibrate", help="measure onnxruntime here and fit the host latency profile")
@@ -203,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from workbench.search.cli import add_parsers as add_search_parsers  # search, sweep
     add_search_parsers(sub)
+    from workbench.latency.cli import add_parser as add_latency_parser
+    add_latency_parser(sub)
 
     lab = sub.add_parser("lab", help="open the workbench notebook in JupyterLab")
     lab.add_argument("--port", type=int, default=8888)

@@ -130,6 +130,9 @@ def bench_interactive(changes: int = 30, seed: int = 0) -> dict:
 def run(what: str, args) -> dict:
     if what == "interactive":
         return bench_interactive(changes=args.changes, seed=args.seed)
+    if what == "latency" and getattr(args, "published", False):
+        from workbench.latency.published import bench_published
+        return bench_published()
     if what == "latency":
         from workbench.latency import bench_latency
         return bench_latency(n_plans=args.n_plans, seed=args.seed)
