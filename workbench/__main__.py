@@ -221,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("recover", help="prune / factorize by a plan, then recover accuracy by "
                                        "distillation from the uncompressed model")
-    r.add_argument("--plan", required=True, type=ck.existing_file("--plan"), help="plan JSON (its quantization is kept for export)")
-    r.add_argument("--checkpoint", type=ck.existing_file("--checkpoint"), help="teacher checkpoint (default: the demo model)")
+    r.add_argument("--plan", required=True, type=ck.existing_file("--plan"),
+                   help="plan JSON (its quantization is kept for export)")
+    r.add_argument("--checkpoint", type=ck.existing_file("--checkpoint"),
+                   help="teacher checkpoint (default: the demo model)")
     r.add_argument("--out", required=True, help="folder for model.safetensors, export_plan.json, "
                                                  "recovery.json")
     r.add_argument("--manifest", action="append", default=[], type=ck.existing_file("--manifest"),
@@ -247,8 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ck.install_signal_handlers()
-    args = build_parser().parse_args(argv)
+    if argv is None:   # a real command line (not a call from Python): SIGTERM cleans up too
+        ck.install_signal_handlers()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:   # --help (0) or a usage error, already printed as one line (2)
+        return int(done.code or 0)
     try:
         return int(args.func(args) or 0)
     except (WorkbenchError, KeyboardInterrupt) as err:

@@ -79,8 +79,9 @@ limit = int_in(1, MAX_COUNT, "a number of utterances >= 1 (leave it out for all)
 count = int_in(1, MAX_COUNT, "a count >= 1")
 
 
-def existing_file(option: str) -> Callable[[str], str]:
-    """An argparse type: a path to an existing, readable regular file."""
+def existing_file(option: str, kind: str = "") -> Callable[[str], str]:
+    """An argparse type: a path to an existing, readable regular file (`kind`: "plan", ...)."""
+    kind = kind or option.lstrip("-")
     def parse(text: str) -> str:
         path = Path(text).expanduser()
         if not str(text).strip():
@@ -89,7 +90,7 @@ def existing_file(option: str) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(f"{text} is a folder, not a file; give the file "
                                              f"inside it")
         if not path.exists():
-            raise argparse.ArgumentTypeError(f"{text}: no such file; check the path")
+            raise argparse.ArgumentTypeError(f"{text}: no such {kind} file; check the path")
         if not path.is_file():
             raise argparse.ArgumentTypeError(f"{text} is not a regular file; give a file")
         if not os.access(path, os.R_OK):
