@@ -271,3 +271,11 @@ def test_svd_cache_follows_weight_content() -> None:
     changed = factorize(linear, 24)  # full rank of the changed weight reproduces it
     x = torch.randn(4, 32)
     torch.testing.assert_close(changed(x), linear(x), atol=1e-4, rtol=0)
+
+
+def test_precomputed_taylor_gradients_give_the_same_model(model: nn.Module, calib: list) -> None:
+    plan = _everything_plan()
+    grads = taylor_gradients(model, calib)
+    a, b = compress(model, plan, calib=calib), compress(model, plan, calib=calib, grads=grads)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)

@@ -40,19 +40,23 @@ class Compressed:
 
 
 def compress(model: nn.Module, plan: CompressionPlan, calib: Calibration | None = None,
-             force: bool = False) -> nn.Module:
+             force: bool = False, grads: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """A compressed deep copy of `model` following `plan` (see `compress_detailed`)."""
-    return compress_detailed(model, plan, calib, force).model
+    return compress_detailed(model, plan, calib, force, grads).model
 
 
 def compress_detailed(model: nn.Module, plan: CompressionPlan,
-                      calib: Calibration | None = None, force: bool = False) -> Compressed:
+                      calib: Calibration | None = None, force: bool = False,
+                      grads: Mapping[str, torch.Tensor] | None = None) -> Compressed:
     """Resolve `plan` on `model` (PlanError on a bad plan), then prune, factorize and quantize
     a deep copy. `calib` (CalibrationBatch list) is needed for 'taylor' importance (with targets)
-    and for act_bits (features only); `force` applies a plan made for another fingerprint."""
+    and for act_bits (features only); `force` applies a plan made for another fingerprint.
+    `grads`: Taylor gradients already computed on `model` (`taylor_gradients(model, calib)`),
+    reused instead of recomputed (several plans with Taylor importance on one model)."""
     resolved = plan.resolve(model, force=force)
     batches = as_calibration(calib)
-    grads = taylor_gradients(model, batches) if needs_gradients(resolved) else None
+    if grads is None and needs_gradients(resolved):
+        grads = taylor_gradients(model, batches)
     new, notes = apply_entries_(copy.deepcopy(model), resolved, grads)
     if needs_activation_calibration(resolved):
         calibrate_activations(new, batches)
