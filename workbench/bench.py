@@ -139,4 +139,10 @@ def run(what: str, args) -> dict:
     if what == "export":
         from workbench.export.bench import bench_export
         return bench_export(args)
+    if what == "conditions":
+        from workbench.conditions.cli import bench_conditions
+        return bench_conditions(args)
+    if what == "streaming":
+        from workbench.streaming.bench import bench_streaming
+        return bench_streaming(args)
     raise ValueError(what)
