@@ -14,6 +14,7 @@ SHOW_TRACEBACKS := $(if $(filter 1 yes true True,$(TRACEBACKS)),True,False)
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-installed
 DEBIAN_PKGS := espeak-ng flite festival festvox-kallpc16k sox asterisk-core-sounds-en asterisk-core-sounds-en-wav \
+               asterisk-moh-opsound-wav \
                chromium chromium-driver fonts-dejavu-core
 
 .PHONY: lab test serve setup apt data demo bench clean-venv
