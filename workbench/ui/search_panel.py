@@ -83,7 +83,8 @@ class SearchPanel:
         self.status.value = "searching…"
         self._thread = threading.Thread(
             target=self.errors.guard("running the search", self._search),
-            args=(config, self.state.device, self.state.audio_seconds),
+            args=(config, self.state.device, self.state.audio_seconds,
+                  self.state.runtime or None, self.state.threads or None),
             name="workbench-search", daemon=True)
         self._thread.start()
 
@@ -91,13 +92,15 @@ class SearchPanel:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _search(self, config, device: str, seconds: float) -> None:
+    def _search(self, config, device: str, seconds: float, runtime: str | None,
+                threads: int | None) -> None:
         from workbench.search import EvaluatorSpec, PlanEvaluator, search
         from workbench.session import RUN_LOCK
         try:
             evaluator = PlanEvaluator(self.core.model, self.session, device, seconds,
-                                      lock=RUN_LOCK)
-            spec = EvaluatorSpec(device=device, audio_seconds=seconds, model=self.core.model,
+                                      lock=RUN_LOCK, runtime=runtime, latency_threads=threads)
+            spec = EvaluatorSpec(device=device, audio_seconds=seconds, runtime=runtime,
+                                 latency_threads=threads, model=self.core.model,
                                  eval_set=self.session.eval_set)
 
             def progress(done: int, total: int, note: str) -> None:
