@@ -179,11 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     b.add_argument("what", choices=["interactive", "latency", "export", "conditions",
-                                    "streaming"])
+                                    "streaming", "search"])
     b.add_argument("--json", action="store_true")
     b.add_argument("--n-plans", type=int, default=30)
     b.add_argument("--changes", type=int, default=30)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--trials", type=int, default=32, help="bench search: trials per run")
+    b.add_argument("--no-ray", action="store_true", help="bench search: serial run only")
     b.add_argument("--published", action="store_true",
                    help="latency: leave-one-model-out check on data/latency_measurements.jsonl")
     b.set_defaults(func=cmd_bench)
@@ -219,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     r.set_defaults(func=cmd_recover)
 
+    from workbench.search.cli import add_parsers as add_search_parsers  # search, sweep
+    add_search_parsers(sub)
     from workbench.latency.cli import add_parser as add_latency_parser
     add_latency_parser(sub)
 

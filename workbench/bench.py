@@ -136,6 +136,9 @@ def run(what: str, args) -> dict:
     if what == "latency":
         from workbench.latency import bench_latency
         return bench_latency(n_plans=args.n_plans, seed=args.seed)
+    if what == "search":
+        from workbench.search.bench import bench_search
+        return bench_search(trials=args.trials, seed=args.seed, ray=not args.no_ray)
     if what == "export":
         from workbench.export.bench import bench_export
         return bench_export(args)

@@ -87,19 +87,15 @@ def greedy_tokens(model: WhisperASR, enc: torch.Tensor, enc_lengths: torch.Tenso
     b = enc.shape[0]
     budgets = [budgets] * b if isinstance(budgets, int) else list(budgets)
     always, first = suppress_mask(rules, dec.config.n_vocab)
-    if tail is None:
-        enc_pad = lengths_to_pad_mask(enc_lengths.to(enc.device), enc.shape[1])
-        cache = dec.init_cache(enc)
-    else:
-        enc_pad = None
-        cache = dec.init_cache(enc, enc_lengths, tail)
+    enc_pad = lengths_to_pad_mask(enc_lengths.to(enc.device), enc.shape[1])
+    cache = dec.init_cache(enc, tail)
     tokens = torch.tensor([rules.prompt] * b, dtype=torch.long)
     out: list[list[int]] = [[] for _ in range(b)]
     done = [budget <= 0 for budget in budgets]
     for step in range(max(budgets)):
         if all(done):
             break
-        logits, cache = dec(tokens, cache, enc_pad)
+        logits, cache = dec(tokens, cache, enc_pad, enc_lengths=enc_lengths)
         logits = logits[:, -1].masked_fill(first if step == 0 else always, float("-inf"))
         nxt = logits.argmax(dim=-1)
         for i, t in enumerate(nxt.tolist()):

@@ -160,6 +160,8 @@ def predict_latency(model: nn.Module | LayerTable, device: str | DeviceProfile |
         if weight_bits is not None:
             raise edge.LatencyInputError("give the plan once: weight_bits or plan, not both.")
         weight_bits = plan
+    from workbench.checks import check_bits_or_plan  # issue 11: a clear error for "int8", 8, [..]
+    weight_bits = check_bits_or_plan(weight_bits, "predict_latency")
     audio_seconds = edge.check_seconds(audio_seconds)
     if device is None and device_file is None:
         device = "host"

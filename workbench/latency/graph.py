@@ -221,3 +221,26 @@ class _Tracer(TorchDispatchMode):
         op = _Op(kind, path, macs, weight, inp, out, name)
         self.ops.append(op)
         return op
+
+
+def ops_at_scale(ops: Sequence[FusedOp], s: float) -> list[FusedOp]:
+    """Ops of the same model on an input `s` times longer (sequence models): work and
+    activations grow with s, attention with s^2 (its output with s); weights stay, except
+    per-position static operands of elementwise ops (a positional embedding slice). Exact at
+    whole multiples for models without length-dependent rounding beyond their strides."""
+    from dataclasses import replace
+    out = []
+    for op in ops:
+        if op.kind == "attention":
+            out.append(replace(op, macs=round(op.macs * s * s), in_elems=round(op.in_elems * s),
+                               out_elems=round(op.out_elems * s)))
+        elif op.kind == "elementwise":
+            static = op.weight_elems
+            per_position = static and static >= op.out_elems
+            out.append(replace(op, in_elems=round(op.in_elems * s),
+                               out_elems=round(op.out_elems * s),
+                               weight_elems=round(static * s) if per_position else static))
+        else:
+            out.append(replace(op, macs=round(op.macs * s), in_elems=round(op.in_elems * s),
+                               out_elems=round(op.out_elems * s)))
+    return out

@@ -336,7 +336,12 @@ def write_fit(path: str | Path | None = None) -> dict[str, Any]:
         p.write_text(json.dumps(data, indent=1) + "\n")
     out = {"fitted_at": when, "rows": len(rows), "lomo": s,
            "band_pct_by_family": s["mape_pct_by_family"],
-           "band_pct_by_device": s["mape_pct_by_device"]}
+           "band_pct_by_device": s["mape_pct_by_device"],
+           "lomo_predictions": [
+               {"model": r.m.model, "device": r.m.device, "family": r.dev.family,
+                "runtime": r.m.runtime, "threads": r.m.threads, "precision": r.m.precision,
+                "measured_ms": r.m.ms, "predicted_ms": round(pred, 4), "source": r.m.source}
+               for r, pred in pairs]}
     (Path(__file__).parent / FIT_FILE).write_text(json.dumps(out, indent=1) + "\n")
     return out
 
