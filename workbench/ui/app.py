@@ -44,8 +44,8 @@ from workbench.ui.view import LazyView
 
 #: Environment variable: evaluate only the first n utterances in `Workbench.demo()`.
 EVAL_LIMIT_ENV = "WORKBENCH_EVAL_LIMIT"
-TAB_TITLES = ("Profile", "Compress", "Trade-offs", "Sensitivity", "Listen", "Export",
-              "Conditions", "Streaming")
+TAB_TITLES = ("Profile", "Compress", "Trade-offs", "Sensitivity", "Listen", "Conditions",
+              "Streaming", "Export")
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Workbench:
         self.conditions = ConditionsTab(self.controller)
         self.streaming = StreamingTab(self.controller)
         views = (self.profile, self.compress, self.tradeoffs, self.sensitivity, self.listen,
-                 self.export, self.conditions, self.streaming)
+                 self.conditions, self.streaming, self.export)
         self.tabs = widgets.Tab(children=[v.widget for v in views], titles=TAB_TITLES)
         self.tabs.add_class("wb-tabs")
         self._views = views

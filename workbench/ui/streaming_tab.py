@@ -90,8 +90,14 @@ class StreamingTab(LazyView):
 
     def update(self) -> None:
         from workbench.session import plan_key
-        from workbench.streaming import cache_bytes
+        from workbench.streaming import cache_bytes, supports_streaming
 
+        if not supports_streaming(self.session.baseline):
+            self.readout.value = (
+                f"Not available for {html.escape(type(self.session.baseline).__name__)}: the "
+                f"chunked simulation supports the Whisper-CTC family (conv stem, pre-norm blocks, "
+                f"CTC head).")
+            return
         cfg = self.config()
         device = self.state.device
         cost = self._cost(device)
@@ -99,14 +105,9 @@ class StreamingTab(LazyView):
         step_ms = cost.step_ms(q, cfg.left + q)
         first = 1e3 * cfg.algorithmic_latency_s + step_ms
         rtf = step_ms / (1e3 * cfg.chunk_s)
-        from workbench.streaming import supports_streaming
-
         key = (plan_key(self.state.plan), cfg)
         wer = self._wers.get(key)
-        can_measure = supports_streaming(self.session.baseline)
-        wer_txt = ("not available: chunked inference supports the Whisper-CTC family"
-                   if not can_measure else
-                   "measuring…" if wer is None else f"{100 * wer:.1f} % (measured)")
+        wer_txt = "measuring…" if wer is None else f"{100 * wer:.1f} % (measured)"
         self.readout.value = (
             f"<span class='wb-num' data-first-ms='{first:.3f}' data-rtf='{rtf:.5f}' "
             f"data-cache-bytes='{cache_bytes(self.session.baseline, cfg)}'></span>"
@@ -116,7 +117,7 @@ class StreamingTab(LazyView):
             f"RTF {rtf:.3f}, cache {cache_bytes(self.session.baseline, cfg) / 1e3:.0f} kB. "
             f"WER {wer_txt}")
         self._draw()
-        if wer is None and can_measure:
+        if wer is None:
             self._submit(key, cfg)
 
     def _draw(self) -> None:
