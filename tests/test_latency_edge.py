@@ -199,6 +199,23 @@ def test_an_unknown_device_suggests_the_closest(tiny_cnn) -> None:
     assert issubclass(UnknownDeviceError, DeviceError)
 
 
+@pytest.mark.parametrize("name,expected", [
+    ("rpi4", "rpi4_a72"), ("riscv_u74", "riscv_u74_jh7110"), ("cortex_m4", "cortex_m4_stm32l4"),
+    ("cortex_m55", "cortex_m55_alif_e7"), ("RPI5-A76", "rpi5_a76"), ("cortex_m7", "cortex_m7_stm32h743"),
+])
+def test_short_and_old_device_names_find_their_file(name, expected) -> None:
+    from workbench.latency.predict import resolve_target
+    assert resolve_target(name, None, None)[0].name == expected
+
+
+@pytest.mark.parametrize("name,expected", [("LiteRT", "xnnpack"), ("cmsis-nn", "cmsis_nn_tflm"),
+                                           ("whisper.cpp", "ggml"), ("ORT", "onnxruntime")])
+def test_other_runtime_spellings(name, expected) -> None:
+    from workbench.latency.predict import resolve_target
+    device = "cortex_m4" if expected == "cmsis_nn_tflm" else "rpi4_a72"
+    assert resolve_target(device, name, None)[1].name == expected
+
+
 def test_an_unknown_runtime_suggests_the_closest(tiny_cnn) -> None:
     model, mk = tiny_cnn
     with pytest.raises(UnknownDeviceError, match="Did you mean 'xnnpack'"):

@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     b.add_argument("what", choices=["interactive", "latency", "export", "conditions",
-                                    "streaming", "search"])
+                                    "streaming", "search", "whisper"])
     b.add_argument("--json", action="store_true")
     b.add_argument("--n-plans", type=int, default=30)
     b.add_argument("--changes", type=int, default=30)

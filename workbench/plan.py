@@ -228,8 +228,8 @@ class CompressionPlan(_Frozen):
     model_fingerprint: str | None = Field(None, max_length=200, description=(
         "Architecture id of the model the plan was made for; null = any."))
     default: LayerConfig = Field(default_factory=LayerConfig)
-    groups: tuple[GroupEntry, ...] = ()
-    layers: dict[str, LayerEntry] = Field(default_factory=dict, description=(
+    groups: tuple[GroupEntry, ...] = Field((), max_length=10_000)
+    layers: dict[str, LayerEntry] = Field(default_factory=dict, max_length=100_000, description=(
         "Module path or fnmatch pattern -> LayerConfig or \"skip\"."))
 
     @field_validator("layers")

@@ -58,6 +58,12 @@ def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE,
     than `max_seconds` (from the header, before reading), has a sample rate below
     MIN_SAMPLE_RATE, or holds NaN / Inf samples or samples far outside [-1, 1].
     """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or \
+            not MIN_SAMPLE_RATE <= sample_rate <= 192_000:
+        raise DataError(f"load_audio(sample_rate={sample_rate!r:.20}): an integer rate in Hz, "
+                        f"{MIN_SAMPLE_RATE}..192000 (the workbench runs at {SAMPLE_RATE}).")
+    if not isinstance(max_seconds, int | float) or not max_seconds > 0:
+        raise DataError(f"load_audio(max_seconds={max_seconds!r:.20}): a number of seconds > 0.")
     path = Path(path)
     info = _header(path)
     seconds, rate = info.frames / info.samplerate, info.samplerate
