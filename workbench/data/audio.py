@@ -114,6 +114,8 @@ def save_flac(path: Path | str, wave: torch.Tensor, sr: int = SAMPLE_RATE) -> Pa
                         f"{tuple(wave.shape)}")
     if wave.numel() == 0:
         raise DataError(f"{path}: refusing to write an empty waveform")
+    if not bool(torch.isfinite(wave).all()):
+        raise DataError(f"{path}: refusing to write a waveform with NaN or infinite samples")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = wave.detach().to(torch.float32).clamp(-1.0, 1.0).cpu().numpy()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".flac")
