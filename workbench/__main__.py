@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True)
     a.add_argument("--force", action="store_true")
     a.add_argument("--strict", action="store_true")
+    a.add_argument("--conditions", nargs="?", const="default", default=None, metavar="GRID",
+                   help="also measure the ONNX model on a conditions grid (default grid if no "
+                        "GRID): report.json 'conditions' and the card's accuracy by condition")
     a.set_defaults(func=cmd_apply)
 
     r = sub.add_parser("recover", help="prune / factorize by a plan, then recover accuracy by "
