@@ -145,3 +145,26 @@ def test_silence_tail_splice_equals_explicit_concatenation(tiny_asr):
     explicit = [greedy_tokens(tiny_asr, torch.cat([enc[i:i + 1, :n], tail[:, n:]], 1),
                               torch.tensor([10]), 6)[0] for i, n in enumerate(lens.tolist())]
     assert spliced == explicit
+
+
+def test_decoder_compresses_through_the_plan_machinery(tiny_asr):
+    """Heads (self + cross), FFN neurons, int8 and a low-rank tied embedding: decoding still runs,
+    the input embedding reads the compressed weight, and the original model is untouched."""
+    from workbench.compress import compress
+    from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
+    from workbench.whisper_eval import greedy_tokens
+    plan = (CompressionPlan()
+            .with_layer("decoder.blocks.0.attn", LayerConfig(prune=PruneConfig(structure="heads", amount=0.5)))
+            .with_layer("decoder.blocks.0.cross_attn", LayerConfig(prune=PruneConfig(structure="heads", amount=0.25)))
+            .with_layer("decoder.blocks.0.mlp", LayerConfig(prune=PruneConfig(structure="neurons", amount=0.5)))
+            .with_layer("decoder.token_embedding", LayerConfig(rank=8))
+            .with_default(LayerConfig(quant=QuantConfig(weight_bits=8))))
+    small = compress(tiny_asr, plan)
+    assert small.decoder.blocks[0].attn.n_heads == 2 and small.decoder.blocks[0].cross_attn.n_heads == 3
+    assert small.decoder.blocks[0].mlp.fc1.out_features == 32
+    assert tiny_asr.decoder.blocks[0].attn.n_heads == 4
+    emb = small.decoder.token_embedding
+    torch.testing.assert_close(small.decoder.embed(torch.tensor([[3]]))[0, 0],
+                               (emb.up.weight @ emb.down.weight)[3], atol=1e-5, rtol=1e-5)
+    out = greedy_tokens(small, torch.randn(2, 5, 32), torch.tensor([5, 2]), 5)
+    assert len(out) == 2

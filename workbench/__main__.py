@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     b.add_argument("what", choices=["interactive", "latency", "export", "conditions",
-                                    "streaming", "search", "lessons"])
+                                    "streaming", "search", "whisper", "lessons"])
     b.add_argument("--json", action="store_true")
     b.add_argument("--n-plans", type=ck.count, default=30)
     b.add_argument("--changes", type=ck.count, default=30)
@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True)
     a.add_argument("--force", action="store_true")
     a.add_argument("--strict", action="store_true")
+    a.add_argument("--conditions", nargs="?", const="default", default=None, metavar="GRID",
+                   help="also measure the ONNX model on a conditions grid (default grid if no "
+                        "GRID): report.json 'conditions' and the card's accuracy by condition")
     a.set_defaults(func=cmd_apply)
 
     r = sub.add_parser("recover", help="prune / factorize by a plan, then recover accuracy by "

@@ -48,6 +48,27 @@ def check_plan(plan: Any, verb: str, arg: str = "plan"):
                     f"fields), got {_type(plan)}.{hint}")
 
 
+_PLAN_FIELDS = {"format_version", "model_fingerprint", "default", "groups", "layers"}
+
+
+def check_bits_or_plan(value: Any, verb: str, arg: str = "weight_bits") -> Any:
+    """None, a CompressionPlan (a dict of plan fields becomes one), or {path or pattern: bits}."""
+    from workbench.plan import CompressionPlan
+    if value is None or isinstance(value, CompressionPlan):
+        return value
+    if isinstance(value, Mapping):
+        if value and set(value) <= _PLAN_FIELDS:
+            return check_plan(value, verb, arg)
+        for key, bits in value.items():
+            if not isinstance(key, str) or isinstance(bits, bool) or not (
+                    bits is None or bits in (2, 3, 4, 5, 6, 7, 8, 16, 32)):
+                raise ArgumentError(f"{verb}({arg}=...): entry {key!r:.40}: {bits!r:.20} is not a "
+                                    f"bit width; map module paths or patterns to 2..8, 16, 32 "
+                                    f"or None, e.g. {{'blocks.*': 8}}.")
+        return value
+    return check_plan(value, verb, arg)
+
+
 def check_seconds(value: Any, verb: str, arg: str = "audio_seconds",
                   max_seconds: float = MAX_AUDIO_SECONDS) -> float:
     """A finite duration in seconds, > 0 and <= max_seconds (checked before any allocation)."""
@@ -94,6 +115,12 @@ def check_int(value: Any, verb: str, arg: str, low: int = 1, high: int | None = 
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         raise ArgumentError(f"{verb}({arg}={value}): must be {bound}"
                             f"{' (or None for all)' if none_ok else ''}.")
+    return value
+
+
+def check_bool(value: Any, verb: str, arg: str) -> bool:
+    if not isinstance(value, bool):
+        raise ArgumentError(f"{verb}({arg}=...): expected True or False, got {_type(value)}.")
     return value
 
 

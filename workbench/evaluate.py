@@ -25,6 +25,12 @@ class EvalSet:
     texts: tuple[str, ...]
     features: tuple[torch.Tensor, ...]
 
+    def __post_init__(self) -> None:
+        counts = {"ids": len(self.ids), "texts": len(self.texts), "features": len(self.features)}
+        if len(set(counts.values())) != 1:
+            raise ArgumentError(f"EvalSet '{self.name}': ids, texts and features must have one "
+                                f"entry per utterance, got {counts}.")
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -33,6 +39,11 @@ class EvalSet:
         return sum(f.shape[-1] for f in self.features) / FRAMES_PER_SECOND
 
     def subset(self, indices: list[int], name: str | None = None) -> "EvalSet":
+        bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int)
+               or not -len(self) <= i < len(self)]
+        if bad:
+            raise ArgumentError(f"EvalSet.subset(indices=...): {bad[:5]} not indices of the "
+                                f"{len(self)} utterances of '{self.name}'.")
         return EvalSet(name or f"{self.name}[{len(indices)}]", self.manifest,
                        tuple(self.ids[i] for i in indices), tuple(self.texts[i] for i in indices),
                        tuple(self.features[i] for i in indices))
@@ -129,8 +140,9 @@ def batches(lengths: list[int], max_frames: int = 12_000, max_ratio: float = 1.2
 def transcribe(model: CTCModel, features: tuple[torch.Tensor, ...], max_frames: int = 12_000
                ) -> list[str]:
     """Greedy CTC transcripts for each (80, T) feature tensor, batched by length."""
-    from workbench.checks import check_model
+    from workbench.checks import check_int, check_model
     check_model(model, "transcribe")
+    check_int(max_frames, "transcribe", "max_frames", low=1)
     if isinstance(features, torch.Tensor) or not isinstance(features, list | tuple):
         raise ArgumentError(f"transcribe(features=...): expected a list or tuple of (n_mels, T) "
                             f"tensors (EvalSet.features), got {type(features).__name__}.")
@@ -195,6 +207,9 @@ def evaluate(model: CTCModel, eval_set: EvalSet, lexicon=None) -> EvalResult:
     from workbench.checks import check_model
     check_model(model, "evaluate")
     check_eval_set(eval_set, "evaluate")
+    if lexicon is not None and not callable(getattr(lexicon, "correct", None)):
+        raise ArgumentError(f"evaluate(lexicon=...): expected a workbench.lexicon.Lexicon (or "
+                            f"None), got {type(lexicon).__name__}.")
     start = time.perf_counter()
     hyps = transcribe(model, eval_set.features)
     if lexicon is not None:

@@ -53,6 +53,10 @@ def compress_detailed(model: nn.Module, plan: CompressionPlan,
     and for act_bits (features only); `force` applies a plan made for another fingerprint.
     `grads`: Taylor gradients already computed on `model` (`taylor_gradients(model, calib)`),
     reused instead of recomputed (several plans with Taylor importance on one model)."""
+    from workbench.checks import check_bool, check_model, check_plan
+    check_model(model, "compress")
+    plan = check_plan(plan, "compress")
+    check_bool(force, "compress", "force")
     resolved = plan.resolve(model, force=force)
     batches = as_calibration(calib)
     if grads is None and needs_gradients(resolved):

@@ -57,6 +57,24 @@ class RecoverConfig:
     max_minutes: float | None = None  # stop early when the wall-clock budget is spent
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        import math
+        ints = {"steps": 1, "warmup": 0, "max_batch_frames": 100, "seed": 0}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise WorkbenchError(f"RecoverConfig.{name}: an integer >= {low}, got "
+                                     f"{value!r:.30}.")
+        floats = ("lr", "weight_decay", "hidden_weight", "kd_weight", "ctc_weight", "grad_clip")
+        for name in floats + (("max_minutes",) if self.max_minutes is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or \
+                    not math.isfinite(value) or value < 0:
+                raise WorkbenchError(f"RecoverConfig.{name}: a finite number >= 0, got "
+                                     f"{value!r:.30}.")
+        if not self.lr > 0 or (self.max_minutes is not None and not self.max_minutes > 0):
+            raise WorkbenchError("RecoverConfig: lr and max_minutes must be > 0.")
+
 
 @dataclass(frozen=True)
 class Recovered:
@@ -135,6 +153,12 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[
     `student` itself must then be unquantized. Returns the trained copy in eval mode (latent
     full-precision weights) and the per-step loss log.
     """
+    from workbench.checks import check_model
+    check_model(student, "recover", "student")
+    check_model(teacher, "recover", "teacher")
+    if config is not None and not isinstance(config, RecoverConfig):
+        raise WorkbenchError(f"recover(config=...): expected a RecoverConfig, got "
+                             f"{type(config).__name__}.")
     cfg = config or RecoverConfig()
     if not items:
         raise WorkbenchError("recover: no training items.")

@@ -28,7 +28,11 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="rpi5", help="latency device (workbench.latency)")
+    p.add_argument("--device", default="rpi5", help="latency device (workbench.latency; old "
+                                                    "names like rpi5 map to rpi5_a76)")
+    p.add_argument("--runtime", help="runtime on the device (default: the device file's)")
+    p.add_argument("--latency-threads", type=int, help="threads of that runtime (default: the "
+                                                       "device file's)")
     p.add_argument("--audio-seconds", type=float, default=8.0, help="audio length to price")
     p.add_argument("--checkpoint", help="model checkpoint (default: the shipped demo model)")
     p.add_argument("--manifest", help="eval manifest (default: the shipped held-out real speech)")
@@ -47,11 +51,12 @@ def _spec(args, threads: int):
         value = getattr(args, name)
         if value and not Path(value).exists():
             raise WorkbenchError(f"--{name} {value}: no such file.")
-    from workbench.latency import load_device
-    load_device(args.device)
-    return EvaluatorSpec(device=args.device, audio_seconds=args.audio_seconds,
+    spec = EvaluatorSpec(device=args.device, audio_seconds=args.audio_seconds,
+                         runtime=args.runtime, latency_threads=args.latency_threads,
                          checkpoint=args.checkpoint, manifest=args.manifest, limit=args.limit,
                          quick_utterances=args.quick_utterances, threads=threads)
+    spec.check()
+    return spec
 
 
 def cmd_search(args: argparse.Namespace) -> int:

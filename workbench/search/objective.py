@@ -48,6 +48,8 @@ class EvaluatorSpec:
 
     device: str = "rpi5"
     audio_seconds: float = 8.0
+    runtime: str | None = None           # edge devices: default = the device file's
+    latency_threads: int | None = None   # threads the runtime uses on the device
     checkpoint: str | None = None
     manifest: str | None = None
     limit: int | None = None
@@ -59,6 +61,7 @@ class EvaluatorSpec:
 
     def describe(self) -> dict[str, Any]:
         return {"device": self.device, "audio_seconds": self.audio_seconds,
+                "runtime": self.runtime, "latency_threads": self.latency_threads,
                 "checkpoint": self.checkpoint or ("<object>" if self.model is not None else "demo"),
                 "manifest": self.manifest or ("<object>" if self.eval_set is not None
                                               else "REAL_TEST"),
@@ -71,9 +74,18 @@ class EvaluatorSpec:
         from workbench.models import load_checkpoint, load_demo
         return load_checkpoint(self.checkpoint) if self.checkpoint else load_demo()
 
+    def check(self) -> None:
+        """Fail fast (WorkbenchError naming the field) on a bad device / runtime / threads."""
+        from workbench.latency import predict as edge
+        if edge.is_edge(self.device):
+            edge.resolve_target(edge.ALIASES.get(self.device, self.device), self.runtime,
+                                self.latency_threads)
+        else:
+            from workbench.latency import load_device
+            load_device(self.device)
+
     def build(self, session=None, model: nn.Module | None = None) -> PlanEvaluator:
-        from workbench.latency import load_device
-        load_device(self.device)  # a bad device name fails here, before any model run
+        self.check()  # a bad device name fails here, before any model run
         torch.set_num_threads(self.threads)
         model = model if model is not None else self.load_model()
         if session is None:
@@ -85,28 +97,27 @@ class EvaluatorSpec:
                 eval_set = load_eval_set(self.manifest or REAL_TEST, limit=self.limit,
                                          progress=False)
             session = Session(model, eval_set, quick_utterances=self.quick_utterances)
-        return PlanEvaluator(model, session, self.device, self.audio_seconds, self.threads)
+        return PlanEvaluator(model, session, self.device, self.audio_seconds, self.threads,
+                             runtime=self.runtime, latency_threads=self.latency_threads)
 
 
 class PlanEvaluator:
     """Measures of a plan: the Session's WER + exact size + simulated latency (cached tables)."""
 
     def __init__(self, model: nn.Module, session, device: str, audio_seconds: float,
-                 threads: int | None = None,
-                 lock: threading.Lock | None = None) -> None:
-        from workbench.latency import layer_table, load_device
+                 threads: int | None = None, lock: threading.Lock | None = None, *,
+                 runtime: str | None = None, latency_threads: int | None = None) -> None:
         self.model = model
         self.session = session
         self.device = device
         self.audio_seconds = float(audio_seconds)
         self.threads = threads
         self._lock = lock
-        self._dev = load_device(device)
-        self._base_table = layer_table(model, self.audio_seconds)
+        self.latency = LatencyPricer(model, device, self.audio_seconds, runtime=runtime,
+                                     latency_threads=latency_threads)
 
     def __call__(self, plan, kind: str = "quick",
                  cancel: Callable[[], bool] | None = None) -> Measures:
-        from workbench.latency import price_table, table_for_plan
         from workbench.size import size
         if kind not in ("quick", "full"):
             raise WorkbenchError(f"eval: '{kind}' is not an evaluation; use 'quick' or 'full'.")
@@ -119,10 +130,72 @@ class PlanEvaluator:
         else:
             wer = self.session.evaluate(plan, kind, cancel=cancel)
         nbytes = size(self.model, plan).total_bytes
-        report = price_table(table_for_plan(self._base_table, self.model, plan), self._dev)
+        report = self.latency(plan)
         return Measures(kind, float(wer.wer), float(wer.wer_delta), float(wer.stderr),
                         int(wer.utterances), int(nbytes), float(report.total_ms),
                         float(report.error_band_pct), (time.perf_counter() - t0) * 1e3)
+
+
+_TRACE_LOCK = threading.Lock()
+
+
+class LatencyPricer:
+    """Simulated latency of plans on one device x runtime x threads, through the public latency
+    API's pieces: edge devices trace the graph once per plan *structure* (structured pruning and
+    low rank change shapes; bits only reprice), the host uses its calibrated roofline."""
+
+    def __init__(self, model: nn.Module, device: str, seconds: float, *,
+                 runtime: str | None = None, latency_threads: int | None = None) -> None:
+        from workbench.latency import predict as edge
+        self.model, self.device, self.seconds = model, device, float(seconds)
+        self.runtime, self.latency_threads = runtime, latency_threads
+        self.edge = edge.is_edge(device)
+        self._ops: dict[str, tuple] = {}
+        if self.edge:
+            edge.check_seconds(self.seconds)
+            self.target = edge.resolve_target(edge.ALIASES.get(device, device), runtime,
+                                              latency_threads)
+        else:
+            from workbench.latency import load_device
+            if runtime is not None:
+                raise WorkbenchError(f"--runtime: '{device}' is the calibrated host (ONNX "
+                                     f"Runtime); runtimes apply to edge devices only.")
+            self.target = load_device(device)
+
+    def __call__(self, plan):
+        from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig
+        if not self.edge:
+            from workbench.latency import predict_latency
+            return predict_latency(self.model, self.device, self.seconds, plan)
+        import json
+
+        from workbench.latency import predict as edge
+        resolved = plan.resolve(self.model)
+        structure = {}
+        for path, cfg in resolved.items():
+            keep = {}
+            if cfg.prune is not None and cfg.prune.structure in STRUCTURE_FOR_KIND.values():
+                keep["prune"] = cfg.prune
+            if cfg.rank is not None or cfg.energy is not None:
+                keep.update(rank=cfg.rank, energy=cfg.energy)
+            if keep:
+                structure[path] = LayerConfig(**keep)
+        key = json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
+                         sort_keys=True)
+        if key not in self._ops:
+            with _TRACE_LOCK:  # tracing is not thread-safe (seen: wrong ms from two threads)
+                ops, _bits, traced = edge.trace_model(
+                    self.model, self.seconds, CompressionPlan(layers=structure) if structure
+                    else None, None)
+            self._ops[key] = (ops, edge.roles_for(traced, ops))
+            while len(self._ops) > 64:
+                self._ops.pop(next(iter(self._ops)))
+        ops, roles = self._ops[key]
+        bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
+                if cfg.quant is not None}
+        dev, rt, n = self.target
+        return edge.edge_report(ops, edge.bits_by_op(ops, bits, {}), dev, rt, n, self.seconds,
+                                roles)
 
 
 _CACHE: dict[str, PlanEvaluator] = {}

@@ -207,6 +207,8 @@ def run_search(spec_desc: dict, space: SearchSpace, config: SearchConfig, execut
     dists = {g.name: optuna.distributions.CategoricalDistribution(list(g.choices))
              for g in space.genes}
     study.enqueue_trial(space.base_params())   # trial 0: the base plan, the reference to beat
+    for params in space.initial_points(config.batch - 1, config.seed):  # sparse first generation
+        study.enqueue_trial(params)
     n_total = math.ceil(config.trials / config.batch) * config.batch
     trials: list[Trial] = []
     by_params: dict[str, int] = {}
@@ -277,8 +279,9 @@ def run_search(spec_desc: dict, space: SearchSpace, config: SearchConfig, execut
         except SearchCancelled:
             complete = False
         measured = [t for t in front if t.final is not None]
-        front = [measured[i] for i in pareto_indices(
-            [[t.final[k] for k in OBJECTIVES] for t in measured]) if _ok(config, measured[i].final)]
+        pool = [t for t in measured if _ok(config, t.final)] or measured
+        front = [pool[i] for i in pareto_indices([[t.final[k] for k in OBJECTIVES]
+                                                  for t in pool])]
     reference = trials[0] if trials else Trial(0, space.base_params())
     result = SearchResult(config, space, trials, front, reference, complete, executor.name,
                           getattr(executor, "workers", 1), time.perf_counter() - t_start,
