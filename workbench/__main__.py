@@ -96,6 +96,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    if getattr(args, "runtime", "onnx") == "executorch":
+        from workbench.export.apply_pte import apply_pte_cli
+        return apply_pte_cli(args)
     from workbench.export import apply_cli
 
     return apply_cli(args)
@@ -175,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True)
     a.add_argument("--force", action="store_true")
     a.add_argument("--strict", action="store_true")
+    a.add_argument("--runtime", choices=["onnx", "executorch"], default="onnx",
+                   help="onnx: model.onnx for ONNX Runtime; executorch: model.pte (XNNPACK)")
     a.set_defaults(func=cmd_apply)
 
     r = sub.add_parser("recover", help="prune / factorize by a plan, then recover accuracy by "
