@@ -4,9 +4,17 @@ PY_SYS ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8888
+# Jupyter refuses to start as root without --allow-root (CI and containers run as root); pass it
+# only then. USER_ID can be overridden to check both branches: `make -n lab USER_ID=1000`.
+USER_ID ?= $(shell id -u)
+ALLOW_ROOT := $(if $(filter 0,$(USER_ID)),--allow-root,)
+# `make serve` shows tracebacks in the page only when asked: `make serve TRACEBACKS=1`.
+TRACEBACKS ?= 0
+SHOW_TRACEBACKS := $(if $(filter 1 yes true True,$(TRACEBACKS)),True,False)
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-installed
 DEBIAN_PKGS := espeak-ng flite festival festvox-kallpc16k sox asterisk-core-sounds-en asterisk-core-sounds-en-wav \
+               asterisk-moh-opsound-wav \
                chromium chromium-driver fonts-dejavu-core
 
 .PHONY: lab test serve setup apt data demo bench clean-venv
@@ -33,11 +41,14 @@ $(APT_STAMP): | $(PY)
 
 apt: $(APT_STAMP)
 
+# The URL printed carries the access token (open it as printed).
 lab: setup
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) notebooks/00_workbench.ipynb
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) notebooks/00_workbench.ipynb
 
+# Voila with a generated token (printed in the URL); no tracebacks in the page unless TRACEBACKS=1.
 serve: setup
-	$(VENV)/bin/voila notebooks/00_workbench.ipynb --Voila.ip=127.0.0.1 --port=$(PORT) --no-browser --show_tracebacks=True
+	$(VENV)/bin/voila notebooks/00_workbench.ipynb --Voila.ip=127.0.0.1 --port=$(PORT) --no-browser \
+	  --token --show_tracebacks=$(SHOW_TRACEBACKS)
 
 test: setup apt
 	$(PY) -m pytest -q

@@ -185,11 +185,14 @@ def test_arithmetic_plan_table_equals_the_compressed_model(small) -> None:
 
 def test_int8_speedups_follow_the_instruction_sets(whisper_tiny_table) -> None:
     int8 = whisper_tiny_table.with_bits({"*": 8})
-    def speedup(dev: str) -> float:
-        return (predict_latency(whisper_tiny_table, dev, 8.0).total_ms
-                / predict_latency(int8, dev, 8.0).total_ms)
-    assert 0.95 <= speedup("rpi4") <= 1.1          # Cortex-A72: no SDOT
-    assert speedup("rpi5") >= 1.5                  # Cortex-A76: SDOT
+    def speedup(dev: str, **kw) -> float:
+        return (predict_latency(whisper_tiny_table, dev, 8.0, **kw).total_ms
+                / predict_latency(int8, dev, 8.0, **kw).total_ms)
+    # Cortex-A72 (no SDOT): TFLite's built-in int8 kernels are no faster than fp32 ...
+    assert speedup("rpi4", runtime="tflite", threads=1) <= 1.0
+    # ... XNNPACK's are (published: MobileNetV1 77 -> 24 ms on a Pi 4), and SDOT cores gain more
+    assert speedup("rpi4", runtime="xnnpack") > 1.2
+    assert speedup("rpi5", runtime="xnnpack") > speedup("rpi4", runtime="xnnpack")
     assert speedup("phone_a76") >= 1.5
 
 
@@ -214,10 +217,11 @@ def test_report_numbers_and_source(small, uncalibrated_host) -> None:
     r = predict_latency(small, "rpi4", 2.0)
     assert r.total_ms == pytest.approx(sum(x.time_ms for x in r.layers))
     assert r.real_time_factor == pytest.approx(r.total_ms / 2000.0)
-    assert r.error_band_pct == 50.0 and not r.calibrated
+    # the band is the leave-one-model-out error of the Pi 4's published rows, not a fixed 50 %
+    assert 5 < r.error_band_pct < 30 and r.calibrated
     assert r.low_ms < r.total_ms < r.high_ms
-    assert "simulated, roofline, device rpi4" in r.source and "+-50 %" in r.source
-    assert "ONNX Runtime" in r.source
+    assert "simulated, fused-graph roofline, device rpi4_a72" in r.source
+    assert "leave-one-model-out" in r.source and r.runtime == "xnnpack" and r.threads == 4
     assert sum(r.by_role().values()) == pytest.approx(r.total_ms)
 
 

@@ -64,8 +64,9 @@ def _num(html: str, attr: str) -> str:
     return match.group(1)
 
 
-def _wait_full(app: Workbench, timeout: float = 30.0) -> None:
-    """Until the header shows the measured WER of the current plan."""
+def _wait_full(app: Workbench, timeout: float = 600.0) -> None:
+    """Until the header shows the measured WER of the current plan (the timeout is a hang guard,
+    not a time budget: a loaded 2-core machine may take minutes)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         app.wait(timeout)
@@ -141,22 +142,33 @@ def test_readouts_are_the_core_numbers(wb, model):
     wb.set_plan(plan)
     _wait_full(wb)
     assert int(_num(wb.header.size.value, "bytes")) == size(model, plan).total_bytes
+    # the UI rescales the traced graph of a 1 s clip (graph.ops_at_scale): equal up to rounding
     expected = predict_latency(model, "rpi4", 4.0, plan)
     assert float(_num(wb.header.latency.value, "ms")) == pytest.approx(expected.total_ms,
-                                                                       rel=1e-6)
+                                                                       rel=1e-4)
     assert _num(wb.header.memory.value, "fits") == str(expected.memory.fits).lower()
     full = wb.session.evaluate(plan, "full")
     assert float(_num(wb.header.wer.value, "wer")) == pytest.approx(full.wer, abs=1e-9)
     assert _num(wb.header.wer.value, "kind") == "full"
     assert "simulated" in wb.header.latency.value
-    wb.header.device.value = "cortex_m7"
-    expected = predict_latency(model, "cortex_m7", 4.0, plan)
+    wb.header.device.value = "cortex_m7_stm32h743"
+    expected = predict_latency(model, "cortex_m7_stm32h743", 4.0, plan)
     assert float(_num(wb.header.latency.value, "ms")) == pytest.approx(expected.total_ms,
-                                                                       rel=1e-6)
+                                                                       rel=1e-4)
+    # runtime x threads change the number the way predict_latency says
+    wb.header.device.value = "rpi4_a72"
+    wb.header.runtime.value = "tflite"
+    wb.header.threads.value = 1
+    expected = predict_latency(model, "rpi4_a72", 4.0, plan, runtime="tflite", threads=1)
+    assert float(_num(wb.header.latency.value, "ms")) == pytest.approx(expected.total_ms,
+                                                                       rel=1e-4)
+    assert "tflite, 1 thread(s)" in wb.header.latency.value
+    wb.header.device.value = "cortex_m7_stm32h743"
+    assert wb.state.runtime == "" and wb.state.threads == 0       # defaults of the new device
     # Other audio lengths rescale the cached table (LayerTable.at_seconds): within a frame of
     # rounding of the exact shape pass.
     wb.header.audio.value = 2.5
-    expected = predict_latency(model, "cortex_m7", 2.5, plan)
+    expected = predict_latency(model, "cortex_m7_stm32h743", 2.5, plan)
     assert float(_num(wb.header.latency.value, "ms")) == pytest.approx(expected.total_ms,
                                                                        rel=0.01)
 
@@ -202,8 +214,8 @@ def test_an_exception_in_any_callback_is_shown_with_its_traceback(wb):
         raise RuntimeError("boom in a callback")
 
     wb.state.observe(wb.errors.guard("a test observer", broken), names=["device"])
-    wb.header.device.value = "rpi5"          # the observer runs and raises
-    assert wb.state.device == "rpi5"
+    wb.header.device.value = "rpi5_a76"      # the observer runs and raises
+    assert wb.state.device == "rpi5_a76"
     shown = wb.errors.errors[-1]
     assert shown.where == "a test observer" and shown.type_name == "RuntimeError"
     assert "boom in a callback" in wb.errors._html.value
@@ -260,3 +272,31 @@ def test_export_recovers_a_pruned_plan_first(wb, model, tmp_path):
     assert model_fingerprint(recovered) != model_fingerprint(model)
     wb.set_plan(CompressionPlan())
     assert "Nothing to recover" in wb.export.recover_hint.value
+
+
+def test_device_file_upload_and_settings_the_runtime_cannot_run(wb, model):
+    """A bad device file is refused with the field named; a good one is priced; 5-bit weights
+    are marked as not runnable as set before any export."""
+    import json as _json
+
+    from workbench.latency.hardware import load_edge_device
+    data = _json.loads(open(load_edge_device("rpi4_a72").path).read())
+    data["clock_mhz"]["value"] = -1
+    wb.errors.clear()
+    upload = wb.errors.guard("loading the device file", wb.header._file_uploaded)
+    upload({"new": [{"name": "bad.json",
+                                        "content": _json.dumps(data).encode()}]})
+    assert any("bad.json" in e.message and "clock_mhz" in e.message for e in wb.errors.errors)
+    assert wb.state.device_file == ""
+    data["clock_mhz"]["value"] = 3000
+    data["name"] = "my_fast_a72"
+    upload({"new": [{"name": "good.json",
+                                        "content": _json.dumps(data).encode()}]})
+    assert wb.state.device_file.endswith(".json")
+    assert "my_fast_a72" in wb.header.latency.value
+    wb.set_plan(CompressionPlan().with_layer("blocks.0.ffn1.fc1",
+                                             LayerConfig(quant=QuantConfig(weight_bits=5))))
+    assert "wb-unsupported" in wb.header.latency.value and "5-bit" in wb.header.latency.value
+    wb.header.device.value = "rpi5_a76"
+    assert wb.state.device_file == ""
+    wb.errors.clear()

@@ -19,7 +19,7 @@ The UI lives in `workbench.ui`, the ONNX export in `workbench.export`.
 from workbench._version import __version__
 from workbench.compress import compress, presets
 from workbench.compress.recover import RecoverConfig, recover
-from workbench.errors import (CheckpointError, DataError, DeviceError, PlanError,
+from workbench.errors import (ArgumentError, CheckpointError, DataError, DeviceError, PlanError,
                               WorkbenchError)
 from workbench.evaluate import EvalSet, evaluate, load_eval_set, transcribe
 from workbench.features import log_mel
@@ -33,7 +33,7 @@ from workbench.session import Session
 from workbench.size import size
 
 __all__ = [
-    "CALIB", "REAL_TEST", "SYNTH_TEST", "VOCAB", "CheckpointError", "CompressionPlan", "DataError",
+    "CALIB", "REAL_TEST", "SYNTH_TEST", "VOCAB", "ArgumentError", "CheckpointError", "CompressionPlan", "DataError",
     "DeviceError", "EvalSet", "LayerConfig", "PlanError", "PruneConfig", "QuantConfig",
     "RecoverConfig", "Session",
     "WorkbenchError", "__version__", "build_model", "compress", "conformer_ctc", "evaluate",

@@ -26,6 +26,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from workbench.models import load_checkpoint, load_demo
     from workbench.paths import DEMO_DIR, REAL_TEST
 
+    if getattr(args, "conditions", False):
+        from workbench.conditions.cli import cmd_eval_conditions
+        return cmd_eval_conditions(args)
+    if getattr(args, "plan", None):
+        raise WorkbenchError(f"--plan {args.plan}: only used with --conditions (WER by "
+                             f"condition for the model and the plan); add --conditions.")
     torch.set_num_threads(args.threads)
     manifest = Path(args.manifest) if args.manifest else REAL_TEST
     checkpoint = Path(args.checkpoint) if args.checkpoint else DEMO_DIR / "model.safetensors"
@@ -55,7 +61,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     from workbench.paths import cache_dir
 
     out = Path(args.out) if args.out else cache_dir() / "corpus"
-    summary = build_all(out, n_train=args.n_train, seed=args.seed)
+    summary = build_all(out, n_train=args.n_train, seed=args.seed,
+                        install_system_packages=args.install_system_packages)
     _print_json({"out": str(out), **(summary or {})})
     return 0
 
@@ -74,9 +81,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
+    import os
+
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "00_workbench.ipynb"
+    root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
     return subprocess.call([sys.executable, "-m", "jupyter", "lab", "--ip=127.0.0.1",
-                            f"--port={args.port}", str(nb)])
+                            f"--port={args.port}", *root, str(nb)])
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -143,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--decoder", choices=["greedy", "lexicon"], default="lexicon",
                    help="greedy CTC, or greedy + correction to a lexicon of training words")
+    e.add_argument("--conditions", action="store_true",
+                   help="WER / CER by condition (noise, rooms, speed, telephone, voice, length) "
+                        "for the model and, with --plan, the compressed model (greedy decoding)")
+    e.add_argument("--plan", help="with --conditions: a plan JSON evaluated beside the model")
+    e.add_argument("--grid", default="default",
+                   help="with --conditions: default (16), full (24), or a list such as "
+                        "'clean,white:10,babble:0,reverb:0.6,speed:0.9,telephone,mulaw'")
+    e.add_argument("--seed", type=int, default=0, help="with --conditions: noise seed")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("data", help="build the training corpus offline")
@@ -150,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="output folder (default: ~/.cache/workbench/corpus)")
     d.add_argument("--n-train", type=int, default=4000)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--install-system-packages", action="store_true",
+                   help="as root, apt-get install missing synthesizers / prompts (else: `make apt`)")
     d.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", help="train the demo model or a Conformer preset")
@@ -161,11 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
-    b.add_argument("what", choices=["interactive", "latency", "export"])
+    b.add_argument("what", choices=["interactive", "latency", "export", "conditions",
+                                    "streaming", "search"])
     b.add_argument("--json", action="store_true")
     b.add_argument("--n-plans", type=int, default=30)
     b.add_argument("--changes", type=int, default=30)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--trials", type=int, default=32, help="bench search: trials per run")
+    b.add_argument("--no-ray", action="store_true", help="bench search: serial run only")
+    b.add_argument("--published", action="store_true",
+                   help="latency: leave-one-model-out check on data/latency_measurements.jsonl")
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("calibrate", help="measure onnxruntime here and fit the host latency profile")
@@ -197,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     r.set_defaults(func=cmd_recover)
+
+    from workbench.search.cli import add_parsers as add_search_parsers  # search, sweep
+    add_search_parsers(sub)
+    from workbench.latency.cli import add_parser as add_latency_parser
+    add_latency_parser(sub)
 
     lab = sub.add_parser("lab", help="open the workbench notebook in JupyterLab")
     lab.add_argument("--port", type=int, default=8888)

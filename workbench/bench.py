@@ -130,10 +130,22 @@ def bench_interactive(changes: int = 30, seed: int = 0) -> dict:
 def run(what: str, args) -> dict:
     if what == "interactive":
         return bench_interactive(changes=args.changes, seed=args.seed)
+    if what == "latency" and getattr(args, "published", False):
+        from workbench.latency.published import bench_published
+        return bench_published()
     if what == "latency":
         from workbench.latency import bench_latency
         return bench_latency(n_plans=args.n_plans, seed=args.seed)
+    if what == "search":
+        from workbench.search.bench import bench_search
+        return bench_search(trials=args.trials, seed=args.seed, ray=not args.no_ray)
     if what == "export":
         from workbench.export.bench import bench_export
         return bench_export(args)
+    if what == "conditions":
+        from workbench.conditions.cli import bench_conditions
+        return bench_conditions(args)
+    if what == "streaming":
+        from workbench.streaming.bench import bench_streaming
+        return bench_streaming(args)
     raise ValueError(what)

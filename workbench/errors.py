@@ -19,3 +19,7 @@ class PlanError(WorkbenchError):
 
 class DeviceError(WorkbenchError):
     """An unknown device name or a device profile missing a field."""
+
+
+class ArgumentError(WorkbenchError):
+    """A Python API verb called with an argument of the wrong type or out of range."""

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from workbench.decode import greedy_decode
+from workbench.errors import ArgumentError, DataError
 from workbench.features import FRAMES_PER_SECOND, collate_features, log_mel
 from workbench.models.base import CTCModel
 
@@ -56,18 +57,49 @@ class EvalResult:
     per_utterance: tuple[UtteranceResult, ...] = field(repr=False)
 
 
-def load_eval_set(manifest: Path | str, limit: int | None = None, progress: bool = True,
-                  name: str | None = None) -> EvalSet:
-    """Read a manifest, load + resample its audio, compute features once."""
-    from workbench.data import load_audio, normalize_text, read_manifest
+#: Longest utterance an eval set takes: the Whisper encoder's 1,500 positions = 30 s.
+MAX_EVAL_SECONDS = 30.0
 
-    manifest = Path(manifest)
+
+def load_eval_set(manifest: Path | str, limit: int | None = None, progress: bool = True,
+                  name: str | None = None, max_seconds: float = MAX_EVAL_SECONDS) -> EvalSet:
+    """Read a manifest, load + resample its audio, compute features once.
+
+    Checked before any feature is computed (DataError naming the manifest line or file):
+    `limit` is None or >= 1; every reference has words after normalization (an empty reference
+    makes WER meaningless); every audio file exists and, from its header, is at most
+    `max_seconds` long.
+    """
+    from workbench.checks import check_int
+    from workbench.data import load_audio, normalize_text, read_manifest
+    from workbench.data.audio import audio_seconds
+
+    check_int(limit, "load_eval_set", "limit", low=1, none_ok=True)
+    manifest = Path(manifest) if isinstance(manifest, str | Path) else manifest
     utts = read_manifest(manifest)[:limit]
-    feats = [log_mel(load_audio(u.audio_path))
+    texts = []
+    for u in utts:
+        text = normalize_text(u.text)
+        if not text:
+            raise DataError(f"{manifest}: utterance '{u.id}' has reference text {u.text!r:.60}, "
+                            f"which has no words after normalization; WER is undefined for it. "
+                            f"Fix its text or remove it from the manifest.")
+        texts.append(text)
+    missing = [str(u.audio_path) for u in utts if not u.audio_path.is_file()]
+    if missing:
+        raise DataError(f"{manifest}: {len(missing)} audio file(s) missing, e.g. {missing[:3]}; "
+                        f"audio_filepath is relative to the manifest's folder.")
+    for u in utts:  # headers only: a 1 h file is refused before any feature is computed
+        seconds = audio_seconds(u.audio_path)
+        if seconds > max_seconds:
+            raise DataError(f"{u.audio_path}: {seconds:,.1f} s of audio (utterance '{u.id}' in "
+                            f"{manifest}), longer than the {max_seconds:g} s an utterance may "
+                            f"be; split it into shorter utterances.")
+    feats = [log_mel(load_audio(u.audio_path, max_seconds=max_seconds))
              for u in tqdm(utts, desc=f"features {manifest.parent.name}", disable=not progress,
                            leave=False)]
     return EvalSet(name or manifest.parent.name, manifest, tuple(u.id for u in utts),
-                   tuple(normalize_text(u.text) for u in utts), tuple(feats))
+                   tuple(texts), tuple(feats))
 
 
 def batches(lengths: list[int], max_frames: int = 12_000, max_ratio: float = 1.25
@@ -97,6 +129,19 @@ def batches(lengths: list[int], max_frames: int = 12_000, max_ratio: float = 1.2
 def transcribe(model: CTCModel, features: tuple[torch.Tensor, ...], max_frames: int = 12_000
                ) -> list[str]:
     """Greedy CTC transcripts for each (80, T) feature tensor, batched by length."""
+    from workbench.checks import check_model
+    check_model(model, "transcribe")
+    if isinstance(features, torch.Tensor) or not isinstance(features, list | tuple):
+        raise ArgumentError(f"transcribe(features=...): expected a list or tuple of (n_mels, T) "
+                            f"tensors (EvalSet.features), got {type(features).__name__}.")
+    for i, f in enumerate(features):
+        if not isinstance(f, torch.Tensor) or f.dim() != 2 or f.shape[-1] == 0:
+            what = (f"shape {tuple(f.shape)}" if isinstance(f, torch.Tensor)
+                    else type(f).__name__)
+            raise ArgumentError(f"transcribe(features[{i}]): expected an (n_mels, T) tensor with "
+                                f"T >= 1, got {what}; compute it with workbench.log_mel(wave).")
+        if not bool(torch.isfinite(f).all()):
+            raise DataError(f"transcribe(features[{i}]): holds NaN or infinite values.")
     was_training = model.training
     model.eval()
     hyps: list[str] = [""] * len(features)
@@ -111,10 +156,29 @@ def transcribe(model: CTCModel, features: tuple[torch.Tensor, ...], max_frames: 
     return hyps
 
 
+def check_eval_set(eval_set: object, verb: str, arg: str = "eval_set") -> EvalSet:
+    """An EvalSet with at least one utterance (ArgumentError / DataError otherwise)."""
+    if not isinstance(eval_set, EvalSet):
+        hint = (" Load one with workbench.load_eval_set(manifest_path)."
+                if isinstance(eval_set, str | Path) else "")
+        raise ArgumentError(f"{verb}({arg}=...): expected an EvalSet, got "
+                            f"{type(eval_set).__name__}.{hint}")
+    if len(eval_set) == 0:
+        raise DataError(f"{verb}({arg}=...): the eval set '{eval_set.name}' has no utterances; "
+                        f"WER of nothing is undefined.")
+    return eval_set
+
+
 def score(references: list[str] | tuple[str, ...], hypotheses: list[str], ids=None
           ) -> tuple[float, float, tuple[UtteranceResult, ...]]:
     """Corpus WER and CER (fractions) with jiwer, plus per-utterance word errors."""
     refs = list(references)
+    if not refs:
+        raise DataError("score: no utterances to score; an empty eval set has no WER.")
+    empty = [ids[i] if ids else str(i) for i, r in enumerate(refs) if not r.strip()]
+    if empty:
+        raise DataError(f"score: reference(s) {empty[:5]} have no words; WER is undefined for "
+                        f"them. Fix their text or leave them out of the eval set.")
     wer = jiwer.wer(refs, hypotheses)
     cer = jiwer.cer(refs, hypotheses)
     per = []
@@ -128,6 +192,9 @@ def score(references: list[str] | tuple[str, ...], hypotheses: list[str], ids=No
 def evaluate(model: CTCModel, eval_set: EvalSet, lexicon=None) -> EvalResult:
     """WER / CER of `model` on `eval_set`: greedy CTC decoding, then (optionally) lexicon
     correction of out-of-lexicon words (`workbench.lexicon.Lexicon`)."""
+    from workbench.checks import check_model
+    check_model(model, "evaluate")
+    check_eval_set(eval_set, "evaluate")
     start = time.perf_counter()
     hyps = transcribe(model, eval_set.features)
     if lexicon is not None:

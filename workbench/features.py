@@ -34,8 +34,15 @@ def num_frames(num_samples: int) -> int:
 
 def log_mel(wave: torch.Tensor, n_mels: int = N_MELS) -> torch.Tensor:
     """(samples,) float 16 kHz -> (n_mels, samples // 160) Whisper log-mel features."""
+    from workbench.errors import ArgumentError, DataError
+    if not isinstance(wave, torch.Tensor):
+        raise ArgumentError(f"log_mel(wave=...): expected a 1-D torch tensor of samples, got "
+                            f"{type(wave).__name__}; use workbench.data.load_audio(path).")
     if wave.dim() != 1:
-        raise ValueError(f"log_mel expects a 1-D waveform (samples,), got shape {tuple(wave.shape)}")
+        raise ArgumentError(f"log_mel(wave=...): expects a 1-D waveform (samples,), got shape "
+                            f"{tuple(wave.shape)}; average the channels first.")
+    if wave.is_complex() or not bool(torch.isfinite(wave).all()):
+        raise DataError("log_mel(wave=...): the waveform holds NaN, infinite or complex values.")
     wave = wave.float()
     if wave.numel() < N_FFT // 2 + 1:  # reflect padding needs at least n_fft/2 + 1 samples
         wave = torch.nn.functional.pad(wave, (0, N_FFT // 2 + 1 - wave.numel()))

@@ -38,8 +38,8 @@ from json.scanner import NUMBER_RE
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      field_validator, model_serializer, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
+                      ValidationError, field_validator, model_serializer, model_validator)
 from torch import nn
 
 from workbench.errors import PlanError
@@ -62,14 +62,84 @@ TECHNIQUES: tuple[Technique, ...] = ("prune", "quant", "low_rank")
 STRUCTURE_FOR_KIND = {"attention": "heads", "ffn": "neurons", "conv_module": "channels"}
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+#: Limits checked before parsing, so a hostile file costs no memory or recursion: a real plan is
+#: a few kB (one entry per layer of the demo model is ~20 kB) and nests 5 levels deep.
+MAX_PLAN_BYTES = 4_000_000
+MAX_NESTING = 32
+MAX_NUMBER_DIGITS = 30      # an int or float literal longer than this is no rank/amount/bits
+MAX_BLOCK_INDEX = 9_999
+MAX_KEY_CHARS = 300
+#: Module paths and fnmatch patterns: word characters, dots, and the pattern characters.
+_KEY_RE = re.compile(r"[\w.*?\[\]!\-]+")
+
+
+def _not_bool_or_text(value: Any) -> Any:
+    """Before a number field: refuse true/false and "4" (lax pydantic would make them 1 / 4)."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError(f"must be a number, not {type(value).__name__} {value!r}"[:120])
+    return value
+
+
+def _only_bool(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}"[:120])
+    return value
+
+
+Number = BeforeValidator(_not_bool_or_text)
+
+
+class _RaisesPlanError(type(BaseModel)):
+    """Python-built plans (`LayerConfig(rank=True)`) get the same PlanError as plan files.
+
+    Done in the metaclass, not in `__init__`: pydantic calls an overridden `__init__` for nested
+    models too, which would hide the JSON location of an error inside a plan file.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as err:
+            raise PlanError(_python_errors(cls.__name__, err)) from None
+
+
+class _Frozen(BaseModel, metaclass=_RaisesPlanError):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as err:
+            raise PlanError(_python_errors(cls.__name__, err)) from None
+
+
+def _python_errors(name: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for i, x in enumerate(e["loc"]) if not _is_union_tag(e["loc"], i))
+        parts.append(f"{name}.{loc}: {e['msg']} (got {_short(e.get('input'))})" if loc else
+                     f"{name}: {e['msg']} (got {_short(e.get('input'))})")
+    return "invalid compression plan: " + "; ".join(parts)
+
+
+def _is_union_tag(loc: tuple[Any, ...], i: int) -> bool:
+    """pydantic puts the LayerEntry union tag ("config" / "skip") after a group's config field or
+    a layers key; it is not a field the user wrote."""
+    return loc[i] in ("config", "skip") and i > 0 and (
+        loc[i - 1] == "config" or (i >= 2 and loc[i - 2] == "layers"))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class PruneConfig(_Frozen):
     """Remove a fraction of a layer's weights (unstructured) or of its heads/neurons/channels."""
 
-    amount: float = Field(ge=0.0, le=0.95, description="Fraction removed, 0..0.95.")
+    amount: Annotated[float, Number] = Field(ge=0.0, le=0.95,
+                                             description="Fraction removed, 0..0.95.")
     structure: Literal["unstructured", "heads", "neurons", "channels"] = "unstructured"
     importance: Literal["magnitude", "taylor"] = Field(
         "magnitude", description="magnitude: L2 norm of the group's weights; taylor: sum of "
@@ -84,7 +154,7 @@ class QuantConfig(_Frozen):
     granularity: Literal["per_channel", "per_tensor", "per_block"] = Field(
         "per_channel", description="Scales per output channel, per tensor, or per block of 32 "
                                    "inputs of each output channel (ONNX Runtime MatMulNBits).")
-    symmetric: bool = True
+    symmetric: Annotated[bool, BeforeValidator(_only_bool)] = True
     act_bits: Literal[8] | None = Field(
         None, description="8: the layer's input is fake-quantized (per tensor, asymmetric) with "
                           "min/max observed on the calibration set; null: float input.")
@@ -95,8 +165,9 @@ class LayerConfig(_Frozen):
 
     prune: PruneConfig | None = None
     quant: QuantConfig | None = None
-    rank: int | None = Field(None, ge=1, description="Low rank: keep this many singular values.")
-    energy: float | None = Field(None, gt=0.0, le=1.0, description=(
+    rank: Annotated[int, Number] | None = Field(None, ge=1, le=1_000_000, description=(
+        "Low rank: keep this many singular values."))
+    energy: Annotated[float, Number] | None = Field(None, gt=0.0, le=1.0, description=(
         "Low rank: keep the fewest singular values whose squares sum to this fraction."))
 
     @model_validator(mode="after")
@@ -132,15 +203,17 @@ class GroupEntry(_Frozen):
     """Settings for every target of a role ("attention", "ffn", ...), optionally in some blocks."""
 
     role: RoleName
-    blocks: tuple[int, ...] | None = Field(None, description="Block indices; null = all blocks "
-                                                             "(and targets outside blocks).")
+    blocks: tuple[Annotated[int, Number], ...] | None = Field(
+        None, max_length=10_000,
+        description="Block indices; null = all blocks (and targets outside blocks).")
     config: LayerEntry
 
     @field_validator("blocks")
     @classmethod
     def _sorted_blocks(cls, blocks: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if blocks is not None and any(b < 0 for b in blocks):
-            raise ValueError("block indices must be >= 0")
+        if blocks is not None and any(b < 0 or b > MAX_BLOCK_INDEX for b in blocks):
+            raise ValueError(f"block indices must be 0..{MAX_BLOCK_INDEX}, got {list(blocks)}"
+                             [:160])
         return None if blocks is None else tuple(sorted(set(blocks)))
 
 
@@ -152,8 +225,8 @@ class CompressionPlan(_Frozen):
     """Per-layer compression settings; see the module docstring for resolution and validation."""
 
     format_version: Literal[1] = FORMAT_VERSION
-    model_fingerprint: str | None = Field(None, description="Architecture id of the model the "
-                                                            "plan was made for; null = any.")
+    model_fingerprint: str | None = Field(None, max_length=200, description=(
+        "Architecture id of the model the plan was made for; null = any."))
     default: LayerConfig = Field(default_factory=LayerConfig)
     groups: tuple[GroupEntry, ...] = ()
     layers: dict[str, LayerEntry] = Field(default_factory=dict, description=(
@@ -163,9 +236,10 @@ class CompressionPlan(_Frozen):
     @classmethod
     def _clean_keys(cls, layers: dict[str, Any]) -> dict[str, Any]:
         for key in layers:
-            if not key or key != key.strip() or " " in key:
-                raise ValueError(f"layer key {key!r} must be a module path or pattern "
-                                 f"without spaces, like 'blocks.0.attn' or 'blocks.*.mlp'")
+            if not isinstance(key, str) or len(key) > MAX_KEY_CHARS or not _KEY_RE.fullmatch(key):
+                raise ValueError(f"layer key {_short(key)} must be a module path or pattern "
+                                 f"(letters, digits, '_', '.', '*', '?', '[', ']', '!', '-'; no "
+                                 f"spaces), like 'blocks.0.attn' or 'blocks.*.mlp'")
         return layers
 
     def __hash__(self) -> int:  # `layers` is a dict, so hash the canonical JSON instead
@@ -201,10 +275,13 @@ class CompressionPlan(_Frozen):
         `plan.with_group("attention", LayerConfig(quant=QuantConfig(weight_bits=4)),
         blocks=range(0, 2))` sets every attention target of blocks 0 and 1.
         """
+        if blocks is not None and not isinstance(blocks, Iterable):
+            raise PlanError(f"with_group blocks: an iterable of block indices or None, got "
+                            f"{_short(blocks)}.")
         key = GroupEntry(role=role, blocks=None if blocks is None else tuple(blocks), config=SKIP)
         kept = [g for g in self.groups if (g.role, g.blocks) != (key.role, key.blocks)]
-        if config is not None:
-            kept.append(key.model_copy(update={"config": config}))
+        if config is not None:  # validated again: model_copy(update=...) would not check it
+            kept.append(GroupEntry(role=key.role, blocks=key.blocks, config=config))
         return self.model_validate({**self._fields(), "groups": tuple(kept)})
 
     def for_model(self, model: nn.Module) -> CompressionPlan:
@@ -228,6 +305,7 @@ class CompressionPlan(_Frozen):
         modules = dict(model.named_modules())
         targets = find_targets(model)
         self._check_explicit(modules, targets)
+        self._check_group_blocks(targets)
         patterns = sorted((k for k in self.layers if is_pattern(k)),
                           key=lambda k: (_specificity(k), list(self.layers).index(k)),
                           reverse=True)
@@ -284,6 +362,19 @@ class CompressionPlan(_Frozen):
                 if entry.rank > limit:
                     raise PlanError(f"{where}.rank: {entry.rank} is above min(in, out) = {limit} "
                                     f"of this {linear.in_features}->{linear.out_features} Linear.")
+
+    def _check_group_blocks(self, targets: Mapping[str, Target]) -> None:
+        """A group naming a block the model does not have would silently do nothing there."""
+        present = sorted({t.block for t in targets.values() if t.block is not None})
+        for i, group in enumerate(self.groups):
+            if group.blocks is None:
+                continue
+            absent = [b for b in group.blocks if b not in present]
+            if absent:
+                have = f"blocks {present[0]}..{present[-1]}" if present else "no blocks"
+                raise PlanError(f"groups[{i}].blocks: {_short(absent)} not in this model, which "
+                                f"has {have}; use indices from 0 to {len(present) - 1}, or null "
+                                f"for all blocks.")
 
     def _check_patterns_and_groups(self, patterns: list[str],
                                    matched_kinds: Mapping[str, set[str]]) -> None:
@@ -415,25 +506,132 @@ def check_fingerprint(plan: CompressionPlan, model: nn.Module, force: bool = Fal
 
 
 # ---- JSON with line numbers in errors --------------------------------------------------------
-def plan_from_json(text: str, source_name: str = "<plan>") -> CompressionPlan:
-    """Parse and validate plan JSON; any problem becomes one PlanError naming line and field."""
+def plan_from_json(text: str | bytes, source_name: str = "<plan>") -> CompressionPlan:
+    """Parse and validate plan JSON; any problem becomes one PlanError naming line and field.
+
+    Refused before any parsing work: more than MAX_PLAN_BYTES, bytes that are not UTF-8, nesting
+    deeper than MAX_NESTING. Refused while parsing: NaN / Infinity, numbers longer than
+    MAX_NUMBER_DIGITS digits, and a key repeated in one object (JSON would keep the last silently).
+    """
+    if isinstance(text, bytes | bytearray):
+        if len(text) > MAX_PLAN_BYTES:
+            raise PlanError(f"{source_name}: {len(text):,} bytes; a plan file is at most "
+                            f"{MAX_PLAN_BYTES:,} bytes (one entry per layer is a few kB).")
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = bytes(text).count(b"\n", 0, err.start) + 1
+            raise PlanError(f"{source_name}:{line}: not UTF-8 text ({err.reason} at byte "
+                            f"{err.start}); save the plan as UTF-8 JSON.") from None
+    if not isinstance(text, str):
+        raise PlanError(f"{source_name}: plan JSON must be text (str or UTF-8 bytes), got "
+                        f"{type(text).__name__}.")
+    if len(text) > MAX_PLAN_BYTES:
+        raise PlanError(f"{source_name}: {len(text):,} characters; a plan file is at most "
+                        f"{MAX_PLAN_BYTES:,} (one entry per layer is a few kB).")
+    _check_nesting(text, source_name)
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int,
+                          parse_float=_bounded_float, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise PlanError(f"{source_name}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}.") \
             from None
-    try:
-        return CompressionPlan.model_validate(data)
+    except _JsonRefused as err:
+        line = text.count("\n", 0, max(0, text.find(err.token))) + 1 if err.token else 1
+        raise PlanError(f"{source_name}:{line}: {err}") from None
+    except RecursionError:  # not reached after _check_nesting; kept as a last guard
+        raise PlanError(f"{source_name}: JSON nested too deeply (limit {MAX_NESTING}).") from None
+    try:  # pydantic-core's validator directly: its structured errors carry the JSON locations
+        return CompressionPlan.__pydantic_validator__.validate_python(data)
     except ValidationError as err:
         positions = _json_positions(text)
         lines: list[tuple[int, str]] = []
         for e in err.errors():
             path, field = _json_path(data, e["loc"], e["type"] == "missing")
             line = text.count("\n", 0, positions.get(path, 0)) + 1
-            lines.append((line, f"{source_name}:{line}: {field or '(top level)'}: {e['msg']}"))
+            got = "" if e["type"] == "missing" else f" (got {_short(e.get('input'))})"
+            lines.append((line, f"{source_name}:{line}: {field or '(top level)'}: "
+                                f"{e['msg']}{got}"))
         lines.sort(key=lambda item: item[0])
         raise PlanError("invalid compression plan:\n  " + "\n  ".join(t for _, t in lines)) \
             from None
+
+
+def plan_from_file(path: str | Path) -> CompressionPlan:
+    """Read a plan file: its size is checked from the file system before a byte is read."""
+    path = Path(path)
+    if not path.is_file():
+        what = "a folder, not a file" if path.is_dir() else "no such file"
+        raise PlanError(f"{path}: {what}; pass the path of a plan JSON file.")
+    n_bytes = path.stat().st_size
+    if n_bytes > MAX_PLAN_BYTES:
+        raise PlanError(f"{path}: {n_bytes:,} bytes; a plan file is at most {MAX_PLAN_BYTES:,} "
+                        f"bytes (one entry per layer is a few kB). Is this the right file?")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PlanError(f"{path}: cannot read the plan file ({err.strerror}).") from None
+    return plan_from_json(data, source_name=str(path))
+
+
+class _JsonRefused(ValueError):
+    """A JSON value a plan refuses; `token` is text to look for to report the line."""
+
+    def __init__(self, message: str, token: str = "") -> None:
+        super().__init__(message)
+        self.token = token
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _JsonRefused(f"{name} is not a valid plan value (JSON has no NaN / Infinity); write a "
+                       f"finite number.", name)
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise _JsonRefused(f"a number with {len(digits.lstrip('-')):,} digits ({digits[:12]}...);"
+                           f" plan numbers (ranks, bits, block indices, amounts) have at most "
+                           f"{MAX_NUMBER_DIGITS} digits.", digits[:40])
+    return int(digits)
+
+
+def _bounded_float(literal: str) -> float:
+    if len(literal) > MAX_NUMBER_DIGITS + 10:
+        raise _JsonRefused(f"a number written with {len(literal):,} characters ({literal[:12]}...);"
+                           f" plan numbers have at most {MAX_NUMBER_DIGITS} digits.", literal[:40])
+    value = float(literal)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _JsonRefused(f"{literal} overflows a float; write a finite number.", literal)
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _JsonRefused(f"key {_short(key)} appears twice in one object; JSON would keep "
+                               f"only the last silently, so remove one of them.",
+                               json.dumps(key))
+        out[key] = value
+    return out
+
+
+_BRACKETS_OUTSIDE_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|([\[{])|([\]}])')
+
+
+def _check_nesting(text: str, source_name: str) -> None:
+    """Refuse JSON nested deeper than MAX_NESTING before the recursive parser sees it."""
+    depth = 0
+    for match in _BRACKETS_OUTSIDE_STRINGS.finditer(text):
+        if match.group(1):
+            depth += 1
+            if depth > MAX_NESTING:
+                line = text.count("\n", 0, match.start()) + 1
+                raise PlanError(f"{source_name}:{line}: JSON nested more than {MAX_NESTING} "
+                                f"levels deep; a plan nests at most 5 (plan > layers > entry > "
+                                f"prune > field).")
+        elif match.group(2):
+            depth -= 1
 
 
 def _json_path(data: Any, loc: tuple[Any, ...], missing: bool) -> tuple[tuple[Any, ...], str]:

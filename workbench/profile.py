@@ -174,7 +174,10 @@ def profile(model: nn.Module, audio_seconds: float = 4.0, measure: bool = True, 
     make_inputs(seconds) -> positional inputs of the model's forward; default: CTC models
     (features (1, n_mels, 100*s), lengths (1,)). The caller's model is not touched (deep copy).
     """
-    _check_seconds(audio_seconds)
+    from workbench.checks import check_int, check_model, check_seconds, max_seconds_of
+    check_model(model, "profile")
+    check_seconds(audio_seconds, "profile", max_seconds=max_seconds_of(model))
+    check_int(repeats, "profile", "repeats", low=1, high=1000)
     work = copy.deepcopy(model).eval()
     inputs = (make_inputs or default_inputs(model))(audio_seconds)
     threads = torch.get_num_threads()

@@ -80,6 +80,18 @@ class Session:
     def __init__(self, model: CTCModel, eval_set: EvalSet, *, quick_utterances: int = 16,
                  max_frames: int = 12_000, cache_entries: int = 48, calib=None, seed: int = 0,
                  warm_svd: bool = True) -> None:
+        from workbench.checks import check_int, check_model
+        from workbench.evaluate import check_eval_set
+        check_model(model, "Session")
+        check_eval_set(eval_set, "Session")
+        check_int(quick_utterances, "Session", "quick_utterances", low=1)
+        check_int(max_frames, "Session", "max_frames", low=100)
+        check_int(cache_entries, "Session", "cache_entries", low=1)
+        if not hasattr(model, "blocks"):
+            from workbench.errors import ArgumentError
+            raise ArgumentError(f"Session(model=...): a {type(model).__name__} has no 'blocks'; "
+                                f"the session needs a workbench CTC model (load_demo(), "
+                                f"conformer_ctc(), load_checkpoint()).")
         self.baseline = copy.deepcopy(model).eval()
         if warm_svd:  # ~1 s once on the demo, so the first move of any rank slider needs no SVD
             from workbench.compress import lowrank
@@ -248,6 +260,9 @@ class Session:
     def evaluate(self, plan, kind: Literal["quick", "full"] = "full",
                  cancel: Callable[[], bool] | None = None) -> WerEstimate:
         """WER / CER of `plan` on the quick subset (estimate + stderr) or the full set (exact)."""
+        from workbench.checks import check_choice, check_plan
+        plan = check_plan(plan, "Session.evaluate")
+        check_choice(kind, ("quick", "full"), "Session.evaluate", "kind")
         key = (plan_key(plan), kind)
         with self._lock:
             if key in self._results:
@@ -306,6 +321,17 @@ class Session:
         Callbacks run on the worker thread; a result is delivered only while it is the newest.
         Returns the request's generation number.
         """
+        from workbench.checks import check_choice, check_plan
+        from workbench.errors import ArgumentError
+        plan = check_plan(plan, "Session.submit")
+        if not callable(on_result) or (on_error is not None and not callable(on_error)):
+            raise ArgumentError("Session.submit(on_result=..., on_error=...): callbacks must be "
+                                "callables taking one argument.")
+        if isinstance(kinds, str) or not kinds:
+            raise ArgumentError(f"Session.submit(kinds={kinds!r:.40}): a non-empty tuple of "
+                                f"'quick' / 'full'.")
+        for kind in kinds:
+            check_choice(kind, ("quick", "full"), "Session.submit", "kinds")
         with self._lock:
             self._generation += 1
             gen = self._generation

@@ -219,6 +219,10 @@ def size(model: nn.Module, plan: CompressionPlan, calib: Calibration | None = No
     of layers whose parent is not pruned); if that layer's FFN / attention is pruned by
     'taylor' importance, `calib` is needed too.
     """
+    from workbench.checks import check_bool, check_model, check_plan
+    check_model(model, "size")
+    plan = check_plan(plan, "size")
+    check_bool(force, "size", "force")
     resolved = plan.resolve(model, force=force)
     shapes = _shapes(model)
     baseline, baseline_params = _baseline(model)

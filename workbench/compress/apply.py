@@ -50,6 +50,10 @@ def compress_detailed(model: nn.Module, plan: CompressionPlan,
     """Resolve `plan` on `model` (PlanError on a bad plan), then prune, factorize and quantize
     a deep copy. `calib` (CalibrationBatch list) is needed for 'taylor' importance (with targets)
     and for act_bits (features only); `force` applies a plan made for another fingerprint."""
+    from workbench.checks import check_bool, check_model, check_plan
+    check_model(model, "compress")
+    plan = check_plan(plan, "compress")
+    check_bool(force, "compress", "force")
     resolved = plan.resolve(model, force=force)
     batches = as_calibration(calib)
     grads = taylor_gradients(model, batches) if needs_gradients(resolved) else None

@@ -135,6 +135,12 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[
     `student` itself must then be unquantized. Returns the trained copy in eval mode (latent
     full-precision weights) and the per-step loss log.
     """
+    from workbench.checks import check_model
+    check_model(student, "recover", "student")
+    check_model(teacher, "recover", "teacher")
+    if config is not None and not isinstance(config, RecoverConfig):
+        raise WorkbenchError(f"recover(config=...): expected a RecoverConfig, got "
+                             f"{type(config).__name__}.")
     cfg = config or RecoverConfig()
     if not items:
         raise WorkbenchError("recover: no training items.")

@@ -20,23 +20,76 @@ from workbench.errors import DataError
 SAMPLE_RATE = 16_000  # Hz, the rate of every waveform inside the workbench
 
 
-def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Read an audio file -> (samples,) float32 in [-1, 1], mono, at `sample_rate` Hz.
+#: Longest audio load_audio reads (checked from the file header before any sample is read):
+#: 10 minutes is 38 MB of float32 at 16 kHz. Models take less (Whisper: 30 s); see load_eval_set.
+MAX_AUDIO_SECONDS = 600.0
+#: Lowest sample rate accepted: 4 kHz still holds the telephone band's lower half.
+MIN_SAMPLE_RATE = 4_000
+#: A float file whose peak exceeds this was saved without scaling to [-1, 1] (e.g. int16 values
+#: written as floats); its features would be meaningless, so it is refused, not clipped.
+MAX_ABS_SAMPLE = 2.0
 
-    Raises DataError naming the file when it is missing, unreadable or holds no samples.
-    """
-    path = Path(path)
+
+def audio_seconds(path: Path | str) -> float:
+    """Duration of an audio file from its header (no samples read); DataError if unreadable."""
+    info = _header(Path(path))
+    return info.frames / info.samplerate
+
+
+def _header(path: Path) -> "sf._SoundFileInfo":
     if not path.is_file():
         raise DataError(f"{path}: audio file not found (check the manifest's audio_filepath, "
                         "which is relative to the manifest's folder)")
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError) as e:
+        raise DataError(f"{path}: cannot decode audio ({e}); expected WAV, FLAC or OGG") from None
+    if info.samplerate <= 0:
+        raise DataError(f"{path}: header says sample rate {info.samplerate} Hz; the file is "
+                        "corrupt")
+    return info
+
+
+def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE,
+               max_seconds: float = MAX_AUDIO_SECONDS) -> torch.Tensor:
+    """Read an audio file -> (samples,) float32 in [-1, 1], mono, at `sample_rate` Hz.
+
+    Raises DataError naming the file when it is missing, unreadable, holds no samples, is longer
+    than `max_seconds` (from the header, before reading), has a sample rate below
+    MIN_SAMPLE_RATE, or holds NaN / Inf samples or samples far outside [-1, 1].
+    """
+    path = Path(path)
+    info = _header(path)
+    seconds, rate = info.frames / info.samplerate, info.samplerate
+    if seconds > max_seconds:
+        raise DataError(f"{path}: {seconds:,.1f} s of audio, longer than the {max_seconds:g} s "
+                        f"limit; split it into shorter utterances (e.g. at pauses).")
+    if rate < MIN_SAMPLE_RATE:
+        raise DataError(f"{path}: sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz, too low "
+                        f"for speech; resample the recording to 16 kHz.")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (frames, channels)
     except (RuntimeError, sf.LibsndfileError) as e:
         raise DataError(f"{path}: cannot decode audio ({e}); expected WAV, FLAC or OGG") from None
     if data.shape[0] == 0:
         raise DataError(f"{path}: audio file holds no samples (empty recording)")
+    check_samples(torch.from_numpy(np.ascontiguousarray(data)), str(path))
     wave = torch.from_numpy(np.ascontiguousarray(data)).mean(dim=1)  # mean over channels
     return resample(wave, rate, sample_rate)
+
+
+def check_samples(wave: torch.Tensor, name: str) -> None:
+    """DataError unless every sample is finite and |sample| <= MAX_ABS_SAMPLE."""
+    finite = torch.isfinite(wave)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise DataError(f"{name}: {bad:,} NaN or infinite samples; the recording is corrupt "
+                        f"(re-export it, or drop this utterance).")
+    peak = float(wave.abs().max()) if wave.numel() else 0.0
+    if peak > MAX_ABS_SAMPLE:
+        raise DataError(f"{name}: samples reach {peak:g}, far outside [-1, 1]; the audio was "
+                        f"saved without scaling (divide int16 values by 32768) — rescale it to "
+                        f"[-1, 1].")
 
 
 def resample(wave: torch.Tensor, orig_rate: int, new_rate: int = SAMPLE_RATE) -> torch.Tensor:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -141,11 +139,12 @@ def run_jobs(jobs: list[SynthJob], workers: int = 2, progress: bool = True, desc
 
 
 def build_corpus(out_dir: Path | str, n_train: int = 4000, n_dev: int = 300, n_test: int = 150,
-                 seed: int = 0, progress: bool = True, workers: int = 2) -> dict:
+                 seed: int = 0, progress: bool = True, workers: int = 2,
+                 install_system_packages: bool = False) -> dict:
     """Synthesize train/dev/test into out_dir. Test uses held-out voices AND held-out sentences;
     dev uses held-out sentences with train voices. Returns a summary (counts, hours, speed)."""
     out_dir = Path(out_dir)
-    require_engines()
+    require_engines(install_system_packages=install_system_packages)
     voices = voice_catalogue()
     train_voices = tuple(v for v in voices if not v.held_out)
     test_voices = tuple(v for v in voices if v.held_out)
@@ -193,7 +192,8 @@ def _real_id(name: str) -> str:
     return name.replace("/", "__")
 
 
-def build_real(out_dir: Path | str, progress: bool = True) -> dict:
+def build_real(out_dir: Path | str, progress: bool = True,
+               install_system_packages: bool = False) -> dict:
     """Asterisk prompts -> out_dir/{finetune,test}.jsonl + 16 kHz FLAC; see workbench.data.asterisk.
 
     The prompt list is re-scanned on every call (it takes ~0.1 s), so transcript fixes reach the
@@ -206,7 +206,7 @@ def build_real(out_dir: Path | str, progress: bool = True) -> dict:
     if have and not installed:
         ft, te = read_manifest(out_dir / "finetune.jsonl"), read_manifest(out_dir / "test.jsonl")
     else:
-        _require_asterisk()
+        _require_asterisk(install_system_packages)
         prompts, rejected = asterisk.scan_prompts()
         ft, te = [], []
         for p in tqdm(prompts, desc="real prompts", unit="utt", disable=not progress, file=sys.stderr):
@@ -232,19 +232,20 @@ def _key(utts: list[Utterance]) -> list[tuple[str, str]]:
     return [(u.id, u.text) for u in utts]
 
 
-def _require_asterisk() -> None:
+def _require_asterisk(install_system_packages: bool = False) -> None:
+    from workbench.data.system import how_to_install, install_debian_packages
+
     if asterisk.SOUNDS_DIR.is_dir() and asterisk.TRANSCRIPTS.is_file():
         return
     pkgs = list(asterisk.DEBIAN_PACKAGES)
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", *pkgs], capture_output=True)
+    if install_system_packages and install_debian_packages(pkgs):
         if asterisk.SOUNDS_DIR.is_dir() and asterisk.TRANSCRIPTS.is_file():
             return
-    raise DataError(f"real speech prompts missing. Install them with: sudo apt-get install -y "
-                    f"{' '.join(pkgs)}")
+    raise DataError(f"real speech prompts missing ({asterisk.SOUNDS_DIR}); {how_to_install(pkgs)}")
 
 
-def build_all(out_dir: Path | str, n_train: int = 4000, seed: int = 0, progress: bool = True) -> dict:
+def build_all(out_dir: Path | str, n_train: int = 4000, seed: int = 0, progress: bool = True,
+              install_system_packages: bool = False) -> dict:
     """Synthetic corpus (out_dir/synth) + real splits (out_dir/real); idempotent; returns a summary.
 
     Refuses a folder inside the workbench checkout: training audio (~200 MB for 4,000
@@ -256,8 +257,10 @@ def build_all(out_dir: Path | str, n_train: int = 4000, seed: int = 0, progress:
     if out_dir == REPO_ROOT or REPO_ROOT in out_dir.parents:
         raise DataError(f"{out_dir}: is inside the workbench repository; build the corpus outside "
                         "it (default: ~/.cache/workbench/corpus)")
-    return {"synth": build_corpus(out_dir / "synth", n_train=n_train, seed=seed, progress=progress),
-            "real": build_real(out_dir / "real", progress=progress)}
+    return {"synth": build_corpus(out_dir / "synth", n_train=n_train, seed=seed, progress=progress,
+                                  install_system_packages=install_system_packages),
+            "real": build_real(out_dir / "real", progress=progress,
+                               install_system_packages=install_system_packages)}
 
 
 def _copy_set(utts: list[Utterance], dest: Path) -> list[Utterance]:

@@ -28,31 +28,88 @@ class Utterance:
     id: str
 
 
-def read_manifest(path: Path | str) -> list[Utterance]:
+#: Refused from the file size before reading: a manifest line is ~150 bytes, so this is ~600k
+#: utterances (~1,000 h), far above any eval or training set the workbench handles.
+MAX_MANIFEST_BYTES = 100_000_000
+#: A manifest line longer than this is not one utterance's metadata.
+MAX_LINE_CHARS = 100_000
+
+
+def read_manifest(path: Path | str, allow_empty: bool = False) -> list[Utterance]:
     """Read a JSONL manifest; audio paths are resolved against the manifest's folder.
 
-    Raises DataError naming the file, the 1-based line number and the offending field.
+    Raises DataError naming the file, the 1-based line number and the offending field; also for
+    a file over MAX_MANIFEST_BYTES (checked before reading), bytes that are not UTF-8, and (unless
+    `allow_empty`) a manifest that lists no utterance.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise DataError(f"manifest: expected a path (str or Path), got {type(path).__name__}.")
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: manifest not found (build it with `workbench data build`, "
-                        "or check the path)")
+        what = "is a folder, not a manifest file" if path.is_dir() else "manifest not found"
+        raise DataError(f"{path}: {what} (build it with `workbench data build`, or check the "
+                        "path)")
+    n_bytes = path.stat().st_size
+    if n_bytes > MAX_MANIFEST_BYTES:
+        raise DataError(f"{path}: {n_bytes:,} bytes; a manifest is at most "
+                        f"{MAX_MANIFEST_BYTES:,} bytes (~600k utterances). Split it into parts.")
     utts: list[Utterance] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}, line {lineno}: not UTF-8 text ({err.reason} at byte "
+                                f"{err.start} of the line); save the manifest as UTF-8.") from None
             if not line.strip():
                 continue
             utts.append(_parse_line(line, path, lineno))
+    if not utts and not allow_empty:
+        raise DataError(f"{path}: the manifest lists no utterances ("
+                        f"{'empty file' if n_bytes == 0 else 'only blank lines'}); each line "
+                        f"must be a JSON object with {', '.join(REQUIRED_FIELDS)}.")
     return utts
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> None:
+    raise _Refused(f"{name} is not a number JSON allows; write a finite number")
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits) > 30:
+        raise _Refused(f"a number with {len(digits):,} digits")
+    return int(digits)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refused(f"field '{key[:40]}' appears twice; keep one")
+        out[key] = value
+    return out
 
 
 def _parse_line(line: str, path: Path, lineno: int) -> Utterance:
     where = f"{path}, line {lineno}"
+    if len(line) > MAX_LINE_CHARS:
+        raise DataError(f"{where}: {len(line):,} characters; one utterance's line is at most "
+                        f"{MAX_LINE_CHARS:,}")
     try:
-        entry = json.loads(line)
+        entry = json.loads(line, parse_constant=_refuse_constant, parse_int=_bounded_int,
+                           object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must "
                         "be one JSON object") from None
+    except _Refused as e:
+        raise DataError(f"{where}: {e}") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply; each line must be one flat JSON "
+                        "object") from None
     if not isinstance(entry, dict):
         raise DataError(f"{where}: expected a JSON object with fields {', '.join(REQUIRED_FIELDS)}")
     for field in REQUIRED_FIELDS:
@@ -60,11 +117,13 @@ def _parse_line(line: str, path: Path, lineno: int) -> Utterance:
             raise DataError(f"{where}: missing field '{field}' (required: "
                             f"{', '.join(REQUIRED_FIELDS)})")
     audio, duration, text = entry["audio_filepath"], entry["duration"], entry["text"]
-    if not isinstance(audio, str) or not audio:
-        raise DataError(f"{where}: field 'audio_filepath' must be a non-empty string")
-    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
+    if not isinstance(audio, str) or not audio.strip() or "\x00" in audio:
+        raise DataError(f"{where}: field 'audio_filepath' must be a non-empty path string, got "
+                        f"{audio!r:.60}")
+    if isinstance(duration, bool) or not isinstance(duration, int | float) or \
+            not 0 <= duration < 1e7:
         raise DataError(f"{where}: field 'duration' must be a non-negative number of seconds, "
-                        f"got {duration!r}")
+                        f"got {duration!r:.60}")
     if not isinstance(text, str):
         raise DataError(f"{where}: field 'text' must be a string, got {type(text).__name__}")
     audio_path = Path(audio)
@@ -72,7 +131,8 @@ def _parse_line(line: str, path: Path, lineno: int) -> Utterance:
         audio_path = path.parent / audio_path
     utt_id = entry.get("id", audio_path.stem)
     if not isinstance(utt_id, str) or not utt_id:
-        raise DataError(f"{where}: field 'id' must be a non-empty string when present")
+        raise DataError(f"{where}: field 'id' must be a non-empty string when present, got "
+                        f"{utt_id!r:.60}")
     return Utterance(audio_path=audio_path, duration=float(duration), text=text, id=utt_id)
 
 

@@ -6,7 +6,6 @@ train voices and held-out test voices (TEST_* below), so a test set can measure 
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -70,19 +69,21 @@ class SynthSettings:
 
 
 def require_engines(required: tuple[str, ...] = ("espeak-ng",),
-                    optional: tuple[str, ...] = ("flite", "text2wave")) -> None:
-    """Make sure the synthesizers exist. As root, missing ones are installed with apt-get; else a
-    missing required engine raises DataError naming the Debian packages (optional ones are skipped:
-    the corpus then uses the voices that are installed)."""
+                    optional: tuple[str, ...] = ("flite", "text2wave"),
+                    install_system_packages: bool = False) -> None:
+    """Make sure the synthesizers exist. A missing required engine raises DataError naming the
+    Debian packages and the fix (optional ones are skipped: the corpus then uses the voices that
+    are installed). Nothing is installed unless `install_system_packages` (and running as root)."""
+    from workbench.data.system import how_to_install, install_debian_packages
+
     missing = sorted({DEBIAN_PACKAGES[t] for t in (*required, *optional) if shutil.which(t) is None})
-    if missing and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", *missing], capture_output=True, text=True)
+    if missing and install_system_packages and install_debian_packages(missing):
         for fn in (espeak_variants, flite_voices, festival_voices):
             fn.cache_clear()
     still = sorted({DEBIAN_PACKAGES[t] for t in required if shutil.which(t) is None})
     if still:
-        raise DataError(f"speech synthesizer missing: {', '.join(still)}. Install with: "
-                        f"sudo apt-get install -y {' '.join(missing)}")
+        raise DataError(f"speech synthesizer missing: {', '.join(still)}; "
+                        f"{how_to_install(missing)}")
 
 
 @cache

@@ -34,7 +34,7 @@ from workbench.export.report import (DELIVERABLE, FORMAT, accuracy_section, host
                                      latency_section, layer_rows, ops_section, parity_section,
                                      sessions, sha256, simulated_devices, size_section)
 from workbench.paths import CALIB, DEMO_DIR, REAL_TEST, SYNTH_TEST
-from workbench.plan import CompressionPlan, fingerprint_of, plan_from_json
+from workbench.plan import CompressionPlan, fingerprint_of, plan_from_file
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,7 @@ def read_plan(path: Path) -> CompressionPlan:
     """A plan file parsed by the plan module (errors name the line and field)."""
     if not path.is_file():
         raise PlanError(f"--plan {path}: no such plan file.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise PlanError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start}).") \
-            from None
-    return plan_from_json(text, source_name=str(path))
+    return plan_from_file(path)
 
 
 def _eval_sets(options: ApplyOptions) -> list[EvalSet]:

@@ -110,6 +110,8 @@ class LatencyReport:
     calibrated: bool
     memory: MemoryFit
     source: str
+    threads: int = 0                  # 0: the device profile's own setting (host)
+    unsupported: tuple[str, ...] = ()  # settings the runtime cannot run as set (how they are priced)
 
     @property
     def low_ms(self) -> float:
@@ -132,18 +134,66 @@ class LatencyReport:
                 f"{self.memory.describe()} [{self.source}]")
 
 
-def predict_latency(model: nn.Module | LayerTable, device: str | DeviceProfile = "host",
-                    audio_seconds: float = 4.0, weight_bits: BitsOrPlan = None, *,
-                    make_inputs: Callable[[float], tuple[Any, ...]] | None = None
-                    ) -> LatencyReport:
+def predict_latency(model: nn.Module | LayerTable, device: str | DeviceProfile | None = "host",
+                    audio_seconds: float | None = 4.0, weight_bits: BitsOrPlan = None, *,
+                    make_inputs: Callable[[float], tuple[Any, ...]] | None = None,
+                    runtime: str | None = None, threads: int | None = None,
+                    device_file: str | None = None, seconds: float | None = None,
+                    plan: BitsOrPlan = None) -> LatencyReport:
     """Simulated latency of `model` (or a prepared LayerTable) on `device` for `audio_seconds`.
 
-    weight_bits: None (fp32 / as the model or table says), {module path or pattern: bits}, or a
-    CompressionPlan (applied with workbench.compress.compress). A LayerTable made for another
-    audio length is rescaled analytically (LayerTable.at_seconds).
+    device: an edge device name (workbench.latency.edge_device_names(), e.g. 'rpi4_a72',
+    'cortex_m4_stm32l4'; old names 'rpi4', 'rpi5', 'phone_a76', 'cortex_m7', 'jetson_orin_nano'
+    map to their device files), or 'host' (this machine, ONNX Runtime, calibrated by
+    `workbench calibrate`). device_file: your own device JSON (workbench.latency.hardware).
+    runtime / threads: default from the device file (edge devices only).
+    weight_bits (alias plan): None (fp32 / as the model says), {module path or pattern: bits},
+    or a CompressionPlan (applied to a copy). seconds: alias of audio_seconds.
+    make_inputs(seconds) -> input tuple, for models that do not take (features, lengths).
+    Edge devices price the traced graph after the runtime's fusions (latency.graph); a LayerTable
+    is converted row by row (latency.predict.ops_from_table).
     """
-    if not isinstance(audio_seconds, (int, float)) or not audio_seconds > 0:
-        raise WorkbenchError(f"audio_seconds: must be > 0 seconds, got {audio_seconds!r}.")
+    from workbench.latency import predict as edge
+    if seconds is not None:
+        audio_seconds = seconds
+    if plan is not None:
+        if weight_bits is not None:
+            raise edge.LatencyInputError("give the plan once: weight_bits or plan, not both.")
+        weight_bits = plan
+    from workbench.checks import check_bits_or_plan  # issue 11: a clear error for "int8", 8, [..]
+    weight_bits = check_bits_or_plan(weight_bits, "predict_latency")
+    audio_seconds = edge.check_seconds(audio_seconds)
+    if device is None and device_file is None:
+        device = "host"
+    if edge.is_edge(device, device_file):
+        dev, rt, n = edge.resolve_target(device, runtime, threads, device_file)
+        if isinstance(model, LayerTable):
+            table = model if model.audio_seconds == audio_seconds else \
+                model.at_seconds(audio_seconds)
+            if weight_bits is not None:
+                if hasattr(weight_bits, "resolve"):
+                    raise WorkbenchError("weight_bits: a CompressionPlan needs the model, not a "
+                                         "LayerTable; pass the model, or use "
+                                         "latency.table_for_plan(table, model, plan).")
+                table = table.with_bits(weight_bits)
+            ops = edge.ops_from_table(table)
+            bits = {layer.path: (None if layer.weight_bits >= 32 else layer.weight_bits)
+                    for layer in table.layers}
+            roles = {layer.path: layer.role for layer in table.layers}
+        else:
+            ops, bits, traced = edge.trace_model(model, audio_seconds, weight_bits, make_inputs)
+            roles = edge.roles_for(traced, ops)
+        return edge.edge_report(ops, bits, dev, rt, n, audio_seconds, roles)
+    if runtime is not None or threads is not None:
+        raise edge.LatencyInputError(
+            f"runtime / threads: the '{device}' profile is ONNX Runtime on this machine with its "
+            f"calibrated thread count; runtime and threads apply to edge devices "
+            f"({', '.join(edge.edge_names())}).")
+    if isinstance(device, str):
+        from workbench.latency.devices import known_devices
+        if device not in known_devices():
+            raise edge.unknown_device_error(device, sorted(set(known_devices()) - set(
+                edge.ALIASES)) + list(edge.edge_names()))
     dev = load_device(device)
     if isinstance(model, LayerTable):
         table = model if model.audio_seconds == audio_seconds else model.at_seconds(audio_seconds)

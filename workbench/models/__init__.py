@@ -36,13 +36,11 @@ __all__ = [
 
 def conformer_ctc(preset: str = "tiny", **overrides: Any) -> ConformerCTC:
     """A fresh Conformer-CTC of a named preset ("tiny", "small"), with optional field overrides."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset: unknown Conformer preset '{preset}'; known: {sorted(PRESETS)}.")
-    try:
-        config = dataclasses.replace(PRESETS[preset], **overrides)
-    except TypeError as err:
-        known = [f.name for f in dataclasses.fields(ConformerCTCConfig)]
-        raise ValueError(f"overrides: {err}; ConformerCTCConfig fields are {known}.") from None
+    from workbench.checks import check_choice
+    from workbench.models.registry import make_config
+    check_choice(preset, tuple(sorted(PRESETS)), "conformer_ctc", "preset")
+    # make_config checks the overrides' names, types and ranges before anything is allocated
+    config = make_config(ConformerCTC.family, {**dataclasses.asdict(PRESETS[preset]), **overrides})
     return ConformerCTC(config)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,12 @@ def save_checkpoint(model: CTCModel, path: str | Path, metadata: dict[str, Any] 
     (e.g. a pruned and recovered model; see `workbench.compress.recover`), or None.
     The model itself is not touched (tensors are copied before the cast).
     """
+    if not isinstance(model, CTCModel):
+        raise CheckpointError(f"save_checkpoint(model=...): expected a workbench CTC model "
+                              f"(WhisperCTC / ConformerCTC), got {type(model).__name__}.")
+    if not isinstance(path, str | Path) or not str(path):
+        raise CheckpointError(f"save_checkpoint(path=...): expected a file path, got "
+                              f"{type(path).__name__} {path!r:.40}.")
     if dtype not in (torch.float16, torch.float32):
         raise WorkbenchError(f"dtype: checkpoints store float16 or float32, got {dtype}.")
     path = Path(path)
@@ -62,10 +69,23 @@ def save_checkpoint(model: CTCModel, path: str | Path, metadata: dict[str, Any] 
     return path
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
-    """(model info, user metadata, state dict) of a checkpoint file, refusing anything else."""
+class _Tensors:
+    """A checkpoint's tensors: names, shapes and dtypes known from the header before any tensor
+    is read (safetensors), so a bad file is refused before memory is spent on it."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], floating: dict[str, bool],
+                 load: Callable[[], dict[str, torch.Tensor]]) -> None:
+        self.shapes, self.floating, self.load = shapes, floating, load
+
+
+_FLOAT_DTYPES = {"F16", "F32", "F64", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def _read(path: Path) -> tuple[Any, dict[str, Any], _Tensors]:
+    """(model info, user metadata, tensors) of a checkpoint file, refusing anything else."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file.")
+        what = "a folder, not a checkpoint file" if path.is_dir() else "no such checkpoint file"
+        raise CheckpointError(f"{path}: {what}.")
     if path.suffix == ".pt":
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -78,27 +98,47 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.T
             raise CheckpointError(
                 f"{path}: contains pickled code, not a weights-only checkpoint; refusing to load "
                 f"it. Re-save it with workbench.models.save_checkpoint.") from None
-        except (RuntimeError, EOFError, OSError) as err:
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
             raise CheckpointError(f"{path}: not a readable torch checkpoint ({err}).") from None
         if not (isinstance(blob, dict) and blob.get("format") == FORMAT):
             raise CheckpointError(f"{path}: not a workbench checkpoint (no format '{FORMAT}'); "
                                   f"write one with workbench.models.save_checkpoint.")
-        return blob["model"], blob.get("metadata") or {}, blob["state_dict"]
+        state = blob.get("state_dict")
+        if not isinstance(state, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise CheckpointError(f"{path}: 'state_dict' must map tensor names to tensors.")
+        return (blob.get("model"), blob.get("metadata") or {},
+                _Tensors({k: tuple(v.shape) for k, v in state.items()},
+                         {k: v.is_floating_point() for k, v in state.items()}, lambda: state))
     from safetensors import SafetensorError, safe_open
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            state = {name: f.get_tensor(name) for name in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
+            shapes, floating = {}, {}
+            for name in f.keys():
+                piece = f.get_slice(name)
+                shapes[name] = tuple(piece.get_shape())
+                floating[name] = piece.get_dtype() in _FLOAT_DTYPES
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err}).") from None
+
+    def load() -> dict[str, torch.Tensor]:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {name: f.get_tensor(name) for name in f.keys()}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: tensors cannot be read ({err}).") from None
+
     if header.get("format") != FORMAT or "model" not in header:
         raise CheckpointError(f"{path}: safetensors file without workbench metadata (format "
                               f"'{header.get('format')}', expected '{FORMAT}'); write checkpoints "
                               f"with workbench.models.save_checkpoint.")
     try:
-        return json.loads(header["model"]), json.loads(header.get("metadata", "{}")), state
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: corrupt metadata JSON in the header ({err}).") from None
+        return (json.loads(header["model"]), json.loads(header.get("metadata", "{}")),
+                _Tensors(shapes, floating, load))
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, 5,000-digit ints, nesting
+        raise CheckpointError(f"{path}: corrupt metadata JSON in the header "
+                              f"({str(err)[:120]}).") from None
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
@@ -110,36 +150,71 @@ def load_checkpoint(path: str | Path, family: str | None = None) -> CTCModel:
     """Build the model a checkpoint describes and fill it: float32, eval mode.
 
     Refused with CheckpointError: pickled code, files we did not write, another family than
-    `family` (when given), and missing / unexpected / mis-shaped tensors (first few named).
+    `family` (when given), a config with wrong types / out-of-range sizes (checked, and the model
+    sized on the meta device, before anything is allocated), missing / unexpected / mis-shaped
+    tensors and integer tensors for float parameters (from the header, before tensors are read;
+    first few named), and NaN / Inf weights.
     """
+    if not isinstance(path, str | Path):
+        raise CheckpointError(f"load_checkpoint(path=...): expected a file path, got "
+                              f"{type(path).__name__}.")
     path = Path(path)
-    info, _, state = _read(path)
+    info, _, tensors = _read(path)
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: header 'model' must be an object with 'family' and "
+                              f"'config', got {type(info).__name__}.")
     found = info.get("family")
     if family is not None and found != family:
         raise CheckpointError(f"{path}: holds a '{found}' model, expected '{family}'.")
-    if found not in FAMILIES:
-        raise CheckpointError(f"{path}: unknown model family '{found}'; known: {sorted(FAMILIES)}.")
+    if not isinstance(found, str) or found not in FAMILIES:
+        raise CheckpointError(f"{path}: unknown model family {found!r:.60}; known: "
+                              f"{sorted(FAMILIES)}.")
     try:
-        model = FAMILIES[found][0](make_config(found, info.get("config", {})))
+        cfg = make_config(found, info.get("config", {}))
     except WorkbenchError as err:
         raise CheckpointError(f"{path}: its config does not fit the '{found}' family: {err}") from None
-    if info.get("structure") is not None:
-        model = _with_structure(model, info["structure"], path)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                 if k in state and state[k].shape != v.shape]
-    if missing or unexpected or misshaped:
-        parts = [f"{label} {names[:_SHOW]}" + (f" (+{len(names) - _SHOW} more)" if
-                                               len(names) > _SHOW else "")
-                 for label, names in (("missing", missing), ("unexpected", unexpected),
-                                      ("mis-shaped (file vs model)", misshaped)) if names]
-        raise CheckpointError(f"{path}: tensors do not match a '{found}' model with config "
-                              f"{info.get('config')}: " + "; ".join(parts) + ".")
+    if info.get("structure") is not None:  # a pruned model: shapes are known once it is built
+        model = _with_structure(FAMILIES[found][0](cfg), info["structure"], path)
+        expected = {k: (tuple(v.shape), v.is_floating_point())
+                    for k, v in model.state_dict().items()}
+    else:
+        with torch.device("meta"):  # shapes without memory
+            meta = FAMILIES[found][0](cfg)
+        expected = {k: (tuple(v.shape), v.is_floating_point())
+                    for k, v in meta.state_dict().items()}
+        model = None
+    _check_tensors(path, found, info.get("config"), expected, tensors)
+    state = tensors.load()
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. "
+                              f"{bad[:_SHOW]}; the checkpoint is corrupt (training diverged?). "
+                              f"Use an earlier checkpoint.")
+    if model is None:
+        model = FAMILIES[found][0](cfg)
     model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v
                            for k, v in state.items()})
     return model.float().eval()
+
+
+def _check_tensors(path: Path, found: str, config: Any,
+                   expected: dict[str, tuple[tuple[int, ...], bool]], tensors: _Tensors) -> None:
+    missing = [k for k in expected if k not in tensors.shapes]
+    unexpected = [k for k in tensors.shapes if k not in expected]
+    misshaped = [f"{k} {tensors.shapes[k]} vs {shape}" for k, (shape, _) in expected.items()
+                 if k in tensors.shapes and tensors.shapes[k] != shape]
+    wrong_dtype = [f"{k} ({'float' if tensors.floating[k] else 'integer'} in the file, "
+                   f"{'float' if is_float else 'integer'} in the model)"
+                   for k, (_, is_float) in expected.items()
+                   if k in tensors.floating and tensors.floating[k] != is_float]
+    if missing or unexpected or misshaped or wrong_dtype:
+        parts = [f"{label} {names[:_SHOW]}" + (f" (+{len(names) - _SHOW} more)" if
+                                               len(names) > _SHOW else "")
+                 for label, names in (("missing", missing), ("unexpected", unexpected),
+                                      ("mis-shaped (file vs model)", misshaped),
+                                      ("wrong dtype", wrong_dtype)) if names]
+        raise CheckpointError(f"{path}: tensors do not match a '{found}' model with config "
+                              f"{config}: " + "; ".join(parts) + ".")
 
 
 def _with_structure(model: CTCModel, structure: dict[str, Any], path: Path) -> CTCModel:

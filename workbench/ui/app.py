@@ -100,6 +100,7 @@ class Workbench:
         # the caller's model cannot make size / latency disagree with WER.
         self.core = Core(self.session.baseline)
         self.core.device(device)  # an unknown device fails here, listing the known ones
+        device = self.core.canonical_device(device)  # 'rpi4' -> 'rpi4_a72' (names say the core)
         self.core.warm_up(device, float(audio_seconds))
         self.errors = ErrorArea()
         self.state = AppState(plan if plan is not None else CompressionPlan(), device=device,
@@ -108,7 +109,8 @@ class Workbench:
         quick_is_full = _quick_covers_all(self.session)
         self.controller = Controller(self.state, self.core, self.session, self.errors,
                                      kinds=("full",) if quick_is_full else ("quick", "full"))
-        self.header = Header(self.state, self.core.devices(), self.errors)
+        self.header = Header(self.state, self.core.devices(), self.errors,
+                             runtimes=self.core.runtimes, cores=self.core.cores)
         self.profile = ProfileTab(self.controller)
         self.compress = CompressTab(self.controller)
         self.tradeoffs = TradeoffsTab(self.controller)

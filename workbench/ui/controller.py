@@ -34,7 +34,8 @@ class Controller:
         self._wer_lock = threading.Lock()
         self._listeners: list[Callable[[WerEstimate], None]] = []
         state.observe(errors.guard("updating size and latency", self._on_costs_input),
-                      names=["plan", "device", "audio_seconds"])
+                      names=["plan", "device", "audio_seconds", "runtime", "threads",
+                             "device_file"])
         state.observe(errors.guard("starting the WER evaluation", self._on_plan),
                       names=["plan"])
         self.refresh()
@@ -59,7 +60,9 @@ class Controller:
         s = self.state
         if plan_changed or s.size is None:
             s.size = self.core.size(s.plan)
-        s.latency = self.core.latency(s.plan, s.device, s.audio_seconds)
+        s.latency = self.core.latency(s.plan, s.device, s.audio_seconds,
+                                      runtime=s.runtime or None, threads=s.threads or None,
+                                      device_file=s.device_file or None)
 
     # ---- WER: on the worker thread -----------------------------------------------------------
     def _on_plan(self, change: dict) -> None:

@@ -55,15 +55,47 @@ class Core:
 
     # ---- latency -----------------------------------------------------------------------------
     def devices(self) -> tuple[str, ...]:
-        from workbench.latency import known_devices
-        return known_devices()
+        """Edge devices (names say the core) and `host` (ONNX Runtime here, calibrated)."""
+        from workbench.latency.hardware import edge_device_names
+        return (*edge_device_names(), "host")
 
     def device(self, name: str):
+        """The device's profile; an old name ('rpi4') maps to its file ('rpi4_a72')."""
         from workbench.latency import load_device
+        from workbench.latency.predict import ALIASES, is_edge, resolve_target
+        if is_edge(name):
+            return resolve_target(ALIASES.get(name, name), None, None)[0]
         return load_device(name)
 
-    def latency(self, plan: CompressionPlan, device: str, audio_seconds: float):
-        """workbench.latency.LatencyReport of `plan` on `device` for `audio_seconds` of audio."""
+    def canonical_device(self, name: str) -> str:
+        from workbench.latency.predict import ALIASES
+        return ALIASES.get(name, name)
+
+    def runtimes(self, device: str, device_file: str | None = None) -> tuple[str, ...]:
+        """Runtimes of an edge device (its file's list), () for the host."""
+        from workbench.latency.predict import ALIASES, is_edge, resolve_target
+        if not is_edge(device, device_file):
+            return ()
+        return resolve_target(ALIASES.get(device, device), None, None, device_file)[0].runtimes
+
+    def cores(self, device: str, device_file: str | None = None) -> int:
+        from workbench.latency.predict import ALIASES, is_edge, resolve_target
+        if not is_edge(device, device_file):
+            return 1
+        return resolve_target(ALIASES.get(device, device), None, None, device_file)[0].cores
+
+    def latency(self, plan: CompressionPlan, device: str, audio_seconds: float, *,
+                runtime: str | None = None, threads: int | None = None,
+                device_file: str | None = None):
+        """workbench.latency.LatencyReport of `plan` on `device` for `audio_seconds` of audio.
+
+        Edge devices: the traced graph of the plan's structure (one trace per structure, on
+        REFERENCE_SECONDS, rescaled: graph.ops_at_scale) priced with the plan's bits; equals
+        predict_latency(model, device, seconds, plan) at whole multiples of the reference."""
+        from workbench.latency.predict import is_edge
+        if is_edge(device, device_file):
+            return self._edge_latency(plan, device, float(audio_seconds), runtime, threads,
+                                      device_file)
         from workbench.latency import load_device, price_table
         resolved = self.resolve(plan)
         table = self._table(resolved)
@@ -72,6 +104,52 @@ class Core:
         bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
                 if cfg.quant is not None}
         return price_table(table.with_bits(bits), load_device(device))
+
+    def _edge_latency(self, plan: CompressionPlan, device: str, seconds: float,
+                      runtime: str | None, threads: int | None, device_file: str | None):
+        from workbench.latency.graph import ops_at_scale
+        from workbench.latency.predict import (ALIASES, bits_by_op, check_seconds, edge_report,
+                                               resolve_target)
+        check_seconds(seconds)
+        dev, rt, n = resolve_target(ALIASES.get(device, device), runtime, threads, device_file)
+        resolved = self.resolve(plan)
+        ops, roles = self._ops(resolved)
+        ops = ops_at_scale(ops, seconds / REFERENCE_SECONDS)
+        bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
+                if cfg.quant is not None}
+        return edge_report(ops, bits_by_op(ops, bits, {}), dev, rt, n, seconds, roles)
+
+    def _ops(self, resolved: dict[str, LayerConfig]):
+        """Fused ops of the plan's structure at REFERENCE_SECONDS (cached per structure)."""
+        from workbench.latency.predict import roles_for, trace_model
+        structure = self._structure(resolved)
+        key = "ops:" + json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
+                                  sort_keys=True)
+        with self._lock:
+            if key in self._tables:
+                self._tables.move_to_end(key)
+                return self._tables[key]
+        plan = CompressionPlan(layers=structure) if structure else None
+        ops, _bits, traced = trace_model(self.model, REFERENCE_SECONDS, plan, None)
+        value = (ops, roles_for(traced, ops))
+        with self._lock:
+            self._tables[key] = value
+            while len(self._tables) > TABLE_CACHE:
+                self._tables.popitem(last=False)
+        return value
+
+    @staticmethod
+    def _structure(resolved: dict[str, LayerConfig]) -> dict[str, LayerConfig]:
+        structure: dict[str, LayerConfig] = {}
+        for path, cfg in resolved.items():
+            keep = {}
+            if cfg.prune is not None and cfg.prune.structure in STRUCTURE_FOR_KIND.values():
+                keep["prune"] = cfg.prune
+            if cfg.rank is not None or cfg.energy is not None:
+                keep.update(rank=cfg.rank, energy=cfg.energy)
+            if keep:
+                structure[path] = LayerConfig(**keep)
+        return structure
 
     def warm_up(self, device: str, audio_seconds: float) -> None:
         """Price one structural change of each kind (heads, neurons, channels) once, so the first

@@ -8,6 +8,7 @@ data-rtf / data-band, data-fits. The prose around them is for people.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 
 import ipywidgets as widgets
 
@@ -26,8 +27,12 @@ def _pp(x: float) -> str:
 class Header:
     """Readouts + device and audio-length controls. Observes the state; writes device/audio."""
 
-    def __init__(self, state: AppState, devices: tuple[str, ...], errors: ErrorArea) -> None:
+    def __init__(self, state: AppState, devices: tuple[str, ...], errors: ErrorArea,
+                 runtimes: Callable[[str, str | None], tuple[str, ...]] | None = None,
+                 cores: Callable[[str, str | None], int] | None = None) -> None:
         self.state = state
+        self._runtimes = runtimes or (lambda _d, _f=None: ())
+        self._cores = cores or (lambda _d, _f=None: 1)
         self.wer = widgets.HTML()
         self.cer = widgets.HTML()
         self.size = widgets.HTML()
@@ -40,6 +45,22 @@ class Header:
         self.device = widgets.Dropdown(options=list(devices), value=state.device,
                                        description="device", layout=widgets.Layout(width="220px"))
         self.device.add_class("wb-device")
+        # runtime x threads of the chosen device ("default" = what its device file says), and
+        # a user's own device file (JSON, schema in workbench.latency.hardware)
+        self.runtime = widgets.Dropdown(description="runtime", layout=widgets.Layout(width="220px"))
+        self.runtime.add_class("wb-runtime")
+        self.threads = widgets.Dropdown(description="threads", layout=widgets.Layout(width="160px"))
+        self.threads.add_class("wb-threads")
+        self.device_file = widgets.FileUpload(accept=".json", multiple=False,
+                                              description="device file")
+        self.device_file.add_class("wb-device-file")
+        self._fill_runtime_controls()
+        self.runtime.observe(errors.guard("choosing the runtime", self._runtime_changed),
+                             names=["value"])
+        self.threads.observe(errors.guard("choosing threads", self._threads_changed),
+                             names=["value"])
+        self.device_file.observe(errors.guard("loading the device file", self._file_uploaded),
+                                 names=["value"])
         self.audio = widgets.FloatSlider(value=state.audio_seconds, min=AUDIO_MIN, max=AUDIO_MAX,
                                          step=AUDIO_STEP, description="audio (s)",
                                          continuous_update=False, readout_format=".1f",
@@ -59,7 +80,8 @@ class Header:
         self.widget = widgets.VBox([
             widgets.HBox([self.wer, self.cer, self.size, self.latency, self.memory],
                          layout=widgets.Layout(flex_flow="row wrap")),
-            widgets.HBox([self.device, self.audio]),
+            widgets.HBox([self.device, self.runtime, self.threads, self.device_file, self.audio],
+                         layout=widgets.Layout(flex_flow="row wrap")),
         ])
         self.widget.add_class("wb-header")
         self._show_wer()
@@ -68,7 +90,46 @@ class Header:
 
     # ---- controls -> state -------------------------------------------------------------------
     def _device_changed(self, change: dict) -> None:
-        self.state.device = change["new"]
+        with self.state.hold_trait_notifications():
+            self.state.runtime, self.state.threads, self.state.device_file = "", 0, ""
+            self.state.device = change["new"]
+        self._fill_runtime_controls()
+
+    def _fill_runtime_controls(self) -> None:
+        device, dfile = self.state.device, self.state.device_file or None
+        runtimes = self._runtimes(device, dfile)
+        self.runtime.options = [("default", "")] + [(r, r) for r in runtimes]
+        self.runtime.value = self.state.runtime if self.state.runtime in runtimes else ""
+        self.runtime.disabled = not runtimes
+        cores = self._cores(device, dfile) if runtimes else 1
+        self.threads.options = [("default", 0)] + [(str(n), n) for n in range(1, cores + 1)]
+        self.threads.value = self.state.threads if self.state.threads <= cores else 0
+        self.threads.disabled = not runtimes
+
+    def _runtime_changed(self, change: dict) -> None:
+        self.state.runtime = change["new"] or ""
+
+    def _threads_changed(self, change: dict) -> None:
+        self.state.threads = int(change["new"] or 0)
+
+    def _file_uploaded(self, change: dict) -> None:
+        """Validate the uploaded device file (DeviceFileError is shown), then price with it."""
+        import tempfile
+
+        from workbench.latency.hardware import load_edge_device
+        files = change["new"]
+        if not files:
+            return
+        item = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
+        from pathlib import Path
+        name = Path(str(item.get("name") or "device.json")).name   # errors name the user's file
+        path = Path(tempfile.mkdtemp(prefix="wb-device-")) / name
+        path.write_bytes(bytes(item["content"]))
+        load_edge_device(path=path)            # raises DeviceFileError naming the field
+        with self.state.hold_trait_notifications():
+            self.state.runtime, self.state.threads = "", 0
+            self.state.device_file = str(path)
+        self._fill_runtime_controls()
 
     def _audio_changed(self, change: dict) -> None:
         self.state.audio_seconds = float(change["new"])
@@ -125,12 +186,16 @@ class Header:
             self.latency.value = "Latency …"
             self.memory.value = ""
             return
+        warn = "".join(f"<br><span class='wb-badge wb-fit-no wb-unsupported'>not as set: "
+                       f"{html.escape(u)}</span>" for u in getattr(r, "unsupported", ()))
+        runtime = f", {html.escape(r.runtime)}" + (f", {r.threads} thread(s)"
+                                                    if getattr(r, "threads", 0) else "")
         self.latency.value = (
             f"Latency <b>{r.total_ms:.1f} ms</b> ± {r.error_band_pct:.0f} % "
             f"<span class='wb-muted'>simulated</span><br>"
-            f"<span class='wb-muted' title='{html.escape(r.source)}'>on {html.escape(r.device)}, "
-            f"{r.audio_seconds:g} s audio, RTF {r.real_time_factor:.3f} "
-            f"({r.low_ms:.1f}–{r.high_ms:.1f} ms)</span>"
+            f"<span class='wb-muted' title='{html.escape(r.source)}'>on {html.escape(r.device)}"
+            f"{runtime}, {r.audio_seconds:g} s audio, RTF {r.real_time_factor:.3f} "
+            f"({r.low_ms:.1f}–{r.high_ms:.1f} ms; band = cross-validated error)</span>{warn}"
             f"<span class='wb-num' data-ms='{r.total_ms:.6f}' data-rtf='{r.real_time_factor:.6f}' "
             f"data-band='{r.error_band_pct:g}'></span>")
         fits = r.memory.fits

@@ -20,6 +20,7 @@ from workbench.errors import WorkbenchError
 from workbench.ui import figures
 from workbench.ui.controller import Controller
 from workbench.ui.live import FigureSlot
+from workbench.ui.search_panel import SearchPanel
 
 #: Pause between sweep cells so a waiting interactive evaluation can take the run lock.
 YIELD_S = 0.02
@@ -86,6 +87,7 @@ class SensitivityTab:
         self.cancel.on_click(g("cancelling the sweep", lambda _b: self._cancel.set()))
         self.suggest.on_click(g("suggesting a plan", lambda _b: self.start_suggest()))
         self.apply.on_click(g("applying the suggestion", lambda _b: self.apply_suggestion()))
+        self.search = SearchPanel(controller)  # the same search as `workbench search`
         self.widget = widgets.VBox([
             widgets.HBox([self.sparsities, self.bits]),
             widgets.HBox([self.run, self.cancel, self.progress]), self.status,
@@ -94,7 +96,7 @@ class SensitivityTab:
                          "over the sweep, assuming single-layer ΔWERs add up — the suggested "
                          "plan's WER is then measured)</span>"),
             widgets.HBox([self.max_mb, self.max_ms, self.max_dwer, self.suggest, self.apply]),
-            self.suggest_out])
+            self.suggest_out, self.search.widget])
         self.widget.add_class("wb-sensitivity")
 
     # ---- sweep -------------------------------------------------------------------------------

@@ -51,7 +51,10 @@ class AppState(traitlets.HasTraits):
     """See the module docstring. Change it through its methods or by assigning inputs."""
 
     plan = traitlets.Instance(CompressionPlan)
-    device = traitlets.Unicode("rpi4")
+    device = traitlets.Unicode("rpi4_a72")
+    runtime = traitlets.Unicode("")     # "" = the device file's default runtime
+    threads = traitlets.Int(0)          # 0 = the device file's default thread count
+    device_file = traitlets.Unicode("")  # a user's device JSON (overrides `device`), "" = none
     audio_seconds = traitlets.Float(4.0)
     undo_stack = traitlets.Tuple()
     redo_stack = traitlets.Tuple()

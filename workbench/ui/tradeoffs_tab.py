@@ -66,7 +66,9 @@ class TradeoffsTab(LazyView):
         current_key = plan_key(s.plan)
         current = next((i for i, p in enumerate(points) if p.key == current_key), None)
         sizes = [p.size_bytes / 1e6 for p in points]
-        lats = [self.core.latency(p.plan, s.device, s.audio_seconds).total_ms for p in points]
+        lats = [self.core.latency(p.plan, s.device, s.audio_seconds, runtime=s.runtime or None,
+                                  threads=s.threads or None,
+                                  device_file=s.device_file or None).total_ms for p in points]
         wers = [p.wer for p in points]
         labels = [f"#{i} {p.label}" for i, p in enumerate(points)]
         measured = [p.kind == "full" for p in points]

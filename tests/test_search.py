@@ -1,0 +1,158 @@
+"""workbench.search: space -> plan, fronts and hypervolume, the batch-deterministic NSGA-II search,
+its trial log (resume, torn lines), the CLI contract, and that `import workbench` stays light."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.evaluate import EvalSet
+from workbench.search import (EvaluatorSpec, SearchConfig, SearchSpace, hypervolume,
+                              pareto_indices, search)
+from workbench.search.front import dominates
+from workbench.size import size
+
+
+@pytest.fixture(scope="module")
+def eval_set():
+    gen = torch.Generator().manual_seed(1)
+    feats = tuple(torch.randn(80, 100 + 30 * i, generator=gen) for i in range(4))
+    return EvalSet("random", Path("/nonexistent"), ("a", "b", "c", "d"),
+                   ("hello world", "press one", "thank you", "good bye"), feats)
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_conformer, eval_set):
+    return EvaluatorSpec(device="rpi5", audio_seconds=2.0, model=tiny_conformer,
+                         eval_set=eval_set, quick_utterances=2, threads=1)
+
+
+def test_import_workbench_loads_neither_ray_nor_optuna():
+    code = ("import sys, workbench, workbench.search, workbench.search.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'optuna')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_space_base_point_is_the_base_plan_and_choices_change_bytes(tiny_conformer):
+    space = SearchSpace.for_model(tiny_conformer, bits=(8, 4), prune=(0, 0.5), ranks=(1, 0.5))
+    assert space.plan(space.base_params()) == space.base
+    knobs = {g.knob for g in space.genes}
+    assert knobs == {"bits", "prune", "rank"}
+    assert all(g.path.startswith("blocks.") for g in space.genes)
+    base_bytes = size(tiny_conformer, space.base).total_bytes
+    for gene in space.genes[:6]:
+        plan = space.plan({gene.name: gene.choices[-1]})
+        assert list(plan.layers) == [gene.path]
+        assert size(tiny_conformer, plan).total_bytes < base_bytes, gene.name
+    rank_gene = next(g for g in space.genes if g.knob == "rank")
+    entry = space.plan({rank_gene.name: 0.5}).layers[rank_gene.path]
+    assert entry.rank == round(0.5 * rank_gene.full_rank)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"bits": (8, 1)}, "--bits"),
+                                           ({"prune": (0, 1.5)}, "--prune"),
+                                           ({"ranks": (0,)}, "--ranks"),
+                                           ({"bits": (4, 4)}, "--bits")])
+def test_bad_space_lists_name_the_option(tiny_conformer, kwargs, field):
+    with pytest.raises(WorkbenchError, match=field):
+        SearchSpace.for_model(tiny_conformer, **kwargs)
+
+
+def test_pareto_indices_and_hypervolume_against_brute_force():
+    import random
+    rng = random.Random(0)
+    for _ in range(30):
+        pts = [[rng.randint(0, 5) for _ in range(3)] for _ in range(rng.randint(1, 12))]
+        front = pareto_indices(pts)
+        for i, p in enumerate(pts):
+            dominated = any(dominates(q, p) for q in pts)
+            first = pts.index(p) == i
+            assert (i in front) == (not dominated and first)
+        # Monte-Carlo-free check: grid count of dominated unit cells inside the box [0, 6)^3.
+        cells = sum(1 for x in range(6) for y in range(6) for z in range(6)
+                    if any(p[0] <= x and p[1] <= y and p[2] <= z for p in pts))
+        assert hypervolume(pts, [6, 6, 6]) == pytest.approx(cells)
+    assert hypervolume([[1, 1]], [2, 3]) == pytest.approx(2.0)
+
+
+def _front(result):
+    return [(t.number, t.best["wer"], t.best["size_bytes"], t.best["latency_ms"])
+            for t in result.front]
+
+
+def test_search_writes_the_front_and_a_log_and_resume_skips_finished_trials(spec, tmp_path):
+    cfg = SearchConfig(trials=8, batch=4, seed=3, max_delta_wer=0.5)
+    first = search(spec, cfg, space_options={"bits": (8, 4), "prune": (0, 0.5)},
+                   out_dir=tmp_path)
+    assert first.complete and len(first.trials) == 8
+    doc = json.loads((tmp_path / "front.json").read_text())
+    assert doc["front_size"] == len(first.front) >= 1
+    for rec in doc["front"]:
+        plan_text = (tmp_path / rec["plan_file"]).read_text()
+        assert rec["eval"] == "full" and rec["size_bytes"] > 0 and rec["latency_ms"] > 0
+        assert json.loads(plan_text)["format_version"] == 1
+    lines = (tmp_path / "trials.jsonl").read_text().splitlines()
+    header, records = json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
+    assert header["type"] == "header"
+    assert len({(r["number"], r["kind"]) for r in records}) == len(records) == first.evaluated
+    # The reference (trial 0) is the base plan: int8 everywhere.
+    assert first.trials[0].params == first.space.base_params()
+
+    # Resume with a torn last line: only that evaluation is redone, the front is the same.
+    with open(tmp_path / "trials.jsonl", "a") as f:
+        f.write('{"number": 99, "kin')
+    again = search(spec, cfg, space_options={"bits": (8, 4), "prune": (0, 0.5)},
+                   out_dir=tmp_path, resume=True)
+    assert again.evaluated == 0
+    assert _front(again) == _front(first)
+    # Without --resume an existing log is refused; with other settings it is refused too.
+    with pytest.raises(WorkbenchError, match="--resume"):
+        search(spec, cfg, space_options={"bits": (8, 4), "prune": (0, 0.5)}, out_dir=tmp_path)
+    with pytest.raises(WorkbenchError, match="other settings"):
+        search(spec, SearchConfig(trials=8, batch=4, seed=4, max_delta_wer=0.5),
+               space_options={"bits": (8, 4), "prune": (0, 0.5)}, out_dir=tmp_path, resume=True)
+
+
+def test_a_search_cut_mid_batch_resumes_to_the_same_front(spec, tmp_path):
+    cfg = SearchConfig(trials=8, batch=4, seed=1)
+    opts = {"bits": (8, 4), "prune": (0, 0.5), "ranks": (1.0,)}
+    whole = search(spec, cfg, space_options=opts, out_dir=tmp_path / "whole")
+    log = tmp_path / "cut" / "trials.jsonl"
+
+    def cancel():  # stops inside the second batch (header + 5 evaluations logged)
+        return log.exists() and len(log.read_text().splitlines()) > 5
+    cut = search(spec, cfg, space_options=opts, out_dir=tmp_path / "cut", cancel=cancel)
+    assert not cut.complete
+    logged = len((tmp_path / "cut" / "trials.jsonl").read_text().splitlines()) - 1
+    assert 0 < logged < whole.evaluated
+    resumed = search(spec, cfg, space_options=opts, out_dir=tmp_path / "cut", resume=True)
+    assert resumed.complete and resumed.evaluated == whole.evaluated - logged
+    assert _front(resumed) == _front(whole)
+
+
+def test_budgets_mark_feasibility_and_none_feasible_is_said(spec, tmp_path):
+    from workbench.search.api import summary
+    cfg = SearchConfig(trials=4, batch=4, seed=0, max_size_bytes=1)
+    result = search(spec, cfg, space_options={"bits": (8, 4), "prune": (0,), "ranks": (1,)})
+    assert result.best_plan() is None
+    doc = summary(result)
+    assert doc["best_trial"] is None and "no plan found" in doc["verdict"]
+    assert "size <= 1e-06 MB" in doc["verdict"]
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--trials", "0"], "--trials"), (["--batch", "1"], "--batch"),
+    (["--max-delta-wer", "-1"], "--max-delta-wer"), (["--device", "nope"], "device"),
+    (["--bits", "8,x"], "--bits"), (["--manifest", "/nonexistent.jsonl"], "--manifest"),
+    (["--address", "127.0.0.1:1", "--executor", "serial"], "--address")])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, argv, field):
+    out = subprocess.run([sys.executable, "-m", "workbench", "search", "--out", str(tmp_path),
+                          *argv], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert field in out.stderr and "Traceback" not in out.stderr and out.stdout == ""

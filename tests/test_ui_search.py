@@ -1,0 +1,78 @@
+"""Headless: the dashboard's search panel runs the same search as `workbench search`, shows its
+front, restores a point with one click, and can be cancelled."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("plotly")
+
+from workbench.evaluate import EvalSet  # noqa: E402
+from workbench.ui import Workbench  # noqa: E402
+
+
+def _eval_set(n: int = 4) -> EvalSet:
+    gen = torch.Generator().manual_seed(0)
+    feats = tuple(torch.randn(80, 120 + 40 * i, generator=gen) for i in range(n))
+    return EvalSet("random", Path("/nonexistent/manifest.jsonl"),
+                   tuple(f"u{i}" for i in range(n)),
+                   ("hello world", "press one", "thank you", "good bye")[:n], feats)
+
+
+@pytest.fixture(scope="module")
+def app(tiny_conformer):
+    from workbench.session import Session
+    session = Session(tiny_conformer, _eval_set(), quick_utterances=2)
+    wb = Workbench(tiny_conformer, session.eval_set, device="rpi5", audio_seconds=2.0,
+                   session=session)
+    wb.wait()
+    yield wb
+    wb.session.cancel()
+
+
+def test_search_panel_shows_the_front_and_restores_a_point(app):
+    from workbench.search import EvaluatorSpec, SearchConfig, search
+    panel = app.sensitivity.search
+    panel.trials.value = 4
+    panel.max_dwer.value = 0.0
+    panel.start()
+    panel.wait(1800)
+    assert app.errors.errors == [], app.errors.text
+    r = panel.result
+    assert r is not None and r.complete and len(r.trials) == 4
+    assert re.search(r"data-front='(\d+)'", panel.status.value).group(1) == str(len(r.front))
+    assert len(panel.front.options) == len(r.front) >= 1
+    # The same search from the core API gives the same front (same seed, same evaluator).
+    same = search(EvaluatorSpec(device="rpi5", audio_seconds=2.0, model=app.core.model,
+                                eval_set=app.session.eval_set),
+                  SearchConfig(trials=4, batch=4), evaluator=panel_evaluator(app))
+    assert [(t.number, t.best["size_bytes"]) for t in same.front] == \
+           [(t.number, t.best["size_bytes"]) for t in r.front]
+    # One click restores the point's plan (an undoable edit).
+    last = len(r.front) - 1
+    panel.front.value = last
+    panel.restore_button.click()
+    expected = r.space.plan(r.front[last].params)
+    assert app.plan == expected
+
+
+def panel_evaluator(app):
+    from workbench.search import PlanEvaluator
+    return PlanEvaluator(app.core.model, app.session, "rpi5", 2.0)
+
+
+def test_search_panel_cancel_keeps_finished_trials(app):
+    panel = app.sensitivity.search
+    panel.trials.value = 8
+    panel._cancel.set()       # cancelled before the first evaluation
+    panel.start()             # start() clears the flag; cancel right away
+    panel._cancel.set()
+    panel.wait(1800)
+    r = panel.result
+    assert r is not None and not r.complete
+    assert "cancelled" in panel.status.value
+    assert not panel.run.disabled and panel.cancel.disabled

@@ -1,0 +1,188 @@
+"""`workbench search` and `workbench sweep` (registered by one line in workbench/__main__.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise WorkbenchError(f"{what}: '{text}' is not a list of numbers; write e.g. "
+                             f"'0.5,0.25'.") from None
+    if not values:
+        raise WorkbenchError(f"{what}: give at least one value.")
+    return values
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    values = _floats(text, what)
+    if any(v != int(v) for v in values):
+        raise WorkbenchError(f"{what}: '{text}' must be whole numbers, e.g. '8,4'.")
+    return tuple(int(v) for v in values)
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="rpi5", help="latency device (workbench.latency; old "
+                                                    "names like rpi5 map to rpi5_a76)")
+    p.add_argument("--runtime", help="runtime on the device (default: the device file's)")
+    p.add_argument("--latency-threads", type=int, help="threads of that runtime (default: the "
+                                                       "device file's)")
+    p.add_argument("--audio-seconds", type=float, default=8.0, help="audio length to price")
+    p.add_argument("--checkpoint", help="model checkpoint (default: the shipped demo model)")
+    p.add_argument("--manifest", help="eval manifest (default: the shipped held-out real speech)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N utterances")
+    p.add_argument("--quick-utterances", type=int, default=16,
+                   help="size of the fixed subset of the quick WER estimate")
+    p.add_argument("--bits", default="8,4", help="weight bits to try per layer")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _spec(args, threads: int):
+    from workbench.search.objective import EvaluatorSpec
+    if args.audio_seconds <= 0:
+        raise WorkbenchError(f"--audio-seconds: must be > 0, got {args.audio_seconds}.")
+    for name in ("checkpoint", "manifest"):
+        value = getattr(args, name)
+        if value and not Path(value).exists():
+            raise WorkbenchError(f"--{name} {value}: no such file.")
+    spec = EvaluatorSpec(device=args.device, audio_seconds=args.audio_seconds,
+                         runtime=args.runtime, latency_threads=args.latency_threads,
+                         checkpoint=args.checkpoint, manifest=args.manifest, limit=args.limit,
+                         quick_utterances=args.quick_utterances, threads=threads)
+    spec.check()
+    return spec
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from workbench.search.api import search, summary
+    from workbench.search.runner import SearchConfig, print_progress
+
+    executor = "serial" if args.executor == "serial" else "ray"
+    if args.address and executor == "serial":
+        raise WorkbenchError("--address needs --executor ray (the default).")
+    threads = args.threads or (2 if executor == "serial" else 1)
+    spec = _spec(args, threads)
+    config = SearchConfig(
+        trials=args.trials, batch=args.batch, seed=args.seed, max_delta_wer=args.max_delta_wer,
+        max_latency_ms=args.max_latency_ms,
+        max_size_bytes=None if args.max_size_mb is None else int(args.max_size_mb * 1e6),
+        eval_kind=args.eval, final_eval=None if args.final_eval == "none" else args.final_eval)
+    options = {"bits": _ints(args.bits, "--bits"), "prune": _floats(args.prune, "--prune"),
+               "ranks": _floats(args.ranks, "--ranks")}
+    out = Path(args.out)
+    from workbench.search.executors import RayStartError
+    try:
+        result = search(spec, config, space_options=options, executor=executor,
+                        address=args.address, workers=args.workers, out_dir=out,
+                        resume=args.resume, progress=print_progress)
+    except RayStartError as err:
+        if args.address:
+            raise
+        # Same trials, same front (the search is deterministic), only slower.
+        print(f"search: {err}; running serially instead.", file=sys.stderr)
+        result = search(spec, config, space_options=options, executor="serial", out_dir=out,
+                        resume=True, progress=print_progress)
+    sys.stderr.write("\n")
+    doc = json.loads((out / "front.json").read_text())
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        s = summary(result)
+        print(s["verdict"])
+        for r in doc["front"]:
+            print(f"  {r['plan_file']}: WER {r['wer']:.4f} ({r['eval']}), "
+                  f"{r['size_bytes'] / 1e6:.3f} MB, {r['latency_ms']:.1f} ms simulated on "
+                  f"{args.device}{'' if r['meets_budgets'] else '  (outside the budgets)'}")
+    print(("search: " + doc["verdict"]), file=sys.stderr)
+    return 0 if doc["best_trial"] is not None else 1
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import torch
+
+    from workbench.compress.presets import PRESETS
+    from workbench.plan import CompressionPlan
+    from workbench.search.sweep import sweep
+
+    spec = _spec(args, args.threads)
+    torch.set_num_threads(args.threads)
+    if args.base and args.base not in PRESETS:
+        raise WorkbenchError(f"--base: '{args.base}' is not a preset; choose from "
+                             f"{', '.join(PRESETS)}.")
+    base = PRESETS[args.base]() if args.base else CompressionPlan()
+    evaluator = spec.build()
+    from tqdm import tqdm
+    bar = tqdm(total=0, desc="sweep", file=sys.stderr, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    doc = sweep(lambda plan, kind: evaluator(plan, kind), evaluator.model, base, kind=args.eval,
+                sparsities=_floats(args.sparsities, "--sparsities"),
+                bits=_ints(args.bits, "--bits"), ranks=_floats(args.ranks, "--ranks"),
+                paths=args.path or None, progress=progress)
+    bar.close()
+    doc.update(device=args.device, audio_seconds=args.audio_seconds, base_plan=args.base or "fp32",
+               numbers="WER measured (quick = fixed-subset estimate +- stderr); size exact; "
+                       "latency simulated (roofline)")
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        for c in doc["cells"]:
+            print(f"{c['path']:<28} {c['knob']:<8} {c['value']:<6g} ΔWER {c['wer_delta']:+.4f}  "
+                  f"-{c['size_saved_bytes'] / 1e3:.0f} KB  -{c['latency_saved_ms']:.2f} ms")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("search", help="multi-objective plan search (WER x size x latency): "
+                                      "Pareto plans written to --out",
+                       description="NSGA-II (Optuna) over per-layer bits / structured pruning / "
+                                   "low rank; trials run on an embedded local Ray (default), a "
+                                   "Ray cluster (--address) or serially. Exit status 0: a plan "
+                                   "meets every budget (best.json); 1: none does (the front is "
+                                   "still written); 2: bad input.")
+    _spec_args(s)
+    s.add_argument("--out", required=True, help="folder for trials.jsonl, plan-*.json, "
+                                                "front.json, best.json")
+    s.add_argument("--max-delta-wer", type=float, help="WER budget vs the uncompressed model "
+                                                       "(absolute, 0.01 = 1 point)")
+    s.add_argument("--max-latency-ms", type=float, help="simulated latency budget on --device")
+    s.add_argument("--max-size-mb", type=float, help="size budget (MB = 1e6 bytes)")
+    s.add_argument("--trials", type=int, default=48)
+    s.add_argument("--batch", type=int, default=8, help="trials per generation (asked together)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--prune", default="0,0.25,0.5", help="structured prune amounts to try")
+    s.add_argument("--ranks", default="1,0.5", help="low-rank fractions of min(in, out) "
+                                                    "for FFN Linears (1 = dense)")
+    s.add_argument("--eval", choices=["quick", "full"], default="quick",
+                   help="WER used during the search")
+    s.add_argument("--final-eval", choices=["full", "none"], default="full",
+                   help="re-measure the front on the full eval set")
+    s.add_argument("--executor", choices=["ray", "serial"], default="ray")
+    s.add_argument("--address", help="Ray cluster address (host:port or 'auto'); default: an "
+                                      "embedded local Ray started and stopped by this command")
+    s.add_argument("--workers", type=int, default=2, help="CPUs of the embedded local Ray")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads per evaluation (default 1 on Ray, 2 serial)")
+    s.add_argument("--resume", action="store_true", help="continue the search logged in --out")
+    s.set_defaults(func=cmd_search)
+
+    w = sub.add_parser("sweep", help="per-layer sensitivity: every technique (prune, bits, "
+                                     "rank), one layer at a time")
+    _spec_args(w)
+    w.add_argument("--sparsities", default="0.25,0.5,0.75")
+    w.add_argument("--ranks", default="0.75,0.5,0.25", help="fractions of min(in, out)")
+    w.add_argument("--eval", choices=["quick", "full"], default="quick")
+    w.add_argument("--base", help="preset to start from (default: the fp32 model)")
+    w.add_argument("--path", action="append", default=[], help="only these layers (repeatable)")
+    w.add_argument("--threads", type=int, default=2)
+    w.set_defaults(func=cmd_sweep, bits="8,6,4,3,2")

@@ -1,0 +1,164 @@
+"""Streaming figures: WER vs chunk size, first-partial latency and real-time factor per device.
+
+    rows = streaming_table(model, eval_set, chunks_s=(0.5, 1, 2, 4, None))
+
+WER is measured (greedy CTC on the chunked simulation, jiwer). Per-chunk compute on a device is
+simulated with the latency model's public API: `predict_latency` of the model at three lengths
+gives time(n) = a + b n + c n^2 over n encoder frames (the n^2 term is attention); one step with
+q = chunk + look-ahead queries and k = left + q keys then costs a + b q + c q k.
+
+    first-partial latency = chunk + look-ahead + 20 ms (stem) + compute of one step
+    real-time factor      = compute of one step / chunk duration
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from workbench.streaming.step import (FRAMES_PER_SECOND, StreamConfig, StreamingStep,
+                                      stream_logits)
+
+#: Lengths (encoder frames) at which the latency model is priced to fit a + b n + c n^2.
+FIT_FRAMES = (50, 150, 300)
+
+
+def device_name(prefix: str) -> str:
+    """The latency model's device whose name starts with `prefix` ('rpi4' -> 'rpi4' or
+    'rpi4_a72', whichever the installed device files call it)."""
+    from workbench.latency import known_devices
+
+    names = sorted(known_devices())
+    for name in names:
+        if name == prefix:
+            return name
+    for name in names:
+        if name.startswith(prefix):
+            return name
+    from workbench.streaming.step import StreamingError
+    raise StreamingError(f"device {prefix!r}: not among the latency model's devices {names}")
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Simulated time of one streaming step on a device (ms, with the device's error band)."""
+
+    device: str
+    a_ms: float
+    b_ms: float      # per query frame
+    c_ms: float      # per query x key frame
+    band_pct: float
+
+    def step_ms(self, queries: int, keys: int) -> float:
+        return self.a_ms + self.b_ms * queries + self.c_ms * queries * keys
+
+    def full_ms(self, frames: int) -> float:
+        return self.step_ms(frames, frames)
+
+
+def step_cost(model, device: str, plan=None) -> StepCost:
+    """Fit a + b n + c n^2 to the latency model's prediction at FIT_FRAMES lengths."""
+    from workbench.latency import predict_latency
+
+    kw = {"weight_bits": plan} if plan is not None else {}
+    ys, band = [], 0.0
+    for n in FIT_FRAMES:
+        rep = predict_latency(model, device, audio_seconds=n / FRAMES_PER_SECOND, **kw)
+        ys.append(rep.total_ms)
+        band = rep.error_band_pct
+    x = torch.tensor([[1.0, n, n * n] for n in FIT_FRAMES], dtype=torch.float64)
+    a, b, c = torch.linalg.solve(x, torch.tensor(ys, dtype=torch.float64)).tolist()
+    return StepCost(device, a, b, max(c, 0.0), band)
+
+
+def cache_bytes(model, cfg: StreamConfig) -> int:
+    """fp32 bytes of the state carried between steps: K/V of the left context in every block,
+    the CTC head's 4 frames and the 2 overlapping mel frames."""
+    blocks = model.blocks
+    kv = sum(2 * cfg.left * b.attn.n_heads * b.attn.head_dim for b in blocks)
+    head = 4 * model.ctc_head.proj_in.out_features
+    return 4 * (kv + head + 2 * model.config.n_mels)
+
+
+@torch.inference_mode()
+def chunked_transcripts(model, eval_set, cfg: StreamConfig | None, max_frames: int = 12_000
+                        ) -> list[str]:
+    """Greedy transcripts of every utterance: chunked (cfg) or full context (cfg None)."""
+    from workbench.decode import greedy_decode
+    from workbench.evaluate import batches, transcribe
+    from workbench.features import collate_features
+
+    if cfg is None:
+        return transcribe(model, eval_set.features, max_frames)
+    step = StreamingStep(model, cfg).eval()
+    feats = eval_set.features
+    hyps = [""] * len(feats)
+    for idx in batches([f.shape[-1] for f in feats], max_frames):
+        x, lens = collate_features([feats[i] for i in idx])
+        logits, t_len = stream_logits(step, x, lens)
+        for i, text in zip(idx, greedy_decode(logits.log_softmax(-1), t_len)):
+            hyps[i] = text
+    return hyps
+
+
+@dataclass(frozen=True)
+class StreamingRow:
+    chunk_s: float | None          # None: full context (the whole utterance at once)
+    lookahead_s: float
+    left_s: float
+    wer: float
+    cer: float
+    cache_bytes: int
+    algorithmic_ms: float          # audio that must arrive before the first partial
+    compute_ms: dict               # device -> simulated ms of one step (full: one utterance)
+    first_partial_ms: dict         # device -> algorithmic + compute
+    rtf: dict                      # device -> compute / chunk (full: / utterance)
+    band_pct: dict                 # device -> +- % of the latency model
+
+
+def streaming_table(model, eval_set, chunks_s: Sequence[float | None] = (0.5, 1.0, 2.0, 4.0, None),
+                    lookahead_s: float = 0.0, left_s: float = 4.0,
+                    devices: Sequence[str] = ("rpi4", "rpi5"), plan=None,
+                    progress: bool = True) -> list[StreamingRow]:
+    """WER (measured, chunked simulation) and latency (simulated) per chunk size and device."""
+    from tqdm import tqdm
+
+    from workbench.evaluate import score
+
+    names = [device_name(d) for d in devices]
+    costs = {d: step_cost(model, d, plan) for d in names}
+    mean_frames = round(sum(f.shape[-1] for f in eval_set.features) / len(eval_set) / 2)
+    rows = []
+    for chunk in tqdm(list(chunks_s), desc="streaming: chunk sizes", disable=not progress,
+                      leave=False):
+        cfg = None if chunk is None else StreamConfig.from_seconds(chunk, lookahead_s, left_s)
+        hyps = chunked_transcripts(model, eval_set, cfg)
+        wer, cer, _ = score(eval_set.texts, hyps)
+        if cfg is None:
+            algo = 1e3 * mean_frames / FRAMES_PER_SECOND
+            compute = {d: c.full_ms(mean_frames) for d, c in costs.items()}
+            rtf = {d: ms / algo for d, ms in compute.items()}
+            mem = 0
+        else:
+            algo = 1e3 * cfg.algorithmic_latency_s
+            q = cfg.chunk + cfg.lookahead
+            compute = {d: c.step_ms(q, cfg.left + q) for d, c in costs.items()}
+            rtf = {d: ms / (1e3 * cfg.chunk_s) for d, ms in compute.items()}
+            mem = cache_bytes(model, cfg)
+        rows.append(StreamingRow(chunk, lookahead_s, left_s, wer, cer, mem, algo, compute,
+                                 {d: algo + ms for d, ms in compute.items()}, rtf,
+                                 {d: c.band_pct for d, c in costs.items()}))
+    return rows
+
+
+def rows_to_dicts(rows: Sequence[StreamingRow]) -> list[dict]:
+    out = []
+    for r in rows:
+        d = asdict(r)
+        for key in ("compute_ms", "first_partial_ms", "rtf"):
+            d[key] = {k: round(v, 4 if key == "rtf" else 1) for k, v in d[key].items()}
+        d["wer"], d["cer"] = round(r.wer, 4), round(r.cer, 4)
+        d["chunk"] = "full context" if r.chunk_s is None else f"{r.chunk_s:g} s"
+        out.append(d)
+    return out
