@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     b.add_argument("what", choices=["interactive", "latency", "export", "conditions",
-                                    "streaming", "search"])
+                                    "streaming", "search", "drift"])
     b.add_argument("--json", action="store_true")
     b.add_argument("--n-plans", type=int, default=30)
     b.add_argument("--changes", type=int, default=30)
@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_parsers(sub)
     from workbench.latency.cli import add_parser as add_latency_parser
     add_latency_parser(sub)
+    from workbench.deploy.arm64 import add_parser as add_arm64_parser  # verify-arm64
+    add_arm64_parser(sub)
 
     lab = sub.add_parser("lab", help="open the workbench notebook in JupyterLab")
     lab.add_argument("--port", type=int, default=8888)

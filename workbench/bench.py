@@ -145,6 +145,9 @@ def run(what: str, args) -> dict:
     if what == "conditions":
         from workbench.conditions.cli import bench_conditions
         return bench_conditions(args)
+    if what == "drift":
+        from workbench.deploy.bench_drift import bench_drift
+        return bench_drift(args)
     if what == "streaming":
         from workbench.streaming.bench import bench_streaming
         return bench_streaming(args)
