@@ -134,7 +134,45 @@ CASES = [
      ["'whisper'", "whisper_ctc"]),
     ("plan-with_group-role-typo", lambda m: INT8.with_group("atention", "skip"), PlanError,
      ["role", "atention"]),
+    ("plan-with_layer-int-key", lambda m: INT8.with_layer(3, "skip"), PlanError, ["layers"]),
+    ("plan-resolve-None", lambda m: INT8.resolve(None), ArgumentError,
+     ["CompressionPlan.resolve(model="]),
+    ("plan-for_model-str", lambda m: INT8.for_model("demo"), ArgumentError,
+     ["CompressionPlan.for_model(model="]),
+    ("preset-amount-2", lambda m: wb.presets.prune_ffn_neurons(2.0), PlanError,
+     ["amount", "2.0"]),
+    ("preset-energy-0", lambda m: wb.presets.low_rank_ffn(0), PlanError, ["energy"]),
+    ("preset-importance-typo", lambda m: wb.presets.prune_attention_heads(0.25, "taylr"),
+     PlanError, ["importance", "taylr"]),
+    ("compress-calib-str", lambda m: wb.compress(m, INT8, calib="calib.jsonl"), PlanError,
+     ["calib"]),
+    ("compress-taylor-no-calib", lambda m: wb.compress(m, wb.presets.prune_ffn_neurons(
+        0.5, "taylor")), PlanError, ["taylor", "calib"]),
+    ("RecoverConfig-steps-0", lambda m: wb.RecoverConfig(steps=0), WorkbenchError,
+     ["RecoverConfig.steps", "0"]),
+    ("RecoverConfig-steps-negative", lambda m: wb.RecoverConfig(steps=-5), WorkbenchError,
+     ["RecoverConfig.steps", "-5"]),
+    ("RecoverConfig-steps-float", lambda m: wb.RecoverConfig(steps=2.5), WorkbenchError,
+     ["RecoverConfig.steps", "2.5"]),
+    ("RecoverConfig-lr-nan", lambda m: wb.RecoverConfig(lr=float("nan")), WorkbenchError,
+     ["RecoverConfig.lr", "nan"]),
+    ("RecoverConfig-lr-0", lambda m: wb.RecoverConfig(lr=0.0), WorkbenchError, ["lr"]),
+    ("RecoverConfig-minutes-negative", lambda m: wb.RecoverConfig(max_minutes=-1.0),
+     WorkbenchError, ["RecoverConfig.max_minutes", "-1"]),
+    ("evaluate-lexicon-str", lambda m: wb.evaluate(m, _one_utt(), lexicon="words.txt"),
+     ArgumentError, ["evaluate(lexicon=", "str"]),
+    ("EvalSet-subset-out-of-range", lambda m: _one_utt().subset([5]), ArgumentError,
+     ["EvalSet.subset", "[5]"]),
+    ("normalize_text-None", lambda m: __import__("workbench.data").data.normalize_text(None),
+     DataError, ["normalize_text", "NoneType"]),
+    ("save_flac-nan", lambda m: __import__("workbench.data").data.save_flac(
+        "/nonexistent-dir/x.flac", torch.full((100,), math.nan)), DataError,
+     ["x.flac", "NaN"]),
 ]
+
+
+def _one_utt() -> EvalSet:
+    return EvalSet("one", Path("one.jsonl"), ("a",), ("a b",), (torch.zeros(80, 20),))
 
 
 @pytest.mark.parametrize("call,error,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -334,3 +334,23 @@ def test_random_json_lines_manifest(tmp_path: Path, lines: list) -> None:
 
 def test_data_error_is_a_workbench_error() -> None:
     assert issubclass(DataError, WorkbenchError) and issubclass(ArgumentError, WorkbenchError)
+
+
+def test_librispeech_transcript_not_utf8(tmp_path: Path) -> None:
+    from workbench.data import read_librispeech
+    chapter = tmp_path / "84" / "121"
+    chapter.mkdir(parents=True)
+    (chapter / "84-121.trans.txt").write_bytes(b"84-121-0000 CAF\xc9\n")
+    with pytest.raises(DataError) as err:
+        read_librispeech(tmp_path)
+    assert "84-121.trans.txt" in str(err.value) and "UTF-8" in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs,expected", [({"sample_rate": 0}, "sample_rate=0"),
+                                             ({"sample_rate": 16000.0}, "sample_rate=16000.0"),
+                                             ({"max_seconds": -1}, "max_seconds=-1")],
+                         ids=["rate-0", "rate-float", "max-seconds-negative"])
+def test_load_audio_bad_arguments(folder: Path, kwargs: dict, expected: str) -> None:
+    with pytest.raises(DataError) as err:
+        load_audio(folder / "ok.wav", **kwargs)
+    assert expected in str(err.value)

@@ -320,3 +320,10 @@ def test_random_json_like_text_gives_plan_or_plan_error(model, text: str) -> Non
 
 def test_plan_error_is_a_workbench_error() -> None:
     assert issubclass(PlanError, WorkbenchError)
+
+
+def test_too_many_groups_refused() -> None:
+    groups = ", ".join(['{"role": "ffn", "config": "skip"}'] * 10_001)
+    with pytest.raises(PlanError) as err:
+        plan_from_json('{"groups": [' + groups + "]}", "p.json")
+    assert "groups" in str(err.value) and "10000" in str(err.value).replace(",", "")

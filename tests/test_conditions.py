@@ -174,3 +174,20 @@ def test_cli_plan_without_conditions_is_refused() -> None:
     out = subprocess.run([sys.executable, "-m", "workbench", "eval", "--plan", "p.json"],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and "--conditions" in out.stderr
+
+
+def test_export_report_and_card_give_the_grid_from_the_onnx_model(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    from workbench.compress.presets import int8_everywhere
+    from workbench.export.apply import ApplyOptions, apply_plan
+
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = _tiny_set(tmp_path)
+    options = ApplyOptions(eval_manifests=(manifest,), latency_repeats=1, threads=(1,),
+                           simulate_devices=False, conditions="clean,white:0")
+    report = apply_plan(_tiny_model(), int8_everywhere(), tmp_path / "out", options)
+    rows = report["conditions"]["rows"]
+    assert [r["condition"] for r in rows] == ["clean", "white 0 dB"]
+    assert all(0 <= r["wer_ort"] and r["utterances"] == 3 for r in rows)
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "## Accuracy by condition" in card and "| white 0 dB | 3 |" in card

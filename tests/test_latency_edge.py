@@ -199,6 +199,24 @@ def test_an_unknown_device_suggests_the_closest(tiny_cnn) -> None:
     assert issubclass(UnknownDeviceError, DeviceError)
 
 
+@pytest.mark.parametrize("name,expected", [
+    ("rpi4", "rpi4_a72"), ("riscv_u74", "riscv_u74_jh7110"), ("cortex_m4", "cortex_m4_stm32l4"),
+    ("cortex_m55", "cortex_m55_alif_e7"), ("RPI5-A76", "rpi5_a76"),
+    ("cortex_m7", "cortex_m7_stm32h743"),
+])
+def test_short_and_old_device_names_find_their_file(name, expected) -> None:
+    from workbench.latency.predict import resolve_target
+    assert resolve_target(name, None, None)[0].name == expected
+
+
+@pytest.mark.parametrize("name,expected", [("LiteRT", "xnnpack"), ("cmsis-nn", "cmsis_nn_tflm"),
+                                           ("whisper.cpp", "ggml"), ("ORT", "onnxruntime")])
+def test_other_runtime_spellings(name, expected) -> None:
+    from workbench.latency.predict import resolve_target
+    device = "cortex_m4" if expected == "cmsis_nn_tflm" else "rpi4_a72"
+    assert resolve_target(device, name, None)[1].name == expected
+
+
 def test_an_unknown_runtime_suggests_the_closest(tiny_cnn) -> None:
     model, mk = tiny_cnn
     with pytest.raises(UnknownDeviceError, match="Did you mean 'xnnpack'"):
@@ -304,3 +322,27 @@ def test_a_bad_dataset_row_names_the_line(tmp_path) -> None:
     with pytest.raises(DataError, match=r"m.jsonl:2: missing field\(s\) source"):
         load_measurements(tmp_path / "m.jsonl")
     assert issubclass(DataError, WorkbenchError)
+
+
+def test_the_joint_fit_lowers_the_error_on_its_rows() -> None:
+    from workbench.latency.published import DEVICE_SCALES, _rows, fit_runtimes
+    rows = _rows([m for m in load_measurements()
+                  if m.model in ("ds_cnn_kws", "toyadmos_autoencoder")])
+    def mape(params=None) -> float:
+        return sum(abs((r.predict_ms(dict(r.rt.priors), 1.0) if params is None else
+                        r.predict_ms(params[r.rt.name], params[DEVICE_SCALES][r.dev.name]))
+                       / r.m.ms - 1) for r in rows) / len(rows)
+    fitted = fit_runtimes(rows)
+    assert mape(fitted) < 0.5 * mape()
+    assert all(0.2 < s < 5 for s in fitted[DEVICE_SCALES].values())
+
+
+def test_a_device_file_without_a_fitted_scale_defaults_to_one(tmp_path) -> None:
+    data = _device_json()
+    del data["efficiency_scale"]
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    assert load_edge_device(path=tmp_path / "d.json").efficiency_scale == 1.0
+    data["efficiency_scale"] = {"value": -2, "source": "x", "mark": "fitted"}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    with pytest.raises(DeviceFileError, match="efficiency_scale' must be > 0"):
+        load_edge_device(path=tmp_path / "d.json")

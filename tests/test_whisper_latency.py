@@ -46,3 +46,21 @@ def test_decoder_compression_lowers_the_per_token_cost(model):
     assert pruned_lat.encoder.total_ms == pytest.approx(base.encoder.total_ms)
     emb = [x for x in base.step.layers if x.path == "decoder.token_embedding"]
     assert len(emb) == 1 and emb[0].role == "head"        # the tied projection is priced per token
+
+
+def test_scripted_whisper_changes_are_valid_plans():
+    from workbench.whisper_bench import scripted_whisper_changes
+    model = WhisperASR(WhisperCTCConfig(n_layers=2, n_ctx=100),            # tiny.en widths
+                       WhisperDecoderConfig(n_vocab=100, n_ctx=16, n_layers=2))
+    plans = scripted_whisper_changes(20, seed=0, n_enc=2, n_dec=2)
+    assert len(plans) == 20
+    touched = {p.split(".")[0] for plan in plans for p in plan.layers}
+    assert touched == {"encoder", "decoder"}
+    for plan in plans:
+        plan.resolve(model)                    # every path exists and every setting applies
+
+
+def test_bench_whisper_is_a_cli_choice():
+    from workbench.__main__ import build_parser
+    args = build_parser().parse_args(["bench", "whisper", "--json"])
+    assert args.what == "whisper"

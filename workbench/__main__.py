@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     b.add_argument("what", choices=["interactive", "latency", "export", "conditions",
-                                    "streaming", "search", "drift"])
+                                    "streaming", "search", "whisper", "drift"])
     b.add_argument("--json", action="store_true")
     b.add_argument("--n-plans", type=int, default=30)
     b.add_argument("--changes", type=int, default=30)
@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--strict", action="store_true")
     a.add_argument("--runtime", choices=["onnx", "executorch"], default="onnx",
                    help="onnx: model.onnx for ONNX Runtime; executorch: model.pte (XNNPACK)")
+    a.add_argument("--conditions", nargs="?", const="default", default=None, metavar="GRID",
+                   help="also measure the ONNX model on a conditions grid (default grid if no "
+                        "GRID): report.json 'conditions' and the card's accuracy by condition")
     a.set_defaults(func=cmd_apply)
 
     r = sub.add_parser("recover", help="prune / factorize by a plan, then recover accuracy by "

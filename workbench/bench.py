@@ -148,6 +148,9 @@ def run(what: str, args) -> dict:
     if what == "drift":
         from workbench.deploy.bench_drift import bench_drift
         return bench_drift(args)
+    if what == "whisper":
+        from workbench.whisper_bench import bench_whisper
+        return bench_whisper(args)
     if what == "streaming":
         from workbench.streaming.bench import bench_streaming
         return bench_streaming(args)

@@ -33,6 +33,11 @@ class EvalSet:
         return sum(f.shape[-1] for f in self.features) / FRAMES_PER_SECOND
 
     def subset(self, indices: list[int], name: str | None = None) -> "EvalSet":
+        bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int)
+               or not -len(self) <= i < len(self)]
+        if bad:
+            raise ArgumentError(f"EvalSet.subset(indices=...): {bad[:5]} not indices of the "
+                                f"{len(self)} utterances of '{self.name}'.")
         return EvalSet(name or f"{self.name}[{len(indices)}]", self.manifest,
                        tuple(self.ids[i] for i in indices), tuple(self.texts[i] for i in indices),
                        tuple(self.features[i] for i in indices))
@@ -195,6 +200,9 @@ def evaluate(model: CTCModel, eval_set: EvalSet, lexicon=None) -> EvalResult:
     from workbench.checks import check_model
     check_model(model, "evaluate")
     check_eval_set(eval_set, "evaluate")
+    if lexicon is not None and not callable(getattr(lexicon, "correct", None)):
+        raise ArgumentError(f"evaluate(lexicon=...): expected a workbench.lexicon.Lexicon (or "
+                            f"None), got {type(lexicon).__name__}.")
     start = time.perf_counter()
     hyps = transcribe(model, eval_set.features)
     if lexicon is not None:

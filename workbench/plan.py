@@ -228,8 +228,8 @@ class CompressionPlan(_Frozen):
     model_fingerprint: str | None = Field(None, max_length=200, description=(
         "Architecture id of the model the plan was made for; null = any."))
     default: LayerConfig = Field(default_factory=LayerConfig)
-    groups: tuple[GroupEntry, ...] = ()
-    layers: dict[str, LayerEntry] = Field(default_factory=dict, description=(
+    groups: tuple[GroupEntry, ...] = Field((), max_length=10_000)
+    layers: dict[str, LayerEntry] = Field(default_factory=dict, max_length=100_000, description=(
         "Module path or fnmatch pattern -> LayerConfig or \"skip\"."))
 
     @field_validator("layers")
@@ -286,6 +286,8 @@ class CompressionPlan(_Frozen):
 
     def for_model(self, model: nn.Module) -> CompressionPlan:
         """This plan stamped with `model`'s fingerprint."""
+        from workbench.checks import check_model
+        check_model(model, "CompressionPlan.for_model")
         return self.model_validate({**self._fields(), "model_fingerprint": fingerprint_of(model)})
 
     def _fields(self) -> dict[str, Any]:
@@ -299,8 +301,10 @@ class CompressionPlan(_Frozen):
         unknown path, a technique that fits none of the layers its entry names, an explicit
         rank above min(in, out), or (unless `force`) a plan made for another model.
         """
+        from workbench.checks import check_model
         from workbench.compress.targets import find_targets  # compress imports this module
 
+        check_model(model, "CompressionPlan.resolve")
         check_fingerprint(self, model, force)
         modules = dict(model.named_modules())
         targets = find_targets(model)

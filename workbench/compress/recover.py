@@ -57,6 +57,24 @@ class RecoverConfig:
     max_minutes: float | None = None  # stop early when the wall-clock budget is spent
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        import math
+        ints = {"steps": 1, "warmup": 0, "max_batch_frames": 100, "seed": 0}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise WorkbenchError(f"RecoverConfig.{name}: an integer >= {low}, got "
+                                     f"{value!r:.30}.")
+        floats = ("lr", "weight_decay", "hidden_weight", "kd_weight", "ctc_weight", "grad_clip")
+        for name in floats + (("max_minutes",) if self.max_minutes is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or \
+                    not math.isfinite(value) or value < 0:
+                raise WorkbenchError(f"RecoverConfig.{name}: a finite number >= 0, got "
+                                     f"{value!r:.30}.")
+        if not self.lr > 0 or (self.max_minutes is not None and not self.max_minutes > 0):
+            raise WorkbenchError("RecoverConfig: lr and max_minutes must be > 0.")
+
 
 @dataclass(frozen=True)
 class Recovered:

@@ -14,6 +14,7 @@ How it is fast and repeatable:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -129,27 +130,30 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
 
 
-def _load_clean(manifest: Path):
+def _load_clean(manifest: Path, limit: int | None = None):
     from workbench.data import load_audio, normalize_text, read_manifest
 
-    utts = read_manifest(manifest)
+    utts = read_manifest(manifest)[:limit]
     return utts, [load_audio(u.audio_path) for u in utts], [normalize_text(u.text) for u in utts]
 
 
-def _cache_path(cond: Condition, manifest: Path, seed: int, root: Path | None = None) -> Path:
+def _cache_path(cond: Condition, manifest: Path, seed: int, root: Path | None = None,
+                limit: int | None = None) -> Path:
     from workbench.paths import cache_dir
 
     key = hashlib.sha1("|".join([CACHE_VERSION, cond.name, str(seed), str(manifest.resolve()),
-                                 _file_digest(manifest)]).encode()).hexdigest()[:20]
+                                 _file_digest(manifest), str(limit)]).encode()).hexdigest()[:20]
     return (Path(root) if root is not None else cache_dir() / "conditions") / f"{key}.pt"
 
 
 def condition_sets(grid="default", manifest: Path | str | None = None, *, seed: int = 0,
                    cache: bool = True, progress: bool = True, skip_missing: bool = True,
-                   cancel: Callable[[], bool] | None = None, cache_root: Path | None = None
+                   cancel: Callable[[], bool] | None = None, cache_root: Path | None = None,
+                   limit: int | None = None
                    ) -> tuple[list[tuple[Condition, EvalSet]], dict]:
     """[(condition, EvalSet of its log-mel features)] and stats {'feature_seconds', 'from_cache',
-    'skipped', 'durations'}. Features are read from the user cache when present."""
+    'skipped', 'durations'}. Features are read from the user cache when present.
+    limit: only the first N utterances of the manifest."""
     from tqdm import tqdm
 
     from workbench.conditions import sources
@@ -170,13 +174,13 @@ def condition_sets(grid="default", manifest: Path | str | None = None, *, seed: 
     clean = None
     out, from_cache = [], 0
     from workbench.data import read_manifest
-    utts = read_manifest(manifest)
+    utts = read_manifest(manifest)[:limit]
     ids = tuple(u.id for u in utts)
     durations = tuple(float(u.duration) for u in utts)
     for cond in tqdm(conds, desc="conditions: features", disable=not progress, leave=False):
         if cancel is not None and cancel():
             raise Cancelled()
-        path = _cache_path(cond, manifest, seed, cache_root)
+        path = _cache_path(cond, manifest, seed, cache_root, limit)
         feats = None
         if cache and path.is_file():
             try:
@@ -188,7 +192,7 @@ def condition_sets(grid="default", manifest: Path | str | None = None, *, seed: 
                 feats = None  # unreadable cache entry: recompute it
         if feats is None:
             if clean is None:
-                _, waves, texts_list = _load_clean(manifest)
+                _, waves, texts_list = _load_clean(manifest, limit)
                 clean = (waves, tuple(texts_list))
             waves, texts = clean
             extra = {}
@@ -245,14 +249,18 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
                         cancel: Callable[[], bool] | None = None,
                         on_progress: Callable[[int, int, str], None] | None = None,
                         plan_name: str | None = None,
-                        cache_root: Path | None = None) -> ConditionsResult:
+                        cache_root: Path | None = None, run_lock=None,
+                        limit: int | None = None) -> ConditionsResult:
     """WER / CER of `model` (and of `plan` applied to it) under every condition of `grid`.
 
     grid: "default" (16 conditions), "full" (24), a comma list ("white:10,reverb:0.6") or
     Condition objects. manifest: the set degraded (default: the shipped real test set).
     voice_manifest: a clean set split by synthetic voice (default: the shipped synthetic test
-    set; None to skip). cache_root: folder of the feature cache (default: the user cache's
-    conditions/). The caller's model is not modified (the Session works on a copy).
+    set; None to skip). limit: the first N utterances of each set. cache_root: folder of the
+    feature cache (default: the user cache's conditions/). run_lock: a lock taken around each
+    condition's model runs (the UI passes the Session's RUN_LOCK, so a live slider evaluation
+    gets in between two conditions). The caller's model is not modified (the Session works on
+    a copy).
     """
     from tqdm import tqdm
 
@@ -263,12 +271,12 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
 
     t0 = time.perf_counter()
     sets, stats = condition_sets(grid, manifest, seed=seed, cache=cache, progress=progress,
-                                 cancel=cancel, cache_root=cache_root)
+                                 cancel=cancel, cache_root=cache_root, limit=limit)
     jobs = [(c, es) for c, es in sets]
     if voice_manifest is not None:
         vm = SYNTH_TEST if voice_manifest == "default" else Path(voice_manifest)
         vsets, vstats = condition_sets(["clean"], vm, seed=seed, cache=cache, progress=False,
-                                       cache_root=cache_root)
+                                       cache_root=cache_root, limit=limit)
         jobs += vsets
         stats["feature_seconds"] += vstats["feature_seconds"]
         stats["from_cache"] += vstats["from_cache"]
@@ -281,14 +289,15 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
             raise Cancelled()
         if on_progress is not None:
             on_progress(k, total, es.name)
-        session = Session(model, es, warm_svd=False, quick_utterances=min(16, len(es)))
-        base = session.baseline_full
-        planned = None
-        if plan is not None:
-            try:
-                planned = session.evaluate(plan, "full", cancel=cancel)
-            except SessionCancelled:
-                raise Cancelled() from None
+        with run_lock if run_lock is not None else contextlib.nullcontext():
+            session = Session(model, es, warm_svd=False, quick_utterances=min(16, len(es)))
+            base = session.baseline_full
+            planned = None
+            if plan is not None:
+                try:
+                    planned = session.evaluate(plan, "full", cancel=cancel)
+                except SessionCancelled:
+                    raise Cancelled() from None
         is_voice_set = voice_manifest is not None and k >= len(sets)
         set_name = Path(es.manifest).parent.name
         hyps_out[(cond.name, set_name)] = (base.hypotheses,

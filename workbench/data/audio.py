@@ -58,6 +58,12 @@ def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE,
     than `max_seconds` (from the header, before reading), has a sample rate below
     MIN_SAMPLE_RATE, or holds NaN / Inf samples or samples far outside [-1, 1].
     """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or \
+            not MIN_SAMPLE_RATE <= sample_rate <= 192_000:
+        raise DataError(f"load_audio(sample_rate={sample_rate!r:.20}): an integer rate in Hz, "
+                        f"{MIN_SAMPLE_RATE}..192000 (the workbench runs at {SAMPLE_RATE}).")
+    if not isinstance(max_seconds, int | float) or not max_seconds > 0:
+        raise DataError(f"load_audio(max_seconds={max_seconds!r:.20}): a number of seconds > 0.")
     path = Path(path)
     info = _header(path)
     seconds, rate = info.frames / info.samplerate, info.samplerate
@@ -108,6 +114,8 @@ def save_flac(path: Path | str, wave: torch.Tensor, sr: int = SAMPLE_RATE) -> Pa
                         f"{tuple(wave.shape)}")
     if wave.numel() == 0:
         raise DataError(f"{path}: refusing to write an empty waveform")
+    if not bool(torch.isfinite(wave).all()):
+        raise DataError(f"{path}: refusing to write a waveform with NaN or infinite samples")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = wave.detach().to(torch.float32).clamp(-1.0, 1.0).cpu().numpy()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".flac")

@@ -179,7 +179,12 @@ def read_librispeech(root: Path | str) -> list[Utterance]:
                         "layout (e.g. the folder that contains 84/121123/84-121123.trans.txt)")
     utts: list[Utterance] = []
     for trans in trans_files:
-        for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            lines = trans.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise DataError(f"{trans}: not UTF-8 text ({err.reason} at byte {err.start}); save "
+                            f"the transcript as UTF-8.") from None
+        for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")

@@ -140,6 +140,9 @@ def normalize_text(s: str) -> str:
     Apostrophes survive only inside words ("don't", "o'clock"); other punctuation becomes a word
     break; accents are stripped ("café" -> "cafe"); whitespace is collapsed. Idempotent.
     """
+    if not isinstance(s, str):
+        from workbench.errors import DataError
+        raise DataError(f"normalize_text: expected a transcript string, got {type(s).__name__}.")
     s = unicodedata.normalize("NFKC", s)
     s = s.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
     for pattern, repl in _PATTERNS:

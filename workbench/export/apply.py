@@ -54,6 +54,7 @@ class ApplyOptions:
     simulate_devices: bool = True
     model_name: str = "workbench-ctc"
     checkpoint: str | None = None             # shown in the card's "reproduce" line
+    conditions: str | None = None             # a conditions grid ("default") measured in ORT
 
 
 def check_output_dir(out: Path, force: bool) -> None:
@@ -130,6 +131,10 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
         "rounded_up": [r["path"] for r in layers if r["changes"]],
         "notes": list(export.notes),
     }
+    if options.conditions and eval_sets:
+        from workbench.conditions.export_report import conditions_report
+        report["conditions"] = conditions_report(ort_model, export.sim, model, options.conditions,
+                                                 eval_sets[0].manifest)
     if calib is not None:
         report["calibration"] = {
             "manifest": str(calib.manifest), "utterances": len(calib),
@@ -205,7 +210,8 @@ def apply_cli(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or str(DEMO_DIR / DEMO_FILE)
     options = ApplyOptions(strict=args.strict, overwrite=args.force,
                            model_name=Path(args.checkpoint).stem if args.checkpoint else
-                           "workbench-demo-whisper-ctc", checkpoint=checkpoint)
+                           "workbench-demo-whisper-ctc", checkpoint=checkpoint,
+                           conditions=getattr(args, "conditions", None))
     try:
         report = apply_plan(model, plan, out, options)
     except KeyboardInterrupt:

@@ -204,6 +204,11 @@ def data_readme() -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
+def _conditions_section(report: Mapping[str, Any]) -> str:
+    from workbench.conditions.export_report import card_section
+    return card_section(dict(report))
+
+
 def render(report: Mapping[str, Any], resolved: Mapping[str, Any], plan_json: str,
            checkpoint_metadata: Mapping[str, Any] | None = None) -> str:
     """The whole card as Markdown."""
@@ -224,7 +229,7 @@ def render(report: Mapping[str, Any], resolved: Mapping[str, Any], plan_json: st
                  f"{report['parity']['argmax_agreement']:.2%}, max |Δ probability| "
                  f"{report['parity']['max_abs_diff_probs']}, max |Δ log-probability| "
                  f"{report['parity']['max_abs_diff_log_probs']} (largest on unlikely tokens).",
-                 "",
+                 "", "## Accuracy by condition", "", _conditions_section(report), "",
                  "## Size and latency", "",
                  size_sentence(size), "", latency_section(report), "",
                  "## Calibration data", "", report.get("calibration", {}).get(

@@ -76,7 +76,7 @@ def price_ops(ops: Sequence[FusedOp], bits: Mapping[str, int | None], device: Ed
     p = runtime.params
     clock = device.clock_mhz * 1e6
     n = max(1, min(int(threads), device.cores))
-    speedup = 1 + (n - 1) * p["thread_efficiency"]
+    speedup = (1 + (n - 1) * p["thread_efficiency"]) * device.efficiency_scale
     bw = device.memory_bandwidth_gbs * 1e9 * p["memory_efficiency"]
     weighted = [op for op in ops if op.kind in ("gemm", "conv", "dwconv") and op.weight_elems]
     model_int8 = bool(weighted) and all(

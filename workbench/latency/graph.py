@@ -47,7 +47,8 @@ _VIEWS = {"view", "_unsafe_view", "reshape", "transpose", "permute", "expand", "
           "split_with_sizes", "unbind", "chunk", "narrow", "lift_fresh", "flatten",
           "unflatten", "view_as", "expand_as", "_reshape_alias", "contiguous", "numpy_T",
           "sym_size", "sym_stride", "sym_numel", "is_same_size", "size", "stride", "dim",
-          "_local_scalar_dense", "item", "empty", "zeros", "ones", "full", "arange", "scalar_tensor",
+          "_local_scalar_dense", "item", "empty", "zeros", "ones", "full", "arange",
+          "scalar_tensor",
           "empty_like", "zeros_like", "ones_like", "new_zeros", "new_ones", "new_empty", "fill",
           "lift", "_to_copy_noop", "masked_fill_mask"}
 #: Elementwise ops a runtime fuses into the weight layer that produced their input.
@@ -175,7 +176,8 @@ class _Tracer(TorchDispatchMode):
                 kind = "conv"
             return self._new(kind, path, macs, static_elems, x.numel(), out_elems, name)
         if name in ("mm", "addmm", "bmm", "baddbmm", "matmul", "dot", "mv", "addmv"):
-            a, b = (args[1], args[2]) if name in ("addmm", "baddbmm", "addmv") else (args[0], args[1])
+            bias_first = name in ("addmm", "baddbmm", "addmv")
+            a, b = (args[1], args[2]) if bias_first else (args[0], args[1])
             macs = out_elems * a.shape[-1]
             if self._is_act(a) and self._is_act(b):
                 p = self._attention_parent(acts)
@@ -212,7 +214,8 @@ class _Tracer(TorchDispatchMode):
     def _attention_parent(self, acts: list) -> _Op | None:
         for t in acts:
             p = self.producer.get(t)
-            if p is not None and p.kind == "attention" and p is (self.ops[-1] if self.ops else None):
+            last = self.ops[-1] if self.ops else None
+            if p is not None and p.kind == "attention" and p is last:
                 return p
         return None
 

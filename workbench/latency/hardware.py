@@ -81,6 +81,7 @@ class EdgeDevice:
     runtimes: tuple[str, ...]
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     path: str = ""
+    efficiency_scale: float = 1.0      # fitted compute-rate factor (1 = nominal; module doc)
 
     def peak_macs(self, precision: str) -> float:
         """MACs per second per core at `precision` (fp16 without arithmetic runs as fp32)."""
@@ -245,7 +246,11 @@ def parse_edge_device(data: Any, src: str) -> EdgeDevice:
     if int(threads) != threads or threads > cores:
         raise DeviceFileError(f"{src}: 'default_threads' must be a whole number <= cores "
                               f"({cores:g}), got {threads!r}.")
+    scale = 1.0
+    if "efficiency_scale" in data:
+        scale = _num(_get(data, "efficiency_scale", src, s), "efficiency_scale", src, upper=10.0)
     return EdgeDevice(
+        efficiency_scale=scale,
         name=str(data.get("name", Path(src).stem)), family=family,
         description=str(_get(data, "description", src, s)), core=str(_get(data, "core", src, s)),
         clock_mhz=clock, cores=int(cores), isa=tuple(isa), macs_per_cycle=mpc,

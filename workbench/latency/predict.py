@@ -28,7 +28,35 @@ from workbench.latency.hardware import (EdgeDevice, Runtime, UnknownDeviceError,
 MAX_SECONDS = 3600.0
 #: Device names of the first latency model, kept working: old name -> device file.
 ALIASES = {"rpi4": "rpi4_a72", "rpi5": "rpi5_a76", "phone_a76": "phone_pixel4_a76",
-           "cortex_m7": "cortex_m7_stm32h743", "jetson_orin_nano": "jetson_orin_nano_a78ae"}
+           "cortex_m7": "cortex_m7_stm32h743", "jetson_orin_nano": "jetson_orin_nano_a78ae",
+           # a core without a board: the board of that core most published rows come from
+           "cortex_m4": "cortex_m4_stm32l4", "cortex_m33": "cortex_m33_stm32u5",
+           "cortex_m55": "cortex_m55_alif_e7", "rpi3": "rpi3_a53", "riscv_u74": "riscv_u74_jh7110",
+           "phone_a55": "phone_pixel4_a55", "jetson": "jetson_orin_nano_a78ae",
+           "pixel4": "phone_pixel4_a76"}
+#: Other spellings of runtime names.
+RUNTIME_ALIASES = {"litert": "xnnpack", "tflite_xnnpack": "xnnpack", "ort": "onnxruntime",
+                   "onnx_runtime": "onnxruntime", "cmsis_nn": "cmsis_nn_tflm",
+                   "tflm": "cmsis_nn_tflm", "tflite_micro": "cmsis_nn_tflm",
+                   "stm32cube_ai": "x_cube_ai", "whisper_cpp": "ggml", "llama_cpp": "ggml",
+                   "executorch_xnnpack": "executorch"}
+
+
+def canonical_device(name: str) -> str:
+    """Device file name for `name`: itself, an alias, or a unique prefix of one device name."""
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    known = edge_device_names()
+    if key in known:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    matches = [n for n in known if n.startswith(key + "_")]
+    return matches[0] if len(matches) == 1 else name
+
+
+def canonical_runtime(name: str) -> str:
+    key = name.strip().lower().replace("-", "_").replace(" ", "_").replace(".", "_")
+    return RUNTIME_ALIASES.get(key, key)
 
 
 class LatencyInputError(WorkbenchError):
@@ -51,7 +79,7 @@ def check_seconds(seconds: Any, name: str = "audio_seconds") -> float:
 def is_edge(device: Any, device_file: Any = None) -> bool:
     if device_file is not None:
         return True
-    return isinstance(device, str) and (device in ALIASES or device in edge_device_names())
+    return isinstance(device, str) and canonical_device(device) in edge_device_names()
 
 
 def edge_names() -> tuple[str, ...]:
@@ -65,7 +93,7 @@ def resolve_target(device: str | None, runtime: str | Runtime | None, threads: A
     if device_file is not None:
         dev = load_edge_device(path=device_file)
     else:
-        dev = load_edge_device(ALIASES.get(device, device))
+        dev = load_edge_device(canonical_device(device) if isinstance(device, str) else device)
     if runtime is None:
         rt = load_runtime(dev.default_runtime)
     elif isinstance(runtime, Runtime):
@@ -73,7 +101,7 @@ def resolve_target(device: str | None, runtime: str | Runtime | None, threads: A
     elif isinstance(runtime, (str, Path)) and str(runtime).endswith(".json"):
         rt = load_runtime("", path=runtime)
     elif isinstance(runtime, str):
-        rt = load_runtime(runtime)
+        rt = load_runtime(canonical_runtime(runtime))
     else:
         raise LatencyInputError(f"runtime: expected a runtime name or a .json file, got "
                                 f"{runtime!r}.")

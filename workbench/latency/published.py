@@ -36,6 +36,8 @@ REPORT_FAMILIES = ("mcu", "cortex-a", "phone")
 #: Ridge weight on log(parameter / prior) relative to a row's log error.
 RIDGE = 0.3
 FIT_FILE = "published_fit.json"
+#: Key of the fitted per-device compute scales in fit_runtimes' result.
+DEVICE_SCALES = "__device_scales__"
 
 
 def measurements_path() -> Path:
@@ -145,8 +147,11 @@ class _Row:
         self.moved = np.array(moved)
         self.n_ops = len(ops)
 
-    def predict_ms(self, p: Mapping[str, float]) -> float:
-        speed = 1 + (self.n - 1) * p["thread_efficiency"]
+    def predict_ms(self, p: Mapping[str, float], scale: float | None = None) -> float:
+        """Predicted ms with runtime parameters `p`; `scale` multiplies the device's compute
+        rate (its fitted `efficiency_scale`; default: the device file's)."""
+        speed = (1 + (self.n - 1) * p["thread_efficiency"]) * (
+            self.dev.efficiency_scale if scale is None else scale)
         eff = np.array([p[f"efficiency.{k}"] for k in KINDS])
         fac = np.array([p[f] if f else 1.0 for f in self.factor])
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -154,7 +159,8 @@ class _Row:
                                self.comp / (eff[np.maximum(self.kind, 0)] * fac * speed), 0.0)
         compute = compute + self.elem * p["elementwise_cycles"] / speed
         bw = self.dev.memory_bandwidth_gbs * 1e9 * p["memory_efficiency"]
-        t = np.maximum(compute, self.moved / bw).sum() + self.n_ops * p["overhead_cycles"] / self.clock
+        t = (np.maximum(compute, self.moved / bw).sum()
+             + self.n_ops * p["overhead_cycles"] / self.clock)
         return float(t * 1e3)
 
 
@@ -199,26 +205,31 @@ def _from_x(name: str, x: float) -> float:
 
 
 def fit_runtimes(rows: Sequence[_Row]) -> dict[str, dict[str, float]]:
-    """Least-squares fit of every used runtime parameter on `rows` (module docstring)."""
+    """Least-squares fit of every used runtime parameter on `rows` (module docstring), and of
+    each device's `efficiency_scale` (under the key DEVICE_SCALES: {device: scale}; ridge to 1:
+    what a core does per cycle beyond its nominal MACs per cycle, e.g. flash wait states)."""
     from scipy.optimize import least_squares
 
     runtimes = {r.rt.name: r.rt for r in rows}
     params = {name: dict(rt.priors) for name, rt in runtimes.items()}
     keys = _used_params(rows)
-    x0 = np.array([_to_x(k, params[rt][k]) for rt, k in keys])
+    devices = sorted({r.dev.name for r in rows})
+    scales = {d: 1.0 for d in devices}
+    x0 = np.array([_to_x(k, params[rt][k]) for rt, k in keys] + [0.0] * len(devices))
     prior = x0.copy()
-    by_rt: dict[str, list[_Row]] = {}
-    for r in rows:
-        by_rt.setdefault(r.rt.name, []).append(r)
 
     def residuals(x: np.ndarray) -> np.ndarray:
         for (rt, k), v in zip(keys, x):
             params[rt][k] = _from_x(k, v)
-        res = [math.log(r.predict_ms(params[r.rt.name]) / r.m.ms) for r in rows]
+        for d, v in zip(devices, x[len(keys):]):
+            scales[d] = math.exp(v)
+        res = [math.log(r.predict_ms(params[r.rt.name], scales[r.dev.name]) / r.m.ms)
+               for r in rows]
         return np.concatenate([res, RIDGE * (x - prior)])
 
     sol = least_squares(residuals, x0, method="trf", x_scale=1.0, max_nfev=200 * len(x0))
     residuals(sol.x)
+    params[DEVICE_SCALES] = dict(scales)
     return params
 
 
@@ -236,7 +247,7 @@ def lomo(rows: Sequence[_Row]) -> list[tuple[_Row, float]]:
         for r in rows:
             if r.m.model == model:
                 p = params.get(r.rt.name, dict(r.rt.priors))
-                out.append((r, r.predict_ms(p)))
+                out.append((r, r.predict_ms(p, params[DEVICE_SCALES].get(r.dev.name, 1.0))))
     return out
 
 
@@ -275,7 +286,8 @@ def bench_published(path: str | Path | None = None) -> dict[str, Any]:
     pairs = lomo(rows)
     s = summarize(pairs)
     full = fit_runtimes(rows)
-    in_sample = summarize([(r, r.predict_ms(full[r.rt.name])) for r in rows])
+    in_sample = summarize([(r, r.predict_ms(full[r.rt.name], full[DEVICE_SCALES][r.dev.name]))
+                           for r in rows])
     checks = {f"lomo_mape_{f}_le_25": s["mape_pct_by_family"].get(f, float("inf")) <= 25
               for f in REPORT_FAMILIES}
     checks["spearman_ge_0.9"] = s["spearman"] >= 0.9
@@ -319,6 +331,31 @@ def write_fit(path: str | Path | None = None) -> dict[str, Any]:
     s = summarize(pairs)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     used = set(_used_params(rows))
+    from workbench.latency.hardware import edge_device_names, edge_devices_dir
+    scales = params.pop(DEVICE_SCALES)
+    by_family: dict[str, list[float]] = {}
+    for dev_name, scale in scales.items():
+        by_family.setdefault(load_edge_device(dev_name).family, []).append(scale)
+    app = [v for f, vs in by_family.items() if f != "mcu" for v in vs]
+    for dev_name in edge_device_names():
+        p = edge_devices_dir() / f"{dev_name}.json"
+        data = json.loads(p.read_text())
+        family = data["family"]["value"]
+        if dev_name in scales:
+            n = sum(1 for r in rows if r.dev.name == dev_name)
+            obj = {"value": round(scales[dev_name], 5), "prior": 1.0, "mark": "fitted",
+                   "source": f"fitted {when} on data/latency_measurements.jsonl ({n} rows of "
+                             f"this device, joint fit): its compute rate vs the nominal "
+                             f"macs_per_cycle x clock (wait states, issue width, caches); prior 1"}
+        else:
+            pool, what = ((by_family[family], f"the {family} devices") if family in by_family
+                          else (app, "all fitted application-class (non-MCU) devices"))
+            g = math.exp(statistics.fmean(math.log(v) for v in pool))
+            obj = {"value": round(g, 5), "prior": 1.0, "mark": "assumed",
+                   "source": f"no published rows for this device: geometric mean of the fitted "
+                             f"efficiency_scale of {what} ({when})"}
+        data["efficiency_scale"] = obj
+        p.write_text(json.dumps(data, indent=1) + "\n")
     for name, values in params.items():
         p = runtimes_dir() / f"{name}.json"
         data = json.loads(p.read_text())
@@ -334,6 +371,8 @@ def write_fit(path: str | Path | None = None) -> dict[str, Any]:
             obj["source"] = (f"fitted {when} on data/latency_measurements.jsonl ({n} rows of "
                              f"this runtime, {len(rows)} in one joint fit); prior {obj['prior']}")
         p.write_text(json.dumps(data, indent=1) + "\n")
+    for name, (src, keep) in DERIVED_RUNTIMES.items():
+        _derive_runtime(name, src, keep, when)
     out = {"fitted_at": when, "rows": len(rows), "lomo": s,
            "band_pct_by_family": s["mape_pct_by_family"],
            "band_pct_by_device": s["mape_pct_by_device"],
@@ -344,6 +383,34 @@ def write_fit(path: str | Path | None = None) -> dict[str, Any]:
                for r, pred in pairs]}
     (Path(__file__).parent / FIT_FILE).write_text(json.dumps(out, indent=1) + "\n")
     return out
+
+
+#: Runtimes without published rows that run the same kernels as a fitted one: they take its
+#: values (marked assumed), except the parameters listed (kept as assumed in their own file).
+DERIVED_RUNTIMES = {
+    "executorch": ("xnnpack", ()),                       # ExecuTorch's CPU backend is XNNPACK
+    "tflite": ("xnnpack", ("int8_factor",)),             # fp32 via the default XNNPACK delegate;
+                                                         # int8 via ruy without SDOT (assumed)
+    "cmsis_nn_tflm": ("microtvm_cmsis_nn", ()),          # the same CMSIS-NN kernels
+}
+
+
+def _derive_runtime(name: str, src: str, keep: Sequence[str], when: str) -> None:
+    s = json.loads((runtimes_dir() / f"{src}.json").read_text())
+    p = runtimes_dir() / f"{name}.json"
+    d = json.loads(p.read_text())
+
+    def copy(obj: dict) -> dict:
+        return {"value": obj["value"], "prior": obj["value"], "mark": "assumed",
+                "source": f"assumed equal to {src}'s {obj['mark']} value ({when}): same kernels, "
+                          f"no published {name} row in data/latency_measurements.jsonl"}
+    for k in KINDS:
+        d["efficiency"][k] = copy(s["efficiency"][k])
+    for k in ("int8_factor", "int8_factor_dotprod", "fp16_factor", "elementwise_cycles",
+              "overhead_cycles", "thread_efficiency", "memory_efficiency"):
+        if k not in keep:
+            d[k] = copy(s[k])
+    p.write_text(json.dumps(d, indent=1) + "\n")
 
 
 def error_band_pct(device: EdgeDevice) -> tuple[float, str]:

@@ -62,7 +62,13 @@ def bench_search(trials: int = 32, batch: int = 8, seed: int = 0, ray: bool = Tr
            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
            "serial": serial}
     if ray:
-        r = _run("ray", trials, batch, seed, threads=1, workers=2)
+        from workbench.search.executors import RayStartError
+        try:
+            r = _run("ray", trials, batch, seed, threads=1, workers=2)
+        except RayStartError as err:  # an overloaded machine: say so instead of a traceback
+            out["ray_local_2_workers"] = {"error": str(err)}
+            r = None
+    if ray and r is not None:
         out["ray_local_2_workers"] = r
         out["same_front_as_serial"] = r["front"] == serial["front"]
         out["speedup_ray_vs_serial"] = round(r["trials_per_s"] / serial["trials_per_s"], 2)

@@ -27,6 +27,7 @@ from workbench.evaluate import EvalSet
 from workbench.plan import CompressionPlan
 from workbench.session import Session
 from workbench.ui.compress_tab import CompressTab
+from workbench.ui.conditions_tab import ConditionsTab
 from workbench.ui.controller import Controller
 from workbench.ui.core import Core
 from workbench.ui.css import STYLE
@@ -37,12 +38,14 @@ from workbench.ui.listen_tab import ListenTab
 from workbench.ui.profile_tab import ProfileTab
 from workbench.ui.sensitivity_tab import SensitivityTab
 from workbench.ui.state import AppState
+from workbench.ui.streaming_tab import StreamingTab
 from workbench.ui.tradeoffs_tab import TradeoffsTab
 from workbench.ui.view import LazyView
 
 #: Environment variable: evaluate only the first n utterances in `Workbench.demo()`.
 EVAL_LIMIT_ENV = "WORKBENCH_EVAL_LIMIT"
-TAB_TITLES = ("Profile", "Compress", "Trade-offs", "Sensitivity", "Listen", "Export")
+TAB_TITLES = ("Profile", "Compress", "Trade-offs", "Sensitivity", "Listen", "Conditions",
+              "Streaming", "Export")
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,10 @@ class Workbench:
         self.sensitivity = SensitivityTab(self.controller)
         self.listen = ListenTab(self.controller)
         self.export = ExportTab(self.controller)
+        self.conditions = ConditionsTab(self.controller)
+        self.streaming = StreamingTab(self.controller)
         views = (self.profile, self.compress, self.tradeoffs, self.sensitivity, self.listen,
-                 self.export)
+                 self.conditions, self.streaming, self.export)
         self.tabs = widgets.Tab(children=[v.widget for v in views], titles=TAB_TITLES)
         self.tabs.add_class("wb-tabs")
         self._views = views

@@ -68,8 +68,8 @@ class Core:
         return load_device(name)
 
     def canonical_device(self, name: str) -> str:
-        from workbench.latency.predict import ALIASES
-        return ALIASES.get(name, name)
+        from workbench.latency.predict import canonical_device
+        return canonical_device(name)
 
     def runtimes(self, device: str, device_file: str | None = None) -> tuple[str, ...]:
         """Runtimes of an edge device (its file's list), () for the host."""
