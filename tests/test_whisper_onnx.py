@@ -1,0 +1,64 @@
+"""ONNX export of the full Whisper model (tiny random model): three graphs with per-layer past /
+cross key-value inputs and outputs; the greedy loop over ORT gives PyTorch's tokens."""
+import numpy as np
+import pytest
+import torch
+
+from workbench.models.whisper_ctc import WhisperCTCConfig
+from workbench.models.whisper_decoder import WhisperDecoderConfig
+from workbench.models.whisper_full import DecodeRules, WhisperASR
+
+torch.set_num_threads(1)
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from workbench.export.whisper_onnx import export_whisper
+    torch.manual_seed(0)
+    rules = DecodeRules(prompt=(50, 51), eot=49, suppress=(50, 51), suppress_begin=(0, 49),
+                        timestamp_begin=52)
+    model = WhisperASR(WhisperCTCConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, n_ctx=1500,
+                                        head_dim=16),
+                       WhisperDecoderConfig(n_vocab=60, n_ctx=64, d_model=32, n_heads=4,
+                                            n_layers=2, d_ff=64), rules).eval()
+    with torch.no_grad():
+        model.decoder.positional_embedding.normal_(0, 0.1)
+    return model, export_whisper(model, tmp_path_factory.mktemp("onnx"))
+
+
+def test_graphs_have_past_and_cross_key_values(exported):
+    import onnx
+    _, paths = exported
+    step = onnx.load(str(paths["decoder_step"]))
+    inputs = [i.name for i in step.graph.input]
+    outputs = [o.name for o in step.graph.output]
+    assert inputs[0] == "token" and "past_key_1" in inputs and "cross_value_1" in inputs
+    assert outputs == ["logits", "present_key_0", "present_value_0", "present_key_1",
+                       "present_value_1"]
+    init = onnx.load(str(paths["decoder_init"]))
+    assert [o.name for o in init.graph.output][-1] == "cross_value_1"
+
+
+def test_ort_greedy_loop_equals_pytorch(exported):
+    from workbench.export.whisper_onnx import OrtWhisper
+    from workbench.whisper_eval import decode_all, encode_all, silence_tail
+    model, paths = exported
+    ort_model = OrtWhisper(paths, model.rules, 2)
+    torch.manual_seed(3)
+    feats = [torch.randn(80, 57), torch.randn(80, 140)]
+    ours = decode_all(model, encode_all(model, feats), [1.0, 1.0], silence_tail(model))
+    theirs = [ort_model.transcribe_ids(f.numpy(), 24) for f in feats]
+    assert theirs == ours
+    enc = ort_model.encode(np.zeros((80, 30), np.float32))
+    ref = model.encoder.encode(torch.zeros(1, 80, 30))[0]
+    assert np.abs(enc - ref.detach().numpy()).max() < 1e-4
+
+
+def test_int8_graphs_quantize_matmuls(exported, tmp_path):
+    import onnx
+    from workbench.export.whisper_onnx import quantize_int8
+    _, paths = exported
+    q = quantize_int8(paths, tmp_path)
+    ops = {n.op_type for n in onnx.load(str(q["decoder_step"])).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
