@@ -8,8 +8,8 @@
 Greedy search as CTranslate2 / openai-whisper do it for an English-only model without timestamps:
 prompt `<|startoftranscript|><|notimestamps|>`, argmax each step, never the suppressed tokens nor
 timestamps, not a blank or end-of-text as the first token, stop at end-of-text. An item that has
-finished keeps being fed (its output is ignored) so the batch stays rectangular; the loop ends when
-every item has finished or reached its token budget.
+finished is dropped from the batch (its rows of the KV cache too); the loop ends when every item
+has finished or reached its token budget.
 
 Token budget: `max_new_tokens(seconds)` = 16 + 8 tokens per second of audio (capped by the 448
 positions). Speech carries ~3 words/s, ~4-5 tokens/s with punctuation; the budget only bites when a
@@ -92,15 +92,22 @@ def greedy_tokens(model: WhisperASR, enc: torch.Tensor, enc_lengths: torch.Tenso
     tokens = torch.tensor([rules.prompt] * b, dtype=torch.long)
     out: list[list[int]] = [[] for _ in range(b)]
     done = [budget <= 0 for budget in budgets]
+    active = list(range(b))          # batch row r decodes item active[r]
+    lengths = enc_lengths.clone()
     for step in range(max(budgets)):
-        if all(done):
+        keep = [r for r, i in enumerate(active) if not done[i]]
+        if not keep:
             break
-        logits, cache = dec(tokens, cache, enc_pad, enc_lengths=enc_lengths)
+        if len(keep) < len(active):  # drop finished rows: no work is spent on them any more
+            sel = torch.tensor(keep)
+            active = [active[r] for r in keep]
+            tokens, enc_pad, lengths = tokens[sel], enc_pad[sel], lengths[sel]
+            cache = [(sk[sel], sv[sel], ck[sel], cv[sel], tk, tv)
+                     for sk, sv, ck, cv, tk, tv in cache]
+        logits, cache = dec(tokens, cache, enc_pad, enc_lengths=lengths)
         logits = logits[:, -1].masked_fill(first if step == 0 else always, float("-inf"))
         nxt = logits.argmax(dim=-1)
-        for i, t in enumerate(nxt.tolist()):
-            if done[i]:
-                continue
+        for i, t in zip(active, nxt.tolist()):
             if t == rules.eot:
                 done[i] = True
             else:
