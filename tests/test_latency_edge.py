@@ -346,3 +346,12 @@ def test_a_device_file_without_a_fitted_scale_defaults_to_one(tmp_path) -> None:
     (tmp_path / "d.json").write_text(json.dumps(data))
     with pytest.raises(DeviceFileError, match="efficiency_scale' must be > 0"):
         load_edge_device(path=tmp_path / "d.json")
+
+
+def test_the_cli_prices_and_refuses_a_bad_device_file(tmp_path) -> None:
+    from workbench.__main__ import main
+    assert main(["latency", "--model", "toyadmos_autoencoder", "--device", "cortex_m4",
+                 "--bits", "8", "--json"]) == 0
+    (tmp_path / "bad.json").write_text('{"family": {"value": "mcu"}}')
+    assert main(["latency", "--model", "toyadmos_autoencoder", "--device-file",
+                 str(tmp_path / "bad.json")]) == 2

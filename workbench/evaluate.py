@@ -25,6 +25,12 @@ class EvalSet:
     texts: tuple[str, ...]
     features: tuple[torch.Tensor, ...]
 
+    def __post_init__(self) -> None:
+        counts = {"ids": len(self.ids), "texts": len(self.texts), "features": len(self.features)}
+        if len(set(counts.values())) != 1:
+            raise ArgumentError(f"EvalSet '{self.name}': ids, texts and features must have one "
+                                f"entry per utterance, got {counts}.")
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -134,8 +140,9 @@ def batches(lengths: list[int], max_frames: int = 12_000, max_ratio: float = 1.2
 def transcribe(model: CTCModel, features: tuple[torch.Tensor, ...], max_frames: int = 12_000
                ) -> list[str]:
     """Greedy CTC transcripts for each (80, T) feature tensor, batched by length."""
-    from workbench.checks import check_model
+    from workbench.checks import check_int, check_model
     check_model(model, "transcribe")
+    check_int(max_frames, "transcribe", "max_frames", low=1)
     if isinstance(features, torch.Tensor) or not isinstance(features, list | tuple):
         raise ArgumentError(f"transcribe(features=...): expected a list or tuple of (n_mels, T) "
                             f"tensors (EvalSet.features), got {type(features).__name__}.")

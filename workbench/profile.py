@@ -178,6 +178,8 @@ def profile(model: nn.Module, audio_seconds: float = 4.0, measure: bool = True, 
     check_model(model, "profile")
     check_seconds(audio_seconds, "profile", max_seconds=max_seconds_of(model))
     check_int(repeats, "profile", "repeats", low=1, high=1000)
+    from workbench.checks import check_bool
+    check_bool(measure, "profile", "measure")
     work = copy.deepcopy(model).eval()
     inputs = (make_inputs or default_inputs(model))(audio_seconds)
     threads = torch.get_num_threads()

@@ -8,8 +8,8 @@
 Greedy search as CTranslate2 / openai-whisper do it for an English-only model without timestamps:
 prompt `<|startoftranscript|><|notimestamps|>`, argmax each step, never the suppressed tokens nor
 timestamps, not a blank or end-of-text as the first token, stop at end-of-text. An item that has
-finished keeps being fed (its output is ignored) so the batch stays rectangular; the loop ends when
-every item has finished or reached its token budget.
+finished is dropped from the batch (its rows of the KV cache too); the loop ends when every item
+has finished or reached its token budget.
 
 Token budget: `max_new_tokens(seconds)` = 16 + 8 tokens per second of audio (capped by the 448
 positions). Speech carries ~3 words/s, ~4-5 tokens/s with punctuation; the budget only bites when a
@@ -92,15 +92,22 @@ def greedy_tokens(model: WhisperASR, enc: torch.Tensor, enc_lengths: torch.Tenso
     tokens = torch.tensor([rules.prompt] * b, dtype=torch.long)
     out: list[list[int]] = [[] for _ in range(b)]
     done = [budget <= 0 for budget in budgets]
+    active = list(range(b))          # batch row r decodes item active[r]
+    lengths = enc_lengths.clone()
     for step in range(max(budgets)):
-        if all(done):
+        keep = [r for r, i in enumerate(active) if not done[i]]
+        if not keep:
             break
-        logits, cache = dec(tokens, cache, enc_pad, enc_lengths=enc_lengths)
+        if len(keep) < len(active):  # drop finished rows: no work is spent on them any more
+            sel = torch.tensor(keep)
+            active = [active[r] for r in keep]
+            tokens, enc_pad, lengths = tokens[sel], enc_pad[sel], lengths[sel]
+            cache = [(sk[sel], sv[sel], ck[sel], cv[sel], tk, tv)
+                     for sk, sv, ck, cv, tk, tv in cache]
+        logits, cache = dec(tokens, cache, enc_pad, enc_lengths=lengths)
         logits = logits[:, -1].masked_fill(first if step == 0 else always, float("-inf"))
         nxt = logits.argmax(dim=-1)
-        for i, t in enumerate(nxt.tolist()):
-            if done[i]:
-                continue
+        for i, t in zip(active, nxt.tolist()):
             if t == rules.eot:
                 done[i] = True
             else:
@@ -195,3 +202,39 @@ def padded_features(manifest, limit: int | None = None, seconds: float | None = 
         wave = wave[:n]
         out.append(log_mel(torch.nn.functional.pad(wave, (0, n - wave.numel()))))
     return tuple(out)
+
+
+def _dynamic_uint8(x: torch.Tensor) -> torch.Tensor:
+    """ONNX Runtime's DynamicQuantizeLinear, faked per item (dim 0): asymmetric uint8 over the
+    item's whole tensor with 0 in range, then dequantized."""
+    flat = x.reshape(x.shape[0], -1)
+    lo = flat.min(dim=1).values.clamp(max=0.0)
+    hi = flat.max(dim=1).values.clamp(min=0.0)
+    scale = ((hi - lo) / 255.0).clamp(min=1e-12)
+    zero = (-lo / scale).round().clamp(0, 255)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    scale, zero = scale.view(shape), zero.view(shape)
+    return (((x / scale).round() + zero).clamp(0, 255) - zero) * scale
+
+
+class ort_dynamic_activations:
+    """Context manager: while active, the input of every Linear with <= 8-bit weights is fake-
+    quantized the way ORT dynamic int8 does at run time (uint8, per tensor; per item here, as
+    ORT runs batch 1). Weight-only fake-quant misses this rounding; with it the simulation is of
+    what the runtime executes."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.handles: list = []
+
+    def __enter__(self):
+        for m in self.model.modules():
+            if isinstance(m, torch.nn.Linear) and getattr(m, "weight_bits", 32) <= 8:
+                self.handles.append(m.register_forward_pre_hook(
+                    lambda mod, args: (_dynamic_uint8(args[0]),) + tuple(args[1:])))
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()

@@ -143,8 +143,9 @@ def predict_latency(model: nn.Module | LayerTable, device: str | DeviceProfile |
     """Simulated latency of `model` (or a prepared LayerTable) on `device` for `audio_seconds`.
 
     device: an edge device name (workbench.latency.edge_device_names(), e.g. 'rpi4_a72',
-    'cortex_m4_stm32l4'; old names 'rpi4', 'rpi5', 'phone_a76', 'cortex_m7', 'jetson_orin_nano'
-    map to their device files), or 'host' (this machine, ONNX Runtime, calibrated by
+    'cortex_m4_stm32l4'; old names 'rpi4', 'rpi5', 'phone_a76', 'cortex_m7', 'jetson_orin_nano',
+    core-only names 'cortex_m4', 'riscv_u74', ... and unique prefixes map to their device files:
+    latency.predict.canonical_device), or 'host' (this machine, ONNX Runtime, calibrated by
     `workbench calibrate`). device_file: your own device JSON (workbench.latency.hardware).
     runtime / threads: default from the device file (edge devices only).
     weight_bits (alias plan): None (fp32 / as the model says), {module path or pattern: bits},

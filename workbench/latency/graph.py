@@ -165,7 +165,9 @@ class _Tracer(TorchDispatchMode):
             x, w = args[0], args[1]
             groups = args[8] if len(args) > 8 else 1
             k = math.prod(w.shape[2:])
-            macs = out_elems * (w.shape[1]) * k          # w: (C_out, C_in / groups, *kernel)
+            transposed = bool(args[6]) if len(args) > 6 else False
+            # w: (C_out, C_in / groups, *kernel); transposed: (C_in, C_out / groups, *kernel)
+            macs = (x.numel() if transposed else out_elems) * w.shape[1] * k
             if self._is_act(w):
                 return self._new("attention", path, macs, 0, in_elems, out_elems, name)
             if groups > 1 and w.shape[1] == 1:

@@ -298,6 +298,7 @@ def bench_published(path: str | Path | None = None) -> dict[str, Any]:
         "devices": len({m.device for m in ms}), "runtimes": sorted({m.runtime for m in ms}),
         "lomo": s,
         "in_sample_mape_pct_by_family": in_sample["mape_pct_by_family"],
+        "fitted_device_scales": {k: round(v, 3) for k, v in full[DEVICE_SCALES].items()},
         "checks": checks,
         "ds_cnn_int8_vs_fp32_rpi4": ds_cnn_int8_vs_fp32(),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -56,6 +56,9 @@ def _default_demo_dir() -> Path:
 
 def load_demo(path: str | Path | None = None) -> CTCModel:
     """The trained demo model (float32, eval): data/models/demo/model.safetensors by default."""
+    if path is not None and not isinstance(path, str | Path):
+        raise CheckpointError(f"load_demo(path=...): a folder or .safetensors path, or None for "
+                              f"the shipped demo; got {type(path).__name__}.")
     path = Path(path) if path is not None else _default_demo_dir()
     if path.is_dir():
         path = path / DEMO_FILE

@@ -158,6 +158,9 @@ def load_checkpoint(path: str | Path, family: str | None = None) -> CTCModel:
     if not isinstance(path, str | Path):
         raise CheckpointError(f"load_checkpoint(path=...): expected a file path, got "
                               f"{type(path).__name__}.")
+    if family is not None and family not in FAMILIES:
+        raise CheckpointError(f"load_checkpoint(family={family!r:.40}): unknown family; known: "
+                              f"{sorted(FAMILIES)} (or None to accept the file's).")
     path = Path(path)
     info, _, tensors = _read(path)
     if not isinstance(info, dict):

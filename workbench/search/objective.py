@@ -136,6 +136,9 @@ class PlanEvaluator:
                         float(report.error_band_pct), (time.perf_counter() - t0) * 1e3)
 
 
+_TRACE_LOCK = threading.Lock()
+
+
 class LatencyPricer:
     """Simulated latency of plans on one device x runtime x threads, through the public latency
     API's pieces: edge devices trace the graph once per plan *structure* (structured pruning and
@@ -180,9 +183,10 @@ class LatencyPricer:
         key = json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
                          sort_keys=True)
         if key not in self._ops:
-            ops, _bits, traced = edge.trace_model(
-                self.model, self.seconds, CompressionPlan(layers=structure) if structure
-                else None, None)
+            with _TRACE_LOCK:  # tracing is not thread-safe (seen: wrong ms from two threads)
+                ops, _bits, traced = edge.trace_model(
+                    self.model, self.seconds, CompressionPlan(layers=structure) if structure
+                    else None, None)
             self._ops[key] = (ops, edge.roles_for(traced, ops))
             while len(self._ops) > 64:
                 self._ops.pop(next(iter(self._ops)))
