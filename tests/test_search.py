@@ -246,3 +246,20 @@ def test_ray_executor_logic_on_a_fake_ray_matches_serial_and_retries(spec, tmp_p
     records = [json.loads(x) for x in (tmp_path / "ray.jsonl").read_text().splitlines()[1:]]
     keys = [(r["number"], r["kind"]) for r in records]
     assert len(keys) == len(set(keys)) == result.evaluated
+
+
+def test_sweep_covers_prune_bits_and_rank_with_savings(spec, tiny_conformer):
+    from workbench.plan import CompressionPlan
+    from workbench.search.sweep import sweep
+    evaluator = spec.build()
+    paths = ["blocks.0.ffn1", "blocks.0.ffn1.fc1"]
+    doc = sweep(lambda plan, kind: evaluator(plan, kind), tiny_conformer, CompressionPlan(),
+                sparsities=(0.5,), bits=(4,), ranks=(0.25,), paths=paths)
+    got = {(c["path"], c["technique"], c["value"]) for c in doc["cells"]}
+    assert got == {("blocks.0.ffn1", "prune", 0.5), ("blocks.0.ffn1.fc1", "quant", 4.0),
+                   ("blocks.0.ffn1.fc1", "low_rank", 0.25)}
+    for c in doc["cells"]:
+        assert c["size_saved_bytes"] > 0, c           # every cell shrinks the model
+        assert c["wer_delta"] == pytest.approx(c["wer"] - doc["base"]["wer"], abs=1e-6)
+    pruned = next(c for c in doc["cells"] if c["technique"] == "prune")
+    assert pruned["latency_saved_ms"] > 0           # structure removed: faster (simulated)

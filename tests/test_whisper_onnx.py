@@ -62,3 +62,27 @@ def test_int8_graphs_quantize_matmuls(exported, tmp_path):
     q = quantize_int8(paths, tmp_path)
     ops = {n.op_type for n in onnx.load(str(q["decoder_step"])).graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+
+
+def test_dynamic_activation_fake_quant_matches_ort_rounding():
+    from workbench.whisper_eval import _dynamic_uint8
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16) * torch.tensor([1.0, 10.0, 0.1])[:, None, None]
+    y = _dynamic_uint8(x)
+    for i in range(3):  # per item: error at most half a step of that item's own range
+        step = (x[i].max().clamp(min=0) - x[i].min().clamp(max=0)) / 255
+        assert (y[i] - x[i]).abs().max() <= step / 2 + 1e-6
+    assert float(_dynamic_uint8(torch.zeros(1, 4)).abs().max()) == 0.0
+
+
+def test_ort_dynamic_activations_hooks_only_int8_layers_and_unhooks(exported):
+    from workbench.compress import compress
+    from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
+    from workbench.whisper_eval import ort_dynamic_activations
+    model, _ = exported
+    q = compress(model, CompressionPlan().with_layer(
+        "decoder.blocks.0.mlp.fc1", LayerConfig(quant=QuantConfig(weight_bits=8))))
+    with ort_dynamic_activations(q) as hooked:
+        n_hooks = sum(len(m._forward_pre_hooks) for m in hooked.modules())
+    assert n_hooks == 1
+    assert sum(len(m._forward_pre_hooks) for m in q.modules()) == 0

@@ -120,6 +120,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    if getattr(args, "runtime", "onnx") == "executorch":
+        from workbench.export.apply_pte import apply_pte_cli
+        return apply_pte_cli(args)
     from workbench.export import apply_cli
 
     ck.check_new_output_dir(Path(args.out), args.force)   # before the model is even loaded
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     b.add_argument("what", choices=["interactive", "latency", "export", "conditions",
-                                    "streaming", "search", "whisper", "lessons"])
+                                    "streaming", "search", "whisper", "drift", "lessons"])
     b.add_argument("--json", action="store_true")
     b.add_argument("--n-plans", type=ck.count, default=30)
     b.add_argument("--changes", type=ck.count, default=30)
@@ -217,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True)
     a.add_argument("--force", action="store_true")
     a.add_argument("--strict", action="store_true")
+    a.add_argument("--runtime", choices=["onnx", "executorch"], default="onnx",
+                   help="onnx: model.onnx for ONNX Runtime; executorch: model.pte (XNNPACK)")
     a.add_argument("--conditions", nargs="?", const="default", default=None, metavar="GRID",
                    help="also measure the ONNX model on a conditions grid (default grid if no "
                         "GRID): report.json 'conditions' and the card's accuracy by condition")
@@ -244,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_parsers(sub)
     from workbench.latency.cli import add_parser as add_latency_parser
     add_latency_parser(sub)
+    from workbench.deploy.arm64 import add_parser as add_arm64_parser  # verify-arm64
+    add_arm64_parser(sub)
 
     lab = sub.add_parser("lab", help="open the workbench notebook in JupyterLab")
     lab.add_argument("--port", type=ck.port, default=8888)

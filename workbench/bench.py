@@ -148,6 +148,9 @@ def run(what: str, args) -> dict:
     if what == "conditions":
         from workbench.conditions.cli import bench_conditions
         return bench_conditions(args)
+    if what == "drift":
+        from workbench.deploy.bench_drift import bench_drift
+        return bench_drift(args)
     if what == "whisper":
         from workbench.whisper_bench import bench_whisper
         return bench_whisper(args)

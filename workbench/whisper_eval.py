@@ -202,3 +202,39 @@ def padded_features(manifest, limit: int | None = None, seconds: float | None = 
         wave = wave[:n]
         out.append(log_mel(torch.nn.functional.pad(wave, (0, n - wave.numel()))))
     return tuple(out)
+
+
+def _dynamic_uint8(x: torch.Tensor) -> torch.Tensor:
+    """ONNX Runtime's DynamicQuantizeLinear, faked per item (dim 0): asymmetric uint8 over the
+    item's whole tensor with 0 in range, then dequantized."""
+    flat = x.reshape(x.shape[0], -1)
+    lo = flat.min(dim=1).values.clamp(max=0.0)
+    hi = flat.max(dim=1).values.clamp(min=0.0)
+    scale = ((hi - lo) / 255.0).clamp(min=1e-12)
+    zero = (-lo / scale).round().clamp(0, 255)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    scale, zero = scale.view(shape), zero.view(shape)
+    return (((x / scale).round() + zero).clamp(0, 255) - zero) * scale
+
+
+class ort_dynamic_activations:
+    """Context manager: while active, the input of every Linear with <= 8-bit weights is fake-
+    quantized the way ORT dynamic int8 does at run time (uint8, per tensor; per item here, as
+    ORT runs batch 1). Weight-only fake-quant misses this rounding; with it the simulation is of
+    what the runtime executes."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.handles: list = []
+
+    def __enter__(self):
+        for m in self.model.modules():
+            if isinstance(m, torch.nn.Linear) and getattr(m, "weight_bits", 32) <= 8:
+                self.handles.append(m.register_forward_pre_hook(
+                    lambda mod, args: (_dynamic_uint8(args[0]),) + tuple(args[1:])))
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()

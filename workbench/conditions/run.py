@@ -282,6 +282,7 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
         stats["from_cache"] += vstats["from_cache"]
         voice_durations = vstats["durations"]
     rows, by_voice, by_length, hyps_out = [], [], [], {}
+    shared_blocks = None
     total = len(jobs)
     for k, (cond, es) in enumerate(tqdm(jobs, desc="conditions: eval", disable=not progress,
                                         leave=False)):
@@ -291,6 +292,12 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
             on_progress(k, total, es.name)
         with run_lock if run_lock is not None else contextlib.nullcontext():
             session = Session(model, es, warm_svd=False, quick_utterances=min(16, len(es)))
+            # The plan's compressed blocks depend on the weights only, not on the audio: share
+            # them across the per-condition sessions instead of compressing once per condition.
+            if shared_blocks is None:
+                shared_blocks = session._blocks
+            else:
+                session._blocks = shared_blocks
             base = session.baseline_full
             planned = None
             if plan is not None:

@@ -100,6 +100,8 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
 
     ort_model, ort_fp32 = sessions(export.model, export.fp32)
     accuracy, overall = accuracy_section(ort_model, export.sim, model, eval_sets)
+    from workbench.export.emulation import add_emulated   # ORT's run-time input quantization
+    add_emulated(accuracy, overall, export.sim, export.decisions, eval_sets)
     parity_feats = list(eval_sets[0].features[:options.parity_utterances]) if eval_sets else []
     layers = layer_rows(export.decisions, export.layer_nodes)
     from workbench.size import size

@@ -93,6 +93,16 @@ def _size_error(model: torch.nn.Module, plan: CompressionPlan, export: Export) -
                                       / tensor_bytes(export.proto), 3)}
 
 
+def _emulated(export: Export, eval_set: EvalSet, ort_wer: float) -> dict[str, Any]:
+    """Simulated WER with ORT's run-time per-tensor input quantization emulated (batch 1):
+    acceptance |ort - sim_emulated| <= 0.005 per set."""
+    if not any(d.method == "int8_dynamic" for d in export.decisions):
+        return {}
+    from workbench.export.emulation import emulate_ort_dynamic, evaluate_batch1
+    wer = evaluate_batch1(emulate_ort_dynamic(export.sim, export.decisions), eval_set)[0]
+    return {"sim_emulated": round(wer, 4), "abs_diff_emulated": round(abs(ort_wer - wer), 4)}
+
+
 def _wers(export: Export, eval_sets: list[EvalSet]) -> dict[str, dict[str, Any]]:
     """WER of the ORT model and of the simulation per eval set and over all of them together
     (one corpus WER over every utterance: more words, less noise in the difference)."""
@@ -105,6 +115,7 @@ def _wers(export: Export, eval_sets: list[EvalSet]) -> dict[str, dict[str, Any]]
         sim_h = [r.hypothesis for r in sim_eval.per_utterance]
         out[eval_set.name] = {"ort": round(ort_eval.wer, 4), "sim": round(sim_eval.wer, 4),
                               "abs_diff": round(abs(ort_eval.wer - sim_eval.wer), 4),
+                              **_emulated(export, eval_set, ort_eval.wer),
                               "utterances_transcribed_differently":
                                   sum(a != b for a, b in zip(ort_h, sim_h))}
         refs += list(eval_set.texts)
@@ -196,4 +207,7 @@ def bench_export(args: argparse.Namespace | None = None) -> dict[str, Any]:
     ]
     result["wer_abs_diff"] = wer["int8"]["all"]["abs_diff"]
     result["wer_abs_diff_pruned"] = wer["pruned_int8"]["all"]["abs_diff"]
+    _log("ExecuTorch: int8 .pte (XNNPACK), run in ExecuTorch's runtime")
+    from workbench.export.bench_pte import pte_figures
+    result.update(pte_figures(model, plans["int8"], eval_sets, repeats))
     return result

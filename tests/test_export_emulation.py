@@ -1,0 +1,56 @@
+"""Runtime emulation of ONNX Runtime's dynamic int8: the formula equals ORT's own op, and the
+emulated simulation is closer to the exported model than the plain simulation."""
+import numpy as np
+import pytest
+import torch
+
+from workbench.export.emulation import emulate_ort_dynamic, fake_quant_dynamic_uint8
+
+
+def ort_dynamic_roundtrip(x: np.ndarray) -> np.ndarray:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from workbench.export.verify import make_session
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return make_session(model.SerializeToString(), 1).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("shift", [0.0, 3.0, -3.0])
+def test_fake_quant_equals_onnxruntime_dynamic_quantize_linear(shift):
+    x = (torch.randn(1, 50, 16, generator=torch.Generator().manual_seed(0)) + shift).numpy()
+    ours = fake_quant_dynamic_uint8(torch.from_numpy(x)).numpy()
+    theirs = ort_dynamic_roundtrip(x)
+    scale = (max(x.max(), 0) - min(x.min(), 0)) / 255
+    assert np.abs(ours - theirs).max() <= 1e-6 + 1e-3 * scale   # same grid (fp rounding at most)
+    assert np.abs(ours - x).max() <= scale / 2 + 1e-6
+
+
+def test_all_zero_input_is_left_alone():
+    x = torch.zeros(1, 4, 8)
+    assert torch.equal(fake_quant_dynamic_uint8(x), x)
+
+
+def test_emulated_simulation_is_closer_to_onnxruntime(tiny_conformer):
+    from workbench.export.bench import int8_plan
+    from workbench.export.pipeline import build_export
+    from workbench.export.verify import make_session, ort_log_probs
+    export = build_export(tiny_conformer, int8_plan())
+    emulated = emulate_ort_dynamic(export.sim, export.decisions)
+    session = make_session(export.model, 1)
+    feats = torch.randn(80, 240, generator=torch.Generator().manual_seed(1))
+    ort, n = ort_log_probs(session, feats)
+    with torch.inference_mode():
+        sim = export.sim(feats[None], torch.tensor([240]))[0][0, :n].numpy()
+        emu = emulated(feats[None], torch.tensor([240]))[0][0, :n].numpy()
+    assert np.abs(emu - ort[:n]).max() < 0.5 * np.abs(sim - ort[:n]).max()
+    hooked = sum(len(m._forward_pre_hooks) for m in emulated.modules())
+    assert hooked == sum(d.method == "int8_dynamic" and d.kind == "linear"
+                         for d in export.decisions) > 0
+    assert all(len(m._forward_pre_hooks) == 0 for m in export.sim.modules())   # sim unchanged

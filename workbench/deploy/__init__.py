@@ -1,0 +1,6 @@
+"""After export: checks and helpers for deployment (drift monitor, ARM64 check).
+
+    drift            numpy-only drift monitor shipped with an export (DriftMonitor)
+    bench_drift      `workbench bench drift`: the monitor on clean vs noisy / telephone audio
+    arm64            `workbench verify-arm64`: the exported ONNX model on an emulated ARM64 CPU
+"""
