@@ -170,8 +170,10 @@ def test_cli_bad_grid_exits_2_naming_the_condition() -> None:
     assert "purple:3" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
-def test_cli_plan_without_conditions_is_refused() -> None:
-    out = subprocess.run([sys.executable, "-m", "workbench", "eval", "--plan", "p.json"],
+def test_cli_plan_without_conditions_is_refused(tmp_path) -> None:
+    plan = tmp_path / "p.json"   # an existing file, so the path check passes and --conditions is what fails
+    plan.write_text("{}")
+    out = subprocess.run([sys.executable, "-m", "workbench", "eval", "--plan", str(plan)],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and "--conditions" in out.stderr
 
