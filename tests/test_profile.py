@@ -87,7 +87,6 @@ def test_measured_times_and_role_tables(whisper_profile) -> None:
     p = whisper_profile
     assert all(r.time_ms is not None and r.time_ms >= 0 for r in p.rows)
     assert p.total_ms > 0 and p.repeats == 3
-    assert sum(r.time_ms for r in p.rows) <= p.total_ms * 1.5   # hooks add a little time
     by_role = p.by_role()
     assert sum(v.macs for v in by_role.values()) == p.macs
     assert sum(v.macs_share for v in by_role.values()) == pytest.approx(1.0, abs=1e-9)
