@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from queue import Empty
 
 import nbformat
 import pytest
+from workbench.lesson_timing import sliced_poll_kernel_manager
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -78,42 +78,8 @@ def test_lesson_follows_the_lesson_rules(name: str) -> None:
 
 # ---- execution ----------------------------------------------------------------------------------
 
-def _sliced_poll_client():
-    """An AsyncKernelClient whose shell / iopub reads poll in short slices.
-
-    Why: with ipywidgets' `interact` showing a large output, the client's asyncio poll on the
-    shell socket can miss the wake-up for an `execute_reply` that has already arrived, and
-    nbclient then waits for the full cell timeout before reading it (measured here: 4 of 6 cells
-    stalled for the whole timeout; jupyter/nbclient#312, jupyter/nbconvert#2029). Re-polling
-    every 200 ms (and checking the socket once more without waiting) reads such a message at
-    once; nothing else changes.
-    """
-    from jupyter_client import AsyncKernelManager
-    from jupyter_client.asynchronous import AsyncKernelClient
-    from jupyter_client.channels import AsyncZMQSocketChannel
-    from traitlets import default
-
-    class SlicedPollChannel(AsyncZMQSocketChannel):
-        async def get_msg(self, timeout: float | None = None) -> dict:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                left = None if deadline is None else deadline - time.monotonic()
-                step_ms = 200 if left is None else max(0, min(200, int(left * 1000)))
-                if await self.socket.poll(step_ms) or await self.socket.poll(0):
-                    return await self._recv()
-                if left is not None and left <= 0.2:
-                    raise Empty
-
-    class SlicedPollClient(AsyncKernelClient):
-        shell_channel_class = SlicedPollChannel
-        iopub_channel_class = SlicedPollChannel
-
-    class SlicedPollKernelManager(AsyncKernelManager):
-        @default("client_factory")
-        def _default_client_factory(self) -> type:
-            return SlicedPollClient
-
-    return SlicedPollKernelManager
+# The kernel manager whose reads poll in short slices (why: see its docstring) is shared with
+# `workbench bench lessons`, so the test and the bench run notebooks the same way.
 
 
 def execute_notebook(path: Path, cell_timeout: int = CELL_TIMEOUT_SECONDS
@@ -126,7 +92,7 @@ def execute_notebook(path: Path, cell_timeout: int = CELL_TIMEOUT_SECONDS
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
-                            kernel_manager_class=_sliced_poll_client(),
+                            kernel_manager_class=sliced_poll_kernel_manager(),
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     client.execute(env=env)
