@@ -331,8 +331,9 @@ def check_linear_quantize(fn: Callable) -> CheckResult:
                 continue
             got = torch.as_tensor(got).detach().double()
             if torch.as_tensor(scale).numel() != want_scale.numel():
+                per = "tensor" if gran == "per_tensor" else "output channel"
                 problems.append(f"{case}: {torch.as_tensor(scale).numel()} scales, expected "
-                                f"{want_scale.numel()} (one per {'tensor' if gran == 'per_tensor' else 'output channel'})")
+                                f"{want_scale.numel()} (one per {per})")
                 continue
             if sym and bool((torch.as_tensor(zp) != 0).any()):
                 problems.append(f"{case}: a symmetric grid has zero point 0")
