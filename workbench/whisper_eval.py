@@ -133,12 +133,16 @@ def encode_all(model: WhisperASR, features, context: str = "tail", max_frames: i
 
 @torch.inference_mode()
 def decode_all(model: WhisperASR, encoded: list[torch.Tensor], seconds: list[float],
-               tail: torch.Tensor | None, batch_size: int = 48) -> list[list[int]]:
-    """Greedy token ids for each encoder output (T'_i, D), decoded in batches of similar length."""
+               tail: torch.Tensor | None, batch_size: int = 48,
+               before_batch=None) -> list[list[int]]:
+    """Greedy token ids for each encoder output (T'_i, D), decoded in batches of similar length.
+    `before_batch()` is called before each batch (the interactive engine cancels stale runs there)."""
     out: list[list[int]] = [[] for _ in encoded]
     order = sorted(range(len(encoded)), key=lambda i: seconds[i])
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
+        if before_batch is not None:
+            before_batch()
         lens = torch.tensor([encoded[i].shape[0] for i in idx])
         enc = torch.nn.utils.rnn.pad_sequence([encoded[i] for i in idx], batch_first=True)
         ids = greedy_tokens(model, enc, lens, [max_new_tokens(seconds[i]) for i in idx], tail)
