@@ -299,7 +299,7 @@ def _shrink_structured(model: nn.Module, path: str, cfg: LayerConfig, shapes: Sh
         shrink("pointwise1", "bias", 0, halves * removed)
         shrink("depthwise", "weight", 0, removed)
         shrink("depthwise", "bias", 0, removed)
-        for name, (shape, _, _) in shapes.get(f"{path}.norm", {}).items():
+        for shape, _, _ in shapes.get(f"{path}.norm", {}).values():
             if shape == [c]:
                 shape[0] -= removed
         shrink("pointwise2", "weight", 1, removed)

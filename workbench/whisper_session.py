@@ -27,7 +27,8 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, Literal
+from typing import Literal
+from collections.abc import Callable
 
 import torch
 

@@ -1,0 +1,12 @@
+"""Lab support for the notebooks: reference solutions, checks that compare a learner's function
+with them, the pure part of predict-then-run, and the capstone's grader.
+
+    from workbench.lessons import checks, solutions
+    checks.check_magnitude_mask(my_mask_fn)      # ✓, or ✗ with what is wrong
+
+No ipywidgets here (the guess widget is `workbench.ui.predict`)."""
+from workbench.lessons import checks, predict, solutions
+from workbench.lessons.checks import CHECKS, CheckResult, LessonCheckError
+from workbench.lessons.predict import Gap
+
+__all__ = ["CHECKS", "CheckResult", "Gap", "LessonCheckError", "checks", "predict", "solutions"]
