@@ -8,7 +8,8 @@
 The contract (workbench.models.base): stem(features, lengths) -> (h (B, T', D), lengths),
 blocks[i](h, pad_mask (B, T') True = pad) -> h, head(h, lengths) -> logits (B, T', V). Blocks
 are what lets the engine cache hidden states and restart evaluation from the first block a plan
-touches. The adapted model owns a deep copy of yours (yours is never changed) under `encoder`,
+touches. The adapted model owns a deep copy of yours (yours is never changed): its blocks under
+`blocks.i.block`, the rest under `encoder` (whose own forward is no longer used),
 and a CTC head over workbench.models.VOCAB: reused when your model's output layer already has
 that size, else a fresh Linear (seed 0) and `config.untrained` says so.
 """
@@ -71,10 +72,34 @@ class AdaptedCTC(CTCModel):
         self.ctc = ctc
         self._stem = stem
         self._final = final
-        # the same block modules, reachable by the contract's name; ModuleList registers them
-        # a second time, which named_parameters() de-duplicates (tied, counted once)
+        # the blocks move out of the (copied) encoder into `blocks`, so every parameter has one
+        # path and block i's modules are under "blocks.i." as the engine expects
         self.blocks = nn.ModuleList(_Block(b, block_call) for b in blocks)
+        for path, module in list(encoder.named_modules()):
+            if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) and all(
+                    any(m is b for b in blocks) for m in module):
+                parent, _, attr = path.rpartition(".")
+                setattr(encoder.get_submodule(parent) if parent else encoder, attr,
+                        type(module)())
         self.ROLES = roles  # instance attribute: patterns depend on the wrapped model
+        self._structure = None  # workbench.graph.Structure, found on first use
+
+    @property
+    def graph_structure(self):  # noqa: ANN201 - workbench.graph.Structure
+        """Prunable groups found from the recorded graph on `example_input()` (cached; plans
+        name them by path, compress() and size() use them)."""
+        if self._structure is None:
+            from workbench.graph import discover
+            self._structure = discover(self, self.example_input())
+        return self._structure
+
+    def example_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two utterances of different lengths (seeded noise): 1.0 s and 0.8 s."""
+        gen = torch.Generator().manual_seed(0)
+        if self.config.features == "waveform":
+            return torch.randn(2, 1, 16000, generator=gen), torch.tensor([16000, 12800])
+        return (torch.randn(2, self.config.n_mels, 100, generator=gen),
+                torch.tensor([100, 80]))
 
     def stem(self, features: torch.Tensor, feat_lengths: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,9 +124,8 @@ def _conformer(model: nn.Module, ctc: nn.Module | None) -> dict[str, Any]:
 
     return dict(source="torchaudio Conformer", features="log_mel", n_mels=d, d_model=d,
                 stem=stem, blocks=list(model.conformer_layers), call=call, final=None,
-                roles=(("encoder.conformer_layers.*.ffn*", "ffn"),
-                       ("encoder.conformer_layers.*.self_attn*", "attention"),
-                       ("encoder.conformer_layers.*.conv_module*", "conv"),
+                roles=(("*.ffn[12]*", "ffn"), ("*.self_attn*", "attention"),
+                       ("*.conv_module*", "conv"),
                        ("*layer_norm*", "norm"), ("ctc*", "head")),
                 ctc=ctc)
 
