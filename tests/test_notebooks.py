@@ -10,13 +10,11 @@ the test runs the code under test even when another copy of workbench is install
 """
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from workbench.lesson_timing import sliced_poll_kernel_manager
+from workbench.lesson_timing import CELL_TIMEOUT_SECONDS, execute_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -25,8 +23,6 @@ LESSONS = ("01_where_the_cost_is", "02_pruning", "03_quantization", "04_low_rank
            "05_edge_latency", "06_export_to_production", "07_bring_your_own_model",
            "10_robustness", "11_streaming")
 DEMO_CHECKPOINT = REPO / "data" / "models" / "demo" / "model.safetensors"
-#: Per-cell timeout: a hang guard only, not a budget (budgets: `workbench bench lessons`).
-CELL_TIMEOUT_SECONDS = 600
 #: Notebook-level metadata a clean notebook may carry.
 ALLOWED_METADATA = {"kernelspec", "language_info"}
 
@@ -78,25 +74,9 @@ def test_lesson_follows_the_lesson_rules(name: str) -> None:
 
 # ---- execution ----------------------------------------------------------------------------------
 
-# The kernel manager whose reads poll in short slices (why: see its docstring) is shared with
-# `workbench bench lessons`, so the test and the bench run notebooks the same way.
-
-
-def execute_notebook(path: Path, cell_timeout: int = CELL_TIMEOUT_SECONDS
-                     ) -> tuple[nbformat.NotebookNode, float]:
-    """Run `path` in a fresh python3 kernel (cwd: its folder); returns the executed notebook
-    (in memory only) and the wall-clock seconds, kernel start included."""
-    from nbclient import NotebookClient
-
-    nb = _read(path)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
-                            kernel_manager_class=sliced_poll_kernel_manager(),
-                            resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
-    client.execute(env=env)
-    return nb, time.perf_counter() - start
+# `workbench bench lessons` and this test run notebooks with the same function
+# (workbench.lesson_timing.execute_notebook: fresh kernel, this checkout first on PYTHONPATH, the
+# sliced-poll kernel manager - why: see its docstring), so the two cannot drift apart.
 
 
 @pytest.mark.slow
@@ -110,7 +90,8 @@ def test_notebook_runs_headless(path: Path, tmp_path: Path) -> None:
     from nbclient.exceptions import CellExecutionError
 
     try:
-        executed, _seconds = execute_notebook(path)
+        # CELL_TIMEOUT_SECONDS per cell is a hang guard only, not a budget
+        executed, _seconds = execute_notebook(path, cell_timeout=CELL_TIMEOUT_SECONDS)
     except CellExecutionError as err:
         pytest.fail(f"{path.name} failed:\n{str(err)[-3000:]}")
     nbformat.write(executed, tmp_path / path.name)   # for inspection after a failure
