@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.errors import ArgumentError, DataError, DeviceError, PlanError, WorkbenchError
+from workbench.errors import ArgumentError, DataError, PlanError, WorkbenchError
 from workbench.evaluate import EvalSet
 
 

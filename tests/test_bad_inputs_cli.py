@@ -310,7 +310,6 @@ def test_eval_checks_the_checkpoint_before_computing_features(files, capsys, mon
 # ---- the error line starts on its own line after a progress bar ---------------------------------
 
 def test_error_line_is_not_glued_to_a_progress_bar(capsys) -> None:
-    import sys
 
     from tqdm import tqdm
 

@@ -1,7 +1,6 @@
 """The conditions grid (workbench.conditions): seeded degradations, cached features, evaluation."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -8,7 +8,6 @@ from workbench.export.emulation import emulate_ort_dynamic, fake_quant_dynamic_u
 
 
 def ort_dynamic_roundtrip(x: np.ndarray) -> np.ndarray:
-    import onnx
     from onnx import TensorProto, helper
 
     from workbench.export.verify import make_session

@@ -114,8 +114,8 @@ def test_every_device_and_runtime_file_loads_with_sources() -> None:
 
 
 def _device_json() -> dict:
-    return json.loads((load_edge_device("rpi4_a72").path and
-                       open(load_edge_device("rpi4_a72").path).read()))
+    return json.loads(load_edge_device("rpi4_a72").path and
+                       open(load_edge_device("rpi4_a72").path).read())
 
 
 def test_a_users_device_file_is_used(tmp_path) -> None:

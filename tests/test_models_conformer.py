@@ -38,7 +38,7 @@ def test_output_shapes_for_any_length(frames: int) -> None:
     with torch.no_grad():
         log_probs, lengths = model(torch.randn(1, 80, frames))
     expected = ((frames - 1) // 2) // 2 + 1  # two stride-2, pad-1 convs: ceil(ceil(T/2)/2)
-    assert expected == -(-(-(-frames // 2)) // 2)
+    assert expected == -(-(-(-frames // 2)) // 2)  # noqa: B002 - negated floor division is ceil
     assert log_probs.shape == (1, expected, len(VOCAB)) and lengths.tolist() == [expected]
     assert torch.isfinite(log_probs).all()
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(1, expected), atol=1e-5)

@@ -1,5 +1,4 @@
 """Package-level promises: the core imports no UI or runtime libraries; the CLI's error contract."""
-import json
 import subprocess
 import sys
 

@@ -6,7 +6,6 @@ import json
 import jsonschema
 import pydantic
 import pytest
-import torch
 from torch import nn
 
 from workbench.compress import presets

@@ -200,7 +200,7 @@ class _FakeRay:
                     def run():
                         args_ = [a.result() if hasattr(a, "result") else a for a in args]
                         job = args_[-1]
-                        for attempt in range(max_retries + 1):
+                        for _attempt in range(max_retries + 1):
                             n = getattr(job, "number", None)
                             fake.attempts[n] = fake.attempts.get(n, 0) + 1
                             try:

@@ -7,14 +7,14 @@ REPO = Path(__file__).resolve().parents[1]
 def _pins(*names):
     lines = []
     for n in names:
-        lines += [l.strip() for l in (REPO / n).read_text().splitlines()
-                  if l.strip() and not l.startswith("#")]
+        lines += [line.strip() for line in (REPO / n).read_text().splitlines()
+                  if line.strip() and not line.startswith("#")]
     return set(lines)
 
 
 def test_environment_yml_mirrors_requirements():
-    env = {l.strip()[2:].strip() for l in (REPO / "environment.yml").read_text().splitlines()
-           if l.strip().startswith("- ") and "==" in l}
+    env = {line.strip()[2:].strip() for line in (REPO / "environment.yml").read_text().splitlines()
+           if line.strip().startswith("- ") and "==" in line}
     assert env == _pins("requirements.txt", "requirements-test.txt")
 
 
@@ -26,4 +26,4 @@ def test_torch_and_torchaudio_pinned_together():
 def test_readme_opens_with_the_two_commands():
     text = (REPO / "README.md").read_text()
     block = text.split("```bash", 1)[1].split("```", 1)[0]
-    assert [l.split("#")[0].strip() for l in block.strip().splitlines()] == ["make lab", "make test"]
+    assert [line.split("#")[0].strip() for line in block.strip().splitlines()] == ["make lab", "make test"]

@@ -154,9 +154,12 @@ def test_decoder_compresses_through_the_plan_machinery(tiny_asr):
     from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
     from workbench.whisper_eval import greedy_tokens
     plan = (CompressionPlan()
-            .with_layer("decoder.blocks.0.attn", LayerConfig(prune=PruneConfig(structure="heads", amount=0.5)))
-            .with_layer("decoder.blocks.0.cross_attn", LayerConfig(prune=PruneConfig(structure="heads", amount=0.25)))
-            .with_layer("decoder.blocks.0.mlp", LayerConfig(prune=PruneConfig(structure="neurons", amount=0.5)))
+            .with_layer("decoder.blocks.0.attn",
+                        LayerConfig(prune=PruneConfig(structure="heads", amount=0.5)))
+            .with_layer("decoder.blocks.0.cross_attn",
+                        LayerConfig(prune=PruneConfig(structure="heads", amount=0.25)))
+            .with_layer("decoder.blocks.0.mlp",
+                        LayerConfig(prune=PruneConfig(structure="neurons", amount=0.5)))
             .with_layer("decoder.token_embedding", LayerConfig(rank=8))
             .with_default(LayerConfig(quant=QuantConfig(weight_bits=8))))
     small = compress(tiny_asr, plan)

@@ -71,3 +71,93 @@ def test_quick_estimate_has_an_error_bar(setup):
     _, session, _ = setup
     est = session.evaluate(_plans()[1], "quick")
     assert est.utterances == 3 and est.stderr >= 0.0 and "estimated" in est.source
+
+
+# ---- bad inputs: one test each; the error names the argument --------------------------------
+def test_session_refuses_a_ctc_model(setup, whisper_small):
+    from workbench.errors import ArgumentError
+    from workbench.whisper_session import WhisperSession
+    _, _, es = setup
+    with pytest.raises(ArgumentError, match=r"WhisperSession\(model=.*WhisperCTC.*Session"):
+        WhisperSession(whisper_small, _Letters(), es)
+
+
+def test_session_refuses_a_tokenizer_without_decode(setup):
+    from workbench.errors import ArgumentError
+    from workbench.whisper_session import WhisperSession
+    model, _, es = setup
+    with pytest.raises(ArgumentError, match=r"tokenizer=.*decode"):
+        WhisperSession(model, "tokenizer.json", es)
+
+
+def test_session_refuses_a_manifest_path_as_eval_set(setup):
+    from workbench.errors import ArgumentError
+    from workbench.whisper_session import WhisperSession
+    model, _, _ = setup
+    with pytest.raises(ArgumentError, match=r"eval_set=.*EvalSet.*load_eval_set"):
+        WhisperSession(model, _Letters(), "data/real_test/manifest.jsonl")
+
+
+def test_session_refuses_zero_quick_utterances(setup):
+    from workbench.errors import ArgumentError
+    from workbench.whisper_session import WhisperSession
+    model, _, es = setup
+    with pytest.raises(ArgumentError, match=r"quick_utterances=0"):
+        WhisperSession(model, _Letters(), es, quick_utterances=0)
+
+
+def test_evaluate_refuses_a_string_plan(setup):
+    from workbench.errors import PlanError
+    _, session, _ = setup
+    with pytest.raises(PlanError, match=r"WhisperSession.evaluate\(plan=.*preset"):
+        session.evaluate("int8_everywhere", "quick")
+
+
+def test_evaluate_refuses_an_unknown_kind(setup):
+    from workbench.errors import ArgumentError
+    from workbench.plan import CompressionPlan
+    _, session, _ = setup
+    with pytest.raises(ArgumentError, match=r"kind='fast'.*'quick', 'full'"):
+        session.evaluate(CompressionPlan(), "fast")
+
+
+def test_evaluate_refuses_a_path_the_model_lacks(setup):
+    from workbench.errors import PlanError
+    from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
+    _, session, _ = setup
+    plan = CompressionPlan().with_layer("decoder.blocks.7.mlp.fc1",
+                                        LayerConfig(quant=QuantConfig(weight_bits=8)))
+    with pytest.raises(PlanError, match=r"decoder.blocks.7"):
+        session.evaluate(plan, "quick")
+
+
+def test_evaluate_refuses_a_cancel_that_is_not_callable(setup):
+    from workbench.errors import ArgumentError
+    from workbench.plan import CompressionPlan
+    _, session, _ = setup
+    with pytest.raises(ArgumentError, match=r"cancel=.*callable"):
+        session.evaluate(CompressionPlan(), "quick", cancel=True)
+
+
+def test_cancel_stops_a_run_and_leaves_no_result(setup):
+    from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
+    from workbench.session import Cancelled
+    _, session, _ = setup
+    plan = CompressionPlan().with_layer("encoder.blocks.0.mlp.fc1",
+                                        LayerConfig(quant=QuantConfig(weight_bits=3)))
+    with pytest.raises(Cancelled):
+        session.evaluate(plan, "full", cancel=lambda: True)
+    assert session.evaluate(plan, "full").utterances == 6   # computed afresh, not half-cached
+
+
+def test_submit_delivers_quick_then_full_of_the_plan(setup):
+    from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
+    from workbench.session import plan_key
+    _, session, _ = setup
+    plan = CompressionPlan().with_layer("decoder.blocks.0.mlp.fc2",
+                                        LayerConfig(quant=QuantConfig(weight_bits=5)))
+    got = []
+    session.submit(plan, got.append, lambda err: got.append(err))
+    session.wait(120)
+    assert [r.kind for r in got] == ["quick", "full"]
+    assert {r.plan_key for r in got} == {plan_key(plan)} and not session.quick_is_full

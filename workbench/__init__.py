@@ -33,7 +33,8 @@ from workbench.session import Session
 from workbench.size import size
 
 __all__ = [
-    "CALIB", "REAL_TEST", "SYNTH_TEST", "VOCAB", "ArgumentError", "CheckpointError", "CompressionPlan", "DataError",
+    "CALIB", "REAL_TEST", "SYNTH_TEST", "VOCAB", "ArgumentError", "CheckpointError", "CompressionPlan",
+    "DataError",
     "DeviceError", "EvalSet", "LayerConfig", "PlanError", "PruneConfig", "QuantConfig",
     "RecoverConfig", "Session",
     "WorkbenchError", "__version__", "build_model", "compress", "conformer_ctc", "evaluate",

@@ -38,7 +38,7 @@ class EvalSet:
     def seconds(self) -> float:
         return sum(f.shape[-1] for f in self.features) / FRAMES_PER_SECOND
 
-    def subset(self, indices: list[int], name: str | None = None) -> "EvalSet":
+    def subset(self, indices: list[int], name: str | None = None) -> EvalSet:
         bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int)
                or not -len(self) <= i < len(self)]
         if bad:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable
+from collections.abc import Iterable
 
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
@@ -28,7 +28,7 @@ class Lexicon:
     _words: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> "Lexicon":
+    def from_texts(cls, texts: Iterable[str]) -> Lexicon:
         counts = Counter(w for t in texts for w in t.split())
         return cls(dict(counts), tuple(sorted(counts, key=lambda w: -counts[w])))
 

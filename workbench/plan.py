@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from json.decoder import scanstring
 from json.scanner import NUMBER_RE
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
                       ValidationError, field_validator, model_serializer, model_validator)
@@ -195,8 +195,8 @@ def _entry_tag(value: Any) -> str:
 
 
 #: A plan entry: a LayerConfig, or the string "skip".
-LayerEntry = Annotated[Union[Annotated[LayerConfig, Tag("config")],
-                             Annotated[Literal["skip"], Tag("skip")]], Discriminator(_entry_tag)]
+LayerEntry = Annotated[Annotated[LayerConfig, Tag("config")] | Annotated[Literal["skip"], Tag("skip")],
+                       Discriminator(_entry_tag)]
 
 
 class GroupEntry(_Frozen):

@@ -391,7 +391,7 @@ def _scores_in_execution_order(rows: list[ProfileRow]) -> list[ProfileRow]:
     return out
 
 
-def _leaf_row(call: _Call, roles: "_RoleInference", med: float | None) -> ProfileRow | None:
+def _leaf_row(call: _Call, roles: _RoleInference, med: float | None) -> ProfileRow | None:
     m = call.module
     if isinstance(m, _SKIPPED):
         return None
@@ -441,7 +441,7 @@ def _scores_row(call: _Call, spec: tuple[int, int], role: str, ms: float | None,
                       head_dim=head_dim, time_ms=ms)
 
 
-def _mha_rows(call: _Call, roles: "_RoleInference", med: float | None) -> list[ProfileRow]:
+def _mha_rows(call: _Call, roles: _RoleInference, med: float | None) -> list[ProfileRow]:
     """nn.MultiheadAttention: in_proj, scores, out_proj computed from its weights and shapes."""
     m: nn.MultiheadAttention = call.module  # type: ignore[assignment]
     time_axis = 1 if m.batch_first else 0

@@ -47,7 +47,8 @@ def scripted_whisper_changes(n: int, seed: int, n_enc: int = 4, n_dec: int = 4) 
         attn = rng.choice(["attn", "cross_attn"]) if side == "decoder" else "attn"
         kind = rng.choice(["bits", "bits", "neurons", "heads", "rank", "reset", "embedding"])
         if kind == "bits":
-            path = f"{side}.blocks.{b}.{rng.choice([attn + '.q_proj', attn + '.out_proj', 'mlp.fc1', 'mlp.fc2'])}"
+            leaf = rng.choice([attn + '.q_proj', attn + '.out_proj', 'mlp.fc1', 'mlp.fc2'])
+            path = f"{side}.blocks.{b}.{leaf}"
             cfg = LayerConfig(quant=QuantConfig(weight_bits=rng.choice([8, 6, 4])))
         elif kind == "neurons":
             path = f"{side}.blocks.{b}.mlp"

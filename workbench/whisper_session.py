@@ -13,6 +13,10 @@ The decoder (autoregressive, greedy, KV-cached) always re-runs: its input tokens
 decoder layer. A quick estimate runs on a fixed subset (16 utterances): the subset's paired WER
 change is added to the full baseline WER, with its standard error; the full set is the quick
 subset plus the rest, so the subset's work is reused.
+
+`submit` / `wait` / `cancel` are the CTC Session's own (quick then full on one worker thread, a
+newer submit cancels stale work between encoder blocks and decoder batches), so the dashboard's
+controller drives both engines the same way. Only that worker runs models; the caches are its own.
 """
 from __future__ import annotations
 
@@ -20,9 +24,11 @@ import copy
 import hashlib
 import json
 import math
+import threading
 import time
 from collections import OrderedDict
 from typing import Literal
+from collections.abc import Callable
 
 import torch
 
@@ -30,7 +36,7 @@ from workbench.evaluate import EvalSet, batches, score
 from workbench.features import FRAMES_PER_SECOND, collate_features
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.models.whisper_full import WhisperASR, WhisperTokenizer
-from workbench.session import WerEstimate, plan_key
+from workbench.session import Session, WerEstimate, _check, plan_key
 from workbench.whisper_eval import (MARGIN_FRAMES, SILENCE, decode_all, with_margin)
 
 
@@ -44,6 +50,23 @@ class WhisperSession:
 
     def __init__(self, model: WhisperASR, tokenizer: WhisperTokenizer, eval_set: EvalSet, *,
                  quick_utterances: int = 16, max_frames: int = 12_000, seed: int = 0) -> None:
+        from workbench.checks import check_int
+        from workbench.errors import ArgumentError
+        from workbench.evaluate import check_eval_set
+        if not isinstance(model, WhisperASR):
+            raise ArgumentError(
+                f"WhisperSession(model=...): expected a full Whisper model (WhisperASR: encoder "
+                f"+ decoder, workbench.models.whisper_full.load_whisper_asr()), got "
+                f"{type(model).__name__}; for a CTC model use workbench.Session.")
+        if not callable(getattr(tokenizer, "decode", None)):
+            raise ArgumentError(
+                f"WhisperSession(tokenizer=...): expected a tokenizer with decode(ids) -> str "
+                f"(workbench.models.whisper_full.WhisperTokenizer()), got "
+                f"{type(tokenizer).__name__}.")
+        check_eval_set(eval_set, "WhisperSession")
+        check_int(quick_utterances, "WhisperSession", "quick_utterances", low=1)
+        check_int(max_frames, "WhisperSession", "max_frames", low=100)
+        check_int(seed, "WhisperSession", "seed", low=0)
         self.baseline = copy.deepcopy(model).eval()
         self.tokenizer = tokenizer
         self.eval_set = eval_set
@@ -64,6 +87,9 @@ class WhisperSession:
         self._hidden: OrderedDict[tuple, list] = OrderedDict()
         self._units: OrderedDict[tuple, torch.nn.Module] = OrderedDict()
         self._results: OrderedDict[tuple, WerEstimate] = OrderedDict()
+        self._lock = threading.RLock()      # guards _results and the worker's generation
+        self._generation = 0
+        self._worker: threading.Thread | None = None
         from workbench.plan import CompressionPlan
         empty = CompressionPlan()
         self._baseline_hyps = {k: self._hyps(empty, k)[0] for k in self._kinds}
@@ -145,7 +171,8 @@ class WhisperSession:
             self._hidden.popitem(last=False)
 
     @torch.inference_mode()
-    def _encode(self, model: WhisperASR, sigs: list[str], part: str) -> tuple[list, int]:
+    def _encode(self, model: WhisperASR, sigs: list[str], part: str,
+                cancel: Callable[[], bool] | None = None) -> tuple[list, int]:
         """Encoder outputs per item of `part` (T'_i, D) and the stage it restarted from."""
         key = (part, "out", tuple(sigs))
         if key in self._hidden:
@@ -163,6 +190,7 @@ class WhisperSession:
             states = [enc.stem(x, lens) for x, lens in inputs]
             self._put((part, 0, tuple(sigs[:1])), states)
         for k in range(start, self.n_enc):
+            _check(cancel)
             states = [(enc.blocks[k](h, lengths_to_pad_mask(lens, h.shape[1])), lens)
                       for h, lens in states]
             self._put((part, k + 1, tuple(sigs[:k + 2])), states)
@@ -183,7 +211,8 @@ class WhisperSession:
             self._put(key, model.encoder.encode(silence)[0])
         return self._hidden[key]
 
-    def _hyps(self, plan, kind: str) -> tuple[list[str], list[int], int]:
+    def _hyps(self, plan, kind: str, cancel: Callable[[], bool] | None = None
+              ) -> tuple[list[str], list[int], int]:
         from workbench.data import normalize_text
         resolved = self._resolved(plan)
         sigs = self._encoder_sigs(resolved)
@@ -191,24 +220,36 @@ class WhisperSession:
         tail = self._tail(model, sigs)
         hyps, order, restarts = [], [], []
         for part in self._kinds[kind]:
-            encoded, restart = self._encode(model, sigs, part)
+            encoded, restart = self._encode(model, sigs, part, cancel)
             restarts.append(restart)
             idx = sorted(encoded)
             ids = decode_all(model, [encoded[i] for i in idx], [self._seconds[i] for i in idx],
-                             tail)
+                             tail, before_batch=lambda: _check(cancel))
             hyps += [normalize_text(self.tokenizer.decode(t)) for t in ids]
             order += idx
         return hyps, order, min(restarts)
 
-    def evaluate(self, plan, kind: Literal["quick", "full"] = "full") -> WerEstimate:
+    def evaluate(self, plan, kind: Literal["quick", "full"] = "full",
+                 cancel: Callable[[], bool] | None = None) -> WerEstimate:
         """WER / CER of `plan` on the quick subset (estimate + stderr) or the full set (exact).
         `restart_block` says where the encoder restarted: -1 the features, k encoder block k,
-        n_enc + 2 nothing (cached encoder output; decoder only)."""
+        n_enc + 2 nothing (cached encoder output; decoder only). `cancel()` returning True stops
+        the run (workbench.session.Cancelled) between encoder blocks and decoder batches.
+        A plan naming a path this model lacks raises PlanError before any model run."""
+        from workbench.checks import check_choice, check_plan
+        from workbench.errors import ArgumentError
+        plan = check_plan(plan, "WhisperSession.evaluate")
+        check_choice(kind, ("quick", "full"), "WhisperSession.evaluate", "kind")
+        if cancel is not None and not callable(cancel):
+            raise ArgumentError(f"WhisperSession.evaluate(cancel=...): expected None or a "
+                                f"callable returning True to stop, got {type(cancel).__name__}.")
+        self._resolved(plan)    # PlanError (unknown path, bad setting) before any work
         key = (plan_key(plan), kind)
-        if key in self._results:
-            return self._results[key]
+        with self._lock:
+            if key in self._results:
+                return self._results[key]
         t0 = time.perf_counter()
-        hyps, order, restart = self._hyps(plan, kind)
+        hyps, order, restart = self._hyps(plan, kind, cancel)
         refs = [self.eval_set.texts[i] for i in order]
         ids = [self.eval_set.ids[i] for i in order]
         wer, cer, per = score(refs, hyps, ids)
@@ -233,7 +274,24 @@ class WhisperSession:
             source=(f"estimated (Whisper tiny.en, greedy decoder): paired change on a fixed subset "
                     f"of {len(order)} utterances, ± 1 standard error") if kind == "quick" else
             f"measured (Whisper tiny.en, greedy decoder) on all {len(order)} utterances (jiwer)")
-        self._results[key] = result
-        while len(self._results) > 512:
-            self._results.popitem(last=False)
+        with self._lock:
+            self._results[key] = result
+            while len(self._results) > 512:
+                self._results.popitem(last=False)
         return result
+
+    @property
+    def quick_indices(self) -> list[int]:
+        """Eval-set indices of the fixed quick subset."""
+        return sorted(i for g in self._parts["quick"][0] for i in g)
+
+    @property
+    def quick_is_full(self) -> bool:
+        """True when the quick subset is the whole eval set (then a quick run adds nothing)."""
+        return not self._parts["rest"][0]
+
+    # Background work: the CTC Session's methods, unchanged (they only use evaluate(plan, kind,
+    # cancel=), _lock, _generation and _worker).
+    submit = Session.submit
+    wait = Session.wait
+    cancel = Session.cancel

@@ -134,12 +134,12 @@ def _drive(page, bits_labels: list[str], presses: list[str]) -> list[dict]:
     steps = []
     for label in bits_labels:
         steps.append({"action": f"{BITS_PATH} -> {label}", **_step(
-            page, lambda: page.locator(BITS_SELECT).select_option(label=label))})
+            page, lambda label=label: page.locator(BITS_SELECT).select_option(label=label))})
     handle = page.locator(PRUNE_HANDLE)
     for key in presses:
         handle.focus()
         steps.append({"action": f"{PRUNE_PATH} prune {key}", **_step(
-            page, lambda: page.keyboard.press(key))})
+            page, lambda key=key: page.keyboard.press(key))})
     return steps
 
 

@@ -66,7 +66,7 @@ class Condition:
         return self.noise if self.kind == "noise" else self.kind
 
     @classmethod
-    def parse(cls, text: str) -> "Condition":
+    def parse(cls, text: str) -> Condition:
         """'clean', 'white:10', 'babble:0', 'reverb:0.6', 'speed:0.9', 'telephone', 'mulaw'."""
         kind, _, arg = text.strip().partition(":")
         try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.conditions.grid import Condition, ConditionError, degrade, resolve_grid
+from workbench.conditions.grid import Condition, degrade, resolve_grid
 from workbench.evaluate import EvalSet, score
 
 #: Bump when degrade() or the features change, so old cached features are not reused.

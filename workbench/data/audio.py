@@ -36,7 +36,7 @@ def audio_seconds(path: Path | str) -> float:
     return info.frames / info.samplerate
 
 
-def _header(path: Path) -> "sf._SoundFileInfo":
+def _header(path: Path) -> sf._SoundFileInfo:
     if not path.is_file():
         raise DataError(f"{path}: audio file not found (check the manifest's audio_filepath, "
                         "which is relative to the manifest's folder)")

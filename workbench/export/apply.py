@@ -25,7 +25,7 @@ from workbench.errors import PlanError
 from workbench.evaluate import EvalSet, load_eval_set
 from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_atomic
 from workbench.export.calibration import CALIB_UTTERANCES, load_calibration_set
-from workbench.export.errors import ExportError, OutputExistsError
+from workbench.export.errors import OutputExistsError
 from workbench.export.model_card import render
 from workbench.export.onnx_export import OPSET
 from workbench.export.pipeline import Export, build_export, needs_calibration

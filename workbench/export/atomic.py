@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,21 +23,73 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 
 
+#: Signals held back while a staging folder is created, committed or removed (see `signals_held`).
+_HELD_SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None))
+                      if s is not None)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Run the body without being interrupted by SIGINT / SIGTERM; one that arrives meanwhile is
+    raised (delivered again to its own handler) right after the body.
+
+    Why not `signal.pthread_sigmask`: it blocks the signal for the calling thread only, and the
+    kernel then delivers a process-directed signal to another thread (onnxruntime's and torch's
+    pools) whose C handler still trips Python's flag, so the Python handler runs in the main
+    thread anyway (checked here: KeyboardInterrupt arrives with SIGINT blocked in the main
+    thread). Python-level handlers always run in the main thread, so swapping them for a
+    recorder is what actually holds the signal. `signal.signal` runs pending handlers *before*
+    it swaps, so a signal that arrived just before is raised here, with nothing changed.
+    Outside the main thread (signal's rule) the body runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, object] = {}
+    try:
+        for signum in _HELD_SIGNALS:
+            handler = signal.getsignal(signum)
+            if handler is None:   # installed outside Python: cannot be restored, leave it
+                continue
+            signal.signal(signum, lambda s, frame: caught.append(s))
+            previous[signum] = handler
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)   # pending ones still go to the recorder first
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)   # to the restored handler: KeyboardInterrupt / Terminated
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove `path` completely, even if a signal arrives meanwhile (it is raised afterwards)."""
+    with signals_held():
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     """Write `data` to `path` via a temporary file in the same folder + fsync + os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd = tmp = None
     try:
+        with signals_held():   # a signal inside mkstemp is raised only once `tmp` is known
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
+            fd = None   # the file object owns (and closes) it now
             os.fchmod(f.fileno(), FILE_MODE)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        with signals_held():
+            if fd is not None:
+                os.close(fd)
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         raise
     return path
 
@@ -55,39 +110,53 @@ def staged_dir(target: Path) -> Iterator[Path]:
 
     target = Path(target)
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
+    stage: Path | None = None
+    old: Path | None = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging.", dir=target.parent))
-    except OSError as err:
-        _remove_empty(created)
-        raise ExportError(f"{target}: cannot create the output folder there ({err.strerror}); "
-                          f"choose a folder you can write to.") from None
-    old = None
-    try:
-        os.chmod(stage, DIR_MODE)
-        yield stage
-        if target.exists():
-            # Move the old folder aside first (rename is atomic), then drop it.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.rmdir(old)
-            os.replace(target, old)
         try:
-            os.replace(stage, target)
-        except BaseException as err:
-            if old is not None:   # put the previous folder back: the target is never lost
-                os.replace(old, target)
-                old = None
-            if isinstance(err, OSError):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with signals_held():   # the folder exists only once `stage` names it
+                stage = _make_stage(target)
+        except OSError as err:
+            raise ExportError(f"{target}: cannot create the output folder there "
+                              f"({err.strerror}); choose a folder you can write to.") from None
+        yield stage
+        with signals_held():   # commit: the old folder is never left moved aside half-way
+            if target.exists():
+                # Move the old folder aside first (rename is atomic), then drop it.
+                old = _make_stage(target, "old")
+                os.rmdir(old)
+                os.replace(target, old)
+            try:
+                os.replace(stage, target)
+                stage = None
+            except OSError as err:
+                if old is not None:   # put the previous folder back: the target is never lost
+                    os.replace(old, target)
+                    old = None
                 raise ExportError(f"{target}: could not move the finished folder into place "
                                   f"({err.strerror or err}); nothing was written there.") from None
-            raise
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        _remove_empty(created)
+        with signals_held():   # a second Ctrl-C must not stop the cleanup half-way
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+            _remove_empty(created)
         raise
     finally:
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_tree(old)
+
+
+def _make_stage(target: Path, kind: str = "staging") -> Path:
+    """Create `.{name}.{kind}.{random}` next to `target` (0755) and return it."""
+    while True:
+        path = target.parent / f".{target.name}.{kind}.{secrets.token_hex(6)}"
+        try:
+            path.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(path, DIR_MODE)   # mkdir's mode is masked by the umask
+        return path
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -13,7 +13,8 @@ Per-layer tensors (not one stacked tensor) so layers with pruned heads export to
 (the encoder graph run once on 30 s of digital silence), as in `workbench.whisper_eval`.
 
 Quantization: ORT dynamic int8 (per channel, MatMul weights: `quantize_dynamic`; it also rounds
-each MatMul input to uint8 at run time, which `whisper_eval.ort_dynamic_activations` simulates); per-layer bit maps are not built for this model yet
+each MatMul input to uint8 at run time, which `whisper_eval.ort_dynamic_activations` simulates);
+per-layer bit maps are not built for this model yet
 (plans with structure are applied in PyTorch before the export, bits other than 8 are refused).
 """
 from __future__ import annotations

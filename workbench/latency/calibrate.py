@@ -200,7 +200,7 @@ def fit_record(points: Sequence[Point], nominal: DeviceProfile | None = None) ->
     cv_errors = cross_validated_errors(points, nominal)
     cv_mape = statistics.fmean(cv_errors)
     return {
-        "calibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "calibrated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "efficiency": {op: round(getattr(dev.efficiency, op), 5) for op in OP_CLASSES},
         "overhead_us_per_op": round(dev.overhead_us_per_op, 4),

@@ -17,8 +17,8 @@ import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 from workbench.errors import DataError
 from workbench.latency.edge import BYTES, op_precision, weight_precision
 from workbench.latency.graph import FusedOp, fused_ops
-from workbench.latency.hardware import (FITTABLE, KINDS, EdgeDevice, Runtime, load_edge_device,
+from workbench.latency.hardware import (KINDS, EdgeDevice, Runtime, load_edge_device,
                                         load_runtime, runtimes_dir)
 
 FIELDS = ("model", "device", "runtime", "threads", "precision", "ms", "source", "date")
@@ -330,7 +330,7 @@ def write_fit(path: str | Path | None = None) -> dict[str, Any]:
     params = fit_runtimes(rows)
     pairs = lomo(rows)
     s = summarize(pairs)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    when = datetime.now(UTC).strftime("%Y-%m-%d")
     used = set(_used_params(rows))
     from workbench.latency.hardware import edge_device_names, edge_devices_dir
     scales = params.pop(DEVICE_SCALES)

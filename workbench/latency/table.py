@@ -19,12 +19,12 @@ import fnmatch
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Union
+from typing import Any
 
 from torch import nn
 
 from workbench.errors import WorkbenchError
-from workbench.profile import Profile, ProfileRow, profile
+from workbench.profile import Profile, profile
 
 #: Profiler row kind -> op class of the cost model.
 OP_OF_KIND = {"linear": "matmul", "conv": "conv", "attention_scores": "attention_scores",
@@ -33,7 +33,7 @@ OP_OF_KIND = {"linear": "matmul", "conv": "conv", "attention_scores": "attention
 ACT_BYTES = 4
 
 WeightBits = Mapping[str, int]
-BitsOrPlan = Union[WeightBits, Any, None]   # a bits mapping, a CompressionPlan, or None
+BitsOrPlan = WeightBits | Any | None   # a bits mapping, a CompressionPlan, or None
 
 
 @dataclass(frozen=True)

@@ -52,15 +52,6 @@ class CTCModel(nn.Module):
         h, lengths = self.stem(features, feat_lengths)
         return self.forward_from(h, lengths, 0)
 
-    def encode_until(self, features: torch.Tensor, feat_lengths: torch.Tensor, stop: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden states at the input of block `stop` (0 = stem output): (B, T', D), lengths."""
-        h, lengths = self.stem(features, feat_lengths)
-        pad_mask = lengths_to_pad_mask(lengths, h.shape[1])
-        for block in self.blocks[:stop]:
-            h = block(h, pad_mask)
-        return h, lengths
-
     def forward_from(self, h: torch.Tensor, lengths: torch.Tensor, start: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run blocks[start:] and the head on hidden states cached at the input of block `start`."""

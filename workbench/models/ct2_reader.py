@@ -54,8 +54,8 @@ class CT2File:
     binary_version: int
     spec_name: str
     spec_revision: int
-    variables: "OrderedDict[str, np.ndarray]"
-    aliases: "OrderedDict[str, str]"
+    variables: OrderedDict[str, np.ndarray]
+    aliases: OrderedDict[str, str]
 
     @property
     def attributes(self) -> dict[str, int | float]:

@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from workbench.errors import WorkbenchError
 from workbench.search.executors import Job, SearchCancelled

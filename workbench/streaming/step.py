@@ -64,7 +64,7 @@ class StreamConfig:
 
     @classmethod
     def from_seconds(cls, chunk_s: float, lookahead_s: float = 0.0, left_s: float = 4.0
-                     ) -> "StreamConfig":
+                     ) -> StreamConfig:
         return cls(round(chunk_s * FRAMES_PER_SECOND), round(lookahead_s * FRAMES_PER_SECOND),
                    round(left_s * FRAMES_PER_SECOND))
 

@@ -20,6 +20,10 @@ from workbench.ui.state import AppState
 AUDIO_MIN, AUDIO_MAX, AUDIO_STEP = 1.0, 30.0, 0.5
 
 
+#: What the header calls a result of each evaluation kind (quick subset / full set).
+_KIND_WORD = {"quick": "estimate", "full": "measured"}
+
+
 def _pp(x: float) -> str:
     return f"{100 * x:+.2f} pp"
 
@@ -166,7 +170,7 @@ class Header:
                           f"{html.escape(label)}</span>{num}")
         self.cer.value = (f"<span{cls}>CER <b>{100 * est.cer:.2f} %</b> "
                           f"(Δ {_pp(est.cer_delta)})</span><br>"
-                          f"<span class='wb-muted'>{'estimate' if kind == 'quick' else 'measured' if kind == 'full' else 'evaluating…'}</span>")
+                          f"<span class='wb-muted'>{_KIND_WORD.get(kind, 'evaluating…')}</span>")
 
     def _show_size(self) -> None:
         r = self.state.size
