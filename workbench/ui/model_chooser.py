@@ -56,6 +56,7 @@ class ModelChooser:
         self.errors = ErrorArea()
         self.toggle = widgets.ToggleButtons(options=list(MODELS), value=initial,
                                             description="model")
+        self.toggle.style.button_width = "230px"     # the labels say what each model is for
         self.toggle.add_class("wb-model-chooser")
         self.banner = widgets.HTML()
         self.banner.add_class("wb-model-banner")
