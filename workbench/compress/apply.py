@@ -104,18 +104,40 @@ def _replace(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
     return root
 
 
+def _graph_removal(root: nn.Module, group, cfg: LayerConfig):  # noqa: ANN001, ANN202
+    """(group, unit indices to remove) for a graph group; magnitude importance only."""
+    from workbench.errors import PlanError
+    from workbench.graph.surgery import choose
+    if cfg.prune.structure == "unstructured" or cfg.prune.importance != "magnitude":
+        raise PlanError(f"layers[{group.path!r}]: a group found from the graph takes structured "
+                        f"pruning ({group.kind}) with importance 'magnitude'; got "
+                        f"{cfg.prune.structure} / {cfg.prune.importance}.")
+    return group, choose(root, group, cfg.prune.amount)
+
+
 def apply_entries_(root: nn.Module, entries: Mapping[str, LayerConfig],
                    grads: Mapping[str, torch.Tensor] | None = None
                    ) -> tuple[nn.Module, list[str]]:
     """Compress `root` in place (call it on a copy you own); returns (root, notes)."""
     grads = dict(grads) if grads is not None else None  # sliced as shapes shrink
     notes: list[str] = []
+    structure = getattr(root, "graph_structure", None)
+    graph_groups = {g.path: g for g in getattr(structure, "groups", ())}
+    removals = []
     for path, cfg in entries.items():  # 1. structured pruning
-        if cfg.prune is not None and cfg.prune.structure != "unstructured":
+        if cfg.prune is not None and path in graph_groups:  # groups found from the graph
+            removals.append(_graph_removal(root, graph_groups[path], cfg))
+            notes.append(f"{path}: removed {len(removals[-1][1])} {cfg.prune.structure} "
+                         f"{removals[-1][1]} (group found from the graph)")
+        elif cfg.prune is not None and cfg.prune.structure != "unstructured":
             prune = _STRUCTURED[cfg.prune.structure]
             removed = prune(root.get_submodule(path), cfg.prune.amount, cfg.prune.importance,
                             grads, prefix=path)
             notes.append(f"{path}: removed {len(removed)} {cfg.prune.structure} {removed}")
+    if removals:
+        from workbench.graph.surgery import remove_units_
+        remove_units_(root, removals)
+        root._structure = None  # shapes changed: found again if asked
     for path, cfg in entries.items():  # 2. unstructured pruning
         if cfg.prune is not None and cfg.prune.structure == "unstructured":
             grad = None if grads is None else grads.get(f"{path}.weight" if path else "weight")
