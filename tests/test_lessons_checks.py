@@ -34,6 +34,11 @@ def _mask_by_value(w: torch.Tensor, amount: float) -> torch.Tensor:   # w, not |
     return mask.reshape(w.shape)
 
 
+def _nm_along_outputs(w: torch.Tensor, n: int, m: int) -> torch.Tensor:   # groups down a column
+    return solutions.nm_mask(w.T.contiguous(), n, m).T if w.shape[0] % m == 0 else \
+        torch.ones_like(w, dtype=torch.bool)
+
+
 def _prune_ffn_no_bias(fc1: nn.Linear, fc2: nn.Linear, keep: torch.Tensor):
     new1, new2 = solutions.prune_ffn(fc1, fc2, keep)
     new1.bias = nn.Parameter(fc1.bias.detach()[: len(keep)].clone())   # first k biases, not keep's
@@ -117,6 +122,7 @@ WRONG = {
     "block_macs": (_macs_no_av, "scores"),
     "crossover_frames": (_crossover_d_model, "expected"),
     "magnitude_mask": (_mask_by_value, "magnitudes"),
+    "nm_mask": (_nm_along_outputs, "consecutive inputs"),
     "prune_ffn": (_prune_ffn_no_bias, "bias"),
     "neuron_scores": (_scores_no_bias, "bias"),
     "taylor_neuron_scores": (_taylor_abs_of_sum, "absolute value"),
