@@ -200,3 +200,10 @@ def test_copy_is_deep(conformer):
     model, _, structure = conformer
     pruned = prune(model, structure, {"neurons": 0.5})
     assert pruned.model is not model and copy.deepcopy(pruned.model) is not None
+
+
+def test_graph_rounding_is_compress_rounding():
+    from workbench.graph.surgery import count_to_remove as graph_count
+    for n in (1, 2, 3, 4, 7, 80, 256):
+        for amount in (0.0, 0.1, 0.25, 0.5, 0.75, 0.99):
+            assert graph_count(n, amount) == count_to_remove(n, amount)

@@ -26,6 +26,7 @@ from workbench.compress.prune import (prune_channels_, prune_heads_, prune_neuro
                                       prune_unstructured_)
 from workbench.compress.quantize import quantize_layer
 from workbench.plan import CompressionPlan, LayerConfig
+from workbench.compress.resolution import resolve
 
 V = TypeVar("V")
 _STRUCTURED = {"heads": prune_heads_, "neurons": prune_neurons_, "channels": prune_channels_}
@@ -57,7 +58,7 @@ def compress_detailed(model: nn.Module, plan: CompressionPlan,
     check_model(model, "compress")
     plan = check_plan(plan, "compress")
     check_bool(force, "compress", "force")
-    resolved = plan.resolve(model, force=force)
+    resolved = resolve(plan, model, force=force)
     batches = as_calibration(calib)
     if grads is None and needs_gradients(resolved):
         grads = taylor_gradients(model, batches)
@@ -70,7 +71,7 @@ def compress_detailed(model: nn.Module, plan: CompressionPlan,
 def compress_module(module: nn.Module, entries: Mapping[str, LayerConfig],
                     grads: Mapping[str, torch.Tensor] | None = None) -> Compressed:
     """Apply resolved entries (paths relative to `module`, e.g. from
-    `under(plan.resolve(model), "blocks.3")`) to a deep copy of one module.
+    `under(resolve(plan, model), "blocks.3")`) to a deep copy of one module.
 
     `grads` (relative parameter names, `under(taylor_gradients(model, calib), "blocks.3")`) is
     needed for 'taylor' importance. Activation quantizers come back unobserved: run the new
@@ -103,18 +104,40 @@ def _replace(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
     return root
 
 
+def _graph_removal(root: nn.Module, group, cfg: LayerConfig):  # noqa: ANN001, ANN202
+    """(group, unit indices to remove) for a graph group; magnitude importance only."""
+    from workbench.errors import PlanError
+    from workbench.graph.surgery import choose
+    if cfg.prune.structure == "unstructured" or cfg.prune.importance != "magnitude":
+        raise PlanError(f"layers[{group.path!r}]: a group found from the graph takes structured "
+                        f"pruning ({group.kind}) with importance 'magnitude'; got "
+                        f"{cfg.prune.structure} / {cfg.prune.importance}.")
+    return group, choose(root, group, cfg.prune.amount)
+
+
 def apply_entries_(root: nn.Module, entries: Mapping[str, LayerConfig],
                    grads: Mapping[str, torch.Tensor] | None = None
                    ) -> tuple[nn.Module, list[str]]:
     """Compress `root` in place (call it on a copy you own); returns (root, notes)."""
     grads = dict(grads) if grads is not None else None  # sliced as shapes shrink
     notes: list[str] = []
+    structure = getattr(root, "graph_structure", None)
+    graph_groups = {g.path: g for g in getattr(structure, "groups", ())}
+    removals = []
     for path, cfg in entries.items():  # 1. structured pruning
-        if cfg.prune is not None and cfg.prune.structure != "unstructured":
+        if cfg.prune is not None and path in graph_groups:  # groups found from the graph
+            removals.append(_graph_removal(root, graph_groups[path], cfg))
+            notes.append(f"{path}: removed {len(removals[-1][1])} {cfg.prune.structure} "
+                         f"{removals[-1][1]} (group found from the graph)")
+        elif cfg.prune is not None and cfg.prune.structure != "unstructured":
             prune = _STRUCTURED[cfg.prune.structure]
             removed = prune(root.get_submodule(path), cfg.prune.amount, cfg.prune.importance,
                             grads, prefix=path)
             notes.append(f"{path}: removed {len(removed)} {cfg.prune.structure} {removed}")
+    if removals:
+        from workbench.graph.surgery import remove_units_
+        remove_units_(root, removals)
+        root._structure = None  # shapes changed: found again if asked
     for path, cfg in entries.items():  # 2. unstructured pruning
         if cfg.prune is not None and cfg.prune.structure == "unstructured":
             grad = None if grads is None else grads.get(f"{path}.weight" if path else "weight")

@@ -227,6 +227,8 @@ class _Recorder(TorchDispatchMode):
             self._contraction(name, args, out, tracked)
         elif name == "copy_":
             self.set(out, self.lab(args[1]))
+        elif name in ("index_put", "index_put_") and self.lab(args[2]) is None:
+            self.set(out, self._labels_or_none(args[0]).clone())  # constant written in place
         else:
             self._unknown(name, tracked, out)
         return out
@@ -437,8 +439,10 @@ class _Recorder(TorchDispatchMode):
 
 def record_units(model: torch.nn.Module, example: tuple) -> Units:
     """Run `model(*example)` once (no grad) and return its unit classes (see module doc)."""
-    names = {id(t): n for n, t in model.named_parameters(remove_duplicate=False)}
-    names.update({id(t): n for n, t in model.named_buffers(remove_duplicate=False)})
+    names: dict[int, str] = {}  # the first name, as named_parameters() / named_modules() give
+    for n, t in [*model.named_parameters(remove_duplicate=False),
+                 *model.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(t), n)
     recorder = _Recorder(names)
     with torch.no_grad(), recorder:
         out = model(*example)
