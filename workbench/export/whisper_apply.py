@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
 from workbench.errors import PlanError
 from workbench.export.errors import ExportError
 
@@ -267,14 +268,13 @@ def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Seque
     from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_atomic
     from workbench.export.report import host_description, layer_rows, sha256
     from workbench.export.whisper_onnx import OrtWhisper
-    from workbench.plan import fingerprint_of
     from workbench.size import size
     from workbench.whisper_latency import rtf_by_device
 
     out = Path(out)
     start = time.perf_counter()
     check_output_dir(out, overwrite)
-    stamped = plan if plan.model_fingerprint else plan.for_model(model)
+    stamped = plan if plan.model_fingerprint else plan_for_model(plan, model)
     with tempfile.TemporaryDirectory(prefix="workbench-whisper-") as tmp, staged_dir(out) as stage:
         ex = build_whisper_export(model, plan, Path(tmp), strict)
         sim, n = ex["sim"], len(model.decoder.blocks)
@@ -331,5 +331,5 @@ def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Seque
         write_text_atomic(stage / "report.json", json.dumps(report, indent=2) + "\n")
         from workbench.export.whisper_card import render_whisper
         write_text_atomic(stage / "MODEL_CARD.md",
-                          render_whisper(report, plan.resolve(model), stamped.to_json()))
+                          render_whisper(report, resolve(plan, model), stamped.to_json()))
     return report
