@@ -21,6 +21,7 @@ from workbench._version import __version__
 from workbench.byo import adapt
 from workbench.compress import compress, presets
 from workbench.compress.recover import RecoverConfig, recover
+from workbench.compress.resolution import plan_for_model, resolve
 from workbench.errors import (ArgumentError, CheckpointError, DataError, DeviceError, PlanError,
                               WorkbenchError)
 from workbench.evaluate import EvalSet, evaluate, load_eval_set, transcribe
@@ -36,11 +37,9 @@ from workbench.size import size
 
 __all__ = [
     "CALIB", "REAL_TEST", "SYNTH_TEST", "VOCAB", "ArgumentError", "CheckpointError", "CompressionPlan",
-    "DataError",
-    "DeviceError", "EvalSet", "LayerConfig", "PlanError", "PruneConfig", "QuantConfig",
-    "RecoverConfig", "Session", "adapt",
-    "WorkbenchError", "__version__", "build_model", "compress", "conformer_ctc", "evaluate",
-    "known_devices", "load_checkpoint", "load_demo", "load_device", "load_eval_set", "log_mel",
-    "predict_latency", "presets", "profile", "recover", "save_checkpoint", "size", "transcribe",
-    "whisper_ctc_pretrained",
+    "DataError", "DeviceError", "EvalSet", "LayerConfig", "PlanError", "PruneConfig", "QuantConfig",
+    "RecoverConfig", "Session", "WorkbenchError", "adapt", "__version__", "build_model", "compress",
+    "conformer_ctc", "evaluate", "known_devices", "load_checkpoint", "load_demo", "load_device",
+    "load_eval_set", "log_mel", "plan_for_model", "predict_latency", "presets", "profile", "recover",
+    "resolve", "save_checkpoint", "size", "transcribe", "whisper_ctc_pretrained",
 ]
