@@ -17,7 +17,11 @@ DEBIAN_PKGS := espeak-ng flite festival festvox-kallpc16k sox asterisk-core-soun
                asterisk-moh-opsound-wav \
                chromium chromium-driver fonts-dejavu-core
 
-.PHONY: lab test serve setup apt data demo bench clean-venv
+# Optional: what `workbench verify-arm64` needs (an emulated ARM64 CPU and a Debian arm64 root).
+# Not part of `make test` (the ARM64 run is slow): `make apt-arm64`, then `workbench verify-arm64`.
+ARM64_PKGS := qemu-user-static debootstrap
+
+.PHONY: lab test serve setup apt apt-arm64 data demo bench clean-venv
 
 $(PY):
 	$(PY_SYS) -m venv $(VENV)
@@ -40,6 +44,12 @@ $(APT_STAMP): | $(PY)
 	touch $(APT_STAMP)
 
 apt: $(APT_STAMP)
+
+apt-arm64:
+	@if [ "$$(id -u)" = "0" ]; then \
+	  missing=""; for p in $(ARM64_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	else echo "not root: install these Debian packages yourself if missing: $(ARM64_PKGS)"; fi
 
 # The URL printed carries the access token (open it as printed).
 lab: setup

@@ -11,7 +11,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from workbench.compress.quantize import fake_quant_weight
-from workbench.export.positions import compute_sinusoid_tables, whisper_sinusoid_table
+from workbench.export.positions import (compute_sinusoid_tables, graph_table,
+                                        whisper_sinusoid_table)
 from workbench.export.weight_grids import (drop_unused_initializers, matmul_nbits_arrays,
                                            plan_grid, replace_with_dq_weights,
                                            replace_with_fp16_weights, replace_with_matmul_nbits)
@@ -147,8 +148,27 @@ def test_sinusoid_table_becomes_its_formula_with_the_same_values():
     assert done[0].bytes_saved == 4 * rows * channels
     assert "table" not in {i.name for i in model.graph.initializer}
     assert model.ByteSize() < 4 * rows * channels / 4
+    # no Cos: onnxruntime 1.22 (the ARM64 check's runtime) has no float64 Cos kernel
+    assert "Cos" not in {n.op_type for n in model.graph.node}
     out = run(model, {"t": np.array([37], np.int64)})
     np.testing.assert_array_equal(out, table[:37])           # bit for bit
+
+
+def test_the_sin_only_graph_equals_the_whisper_table_at_full_size():
+    # 1500 x 384: every row of the demo model's table; numpy's model of the graph and the graph
+    # run in onnxruntime both equal the torch table (float64 -> fp16 rounds through float32)
+    table = whisper_sinusoids(1500, 384).numpy()
+    np.testing.assert_array_equal(graph_table(1500, 384), table)
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["table", "starts", "t", "axes"], ["y"], name="slice")], "g",
+        [helper.make_tensor_value_info("t", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 384])],
+        [numpy_helper.from_array(table, "table"),
+         numpy_helper.from_array(np.array([0], np.int64), "starts"),
+         numpy_helper.from_array(np.array([0], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    assert len(compute_sinusoid_tables(model)) == 1
+    np.testing.assert_array_equal(run(model, {"t": np.array([1500], np.int64)}), table)
 
 
 def test_a_table_that_is_not_the_formula_is_left_as_data():

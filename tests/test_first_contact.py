@@ -1,14 +1,20 @@
 """First contact: what a new user runs first works as root and as a normal user.
 
 The Makefile logic is checked with `make -n` (prints the commands, runs nothing), with USER_ID
-forced to root (0) and to a normal user (1000). No server is started here.
+forced to root (0) and to a normal user (1000); one slow test starts the real `make lab` (as
+whoever runs the suite: root in CI) and fetches the URL it prints.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -122,3 +128,50 @@ def test_data_build_cli_has_the_explicit_flag() -> None:
     args = build_parser().parse_args(["data", "build", "--install-system-packages"])
     assert args.install_system_packages is True
     assert build_parser().parse_args(["data", "build"]).install_system_packages is False
+
+
+@pytest.mark.slow
+def test_make_lab_prints_a_url_that_answers(tmp_path) -> None:
+    """The README's first command, for real: `make lab` (setup skipped with `-o setup`: the venv
+    running this test exists) prints a URL with its token, and that URL answers HTTP 200.
+    Jupyter's config, runtime and workspace folders are isolated in tmp_path."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "BROWSER": "true",   # nothing to open a browser with
+           **{k: str(tmp_path / k.lower()) for k in (
+               "JUPYTER_CONFIG_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR",
+               "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR")}}
+    log = tmp_path / "lab.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["make", "-C", str(REPO), "-o", "setup", "lab", f"VENV={sys.prefix}",
+                                 f"PORT={port}"], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 600   # a hang guard, not a budget
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            found = re.search(rf"http://127\.0\.0\.1:{port}/lab\?token=[0-9a-f]+", log.read_text())
+            url = found.group(0) if found else None
+            time.sleep(0.5)
+        assert url, f"make lab printed no URL (exit {proc.poll()}):\n{log.read_text()[-3000:]}"
+        with urllib.request.urlopen(url, timeout=120) as reply:
+            assert reply.status == 200
+            assert b"JupyterLab" in reply.read()
+        assert "Running as root is not recommended" not in log.read_text()
+    finally:
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group of `make` (jupyter included), then SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=30)
+            break
+        except subprocess.TimeoutExpired:
+            continue

@@ -10,23 +10,20 @@ the test runs the code under test even when another copy of workbench is install
 """
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from workbench.lesson_timing import sliced_poll_kernel_manager
+from workbench.lesson_timing import CELL_TIMEOUT_SECONDS, bench_lessons, execute_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-LESSONS = ("01_where_the_cost_is", "02_pruning", "03_quantization", "04_low_rank",
+LESSONS = ("01_where_the_cost_is", "02a_pruning_granularity", "02b_pruning_importance_recovery",
+           "03_quantization", "04_low_rank",
            "05_edge_latency", "06_export_to_production", "07_bring_your_own_model",
            "10_robustness", "11_streaming")
 DEMO_CHECKPOINT = REPO / "data" / "models" / "demo" / "model.safetensors"
-#: Per-cell timeout: a hang guard only, not a budget (budgets: `workbench bench lessons`).
-CELL_TIMEOUT_SECONDS = 600
 #: Notebook-level metadata a clean notebook may carry.
 ALLOWED_METADATA = {"kernelspec", "language_info"}
 
@@ -78,25 +75,9 @@ def test_lesson_follows_the_lesson_rules(name: str) -> None:
 
 # ---- execution ----------------------------------------------------------------------------------
 
-# The kernel manager whose reads poll in short slices (why: see its docstring) is shared with
-# `workbench bench lessons`, so the test and the bench run notebooks the same way.
-
-
-def execute_notebook(path: Path, cell_timeout: int = CELL_TIMEOUT_SECONDS
-                     ) -> tuple[nbformat.NotebookNode, float]:
-    """Run `path` in a fresh python3 kernel (cwd: its folder); returns the executed notebook
-    (in memory only) and the wall-clock seconds, kernel start included."""
-    from nbclient import NotebookClient
-
-    nb = _read(path)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
-                            kernel_manager_class=sliced_poll_kernel_manager(),
-                            resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
-    client.execute(env=env)
-    return nb, time.perf_counter() - start
+# `workbench bench lessons` and this test run notebooks with the same function
+# (workbench.lesson_timing.execute_notebook: fresh kernel, this checkout first on PYTHONPATH, the
+# sliced-poll kernel manager - why: see its docstring), so the two cannot drift apart.
 
 
 @pytest.mark.slow
@@ -110,7 +91,8 @@ def test_notebook_runs_headless(path: Path, tmp_path: Path) -> None:
     from nbclient.exceptions import CellExecutionError
 
     try:
-        executed, _seconds = execute_notebook(path)
+        # CELL_TIMEOUT_SECONDS per cell is a hang guard only, not a budget
+        executed, _seconds = execute_notebook(path, cell_timeout=CELL_TIMEOUT_SECONDS)
     except CellExecutionError as err:
         pytest.fail(f"{path.name} failed:\n{str(err)[-3000:]}")
     nbformat.write(executed, tmp_path / path.name)   # for inspection after a failure
@@ -123,6 +105,37 @@ def test_notebook_runs_headless(path: Path, tmp_path: Path) -> None:
     if path.stem in LESSONS:
         assert any(PLOTLY_MIME in o.get("data", {}) for o in widget_outputs), \
             f"{path.name}: no interactive plotly figure was drawn"
+
+
+def _notebook(folder: Path, name: str, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_bench_lessons_reports_seconds_kernel_cpu_cells_and_failures(tmp_path: Path) -> None:
+    """`workbench bench lessons` on two small notebooks: one burns 0.5 s of its kernel's CPU
+    (measured by the kernel itself), one raises. No time bound is asserted: the CPU figure is
+    checked against the work the kernel did, which the load does not change."""
+    pytest.importorskip("nbclient")
+    _notebook(tmp_path, "a_busy", "import time\nt0 = time.process_time()\n"
+                                  "while time.process_time() - t0 < 0.5:\n    pass", "x = 1")
+    _notebook(tmp_path, "b_broken", "raise ValueError('lesson bug')")
+    doc = bench_lessons(budget_s=1e6, folder=tmp_path)
+    busy, broken = doc["notebooks"]
+    assert busy["notebook"] == "a_busy" and busy["error"] is None and busy["pass"]
+    assert busy["kernel_cpu_seconds"] >= 0.5                 # at least the loop's own CPU time
+    assert busy["seconds"] > 0 and len(busy["slowest_cells"]) == 2
+    loop = next(c for c in busy["slowest_cells"] if c["cell"] == 0)
+    assert "import time" in loop["source"] and loop["seconds"] >= 0.5   # wall >= its own CPU
+    assert broken["error"].startswith("CellExecutionError") or "lesson bug" in broken["error"]
+    assert not broken["pass"] and doc["passed"] == 1 and doc["total"] == 2 and not doc["all_pass"]
+    assert doc["cpu_count"] and len(doc["load_avg_before"]) == 3
+    strict = bench_lessons(only=["a_busy"], budget_s=1e-3, folder=tmp_path)
+    assert strict["total"] == 1 and not strict["notebooks"][0]["pass"]   # over budget: fails
 
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"

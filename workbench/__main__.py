@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_latency_parser(sub)
     from workbench.deploy.arm64 import add_parser as add_arm64_parser  # verify-arm64
     add_arm64_parser(sub)
+    from workbench.deploy.bundle_cli import add_parser as add_bundle_parser  # bundle
+    add_bundle_parser(sub)
 
     lab = sub.add_parser("lab", help="open the workbench notebook in JupyterLab")
     lab.add_argument("--port", type=ck.port, default=8888)

@@ -186,7 +186,19 @@ def _owner(model: nn.Module, key: str) -> tuple[str, str] | None:
     parent, _, child = path.rpartition(".")
     if child in ("down", "up") and isinstance(model.get_submodule(parent), LowRankLinear):
         return parent, f"{child}.{name}"
+    if ".parametrizations." in f".{path}.":  # weight norm & co: X.parametrizations.weight.original0
+        owner, _, rest = f".{path}".partition(".parametrizations.")
+        return owner[1:], f"{rest}.{name}"
     return path, name
+
+
+def _weight_key(tensors: Mapping[str, tuple[list[int], int, bool]]) -> str | None:
+    """The stored tensor that holds a layer's weight matrix: 'weight', or under a weight-norm
+    parametrization 'weight.original1' (v, the weight's shape; g is priced as other bytes)."""
+    for key in ("weight", "weight.original1"):
+        if key in tensors:
+            return key
+    return None
 
 
 def _shapes(model: nn.Module) -> Shapes:
@@ -230,8 +242,11 @@ def size(model: nn.Module, plan: CompressionPlan, calib: Calibration | None = No
     resolved = resolve(plan, model, force=force)
     shapes = _shapes(model)
     baseline, baseline_params = _baseline(model)
+    graph = {g.path: g for g in getattr(getattr(model, "graph_structure", None), "groups", ())}
     for path, cfg in resolved.items():
-        if cfg.prune is not None and cfg.prune.structure != "unstructured":
+        if cfg.prune is not None and path in graph:
+            _shrink_graph_group(model, graph[path], cfg, shapes)
+        elif cfg.prune is not None and cfg.prune.structure != "unstructured":
             _shrink_structured(model, path, cfg, shapes)
     grads = None
     targets = find_targets(model)
@@ -242,14 +257,18 @@ def size(model: nn.Module, plan: CompressionPlan, calib: Calibration | None = No
             rows.append(_row(path, "tensors", [], _bytes(tensors), baseline.get(path, 0)))
             continue
         cfg = resolved.get(path, LayerConfig())
-        shape = tensors["weight"][0]
+        wkey = _weight_key(tensors)
+        if wkey is None:
+            rows.append(_row(path, "tensors", [], _bytes(tensors), baseline.get(path, 0)))
+            continue
+        shape = tensors[wkey][0]
         out, k = shape[0], math.prod(shape[1:])
         quant = cfg.quant
         base = dict(bits=32 if quant is None or quant.weight_bits is None else quant.weight_bits,
                     granularity=quant.granularity if quant else "per_channel",
                     symmetric=quant.symmetric if quant else True,
                     act_quant=quant is not None and quant.act_bits is not None)
-        other = _bytes(tensors, skip=("weight",))
+        other = _bytes(tensors, skip=(wkey,))
         kind = target.kind
         if cfg.prune is not None and cfg.prune.structure == "unstructured":
             nnz = out * k - count_to_remove(out * k, cfg.prune.amount, keep_one=False)
@@ -311,6 +330,19 @@ def _shrink_structured(model: nn.Module, path: str, cfg: LayerConfig, shapes: Sh
             if shape == [c]:
                 shape[0] -= removed
         shrink("pointwise2", "weight", 1, removed)
+
+
+def _shrink_graph_group(model: nn.Module, group, cfg: LayerConfig,  # noqa: ANN001
+                        shapes: Shapes) -> None:
+    """Shape changes of pruning a group found from the graph (workbench.graph): every axis
+    loses the slices of the units `compress` would remove (same choice: graph.surgery.choose)."""
+    from workbench.graph.surgery import choose
+    removed = choose(model, group, cfg.prune.amount)
+    for name, dim in group.axes:
+        owner = _owner(model, name)
+        entry = shapes.get(owner[0], {}).get(owner[1]) if owner else None
+        if entry is not None:
+            entry[0][dim] -= sum(len(group.units[u][(name, dim)]) for u in removed)
 
 
 def _structured_parent(resolved: Mapping[str, LayerConfig], path: str
@@ -378,7 +410,8 @@ def size_of_compressed(compressed: nn.Module, baseline: nn.Module) -> SizeReport
                              base_bytes.get(path, 0)))
         elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             kind = "linear" if isinstance(module, nn.Linear) else "conv"
-            rows.append(_row(path, kind, [_spec_of(module)], _bytes(tensors, ("weight",)),
+            rows.append(_row(path, kind, [_spec_of(module)],
+                             _bytes(tensors, (_weight_key(tensors) or "weight",)),
                              base_bytes.get(path, 0)))
         else:
             rows.append(_row(path, "tensors", [], _bytes(tensors), base_bytes.get(path, 0)))

@@ -225,15 +225,22 @@ class ort_dynamic_activations:
     """Context manager: while active, the input of every Linear with <= 8-bit weights is fake-
     quantized the way ORT dynamic int8 does at run time (uint8, per tensor; per item here, as
     ORT runs batch 1). Weight-only fake-quant misses this rounding; with it the simulation is of
-    what the runtime executes."""
+    what the runtime executes. `paths`: only the layers ORT runs as int8 dynamic (MatMulNBits
+    4-bit layers take float inputs)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, paths: set[str] | None = None) -> None:
         self.model = model
+        self.paths = paths          # only Linears under these plan paths (None: every <= 8-bit)
         self.handles: list = []
 
+    def _chosen(self, path: str) -> bool:
+        return self.paths is None or any(path == p or path.startswith(p + ".")
+                                         for p in self.paths)
+
     def __enter__(self):
-        for m in self.model.modules():
-            if isinstance(m, torch.nn.Linear) and getattr(m, "weight_bits", 32) <= 8:
+        for path, m in self.model.named_modules():
+            if (isinstance(m, torch.nn.Linear) and getattr(m, "weight_bits", 32) <= 8
+                    and self._chosen(path)):
                 self.handles.append(m.register_forward_pre_hook(
                     lambda mod, args: (_dynamic_uint8(args[0]),) + tuple(args[1:])))
         return self.model

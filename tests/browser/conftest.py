@@ -138,6 +138,30 @@ def voila_server(tmp_path_factory, notebook_dir) -> Iterator[Server]:
         _stop(proc)
 
 
+@pytest.fixture(scope="module")
+def voila_for(tmp_path_factory) -> Iterator:
+    """Start Voila on a notebook of the test's own (path) -> Server; stopped after the module."""
+    procs: list[subprocess.Popen] = []
+
+    def start(notebook: Path) -> Server:
+        root = tmp_path_factory.mktemp("voila-own")
+        port = _free_port()
+        log = root / "voila.log"
+        proc = subprocess.Popen(
+            [str(BIN / "voila"), str(notebook), "--no-browser", f"--port={port}",
+             "--Voila.ip=127.0.0.1"], env=_isolated_env(root), stdout=log.open("w"),
+            stderr=subprocess.STDOUT, cwd=notebook.parent)
+        procs.append(proc)
+        _wait_up(f"http://127.0.0.1:{port}/voila/static/voila.js", proc, log)
+        return Server(f"http://127.0.0.1:{port}", "", log)
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
 @pytest.fixture()
 def browser_page(tmp_path):
     if not CHROMIUM.exists():

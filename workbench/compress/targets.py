@@ -73,4 +73,16 @@ def find_targets(model: nn.Module) -> dict[str, Target]:
         match = _BLOCK_INDEX.search(path)
         block = int(match.group(1)) if match else None
         out[path] = Target(kind, role, block, type(model.get_submodule(path)).__name__)
+    # models that carry groups found from the recorded graph (workbench.byo.adapt): each
+    # group is a target by its path, whatever its modules are called
+    structure = getattr(model, "graph_structure", None)
+    for group in getattr(structure, "groups", ()):
+        if group.path not in out:
+            match = _BLOCK_INDEX.search(group.path)
+            out[group.path] = Target(_GRAPH_KIND[group.kind], group.role,
+                                     int(match.group(1)) if match else None, "graph group")
     return out
+
+
+_GRAPH_KIND: dict[str, TargetKind] = {"heads": "attention", "neurons": "ffn",
+                                      "channels": "conv_module"}

@@ -192,7 +192,7 @@ def verify_arm64(model, plan, features: list, texts: list[str], cpu: str = "cort
                         "wer_abs_diff": round(abs(wer_arm - wer_x86), 4),
                         "emulated_seconds": round(secs[name], 2),
                         "bytes": len(exports[name])}
-    result["plan"] = json.loads(plan.to_json())
+    result["plan_definition"] = json.loads(plan.to_json())   # "plan" holds the measurements
     result["notes"] = ["ARM64 outputs from onnxruntime " + version + " under qemu-user "
                        "(emulated: timings say nothing about a real device); x86 outputs from "
                        "the onnxruntime of this venv; greedy CTC, batch 1, one thread"]

@@ -33,20 +33,21 @@ def _yaml_str(value: Any) -> str:
     return json.dumps(value)
 
 
-def front_matter(report: Mapping[str, Any], family: str) -> str:
+def front_matter(report: Mapping[str, Any], family: str, decoding: str = "ctc",
+                 task: str = "Speech recognition (greedy CTC, ONNX Runtime CPU)") -> str:
     lines = ["---", "license: mit", "language:", "- en", "library_name: onnxruntime",
              "pipeline_tag: automatic-speech-recognition", "tags:"]
-    for tag in ("ctc", family, "onnx", "quantized", "edge", "workbench"):
+    for tag in (decoding, family, "onnx", "quantized", "edge", "workbench"):
         lines.append(f"- {tag}")
     lines.append("datasets:")
     for row in report["accuracy"]:
         lines.append(f"- {_yaml_str(row['set'])}")
-    if family == "whisper_ctc":
+    if family in ("whisper_ctc", "whisper_asr"):
         lines.append("base_model: openai/whisper-tiny.en")
     lines += ["model-index:", f"- name: {_yaml_str(report['model']['name'])}", "  results:"]
     for row in report["accuracy"]:
         lines += ["  - task:", "      type: automatic-speech-recognition",
-                  "      name: Speech recognition (greedy CTC, ONNX Runtime CPU)",
+                  f"      name: {_yaml_str(task)}",
                   "    dataset:",
                   f"      name: {_yaml_str(SET_TITLES.get(row['set'], row['set']))}",
                   f"      type: {_yaml_str(row['set'])}", "      split: test",

@@ -1,0 +1,209 @@
+"""Structure found from the recorded graph (workbench.graph): groups, exact surgery, refusals.
+
+Parameter counts are computed by hand from each model's configuration, never read from the
+pruned model; the pruned model must also equal the original with the removed units' consumer
+columns zeroed (prune() checks that itself when given the example).
+"""
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from workbench.compress.prune import count_to_remove
+from workbench.errors import PlanError
+from workbench.graph import PrunedSelfAttention, count_params, discover, prune
+
+D, H, FF, K, LAYERS = 80, 4, 256, 31, 2
+PLAN = {"neurons": 0.5, "heads": 0.25, "channels": 0.25}
+
+
+@pytest.fixture(scope="module")
+def conformer():
+    from torchaudio.models import Conformer
+    torch.manual_seed(0)
+    model = Conformer(input_dim=D, num_heads=H, ffn_dim=FF, num_layers=LAYERS,
+                      depthwise_conv_kernel_size=K).eval()
+    example = (torch.randn(2, 50, D), torch.tensor([50, 40]))
+    return model, example, discover(model, example)
+
+
+@pytest.fixture(scope="module")
+def wav2vec2():
+    from torchaudio.models import wav2vec2_model
+    torch.manual_seed(0)
+    model = wav2vec2_model(
+        extractor_mode="group_norm", extractor_conv_layer_config=[(64, 10, 5), (64, 3, 2)],
+        extractor_conv_bias=False, encoder_embed_dim=128, encoder_projection_dropout=0.0,
+        encoder_pos_conv_kernel=16, encoder_pos_conv_groups=8, encoder_num_layers=2,
+        encoder_num_heads=4, encoder_attention_dropout=0.0, encoder_ff_interm_features=256,
+        encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=False,
+        encoder_layer_drop=0.0, aux_num_out=32).eval()
+    example = (torch.randn(1, 3200),)
+    return model, example, discover(model, example)
+
+
+def test_conformer_groups_are_found_by_kind_and_path(conformer):
+    _, _, structure = conformer
+    kinds = {g.path: (g.kind, g.size) for g in structure.groups}
+    for i in range(LAYERS):
+        assert kinds[f"conformer_layers.{i}.ffn1.sequential"] == ("neurons", FF)
+        assert kinds[f"conformer_layers.{i}.ffn2.sequential"] == ("neurons", FF)
+        assert kinds[f"conformer_layers.{i}.self_attn"] == ("heads", H)   # packed in_proj
+        assert kinds[f"conformer_layers.{i}.conv_module.sequential"] == ("channels", D)
+    assert len(structure.groups) == 4 * LAYERS
+    # the residual stream (d_model) is never offered: it reaches the output
+    assert any("model output" in r.reason for r in structure.refusals)
+
+
+def test_conformer_glu_couples_value_and_gate_rows(conformer):
+    _, _, structure = conformer
+    group = structure.group("conformer_layers.0.conv_module.sequential")
+    pw1 = ("conformer_layers.0.conv_module.sequential.0.weight", 0)
+    for c, unit in enumerate(group.units):
+        assert unit[pw1] == (c, c + D)  # GLU: value channel c with gate channel c + C
+
+
+def test_conformer_plan_removes_exactly_the_hand_computed_parameters(conformer):
+    model, example, structure = conformer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = prune(model, structure, PLAN, example)
+    n, h, c = count_to_remove(FF, 0.5), count_to_remove(H, 0.25), count_to_remove(D, 0.25)
+    dh = D // H
+    ffn = n * (D + 1) + n * D                              # fc1 rows + bias, fc2 columns
+    heads = 3 * h * dh * (D + 1) + h * dh * D              # in_proj rows + bias, out_proj cols
+    chans = 2 * c * (D + 1) + c * (K + 1) + 2 * c + c * D  # GLU rows, depthwise, BN, pw2 cols
+    expected = count_params(model) - LAYERS * (2 * ffn + heads + chans)
+    assert pruned.params_after == expected == count_params(pruned.model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    attn = pruned.model.conformer_layers[0].self_attn
+    assert isinstance(attn, PrunedSelfAttention) and attn.num_heads == H - h
+    out, lengths = pruned.model(*example)
+    assert out.shape == (2, 50, D) and torch.equal(lengths, example[1])
+
+
+def test_zero_amount_plan_is_bit_identical(conformer):
+    model, example, structure = conformer
+    pruned = prune(model, structure, {"neurons": 0.0, "heads": 0.0, "channels": 0.0}, example)
+    with torch.no_grad():
+        a, b = model(*example)[0], pruned.model(*example)[0]
+    assert torch.equal(a, b) and pruned.removed == {}
+
+
+def test_pruned_conformer_onnx_matches_pytorch(conformer):
+    ort = pytest.importorskip("onnxruntime")
+    model, example, structure = conformer
+    pruned = prune(model, structure, PLAN, example).model
+    buf = io.BytesIO()
+    torch.onnx.export(pruned, example, buf, dynamo=False, opset_version=17,
+                      input_names=["x", "lengths"])
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": example[0].numpy(), "lengths": example[1].numpy()})[0]
+    with torch.no_grad():
+        ref = pruned(*example)[0].numpy()
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_wav2vec2_heads_neurons_and_extractor_channels(wav2vec2):
+    model, example, structure = wav2vec2
+    kinds = {g.path: (g.kind, g.size) for g in structure.groups}
+    for i in range(2):
+        assert kinds[f"encoder.transformer.layers.{i}.attention"] == ("heads", 4)
+        assert kinds[f"encoder.transformer.layers.{i}.feed_forward"] == ("neurons", 256)
+    # the weight-normed positional conv is refused with the reason, not pruned
+    assert any("parametrization" in r.reason for r in structure.refusals)
+    pruned = prune(model, structure, {"neurons": 0.5, "heads": 0.25}, example)
+    dh = 128 // 4
+    per_layer = 128 * (128 + 1) + 128 * 128 + 3 * dh * (128 + 1) + dh * 128
+    assert pruned.params_after == count_params(model) - 2 * per_layer
+    assert pruned.model.encoder.transformer.layers[0].attention.num_heads == 3
+    with torch.no_grad():
+        assert pruned.model(*example)[0].shape == model(*example)[0].shape
+
+
+class _GatedFFN(nn.Module):
+    """SwiGLU FFN on a residual stream: x + down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, d: int = 16, hidden: int = 24) -> None:
+        super().__init__()
+        self.gate, self.up, self.down = nn.Linear(d, hidden), nn.Linear(d, hidden), nn.Linear(
+            hidden, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+class _NormedFFN(nn.Module):
+    """An FFN with a layer norm over its hidden units: no neuron can be removed alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(16, 24), nn.LayerNorm(24), nn.Linear(24, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.norm(self.fc1(x).relu()))
+
+
+def test_gated_ffn_gate_and_up_rows_go_together():
+    torch.manual_seed(0)
+    model, example = _GatedFFN(), (torch.randn(3, 16),)
+    structure = discover(model, example)
+    (group,) = structure.groups
+    assert group.kind == "neurons" and group.size == 24
+    assert {a[0] for a in group.axes} >= {"gate.weight", "up.weight", "down.weight"}
+    pruned = prune(model, structure, {"neurons": 0.5}, example)
+    assert pruned.params_after == count_params(model) - 12 * (2 * (16 + 1) + 16)
+
+
+def test_norm_over_hidden_units_is_refused_with_the_reason():
+    structure = discover(_NormedFFN(), (torch.randn(3, 16),))
+    assert structure.groups == ()
+    assert any("single unit" in r.reason for r in structure.refusals)
+    with pytest.raises(KeyError, match="single unit"):
+        structure.group("")
+
+
+def test_tied_weights_stay_tied_and_count_once():
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 12), nn.Linear(12, 8)
+            self.c, self.d = nn.Linear(8, 12), nn.Linear(12, 8)
+            self.c.weight = self.a.weight  # one tensor, two uses
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x).relu()) + self.d(self.c(x).relu())
+
+    torch.manual_seed(0)
+    model, example = Tied(), (torch.randn(2, 8),)
+    structure = discover(model, example)
+    assert len(structure.groups) == 1  # the shared rows tie both FFNs' neurons together
+    pruned = prune(model, structure, {"neurons": 0.5}, example)
+    assert pruned.model.c.weight is pruned.model.a.weight
+    per_neuron = 8 + 1 + 8 + 1 + 8  # shared row, two biases, two consumer columns
+    assert pruned.params_after == count_params(model) - 6 * per_neuron
+
+
+def test_unknown_group_or_bad_amount_is_refused(conformer):
+    model, example, structure = conformer
+    with pytest.raises(PlanError, match="not a prunable group"):
+        prune(model, structure, {"conformer_layers.0.nope": 0.5})
+    with pytest.raises(PlanError, match=r"\[0, 1\)"):
+        prune(model, structure, {"neurons": 1.5})
+    with pytest.raises(PlanError, match="model output"):
+        prune(model, structure, {"conformer_layers": 0.5})
+
+
+def test_copy_is_deep(conformer):
+    model, _, structure = conformer
+    pruned = prune(model, structure, {"neurons": 0.5})
+    assert pruned.model is not model and copy.deepcopy(pruned.model) is not None
+
+
+def test_graph_rounding_is_compress_rounding():
+    from workbench.graph.surgery import count_to_remove as graph_count
+    for n in (1, 2, 3, 4, 7, 80, 256):
+        for amount in (0.0, 0.1, 0.25, 0.5, 0.75, 0.99):
+            assert graph_count(n, amount) == count_to_remove(n, amount)

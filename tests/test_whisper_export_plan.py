@@ -1,0 +1,159 @@
+"""Per-layer bits in the full-Whisper export (tiny random model): each plan layer's weight nodes
+are found in the graphs that run it (self- and cross-attention told apart), quantized as the
+plan says, the rest left fp32; ORT follows the simulation; report.json and MODEL_CARD.md are
+written with the CTC card's sections."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.evaluate import EvalSet
+from workbench.models.whisper_ctc import WhisperCTCConfig
+from workbench.models.whisper_decoder import WhisperDecoderConfig
+from workbench.models.whisper_full import DecodeRules, WhisperASR
+from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
+
+torch.set_num_threads(1)
+pytest.importorskip("onnxruntime")
+
+
+class _Letters:
+    def decode(self, ids):
+        return " ".join("abcdefghijklmnopqrstuvwxyz"[t % 26] * 2 for t in ids)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    rules = DecodeRules(prompt=(50, 51), eot=49, suppress=(50, 51), suppress_begin=(0, 49),
+                        timestamp_begin=52)
+    m = WhisperASR(WhisperCTCConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, n_ctx=1500,
+                                    head_dim=16),
+                   WhisperDecoderConfig(n_vocab=60, n_ctx=64, d_model=32, n_heads=4, n_layers=2,
+                                        d_ff=64), rules).eval()
+    with torch.no_grad():
+        m.decoder.positional_embedding.normal_(0, 0.1)
+    return m
+
+
+def _plan():
+    q = lambda b: LayerConfig(quant=QuantConfig(weight_bits=b))  # noqa: E731
+    return (CompressionPlan()
+            .with_layer("encoder.blocks.0.mlp.fc1", q(8))
+            .with_layer("decoder.blocks.0.cross_attn.q_proj", q(4))
+            .with_layer("decoder.blocks.1.cross_attn.k_proj", q(8))
+            .with_layer("decoder.blocks.1.attn.out_proj", q(6))            # runs as 8 bit
+            .with_layer("decoder.token_embedding", q(8))
+            .with_layer("decoder.blocks.1.mlp", LayerConfig(prune=PruneConfig(
+                structure="neurons", amount=0.5))))
+
+
+@pytest.fixture(scope="module")
+def built(model, tmp_path_factory):
+    from workbench.export.whisper_apply import build_whisper_export
+    return build_whisper_export(model, _plan(), tmp_path_factory.mktemp("wx"))
+
+
+def _ops(path: Path) -> dict[str, int]:
+    import onnx
+    from collections import Counter
+    return dict(Counter(n.op_type for n in onnx.load(str(path)).graph.node))
+
+
+def test_each_plan_layer_runs_as_planned_in_the_graphs_that_have_it(built):
+    d = {x.path: x for x in built["decisions"]}
+    assert d["encoder.blocks.0.mlp.fc1"].method == "int8_dynamic"
+    assert d["decoder.blocks.0.cross_attn.q_proj"].method == "nbits"
+    assert d["decoder.blocks.1.attn.out_proj"].bits == 8 and d[
+        "decoder.blocks.1.attn.out_proj"].changes                    # 6 -> 8, reported
+    nodes = built["layer_nodes"]
+    # cross keys are computed once, in decoder_init; decoder_step receives them as inputs
+    assert {n.split(":")[0] for n in nodes["decoder.blocks.1.cross_attn.k_proj"]} == {
+        "decoder_init"}
+    assert {n.split(":")[0] for n in nodes["decoder.blocks.0.cross_attn.q_proj"]} == {
+        "decoder_init", "decoder_step"}
+    # quantized nodes per graph: exactly the plan's layers that run there
+    assert _ops(built["model"]["encoder"]).get("MatMulInteger") == 1           # enc fc1
+    assert "MatMulNBits" not in _ops(built["model"]["encoder"])
+    step, init = _ops(built["model"]["decoder_step"]), _ops(built["model"]["decoder_init"])
+    assert step.get("MatMulNBits") == 1 and init.get("MatMulNBits") == 1      # cross q_proj
+    assert step.get("MatMulInteger") == 2       # attn.out_proj (6 -> 8 bit) + tied projection
+    assert init.get("MatMulInteger") == 3       # + cross k_proj of block 1
+    # the fp32 MatMuls left are the unplanned layers and the attention products
+    fp32 = _ops(built["fp32"]["decoder_step"])["MatMul"]
+    assert step["MatMul"] == fp32 - 3
+
+
+def test_pruned_structure_is_exported(built):
+    import onnx
+    from onnx import numpy_helper
+    proto = onnx.load(str(built["fp32"]["decoder_step"]))
+    shapes = [numpy_helper.to_array(i).shape for i in proto.graph.initializer]
+    assert (32, 32) in shapes and (32, 64) in shapes and (32, 32 * 2) in shapes
+    assert built["structural"].decoder.blocks[1].mlp.fc1.out_features == 32
+
+
+def test_ort_follows_the_simulation(model, tmp_path):
+    """Every layer at a width ORT runs exactly (no 6 -> 8 rounding): ORT == the simulation up to
+    float rounding, while the uncompressed model is visibly farther away."""
+    from workbench.export.whisper_apply import build_whisper_export, parity
+    from workbench.export.whisper_onnx import OrtWhisper
+    plan = _plan().with_layer("decoder.blocks.1.attn.out_proj", None)
+    built = build_whisper_export(model, plan, tmp_path)
+    assert not any(d.changes for d in built["decisions"])
+    ort_model = OrtWhisper(built["model"], model.rules, 2)
+    dynamic = {d.path for d in built["decisions"] if d.dynamic_activations}
+    torch.manual_seed(3)
+    feats = [torch.randn(80, 57), torch.randn(80, 140)]
+    p = parity(ort_model, built["sim"], feats, dynamic)
+    assert p["encoder_max_abs_diff"] < 1e-3 and p["first_step_logits_max_abs_diff"] < 1e-3
+    assert p["first_token_agreement"] == 1.0
+    far = parity(ort_model, model, feats, set())
+    assert far["first_step_logits_max_abs_diff"] > 10 * max(p["first_step_logits_max_abs_diff"],
+                                                            1e-4)
+
+
+def test_modules_are_told_apart_by_weight_not_node_name(model):
+    from workbench.export.whisper_apply import weight_index
+    idx = weight_index(model)
+    paths = {p for p in idx.values() if p}
+    assert {"decoder.blocks.0.attn.q_proj", "decoder.blocks.0.cross_attn.q_proj",
+            "decoder.token_embedding", "encoder.conv1"} <= paths
+
+
+def test_activation_quantization_is_refused(model):
+    from workbench.errors import PlanError
+    from workbench.export.whisper_apply import check_exportable
+    plan = CompressionPlan().with_layer("decoder.blocks.0.mlp.fc1", LayerConfig(
+        quant=QuantConfig(weight_bits=8, act_bits=8)))
+    with pytest.raises(PlanError, match=r"act_bits 8 on \['decoder.blocks.0.mlp.fc1'\]"):
+        check_exportable(model, plan)
+
+
+def test_apply_writes_report_and_card(model, tmp_path):
+    from workbench.export.whisper_apply import apply_whisper
+    torch.manual_seed(5)
+    feats = tuple(torch.randn(80, n) for n in (60, 90, 45))
+    es = EvalSet("synth_test", Path("/nonexistent/m.jsonl"), ("a", "b", "c"), ("aa bb",) * 3,
+                 feats)
+    report = apply_whisper(model, _Letters(), _plan(), tmp_path / "out", [es],
+                           parity_utterances=2)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "MODEL_CARD.md", "decoder_init.onnx", "decoder_step.onnx", "encoder.onnx", "plan.json",
+        "report.json"]
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["accuracy"][0]["utterances"] == 3
+    assert set(on_disk["rounded_up"]) == {"decoder.blocks.1.attn.out_proj"}
+    assert on_disk["size"]["model_bytes"] == sum(
+        (out / f"{g}.onnx").stat().st_size for g in ("encoder", "decoder_init", "decoder_step"))
+    row = report["accuracy"][0]
+    assert row["wer_abs_diff"] == pytest.approx(abs(row["wer_ort"] - row["wer_sim"]), abs=1e-4)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.startswith("---\nlicense: mit") and "base_model: openai/whisper-tiny.en" in card
+    for section in ("## Compression plan", "## Accuracy", "## Size and latency",
+                    "## Known failure modes and limits", "MatMulNBits", "ms per token"):
+        assert section in card
+    assert np.isfinite(report["latency_ms"]["decoder_per_token"]["model_ms"])

