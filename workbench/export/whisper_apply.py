@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.compress.resolution import plan_for_model, resolve
+from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
 from workbench.errors import PlanError
 from workbench.export.errors import ExportError
 
@@ -268,7 +268,6 @@ def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Seque
     from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_atomic
     from workbench.export.report import host_description, layer_rows, sha256
     from workbench.export.whisper_onnx import OrtWhisper
-    from workbench.plan import fingerprint_of
     from workbench.size import size
     from workbench.whisper_latency import rtf_by_device
 
