@@ -115,3 +115,13 @@ def test_priority_lock_goes_to_the_highest_waiter() -> None:
         t.join(WAIT)
     assert order == ["slider", "sweep cell"]
     assert not lock.locked()
+
+
+def test_a_long_job_does_not_hold_back_another_when_there_are_workers() -> None:
+    queue = JobQueue("test-workers", workers=2)
+    blocker, release = _blocker(queue)
+    quick = queue.submit(lambda j: "quick", name="quick")
+    assert quick.wait(WAIT) and quick.result == "quick"    # ran while the blocker still runs
+    assert blocker.state == "running"
+    release.set()
+    assert blocker.wait(WAIT) and blocker.state == "done"

@@ -125,14 +125,19 @@ class Job:
 
 
 class JobQueue:
-    """Jobs run on one worker thread, highest priority first (FIFO within a priority)."""
+    """Jobs run on up to `workers` threads, highest priority first (FIFO within a priority).
 
-    def __init__(self, name: str = "workbench-jobs") -> None:
+    The app's queue has a few workers so a long sweep does not hold back an export or a
+    streaming measurement: their model runs still go one at a time, through RUN_LOCK, by
+    priority. Workers are started on demand and end when the queue is empty."""
+
+    def __init__(self, name: str = "workbench-jobs", workers: int = 1) -> None:
         self.name = name
+        self.workers = workers
         self._cond = threading.Condition()
         self._heap: list[tuple[int, int, Job]] = []
         self._tickets = itertools.count()
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def submit(self, fn: Callable[[Job], Any], *, name: str = "job", priority: int = USER,
                on_done: Callable[[Any], None] | None = None,
@@ -141,24 +146,33 @@ class JobQueue:
         job = Job(name, priority, fn, on_done, on_error, on_progress)
         with self._cond:
             heapq.heappush(self._heap, (-priority, next(self._tickets), job))
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._work, name=self.name, daemon=True)
-                self._worker.start()
-            self._cond.notify()
+            self._threads = [w for w in self._threads if w.is_alive()]
+            if len(self._threads) < min(self.workers, len(self._heap) + self._busy()):
+                worker = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._threads.append(worker)
+                worker.start()
         return job
+
+    def _busy(self) -> int:
+        return sum(1 for w in self._threads if getattr(w, "busy", False))
 
     def pending(self) -> list[Job]:
         with self._cond:
             return [job for _, _, job in sorted(self._heap)]
 
     def _work(self) -> None:
+        me = threading.current_thread()
         while True:
             with self._cond:
                 if not self._heap:
-                    self._worker = None
+                    self._threads = [w for w in self._threads if w is not me]
                     return
                 _, _, job = heapq.heappop(self._heap)
-            self._run(job)
+                me.busy = True
+            try:
+                self._run(job)
+            finally:
+                me.busy = False
 
     @staticmethod
     def _run(job: Job) -> None:
@@ -192,4 +206,4 @@ class JobQueue:
 
 
 #: The app's job queue (tabs submit here).
-JOBS = JobQueue()
+JOBS = JobQueue(workers=4)
