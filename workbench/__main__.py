@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     b.add_argument("what", choices=["interactive", "latency", "export", "conditions",
-                                    "streaming", "search", "whisper", "drift", "lessons"])
+                                    "streaming", "search", "whisper", "drift", "lessons",
+                                    "byo"])
     b.add_argument("--json", action="store_true")
     b.add_argument("--n-plans", type=ck.count, default=30)
     b.add_argument("--changes", type=ck.count, default=30)
