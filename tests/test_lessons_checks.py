@@ -113,6 +113,10 @@ def _first_partial_no_stem(chunk_s, lookahead_s, stem_s, compute_ms):
     return (chunk_s + lookahead_s) * 1e3 + compute_ms
 
 
+def _bits_strict(deltas, tolerance):          # < instead of <=: the boundary goes to 8 bits
+    return {role: 4 if d < tolerance else 8 for role, d in deltas.items()}
+
+
 def _crossover_d_model(d_model, d_ff):
     return d_model
 
@@ -137,6 +141,7 @@ WRONG = {
     "linear_shapes": (_shapes_top_level, "nested"),
     "add_noise": (_noise_amplitude_db, "measured"),
     "first_partial_ms": (_first_partial_no_stem, "expected"),
+    "bits_by_role": (_bits_strict, "boundary included"),
 }
 
 

@@ -675,6 +675,27 @@ def check_first_partial_ms(fn: Callable[[float, float, float, float], float]) ->
     return _run("first_partial_ms", fn, ref.first_partial_ms, compare)
 
 
+# ---- lesson 08 (capstone) -----------------------------------------------------------------------
+
+def check_bits_by_role(fn: Callable[[dict, float], dict]) -> CheckResult:
+    """fn(delta_wer_at_4_bits, tolerance) -> {role: 4 or 8}."""
+    def compare(f: Callable) -> list[str]:
+        problems = []
+        cases = [({"front-end": 0.03, "attention": 0.004, "ffn": 0.01, "head": 0.0}, 0.01),
+                 ({"attention": -0.002, "ffn": 0.2}, 0.0), ({"ffn": 0.05}, 0.1)]
+        for deltas, tol in cases:
+            got, want = f(dict(deltas), tol), ref.bits_by_role(deltas, tol)
+            if not isinstance(got, dict) or set(got) != set(want):
+                return [f"return one entry per role {sorted(want)}, got {got!r}"]
+            for role in want:
+                if got[role] != want[role]:
+                    problems.append(f"tolerance {tol}: {role} (ΔWER {deltas[role]:+.3f} at 4 bits) "
+                                    f"-> {got[role]}, expected {want[role]} (4 bits when ΔWER <= "
+                                    f"tolerance, the boundary included)")
+        return problems
+    return _run("bits_by_role", fn, ref.bits_by_role, compare)
+
+
 #: Every check by the name of the function it checks (tests run each on the reference and on a
 #: wrong answer).
 CHECKS: dict[str, Callable[[Callable], CheckResult]] = {
@@ -686,5 +707,5 @@ CHECKS: dict[str, Callable[[Callable], CheckResult]] = {
     "truncated_svd": check_truncated_svd, "frobenius_error": check_frobenius_error,
     "roofline_ms": check_roofline_ms, "int8_bytes": check_int8_bytes,
     "linear_shapes": check_linear_shapes, "add_noise": check_add_noise,
-    "first_partial_ms": check_first_partial_ms,
+    "first_partial_ms": check_first_partial_ms, "bits_by_role": check_bits_by_role,
 }

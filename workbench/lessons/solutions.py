@@ -218,6 +218,15 @@ def roofline_ms(flops: float, bytes_moved: float, peak_gops: float, bandwidth_gb
     return max(compute_s, memory_s) * 1e3 + overhead_ms
 
 
+# ---- lesson 08 (capstone): mixed precision from a sensitivity scan ------------------------------
+
+def bits_by_role(delta_wer_at_4_bits: dict[str, float], tolerance: float) -> dict[str, int]:
+    """{role: 4 or 8}: 4 bits where putting that role alone at 4 bits raised the WER by at most
+    `tolerance`, 8 bits elsewhere (a greedy mixed-precision rule; roles interact, so the
+    combined plan is measured afterwards)."""
+    return {role: 4 if delta <= tolerance else 8 for role, delta in delta_wer_at_4_bits.items()}
+
+
 # ---- lesson 06: bytes of a quantized matrix -------------------------------------------------------
 
 def int8_bytes(out_features: int, in_features: int, granularity: str = "per_channel") -> int:

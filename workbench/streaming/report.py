@@ -9,10 +9,14 @@ q = chunk + look-ahead queries and k = left + q keys then costs a + b q + c q k.
 
 One step also runs what the full-context model never does: the K/V cache bookkeeping (split
 the stacked cache per block, concatenate cache and chunk keys, slice and re-stack the new cache)
-and the masks for the step's offset. Those are copies, priced like the latency model prices
-memory-bound ops: bytes / (bandwidth x memory efficiency) + a per-node overhead, with the node
-count taken from the ONNX Runtime graph (STEP_NODES_*). Without them the host prediction was
-15-26 % under the measured ONNX step.
+and the masks for the step's offset: 7 ONNX nodes per block + 37 (STEP_NODES_*), each paying
+the device's per-op overhead, and the cache state itself crossing memory once in and once out,
+priced at the device's bandwidth x memory efficiency. The per-block copies in between are not
+priced by the byte: a block's K/V (L x heads x head_dim fp32, 307 KB on the demo at 4 s) stays
+in the core's cache (L2 1 MB per core on this host). Check: in an ONNX Runtime profile of the
+demo's step (chunk 1 s, left 4 s) the Split / Slice / Concat / (Un)Squeeze nodes took 6.6 % of
+kernel time, ~0.95 ms of a 14.3 ms step; this prices them at 0.69 ms (nominal host profile).
+Without these terms the host prediction was 15-26 % under the measured step in earlier runs.
 
     first-partial latency = chunk + look-ahead + 20 ms (stem) + compute of one step
     real-time factor      = compute of one step / chunk duration
@@ -24,8 +28,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from workbench.streaming.step import (FRAMES_PER_SECOND, StreamConfig, StreamingStep,
-                                      stream_logits)
+from workbench.streaming.step import (FRAMES_PER_SECOND, HEAD_CACHE, StreamConfig,
+                                      StreamingStep, stream_logits)
 
 #: Lengths (encoder frames) at which the latency model is priced to fit a + b n + c n^2.
 FIT_FRAMES = (50, 150, 300)
@@ -80,17 +84,12 @@ class StepCost:
         return self.a_ms + self.b_ms * queries + self.c_ms * queries * keys
 
     def copy_elems(self, queries: int, keys: int, chunk: int | None = None) -> int:
-        """fp32 elements read + written by one step's cache bookkeeping (module docstring).
-
-        Per block, for K and for V (rows of kv_width, L = keys - queries cached frames,
-        c = chunk frames kept): split the stacked input cache 2L, slice the block's heads 2L,
-        concatenate cache and step keys 2(L + q), slice the chunk's frames 2c, concatenate the
-        new cache 2(L + c), drop its oldest c frames 2L, stack the outputs 2L. The CTC head:
-        concatenate its 4-frame cache and the chunk 2(4 + c), slice two windows (4 + c)."""
-        c = queries if chunk is None else chunk
+        """fp32 elements of cache state one step reads from and writes to memory: K and V of the
+        L = keys - queries cached frames in every block, in and out (4 L kv_width per block),
+        and the CTC head's 4-frame cache in and out. `chunk` is accepted for the look-ahead
+        case (those frames are recomputed, not cached) and does not change the state size."""
         left = max(0, keys - queries)
-        rows = 12 * left + 2 * queries + 4 * c
-        return 2 * self.blocks * self.kv_width * rows + 3 * (4 + c) * self.head_width
+        return 4 * self.blocks * self.kv_width * left + 2 * HEAD_CACHE * self.head_width
 
     def cache_ms(self, queries: int, keys: int, chunk: int | None = None) -> float:
         if not self.blocks:
