@@ -78,6 +78,18 @@ def test_babble_and_reverb_keep_length():
     assert float(wet.pow(2).mean()) == pytest.approx(float(wave.pow(2).mean()), rel=1e-3)
 
 
+@pytest.mark.parametrize("n, m", [(1, 1), (5, 3), (20_000, 7_001), (33_333, 14_153)])
+def test_reverberate_is_the_linear_convolution_of_fftconvolve(n: int, m: int):
+    import torchaudio.functional as AF
+    g = torch.Generator().manual_seed(n + m)
+    wave, rir = torch.randn(n, generator=g), torch.randn(m, generator=g)
+    ref = AF.fftconvolve(wave, rir)[:n]
+    ref = ref * (wave.pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp(min=1e-8))
+    got = reverberate(wave, rir)
+    assert got.shape == (n,)
+    assert float((got - ref).abs().max()) <= 1e-4 * max(1.0, float(ref.abs().max()))
+
+
 def test_telephone_removes_out_of_band_energy():
     t = torch.arange(SR) / SR
     low, mid, high = (torch.sin(2 * torch.pi * f * t) for f in (100, 1000, 6000))

@@ -11,6 +11,7 @@ import torch
 import workbench as wb
 from workbench.errors import ArgumentError, DataError, PlanError, WorkbenchError
 from workbench.evaluate import EvalSet
+from workbench.compress.resolution import plan_for_model, resolve
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +136,10 @@ CASES = [
     ("plan-with_group-role-typo", lambda m: INT8.with_group("atention", "skip"), PlanError,
      ["role", "atention"]),
     ("plan-with_layer-int-key", lambda m: INT8.with_layer(3, "skip"), PlanError, ["layers"]),
-    ("plan-resolve-None", lambda m: INT8.resolve(None), ArgumentError,
-     ["CompressionPlan.resolve(model="]),
-    ("plan-for_model-str", lambda m: INT8.for_model("demo"), ArgumentError,
-     ["CompressionPlan.for_model(model="]),
+    ("plan-resolve-None", lambda m: resolve(INT8, None), ArgumentError,
+     ["resolve(model="]),
+    ("plan-for_model-str", lambda m: plan_for_model(INT8, "demo"), ArgumentError,
+     ["plan_for_model(model="]),
     ("preset-amount-2", lambda m: wb.presets.prune_ffn_neurons(2.0), PlanError,
      ["amount", "2.0"]),
     ("preset-energy-0", lambda m: wb.presets.low_rank_ffn(0), PlanError, ["energy"]),

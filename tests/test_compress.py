@@ -17,6 +17,7 @@ from workbench.errors import PlanError
 from workbench.models import conformer_ctc
 from workbench.models.layers import MultiHeadSelfAttention
 from workbench.plan import CompressionPlan, GroupEntry, LayerConfig, PruneConfig, QuantConfig
+from workbench.compress.resolution import resolve
 
 D, D_FF, HEADS, BLOCKS = 64, 128, 4, 2  # conformer_ctc("tiny")
 
@@ -228,7 +229,7 @@ def test_compress_module_per_block_matches_compress(model: nn.Module) -> None:
     plan = presets.int4_ffn_int8_attention().with_layer(
         "blocks.1.attn", LayerConfig(prune=PruneConfig(amount=0.5, structure="heads")))
     whole = compress(model, plan)
-    resolved = plan.resolve(model)
+    resolved = resolve(plan, model)
     before = copy.deepcopy(model.state_dict())
     patched = copy.deepcopy(model)
     for i in range(BLOCKS):

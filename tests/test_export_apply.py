@@ -14,6 +14,7 @@ from workbench.export.errors import OutputExistsError
 from workbench.models import conformer_ctc, save_checkpoint
 from workbench.paths import REAL_TEST, SYNTH_TEST
 from workbench.plan import CompressionPlan
+from workbench.compress.resolution import plan_for_model
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def run_cli(args, capsys):
 def test_plan_for_another_model_is_refused_with_the_fix(checkpoint, tmp_path, capsys):
     other = conformer_ctc("tiny", n_layers=1, d_model=32, n_heads=2)
     plan_path = tmp_path / "plan.json"
-    plan_path.write_text(presets.int8_everywhere().for_model(other).to_json())
+    plan_path.write_text(plan_for_model(presets.int8_everywhere(), other).to_json())
     code, err = run_cli(["--plan", plan_path, "--checkpoint", checkpoint, "--out",
                          tmp_path / "out"], capsys)
     assert code == 2 and len(err.splitlines()) == 1
@@ -107,11 +108,11 @@ def test_apply_writes_verified_export(tiny, tmp_path):
     options = ApplyOptions(eval_manifests=(REAL_TEST, SYNTH_TEST), eval_limit=3,
                            parity_utterances=2, latency_seconds=1.0, latency_repeats=3,
                            threads=(1,), model_name="tiny-test")
-    report = apply_plan(tiny, presets.int8_everywhere().for_model(tiny), out, options)
+    report = apply_plan(tiny, plan_for_model(presets.int8_everywhere(), tiny), out, options)
     assert sorted(os.listdir(out)) == ["MODEL_CARD.md", "model.onnx", "plan.json", "report.json"]
     assert json.loads((out / "report.json").read_text()) == report
     assert CompressionPlan.from_json((out / "plan.json").read_text()) == \
-        presets.int8_everywhere().for_model(tiny)
+        plan_for_model(presets.int8_everywhere(), tiny)
     assert report["files"]["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size
     assert [row["set"] for row in report["accuracy"]] == ["real_test", "synth_test"]
     assert all(row["utterances"] == 3 for row in report["accuracy"])

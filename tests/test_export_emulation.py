@@ -53,3 +53,49 @@ def test_emulated_simulation_is_closer_to_onnxruntime(tiny_conformer):
     assert hooked == sum(d.method == "int8_dynamic" and d.kind == "linear"
                          for d in export.decisions) > 0
     assert all(len(m._forward_pre_hooks) == 0 for m in export.sim.modules())   # sim unchanged
+
+
+def test_each_emulated_layer_equals_onnxruntime_given_the_same_input(tiny_conformer):
+    # Per layer, the emulation is ORT's arithmetic: feed each int8 layer the fp32 input ORT saw
+    # (DynamicQuantizeLinear's input) and compare with ORT's dequantized MatMulInteger output.
+    # What is left between the two whole models is fp32 rounding (LayerNorm, softmax, ...)
+    # flipping a few roundings of the uint8 inputs, which then propagate.
+    import onnx
+    from onnx import TensorProto, helper
+
+    from workbench.export.bench import int8_plan
+    from workbench.export.calibration import feature_feeds
+    from workbench.export.pipeline import build_export
+    from workbench.export.verify import make_session
+    export = build_export(tiny_conformer, int8_plan())
+    emulated = emulate_ort_dynamic(export.sim, export.decisions)
+    proto = onnx.ModelProto.FromString(export.model)
+    by_name = {n.name: n for n in proto.graph.node}
+    quantizer_of = {n.output[0]: n for n in proto.graph.node if n.op_type == "DynamicQuantizeLinear"}
+    taps = {}
+    for d in export.decisions:
+        if d.method != "int8_dynamic" or d.kind != "linear":
+            continue
+        node = export.layer_nodes[d.path][0]
+        matmul = by_name[f"{node}_quant"]
+        assert matmul.op_type == "MatMulInteger"
+        taps[d.path] = (quantizer_of[matmul.input[0]].input[0],
+                        by_name[f"{node}_quant_output_scale_mul"].output[0])
+    for name in sorted({t for pair in taps.values() for t in pair}):
+        proto.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = make_session(proto.SerializeToString(), 1)
+    feats = torch.randn(80, 240, generator=torch.Generator().manual_seed(2))
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None,
+                                                                        feature_feeds(feats))))
+    assert len(taps) > 4
+    for path, (x_name, y_name) in taps.items():
+        layer = emulated.get_submodule(path)
+        x = torch.from_numpy(got[x_name])
+        with torch.inference_mode():
+            # the layer's pre-hook quantizes x per tensor; subtract the bias ORT adds later
+            y = layer(x) - (layer.bias if layer.bias is not None else 0)
+            y_plain = torch.nn.functional.linear(x, layer.weight)     # no input rounding
+        ort_y = got[y_name].reshape(y.shape)
+        scale = float(np.abs(ort_y).max()) + 1e-6
+        assert np.abs(y.numpy() - ort_y).max() <= 1e-4 * scale, path
+        assert np.abs(y_plain.numpy() - ort_y).max() > 10 * np.abs(y.numpy() - ort_y).max(), path

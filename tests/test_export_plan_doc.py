@@ -5,6 +5,7 @@ from pathlib import Path
 
 from workbench.models import WhisperCTC
 from workbench.plan import SCHEMA_PATH, json_schema, plan_from_json
+from workbench.compress.resolution import resolve
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plan_format.md"
 
@@ -23,7 +24,7 @@ def test_every_schema_field_is_documented():
 def test_documented_example_is_a_valid_plan_for_whisper():
     example = re.search(r"```json\n(.*?)```", DOC.read_text(), re.S).group(1)
     plan = plan_from_json(example, "plan_format.md")
-    resolved = plan.resolve(WhisperCTC())
+    resolved = resolve(plan, WhisperCTC())
     assert resolved["blocks.0.mlp.fc1"].quant.weight_bits == 4
     assert resolved["blocks.3.mlp.fc2"].rank == 128
     assert "ctc_head.proj_in" not in resolved            # "skip" on the ancestor path

@@ -34,6 +34,11 @@ def _mask_by_value(w: torch.Tensor, amount: float) -> torch.Tensor:   # w, not |
     return mask.reshape(w.shape)
 
 
+def _nm_along_outputs(w: torch.Tensor, n: int, m: int) -> torch.Tensor:   # groups down a column
+    return solutions.nm_mask(w.T.contiguous(), n, m).T if w.shape[0] % m == 0 else \
+        torch.ones_like(w, dtype=torch.bool)
+
+
 def _prune_ffn_no_bias(fc1: nn.Linear, fc2: nn.Linear, keep: torch.Tensor):
     new1, new2 = solutions.prune_ffn(fc1, fc2, keep)
     new1.bias = nn.Parameter(fc1.bias.detach()[: len(keep)].clone())   # first k biases, not keep's
@@ -108,6 +113,10 @@ def _first_partial_no_stem(chunk_s, lookahead_s, stem_s, compute_ms):
     return (chunk_s + lookahead_s) * 1e3 + compute_ms
 
 
+def _bits_strict(deltas, tolerance):          # < instead of <=: the boundary goes to 8 bits
+    return {role: 4 if d < tolerance else 8 for role, d in deltas.items()}
+
+
 def _crossover_d_model(d_model, d_ff):
     return d_model
 
@@ -117,6 +126,7 @@ WRONG = {
     "block_macs": (_macs_no_av, "scores"),
     "crossover_frames": (_crossover_d_model, "expected"),
     "magnitude_mask": (_mask_by_value, "magnitudes"),
+    "nm_mask": (_nm_along_outputs, "consecutive inputs"),
     "prune_ffn": (_prune_ffn_no_bias, "bias"),
     "neuron_scores": (_scores_no_bias, "bias"),
     "taylor_neuron_scores": (_taylor_abs_of_sum, "absolute value"),
@@ -131,6 +141,7 @@ WRONG = {
     "linear_shapes": (_shapes_top_level, "nested"),
     "add_noise": (_noise_amplitude_db, "measured"),
     "first_partial_ms": (_first_partial_no_stem, "expected"),
+    "bits_by_role": (_bits_strict, "boundary included"),
 }
 
 

@@ -19,7 +19,8 @@ from workbench.lesson_timing import CELL_TIMEOUT_SECONDS, bench_lessons, execute
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-LESSONS = ("01_where_the_cost_is", "02_pruning", "03_quantization", "04_low_rank",
+LESSONS = ("01_where_the_cost_is", "02a_pruning_granularity", "02b_pruning_importance_recovery",
+           "03_quantization", "04_low_rank",
            "05_edge_latency", "06_export_to_production", "07_bring_your_own_model",
            "10_robustness", "11_streaming")
 DEMO_CHECKPOINT = REPO / "data" / "models" / "demo" / "model.safetensors"

@@ -15,6 +15,7 @@ from workbench.models.layers import FeedForward, MultiHeadSelfAttention
 from workbench.compress.targets import find_targets
 from workbench.plan import (SCHEMA_PATH, SKIP, CompressionPlan, GroupEntry, LayerConfig,
                             PruneConfig, QuantConfig, json_schema, plan_from_json, schema_text)
+from workbench.compress.resolution import plan_for_model, resolve
 
 INT8 = LayerConfig(quant=QuantConfig(weight_bits=8))
 INT4 = LayerConfig(quant=QuantConfig(weight_bits=4, granularity="per_block"))
@@ -99,7 +100,7 @@ def test_frozen_and_immutable_edits(conformer: nn.Module) -> None:
     assert grouped.with_group("attention", INT8, blocks=[0]).groups[0].config == INT8
     assert len(grouped.with_group("attention", INT8).groups) == 2
     assert grouped.with_group("attention", None, blocks=[0]) == plan
-    resolved = grouped.resolve(conformer)
+    resolved = resolve(grouped, conformer)
     assert resolved["blocks.0.attn.q_proj"].quant.weight_bits == 4
     assert resolved["blocks.1.attn.q_proj"].quant.weight_bits == 8
     assert resolved["blocks.0.ffn1.fc1"].quant.weight_bits == 8
@@ -114,7 +115,7 @@ def test_resolution_order(conformer: nn.Module) -> None:
                 "blocks.*.attn.*_proj": LayerConfig(quant=QuantConfig(weight_bits=4)),
                 "blocks.0.attn.v_proj": LayerConfig(quant=QuantConfig(weight_bits=3)),
                 "blocks.1.conv": SKIP, "blocks.1.conv.depthwise": INT8})
-    r = plan.resolve(conformer)
+    r = resolve(plan, conformer)
     assert r["blocks.0.attn.v_proj"].quant.weight_bits == 3         # explicit path
     assert r["blocks.0.attn.q_proj"].quant.weight_bits == 4         # most specific pattern
     assert r["blocks.0.ffn1.fc1"].quant.weight_bits == 5            # less specific pattern
@@ -125,16 +126,16 @@ def test_resolution_order(conformer: nn.Module) -> None:
     assert "blocks.1.conv" not in r
     # A skip group stops the default for its targets only.
     skipped = presets.int8_everywhere().with_group("head", SKIP)
-    assert "ctc_head" not in skipped.resolve(conformer)
-    assert "subsample.proj" in skipped.resolve(conformer)
+    assert "ctc_head" not in resolve(skipped, conformer)
+    assert "subsample.proj" in resolve(skipped, conformer)
 
 
 def test_unknown_path_lists_close_matches(conformer: nn.Module) -> None:
     plan = CompressionPlan(layers={"blocks.0.atn.q_proj": INT8})
     with pytest.raises(PlanError, match=r"no module 'blocks.0.atn.q_proj'.*blocks.0.attn.q_proj"):
-        plan.resolve(conformer)
+        resolve(plan, conformer)
     with pytest.raises(PlanError, match="matches no layer"):
-        CompressionPlan(layers={"encoder.*": INT8}).resolve(conformer)
+        resolve(CompressionPlan(layers={"encoder.*": INT8}), conformer)
 
 
 @pytest.mark.parametrize("layers, field", [
@@ -151,40 +152,40 @@ def test_unknown_path_lists_close_matches(conformer: nn.Module) -> None:
 def test_misplaced_techniques_name_layer_and_field(conformer: nn.Module, layers: dict,
                                                    field: str) -> None:
     with pytest.raises(PlanError, match=field):
-        CompressionPlan(layers=layers).resolve(conformer)
+        resolve(CompressionPlan(layers=layers), conformer)
 
 
 def test_head_pruning_group_on_ffn_is_rejected(conformer: nn.Module) -> None:
     plan = CompressionPlan().with_group("ffn", HEADS)
     with pytest.raises(PlanError, match=r"groups\[0\].prune.structure: applies to none"):
-        plan.resolve(conformer)
+        resolve(plan, conformer)
 
 
 def test_unstructured_with_low_rank_on_one_layer_is_rejected(conformer: nn.Module) -> None:
     plan = CompressionPlan(default=LayerConfig(prune=PruneConfig(amount=0.5)),
                            layers={"ctc_head": LayerConfig(rank=4)})
     with pytest.raises(PlanError, match="ctc_head: unstructured pruning"):
-        plan.resolve(conformer)
+        resolve(plan, conformer)
 
 
 def test_fingerprint_mismatch_and_force(conformer: nn.Module, whisper_small: nn.Module) -> None:
-    plan = presets.int8_everywhere().for_model(whisper_small)
+    plan = plan_for_model(presets.int8_everywhere(), whisper_small)
     assert plan.model_fingerprint == model_fingerprint(whisper_small)
-    assert plan.resolve(whisper_small)
+    assert resolve(plan, whisper_small)
     with pytest.raises(PlanError, match="model_fingerprint: the plan was made for another model"
                                         ".*force=True"):
-        plan.resolve(conformer)
-    assert plan.resolve(conformer, force=True)["ctc_head"].quant.weight_bits == 8
+        resolve(plan, conformer)
+    assert resolve(plan, conformer, force=True)["ctc_head"].quant.weight_bits == 8
 
 
 def test_presets_resolve_on_both_families(conformer: nn.Module, whisper_small: nn.Module) -> None:
     for model in (conformer, whisper_small):
         n_linear = sum(isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) for m in model.modules())
-        assert len(presets.int8_everywhere().resolve(model)) == n_linear
-        ffn = presets.prune_ffn_neurons(0.5).resolve(model)
+        assert len(resolve(presets.int8_everywhere(), model)) == n_linear
+        ffn = resolve(presets.prune_ffn_neurons(0.5), model)
         assert ffn and all(t == "ffn" for t in
                            (find_targets(model)[p].kind for p in ffn))
-        mixed = presets.int4_ffn_int8_attention().resolve(model)
+        mixed = resolve(presets.int4_ffn_int8_attention(), model)
         roles = {p: t.role for p, t in find_targets(model).items()}
         for path, cfg in mixed.items():
             assert cfg.quant.weight_bits == (4 if roles[path] == "ffn" else 8), path
@@ -206,5 +207,5 @@ def test_any_module_of_known_layers_works() -> None:
     assert targets["layers.1.attn.q_proj"].role == "attention"
     assert targets["layers.0.ffn.fc2"].role == "ffn" and targets["layers.0.ffn.fc2"].block == 0
     assert targets["out"].role == "other" and targets["out"].block is None
-    resolved = presets.prune_attention_heads(0.5).resolve(_TinyEncoder())
+    resolved = resolve(presets.prune_attention_heads(0.5), _TinyEncoder())
     assert set(resolved) == {"layers.0.attn", "layers.1.attn"}

@@ -8,6 +8,7 @@ from workbench.export.bench import pruned_int8_plan
 from workbench.models import load_checkpoint, load_demo, model_fingerprint
 from workbench.paths import DATA_DIR
 from workbench.plan import CompressionPlan
+from workbench.compress.resolution import resolve
 
 CALIB = DATA_DIR / "calib" / "manifest.jsonl"
 
@@ -30,7 +31,7 @@ def test_recover_writes_a_loadable_pruned_checkpoint(tmp_path: Path, capsys):
     assert model_fingerprint(model) != model_fingerprint(demo)
     assert report["params"]["recovered"] == sum(p.numel() for p in model.parameters())
     export_plan = CompressionPlan.from_json(Path(report["export_plan"]).read_text())
-    resolved = export_plan.resolve(model)
+    resolved = resolve(export_plan, model)
     assert resolved and all(c.quant is not None and c.quant.weight_bits == 8 and c.prune is None
                             for c in resolved.values())
     # An existing non-empty output folder is kept unless --force.

@@ -263,3 +263,28 @@ def test_sweep_covers_prune_bits_and_rank_with_savings(spec, tiny_conformer):
         assert c["wer_delta"] == pytest.approx(c["wer"] - doc["base"]["wer"], abs=1e-6)
     pruned = next(c for c in doc["cells"] if c["technique"] == "prune")
     assert pruned["latency_saved_ms"] > 0           # structure removed: faster (simulated)
+
+
+def test_recover_minutes_recovers_plans_that_remove_structure_and_measures_them(spec, tmp_path):
+    """--recover-minutes: real recovery (distillation, a few seconds) of the searched plans that
+    prune, their checkpoints written, WER after recovery measured on the whole eval set."""
+    from workbench.paths import CALIB
+    from workbench.recovery import removes_structure
+    from workbench.search.recover import candidates
+
+    cfg = SearchConfig(trials=8, batch=4, seed=3, max_delta_wer=0.5)
+    opts = {"bits": (8,), "prune": (0, 0.5), "ranks": (1.0,)}
+    result = search(spec, cfg, space_options=opts, out_dir=tmp_path, recover_minutes=0.03,
+                    recover_plans=2, recover_manifests=[CALIB])
+    model = spec.load_model()
+    picked = candidates(result, model, 2)
+    assert picked and all(removes_structure(result.space.plan(t.params), model) for t in picked)
+    assert [r["trial"] for r in result.recovered] == [t.number for t in picked]
+    doc = json.loads((tmp_path / "front.json").read_text())
+    assert doc["recovered"] == json.loads(json.dumps(result.recovered))
+    for rec in doc["recovered"]:
+        folder = tmp_path / f"recovered-{rec['trial']:04d}"
+        assert (folder / "model.safetensors").is_file() and (folder / "export_plan.json").is_file()
+        assert rec["utterances"] == len(spec.eval_set) and rec["steps"] >= 1
+        assert 0 <= rec["wer_after"] and rec["meets_budgets"] == (rec["wer_delta_after"] <= 0.5)
+    assert "min of recovery" in doc["verdict"]

@@ -129,3 +129,50 @@ def test_streaming_table_reports_every_chunk_and_device() -> None:
     assert rows[0].cache_bytes == cache_bytes(model, StreamConfig.from_seconds(0.5, 0, 4.0)) > 0
     # a larger chunk costs more per step on every device
     assert all(rows[1].compute_ms[d] > rows[0].compute_ms[d] for d in rows[0].compute_ms)
+
+
+def _optimized_nodes(path, tmp_path) -> int:
+    import onnx
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / f"{path.stem}.opt.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return len(onnx.load(opts.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_step_extra_node_count_is_what_the_onnx_runtime_graphs_show(layers: int, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from workbench.latency._onnx import export_onnx
+    from workbench.streaming.onnx_step import export_step
+    from workbench.streaming.report import STEP_NODES_FIXED, STEP_NODES_PER_BLOCK
+
+    torch.manual_seed(0)
+    model = WhisperCTC(WhisperCTCConfig(n_mels=80, d_model=32, n_heads=2, n_layers=layers,
+                                        d_ff=64, n_ctx=400, head_dim=16)).eval()
+    step = export_step(model, StreamConfig(chunk=12, lookahead=3, left=20), tmp_path / "step.onnx")
+    full = export_onnx(model, tmp_path / "full.onnx", example_seconds=1.0)
+    extra = _optimized_nodes(step, tmp_path) - _optimized_nodes(full, tmp_path)
+    assert extra == STEP_NODES_PER_BLOCK * layers + STEP_NODES_FIXED
+
+
+def test_step_cost_adds_the_cache_copies_to_the_compute() -> None:
+    from workbench.streaming.report import StepCost, step_cost
+
+    model = tiny()
+    cost = step_cost(model, "host")
+    assert (cost.blocks, cost.kv_width, cost.head_width) == (2, 32, model.ctc_head.proj_in.out_features)
+    assert cost.elem_ms > 0 and cost.node_ms > 0
+    q, left = 50, 200
+    assert cost.step_ms(q, left + q) == pytest.approx(cost.compute_ms(q, left + q)
+                                                      + cost.cache_ms(q, left + q))
+    # the state moved grows with the cached frames: K and V, in and out, in every block
+    grow = cost.copy_elems(q, left + 1 + q) - cost.copy_elems(q, left + q)
+    assert grow == 2 * 2 * 2 * 32
+    assert cost.cache_ms(q, left + 1 + q) > cost.cache_ms(q, left + q) > 0
+    # no cache geometry, no cache cost; the full-context time has no cache either
+    bare = StepCost("host", 1.0, 0.1, 0.001, 50.0)
+    assert bare.step_ms(q, left + q) == bare.compute_ms(q, left + q)
+    assert cost.full_ms(300) == cost.compute_ms(300, 300)

@@ -25,6 +25,7 @@ from workbench.plan import CompressionPlan, LayerConfig, QuantConfig  # noqa: E4
 from workbench.session import plan_key  # noqa: E402
 from workbench.size import size  # noqa: E402
 from workbench.ui import Workbench  # noqa: E402
+from workbench.compress.resolution import plan_for_model, resolve
 
 COMPRESS_TAB = 1
 
@@ -237,8 +238,8 @@ def test_export_saves_the_current_plan_for_this_model(wb, model, tmp_path):
     wb.export.path.value = str(tmp_path / "sub" / "plan.json")
     wb.export.save_button.click()
     saved = CompressionPlan.from_json((tmp_path / "sub" / "plan.json").read_text())
-    assert saved == presets.int4_ffn_int8_attention().for_model(model)
-    assert saved.resolve(model) == wb.plan.resolve(model)    # the fingerprint matches
+    assert saved == plan_for_model(presets.int4_ffn_int8_attention(), model)
+    assert resolve(saved, model) == resolve(wb.plan, model)    # the fingerprint matches
     assert "plan.json" in wb.export.status.value
     assert wb.export.json.value == saved.to_json()
 

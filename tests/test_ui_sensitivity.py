@@ -16,6 +16,7 @@ from workbench.sensitivity import (Budgets, SensitivityTable, SweepCell, pareto_
                                    suggest_plan, sweep_items, with_setting)
 from workbench.session import Session
 from workbench.size import size
+from workbench.compress.resolution import resolve
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_sweep_cells_change_one_layer_and_measure_against_the_base(model, sessio
     assert [(i.path, i.knob, i.value) for i in items] == [
         ("blocks.0.ffn1", "sparsity", 0.5), ("blocks.0.ffn1.fc1", "bits", 8.0),
         ("blocks.0.ffn1.fc1", "bits", 2.0)]
-    assert items[0].plan.resolve(model)["blocks.0.ffn1"].prune.structure == "neurons"
+    assert resolve(items[0].plan, model)["blocks.0.ffn1"].prune.structure == "neurons"
     seen = []
     table = run_sweep(lambda p: session.evaluate(p, "quick"), model, CompressionPlan(),
                       sparsities=(0.5,), bits=(8, 2), paths=paths,
@@ -114,7 +115,7 @@ def test_suggest_meets_a_size_budget_with_the_cheapest_accuracy(model):
     assert s.meets_budgets and s.size_bytes <= one_int8 < base
     assert s.size_bytes == bytes_of(s.plan)           # priced on the combined plan
     assert s.predicted_wer_delta <= 0.05
-    bits = {p: c.quant.weight_bits for p, c in s.plan.resolve(model).items() if c.quant}
+    bits = {p: c.quant.weight_bits for p, c in resolve(s.plan, model).items() if c.quant}
     assert 2 not in bits.values()                     # the 0.5 ΔWER option is never worth it
     # An impossible budget: the closest plan, flagged, within the ΔWER budget.
     s = suggest_plan(table, model, bytes_of, ms_of, Budgets(max_size_bytes=1000,

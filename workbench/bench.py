@@ -154,6 +154,9 @@ def run(what: str, args) -> dict:
     if what == "whisper":
         from workbench.whisper_bench import bench_whisper
         return bench_whisper(args)
+    if what == "byo":
+        from workbench.byo.bench import bench_byo
+        return bench_byo(args)
     if what == "streaming":
         from workbench.streaming.bench import bench_streaming
         return bench_streaming(args)

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from workbench.errors import ArgumentError, PlanError
+from workbench.plan import CompressionPlan
 
 #: Longest audio a verb prices or profiles, for models without a fixed context: 10 minutes.
 MAX_AUDIO_SECONDS = 600.0
@@ -32,7 +33,6 @@ def check_model(model: Any, verb: str, arg: str = "model") -> nn.Module:
 
 def check_plan(plan: Any, verb: str, arg: str = "plan"):
     """A CompressionPlan; a dict is validated as the plan's JSON fields (PlanError if bad)."""
-    from workbench.plan import CompressionPlan
     if isinstance(plan, CompressionPlan):
         return plan
     if isinstance(plan, Mapping):
@@ -53,7 +53,6 @@ _PLAN_FIELDS = {"format_version", "model_fingerprint", "default", "groups", "lay
 
 def check_bits_or_plan(value: Any, verb: str, arg: str = "weight_bits") -> Any:
     """None, a CompressionPlan (a dict of plan fields becomes one), or {path or pattern: bits}."""
-    from workbench.plan import CompressionPlan
     if value is None or isinstance(value, CompressionPlan):
         return value
     if isinstance(value, Mapping):

@@ -27,26 +27,19 @@ matches. Default settings apply wherever they fit.
 """
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from json.decoder import scanstring
 from json.scanner import NUMBER_RE
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
                       ValidationError, field_validator, model_serializer, model_validator)
-from torch import nn
 
 from workbench.errors import PlanError
-from workbench.models.base import ROLE_NAMES
-
-if TYPE_CHECKING:
-    from workbench.compress.targets import Target
+from workbench.roles import ROLE_NAMES
 
 #: Version of the JSON layout; bump it when a field changes meaning.
 FORMAT_VERSION = 1
@@ -118,8 +111,8 @@ def _python_errors(name: str, err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for i, x in enumerate(e["loc"]) if not _is_union_tag(e["loc"], i))
-        parts.append(f"{name}.{loc}: {e['msg']} (got {_short(e.get('input'))})" if loc else
-                     f"{name}: {e['msg']} (got {_short(e.get('input'))})")
+        parts.append(f"{name}.{loc}: {e['msg']} (got {short_repr(e.get('input'))})" if loc else
+                     f"{name}: {e['msg']} (got {short_repr(e.get('input'))})")
     return "invalid compression plan: " + "; ".join(parts)
 
 
@@ -130,7 +123,8 @@ def _is_union_tag(loc: tuple[Any, ...], i: int) -> bool:
         loc[i - 1] == "config" or (i >= 2 and loc[i - 2] == "layers"))
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """repr of a value, cut to 60 characters (for error messages)."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -237,7 +231,7 @@ class CompressionPlan(_Frozen):
     def _clean_keys(cls, layers: dict[str, Any]) -> dict[str, Any]:
         for key in layers:
             if not isinstance(key, str) or len(key) > MAX_KEY_CHARS or not _KEY_RE.fullmatch(key):
-                raise ValueError(f"layer key {_short(key)} must be a module path or pattern "
+                raise ValueError(f"layer key {short_repr(key)} must be a module path or pattern "
                                  f"(letters, digits, '_', '.', '*', '?', '[', ']', '!', '-'; no "
                                  f"spaces), like 'blocks.0.attn' or 'blocks.*.mlp'")
         return layers
@@ -277,236 +271,15 @@ class CompressionPlan(_Frozen):
         """
         if blocks is not None and not isinstance(blocks, Iterable):
             raise PlanError(f"with_group blocks: an iterable of block indices or None, got "
-                            f"{_short(blocks)}.")
+                            f"{short_repr(blocks)}.")
         key = GroupEntry(role=role, blocks=None if blocks is None else tuple(blocks), config=SKIP)
         kept = [g for g in self.groups if (g.role, g.blocks) != (key.role, key.blocks)]
         if config is not None:  # validated again: model_copy(update=...) would not check it
             kept.append(GroupEntry(role=key.role, blocks=key.blocks, config=config))
         return self.model_validate({**self._fields(), "groups": tuple(kept)})
 
-    def for_model(self, model: nn.Module) -> CompressionPlan:
-        """This plan stamped with `model`'s fingerprint."""
-        from workbench.checks import check_model
-        check_model(model, "CompressionPlan.for_model")
-        return self.model_validate({**self._fields(), "model_fingerprint": fingerprint_of(model)})
-
     def _fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in type(self).model_fields}
-
-    # ---- resolution ------------------------------------------------------------------------
-    def resolve(self, model: nn.Module, force: bool = False) -> dict[str, LayerConfig]:
-        """Effective settings of every target that something happens to, in module order.
-
-        Only the techniques that apply to each target's kind are kept. Raises PlanError on an
-        unknown path, a technique that fits none of the layers its entry names, an explicit
-        rank above min(in, out), or (unless `force`) a plan made for another model.
-        """
-        from workbench.checks import check_model
-        from workbench.compress.targets import find_targets  # compress imports this module
-
-        check_model(model, "CompressionPlan.resolve")
-        check_fingerprint(self, model, force)
-        modules = dict(model.named_modules())
-        targets = find_targets(model)
-        self._check_explicit(modules, targets)
-        self._check_group_blocks(targets)
-        patterns = sorted((k for k in self.layers if is_pattern(k)),
-                          key=lambda k: (_specificity(k), list(self.layers).index(k)),
-                          reverse=True)
-        matched_kinds: dict[str, set[str]] = {}
-        out: dict[str, LayerConfig] = {}
-        for path, target in targets.items():
-            levels: list[tuple[str, LayerConfig | str]] = []
-            if path in self.layers:
-                levels.append((f"layers[{path!r}]", self.layers[path]))
-            ancestor = _nearest_skipped_ancestor(path, self.layers)
-            if ancestor is not None:
-                levels.append((f"layers[{ancestor!r}]", SKIP))
-            for key in patterns:
-                if fnmatch.fnmatchcase(path, key):
-                    levels.append((f"layers[{key!r}]", self.layers[key]))
-                    matched_kinds.setdefault(f"layers[{key!r}]", set()).add(target.kind)
-            for i in reversed(range(len(self.groups))):
-                group = self.groups[i]
-                if group.role == target.role and (group.blocks is None or
-                                                  target.block in group.blocks):
-                    levels.append((f"groups[{i}]", group.config))
-                    matched_kinds.setdefault(f"groups[{i}]", set()).add(target.kind)
-            levels.append(("default", self.default))
-            config = _merge(path, target, levels)
-            if not config.is_empty():
-                out[path] = config
-        self._check_patterns_and_groups(patterns, matched_kinds)
-        return out
-
-    def _check_explicit(self, modules: Mapping[str, nn.Module], targets: Mapping[str, Target]
-                        ) -> None:
-        for path, entry in self.layers.items():
-            if is_pattern(path):
-                continue
-            where = f"layers[{path!r}]"
-            if path not in modules:
-                close = difflib.get_close_matches(path, [p for p in modules if p], n=5, cutoff=0.5)
-                hint = f" Did you mean {close}?" if close else ""
-                raise PlanError(f"{where}: the model has no module '{path}'.{hint}")
-            if entry == SKIP:
-                continue
-            if path not in targets:
-                raise PlanError(f"{where}: '{path}' is a {type(modules[path]).__name__}, which a "
-                                f"plan cannot compress; name a Linear/Conv layer, an attention, "
-                                f"FFN or conv module under it, or use \"skip\".")
-            target = targets[path]
-            for technique in TECHNIQUES:
-                if entry.sets(technique) and not _applies(technique, entry, target):
-                    raise PlanError(f"{where}.{_field_name(technique, entry)}: "
-                                    f"{_why_not(technique, entry, target, path)}")
-            if entry.rank is not None:
-                linear = modules[path]
-                limit = min(linear.in_features, linear.out_features)
-                if entry.rank > limit:
-                    raise PlanError(f"{where}.rank: {entry.rank} is above min(in, out) = {limit} "
-                                    f"of this {linear.in_features}->{linear.out_features} Linear.")
-
-    def _check_group_blocks(self, targets: Mapping[str, Target]) -> None:
-        """A group naming a block the model does not have would silently do nothing there."""
-        present = sorted({t.block for t in targets.values() if t.block is not None})
-        for i, group in enumerate(self.groups):
-            if group.blocks is None:
-                continue
-            absent = [b for b in group.blocks if b not in present]
-            if absent:
-                have = f"blocks {present[0]}..{present[-1]}" if present else "no blocks"
-                raise PlanError(f"groups[{i}].blocks: {_short(absent)} not in this model, which "
-                                f"has {have}; use indices from 0 to {len(present) - 1}, or null "
-                                f"for all blocks.")
-
-    def _check_patterns_and_groups(self, patterns: list[str],
-                                   matched_kinds: Mapping[str, set[str]]) -> None:
-        named = [(f"layers[{k!r}]", self.layers[k]) for k in patterns]
-        named += [(f"groups[{i}]", g.config) for i, g in enumerate(self.groups)]
-        for where, entry in named:
-            kinds = matched_kinds.get(where, set())
-            if not kinds:
-                if where.startswith("layers"):
-                    raise PlanError(f"{where}: the pattern matches no layer of this model.")
-                continue  # a role group may be empty for some model families
-            if entry == SKIP:
-                continue
-            for technique in TECHNIQUES:
-                if entry.sets(technique) and not any(
-                        _kind_applies(technique, entry, k) for k in kinds):
-                    raise PlanError(
-                        f"{where}.{_field_name(technique, entry)}: applies to none of the layers "
-                        f"it matches (kinds: {', '.join(sorted(kinds))}). Pruning 'heads' fits "
-                        f"attention modules, 'neurons' FFN modules, 'channels' conv modules, "
-                        f"'unstructured' Linear/Conv layers; quant fits Linear/Conv layers; "
-                        f"rank/energy fit Linear layers.")
-
-
-def _applies(technique: Technique, config: LayerConfig, target: Target) -> bool:
-    return _kind_applies(technique, config, target.kind)
-
-
-def _kind_applies(technique: Technique, config: LayerConfig, kind: str) -> bool:
-    """Whether `config`'s setting of `technique` fits a target of `kind`."""
-    if technique == "prune":
-        structure = config.prune.structure
-        if kind in ("linear", "conv"):
-            return structure == "unstructured"
-        return STRUCTURE_FOR_KIND[kind] == structure
-    if technique == "quant":
-        return kind in ("linear", "conv")
-    return kind == "linear"
-
-
-def _field_name(technique: Technique, config: LayerConfig) -> str:
-    if technique == "prune":
-        return "prune.structure"
-    if technique == "low_rank":
-        return "rank" if config.rank is not None else "energy"
-    return "quant"
-
-
-def _why_not(technique: Technique, config: LayerConfig, target: Target, path: str) -> str:
-    if technique == "prune":
-        structure = config.prune.structure
-        want = STRUCTURE_FOR_KIND.get(target.kind, "unstructured")
-        return (f"'{structure}' pruning does not fit {path} ({target.type_name}, a {target.kind} "
-                f"target); use structure '{want}' here, or name a module of the right kind "
-                f"(heads: attention, neurons: FFN, channels: conv module, unstructured: "
-                f"Linear/Conv).")
-    if technique == "quant":
-        return (f"quantization applies to Linear/Conv layers, and {path} is a {target.type_name}; "
-                f"name its layers (e.g. '{path}.*').")
-    return (f"low rank applies to Linear layers, and {path} is a {target.type_name}.")
-
-
-def _nearest_skipped_ancestor(path: str, layers: Mapping[str, Any]) -> str | None:
-    parts = path.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        prefix = ".".join(parts[:i])
-        if layers.get(prefix) == SKIP:
-            return prefix
-    return None
-
-
-def _specificity(pattern: str) -> int:
-    """Literal characters of an fnmatch pattern (a [...] class counts as one)."""
-    return len(re.sub(r"\[[^\]]*\]", "?", pattern).replace("*", "").replace("?", ""))
-
-
-def _merge(path: str, target: Target, levels: list[tuple[str, LayerConfig | str]]
-           ) -> LayerConfig:
-    """Per technique, the first level that sets it or says skip; keep what fits the target."""
-    chosen: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for technique in TECHNIQUES:
-        for where, entry in levels:
-            if entry == SKIP:
-                break
-            if entry.sets(technique):
-                if _applies(technique, entry, target):
-                    sources[technique] = where
-                    if technique == "low_rank":
-                        chosen.update(rank=entry.rank, energy=entry.energy)
-                    else:
-                        chosen[technique] = getattr(entry, technique)
-                break
-    prune = chosen.get("prune")
-    if prune is not None and prune.amount == 0:
-        chosen.pop("prune")
-    quant = chosen.get("quant")
-    if quant is not None and quant.weight_bits is None and quant.act_bits is None:
-        chosen.pop("quant")
-    if "prune" in chosen and chosen["prune"].structure == "unstructured" and (
-            chosen.get("rank") is not None or chosen.get("energy") is not None):
-        raise PlanError(f"{path}: unstructured pruning ({sources['prune']}) and low rank "
-                        f"({sources['low_rank']}) on the same Linear would make the sparse "
-                        f"weights dense again; pick one for this layer.")
-    return LayerConfig(**chosen)
-
-
-# ---- fingerprint ---------------------------------------------------------------------------
-def fingerprint_of(model: nn.Module) -> str:
-    """Architecture id: workbench.models.model_fingerprint for workbench models; for any other
-    module, sha256 over its class name and sorted (parameter name, shape)."""
-    if hasattr(model, "describe") and hasattr(model, "family"):
-        from workbench.models import model_fingerprint
-        return model_fingerprint(model)
-    params = sorted((n, list(p.shape)) for n, p in model.named_parameters())
-    blob = json.dumps({"class": type(model).__name__, "params": params}, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def check_fingerprint(plan: CompressionPlan, model: nn.Module, force: bool = False) -> None:
-    if plan.model_fingerprint is None or force:
-        return
-    actual = fingerprint_of(model)
-    if plan.model_fingerprint != actual:
-        raise PlanError(f"model_fingerprint: the plan was made for another model "
-                        f"({plan.model_fingerprint[:12]}...), this one is {actual[:12]}.... Pass "
-                        f"force=True to apply it anyway (paths are still checked), or set "
-                        f"model_fingerprint to null.")
 
 
 # ---- JSON with line numbers in errors --------------------------------------------------------
@@ -553,7 +326,7 @@ def plan_from_json(text: str | bytes, source_name: str = "<plan>") -> Compressio
         for e in err.errors():
             path, field = _json_path(data, e["loc"], e["type"] == "missing")
             line = text.count("\n", 0, positions.get(path, 0)) + 1
-            got = "" if e["type"] == "missing" else f" (got {_short(e.get('input'))})"
+            got = "" if e["type"] == "missing" else f" (got {short_repr(e.get('input'))})"
             lines.append((line, f"{source_name}:{line}: {field or '(top level)'}: "
                                 f"{e['msg']}{got}"))
         lines.sort(key=lambda item: item[0])
@@ -613,7 +386,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise _JsonRefused(f"key {_short(key)} appears twice in one object; JSON would keep "
+            raise _JsonRefused(f"key {short_repr(key)} appears twice in one object; JSON would keep "
                                f"only the last silently, so remove one of them.",
                                json.dumps(key))
         out[key] = value

@@ -37,6 +37,7 @@ from workbench.evaluate import EvalSet, batches, score
 from workbench.features import collate_features
 from workbench.models.base import CTCModel
 from workbench.models.layers import lengths_to_pad_mask
+from workbench.compress.resolution import resolve
 
 
 class Cancelled(Exception):
@@ -141,7 +142,7 @@ class Session:
     def _signatures(self, plan) -> list[str]:
         """Signature of the plan entries that touch each stage: [stem, block 0..n-1, head]."""
         parts: list[dict] = [{} for _ in range(self.n_blocks + 2)]
-        for path, cfg in plan.resolve(self.baseline).items():
+        for path, cfg in resolve(plan, self.baseline).items():
             dump = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else cfg
             parts[self._block_of(path) + 1][path] = dump
         return [hashlib.sha1(json.dumps(p, sort_keys=True).encode()).hexdigest()[:12] for p in parts]
@@ -162,7 +163,7 @@ class Session:
         from workbench.compress import compress, compress_module, under
         from workbench.compress.apply import needs_activation_calibration, needs_gradients
 
-        resolved = {p: c for p, c in plan.resolve(self.baseline).items() if not c.is_empty()}
+        resolved = {p: c for p, c in resolve(plan, self.baseline).items() if not c.is_empty()}
         whole = (needs_gradients(resolved) or needs_activation_calibration(resolved)
                  or any(self._block_of(p) in (-1, self.n_blocks) for p in resolved))
         if whole:

@@ -43,6 +43,7 @@ from workbench.compress.prune import count_to_remove, keep_indices
 from workbench.compress.quantize import BLOCK_SIZE, BOOKKEEPING_BUFFERS, ActivationFakeQuant
 from workbench.compress.targets import find_targets
 from workbench.plan import CompressionPlan, LayerConfig
+from workbench.compress.resolution import resolve
 
 NOTE = ("Unstructured sparsity is priced here in a sparse format, but it gives no speed-up on "
         "CPU runtimes (ONNX Runtime and the edge CPUs we target run dense kernels), and the "
@@ -235,7 +236,7 @@ def size(model: nn.Module, plan: CompressionPlan, calib: Calibration | None = No
     check_model(model, "size")
     plan = check_plan(plan, "size")
     check_bool(force, "size", "force")
-    resolved = plan.resolve(model, force=force)
+    resolved = resolve(plan, model, force=force)
     shapes = _shapes(model)
     baseline, baseline_params = _baseline(model)
     graph = {g.path: g for g in getattr(getattr(model, "graph_structure", None), "groups", ())}

@@ -38,6 +38,7 @@ from workbench.models.layers import lengths_to_pad_mask
 from workbench.models.whisper_full import WhisperASR, WhisperTokenizer
 from workbench.session import Session, WerEstimate, _check, plan_key
 from workbench.whisper_eval import (MARGIN_FRAMES, SILENCE, decode_all, with_margin)
+from workbench.compress.resolution import resolve
 
 
 def _sig(entries: dict) -> str:
@@ -107,7 +108,7 @@ class WhisperSession:
         return self.n_enc + 1 if parts[1] == "ln_post" else 0
 
     def _resolved(self, plan) -> dict:
-        return {p: c for p, c in plan.resolve(self.baseline).items() if not c.is_empty()}
+        return {p: c for p, c in resolve(plan, self.baseline).items() if not c.is_empty()}
 
     def _encoder_sigs(self, resolved: dict) -> list[str]:
         parts: list[dict] = [{} for _ in range(self.n_enc + 2)]

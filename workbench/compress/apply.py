@@ -26,6 +26,7 @@ from workbench.compress.prune import (prune_channels_, prune_heads_, prune_neuro
                                       prune_unstructured_)
 from workbench.compress.quantize import quantize_layer
 from workbench.plan import CompressionPlan, LayerConfig
+from workbench.compress.resolution import resolve
 
 V = TypeVar("V")
 _STRUCTURED = {"heads": prune_heads_, "neurons": prune_neurons_, "channels": prune_channels_}
@@ -57,7 +58,7 @@ def compress_detailed(model: nn.Module, plan: CompressionPlan,
     check_model(model, "compress")
     plan = check_plan(plan, "compress")
     check_bool(force, "compress", "force")
-    resolved = plan.resolve(model, force=force)
+    resolved = resolve(plan, model, force=force)
     batches = as_calibration(calib)
     if grads is None and needs_gradients(resolved):
         grads = taylor_gradients(model, batches)
@@ -70,7 +71,7 @@ def compress_detailed(model: nn.Module, plan: CompressionPlan,
 def compress_module(module: nn.Module, entries: Mapping[str, LayerConfig],
                     grads: Mapping[str, torch.Tensor] | None = None) -> Compressed:
     """Apply resolved entries (paths relative to `module`, e.g. from
-    `under(plan.resolve(model), "blocks.3")`) to a deep copy of one module.
+    `under(resolve(plan, model), "blocks.3")`) to a deep copy of one module.
 
     `grads` (relative parameter names, `under(taylor_gradients(model, calib), "blocks.3")`) is
     needed for 'taylor' importance. Activation quantizers come back unobserved: run the new

@@ -41,6 +41,7 @@ from workbench.compress.quantize import fake_quant_weight
 from workbench.errors import WorkbenchError
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.train import Item, collate, lr_at, make_batches
+from workbench.compress.resolution import resolve
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _add_fake_quant(model: torch.nn.Module, quant) -> list[torch.nn.Module]:
 
     from workbench.compress.lowrank import LowRankLinear
     done = []
-    for path, cfg in quant.resolve(model, force=True).items():
+    for path, cfg in resolve(quant, model, force=True).items():
         if cfg.quant is None or cfg.quant.weight_bits is None or _front_end(model, path + ".w"):
             continue
         layer = model.get_submodule(path)
@@ -253,7 +254,7 @@ def split_plan(plan, teacher: torch.nn.Module, compressed: torch.nn.Module):
 
     structure: dict[str, LayerConfig] = {}
     rest: dict[str, LayerConfig] = {}
-    for path, cfg in plan.resolve(teacher).items():
+    for path, cfg in resolve(plan, teacher).items():
         rank = None
         if cfg.sets("low_rank"):
             layer = compressed.get_submodule(path)

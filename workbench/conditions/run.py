@@ -7,8 +7,8 @@
 How it is fast and repeatable:
 - each condition's log-mel features are computed once and cached on disk (user cache, keyed by the
   condition, the seed and the manifest's content), so a second run reads features, not audio;
-- every condition is evaluated through the interactive engine (`workbench.session.Session`): the
-  baseline fills the cached block inputs, and the plan restarts from the first block it changes;
+- the plan is applied once, and the baseline and the compressed model each transcribe every
+  condition once (batched greedy CTC); each hypothesis list is scored once;
 - all randomness is seeded per (seed, condition, utterance id): the same audio on every run, so
   the same numbers (checked by a test and by `workbench bench conditions`).
 """
@@ -19,7 +19,7 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from workbench.conditions.grid import Condition, degrade, resolve_grid
 from workbench.evaluate import EvalSet, score
 
 #: Bump when degrade() or the features change, so old cached features are not reused.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: reverberation by a power-of-two FFT (differences <= 3e-6)
 #: Length bins (seconds of clean audio) of the per-length breakdown.
 LENGTH_BINS = ((0.0, 2.0, "< 2 s"), (2.0, 4.0, "2-4 s"), (4.0, 1e9, ">= 4 s"))
 
@@ -146,6 +146,25 @@ def _cache_path(cond: Condition, manifest: Path, seed: int, root: Path | None = 
     return (Path(root) if root is not None else cache_dir() / "conditions") / f"{key}.pt"
 
 
+def _degraded_features(cond: Condition, waves, ids, seed: int, extra: dict, log_mel) -> tuple:
+    """log_mel(degrade(...)) of every utterance, on torch.get_num_threads() threads.
+
+    Each utterance's randomness comes from its own seeded stream, so the result does not depend
+    on which thread runs it. Why threads: the per-utterance ops (1-D FFTs, resampling, noise)
+    are small, torch barely parallelizes them inside one call, and they release the GIL; two
+    threads took the feature time of 4 conditions from 16.3 to 7.7 s wall on 2 cores (load ~11)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(k: int) -> torch.Tensor:
+        return log_mel(degrade(cond, waves[k], ids[k], seed=seed, **extra))
+
+    workers = max(1, min(torch.get_num_threads(), len(waves)))
+    if workers == 1:
+        return tuple(one(k) for k in range(len(waves)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="conditions-features") as pool:
+        return tuple(pool.map(one, range(len(waves))))
+
+
 def condition_sets(grid="default", manifest: Path | str | None = None, *, seed: int = 0,
                    cache: bool = True, progress: bool = True, skip_missing: bool = True,
                    cancel: Callable[[], bool] | None = None, cache_root: Path | None = None,
@@ -202,8 +221,7 @@ def condition_sets(grid="default", manifest: Path | str | None = None, *, seed: 
                 extra["moh"] = sources.moh_recording()
             elif cond.kind == "reverb":
                 extra["rir"] = sources.room_for(cond.rt60_s, seed)
-            feats = tuple(log_mel(degrade(cond, w, i, seed=seed, **extra))
-                          for w, i in zip(waves, ids))
+            feats = _degraded_features(cond, waves, ids, seed, extra, log_mel)
             if cache:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -218,14 +236,9 @@ def condition_sets(grid="default", manifest: Path | str | None = None, *, seed: 
 
 # ---- evaluation -----------------------------------------------------------------------------
 
-def _wer_of(refs: Sequence[str], hyps: Sequence[str]) -> tuple[float, float, tuple]:
-    return score(list(refs), list(hyps))
-
-
-def _slices(refs, base_hyps, plan_hyps, keys) -> list[tuple[str, int, int, float, float | None]]:
-    """Per key: (key, utterances, words, baseline WER, plan WER) from per-utterance errors."""
-    _, _, base_per = score(list(refs), list(base_hyps))
-    plan_per = score(list(refs), list(plan_hyps))[2] if plan_hyps is not None else None
+def _slices(base_per, plan_per, keys) -> list[tuple[str, int, int, float, float | None]]:
+    """Per key: (key, utterances, words, baseline WER, plan WER) from per-utterance errors
+    (score()'s third result), so each hypothesis list is scored once per condition."""
     out = []
     for key in sorted(set(keys), key=str):
         idx = [i for i, k in enumerate(keys) if k == key]
@@ -259,16 +272,20 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
     set; None to skip). limit: the first N utterances of each set. cache_root: folder of the
     feature cache (default: the user cache's conditions/). run_lock: a lock taken around each
     condition's model runs (the UI passes the Session's RUN_LOCK, so a live slider evaluation
-    gets in between two conditions). The caller's model is not modified (the Session works on
-    a copy).
+    gets in between two conditions). The caller's model is not modified (the plan is applied
+    to a new model).
     """
     from tqdm import tqdm
 
+    from workbench.checks import check_model, check_plan
+    from workbench.compress import compress
     from workbench.data.build import voice_of
+    from workbench.evaluate import transcribe
     from workbench.paths import SYNTH_TEST
-    from workbench.session import Cancelled as SessionCancelled
-    from workbench.session import Session
 
+    check_model(model, "evaluate_conditions")
+    if plan is not None:
+        plan = check_plan(plan, "evaluate_conditions")
     t0 = time.perf_counter()
     sets, stats = condition_sets(grid, manifest, seed=seed, cache=cache, progress=progress,
                                  cancel=cancel, cache_root=cache_root, limit=limit)
@@ -281,8 +298,18 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
         stats["feature_seconds"] += vstats["feature_seconds"]
         stats["from_cache"] += vstats["from_cache"]
         voice_durations = vstats["durations"]
+    # The plan is applied once (a new model; `model` is not modified) and both models transcribe
+    # every condition with the batched greedy decoder. No Session: a condition's audio differs
+    # from the others', so the Session's block-input cache never hits across conditions, and
+    # building one per condition cost a model copy, a whole-model compress for plans touching
+    # the stem or head, a second head run and three extra scorings per condition (cProfile of
+    # `workbench bench conditions`).
+    lock = run_lock if run_lock is not None else contextlib.nullcontext()
+    small = None
+    if plan is not None:
+        with lock:
+            small = compress(model, plan).eval()
     rows, by_voice, by_length, hyps_out = [], [], [], {}
-    shared_blocks = None
     total = len(jobs)
     for k, (cond, es) in enumerate(tqdm(jobs, desc="conditions: eval", disable=not progress,
                                         leave=False)):
@@ -290,47 +317,38 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
             raise Cancelled()
         if on_progress is not None:
             on_progress(k, total, es.name)
-        with run_lock if run_lock is not None else contextlib.nullcontext():
-            session = Session(model, es, warm_svd=False, quick_utterances=min(16, len(es)))
-            # The plan's compressed blocks depend on the weights only, not on the audio: share
-            # them across the per-condition sessions instead of compressing once per condition.
-            if shared_blocks is None:
-                shared_blocks = session._blocks
-            else:
-                session._blocks = shared_blocks
-            base = session.baseline_full
-            planned = None
-            if plan is not None:
-                try:
-                    planned = session.evaluate(plan, "full", cancel=cancel)
-                except SessionCancelled:
-                    raise Cancelled() from None
+        with lock:  # one model run at a time; a live slider evaluation can get in between
+            base_hyps = transcribe(model, es.features)
+        if cancel is not None and cancel():
+            raise Cancelled()
+        plan_hyps = None
+        if small is not None:
+            with lock:
+                plan_hyps = transcribe(small, es.features)
+        base_wer, base_cer, base_per = score(es.texts, base_hyps, es.ids)
+        plan_wer = plan_cer = plan_per = None
+        if plan_hyps is not None:
+            plan_wer, plan_cer, plan_per = score(es.texts, plan_hyps, es.ids)
         is_voice_set = voice_manifest is not None and k >= len(sets)
         set_name = Path(es.manifest).parent.name
-        hyps_out[(cond.name, set_name)] = (base.hypotheses,
-                                           planned.hypotheses if planned else None)
+        hyps_out[(cond.name, set_name)] = (tuple(base_hyps),
+                                           tuple(plan_hyps) if plan_hyps is not None else None)
         rows.append(ConditionRow(cond.name, "voices" if is_voice_set else cond.group, set_name,
-                                 len(es), base.wer, base.cer,
-                                 planned.wer if planned else None,
-                                 planned.cer if planned else None))
+                                 len(es), base_wer, base_cer, plan_wer, plan_cer))
         durations = voice_durations if is_voice_set else stats["durations"]
         lengths = [_length_bin(d) for d in durations]
-        for key, n, words, bw, pw in _slices(es.texts, base.hypotheses,
-                                             planned.hypotheses if planned else None, lengths):
+        for key, n, words, bw, pw in _slices(base_per, plan_per, lengths):
             by_length.append(BreakdownRow(cond.name, set_name, key, n, words, bw, pw))
         if is_voice_set:
             voices = []
             for i in es.ids:
                 v = voice_of(i)
                 voices.append(f"{v.engine} {v.name.split('+')[0]}" if v else "unknown")
-            for key, n, words, bw, pw in _slices(es.texts, base.hypotheses,
-                                                 planned.hypotheses if planned else None, voices):
+            for key, n, words, bw, pw in _slices(base_per, plan_per, voices):
                 by_voice.append(BreakdownRow(cond.name, set_name, key, n, words, bw, pw))
-        del session
     if on_progress is not None:
         on_progress(total, total, "done")
     return ConditionsResult(tuple(rows), tuple(by_voice), tuple(by_length), seed,
                             plan_name if plan is not None else None, time.perf_counter() - t0,
                             stats["feature_seconds"], stats["from_cache"], stats["skipped"],
                             hypotheses=hyps_out)
-

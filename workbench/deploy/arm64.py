@@ -176,17 +176,20 @@ def verify_arm64(model, plan, features: list, texts: list[str], cpu: str = "cort
     result["versions"] = {"arm64_onnxruntime": version, "x86_onnxruntime": onnxruntime.__version__}
     for name, blob in exports.items():
         session = make_session(blob, 1)
-        worst, same, frames, hyp_arm, hyp_x86 = 0.0, 0, 0, [], []
+        worst, worst_p, same, frames, hyp_arm, hyp_x86 = 0.0, 0.0, 0, 0, [], []
         for i, feats in enumerate(features):
             x86, n = ort_log_probs(session, feats)
             a = arm[f"{name}_{i}"]
             worst = max(worst, float(np.abs(a - x86[:n]).max()))
+            # probabilities: the log-prob maximum sits on unlikely tokens (log p ~ -20)
+            worst_p = max(worst_p, float(np.abs(np.exp(a) - np.exp(x86[:n])).max()))
             same += int((a.argmax(-1) == x86[:n].argmax(-1)).sum())
             frames += n
             for lp, hyps in ((a, hyp_arm), (x86[:n], hyp_x86)):
                 hyps.extend(greedy_decode(torch.from_numpy(lp[None]), torch.tensor([len(lp)])))
         wer_arm, wer_x86 = score(list(texts), hyp_arm)[0], score(list(texts), hyp_x86)[0]
         result[name] = {"max_abs_diff_log_probs": round(worst, 5),
+                        "max_abs_diff_probs": round(worst_p, 5),
                         "argmax_agreement": round(same / max(frames, 1), 5),
                         "wer_arm64": round(wer_arm, 4), "wer_x86": round(wer_x86, 4),
                         "wer_abs_diff": round(abs(wer_arm - wer_x86), 4),

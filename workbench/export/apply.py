@@ -34,7 +34,8 @@ from workbench.export.report import (DELIVERABLE, FORMAT, accuracy_section, host
                                      latency_section, layer_rows, ops_section, parity_section,
                                      sessions, sha256, simulated_devices, size_section)
 from workbench.paths import CALIB, DEMO_DIR, REAL_TEST, SYNTH_TEST
-from workbench.plan import CompressionPlan, fingerprint_of, plan_from_file
+from workbench.plan import CompressionPlan, plan_from_file
+from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,8 @@ def apply_plan(model: nn.Module, plan: CompressionPlan, out: Path,
     calib = (load_calibration_set(options.calib_manifest, options.calib_utterances)
              if needs_calibration(model, plan) else None)
     export = build_export(model, plan, calib, strict=options.strict)
-    resolved = plan.resolve(model)
-    stamped = plan if plan.model_fingerprint else plan.for_model(model)   # record the model
+    resolved = resolve(plan, model)
+    stamped = plan if plan.model_fingerprint else plan_for_model(plan, model)   # record the model
     with staged_dir(out) as stage:
         write_text_atomic(stage / "plan.json", stamped.to_json())
         write_bytes_atomic(stage / DELIVERABLE, export.model)

@@ -31,7 +31,8 @@ from workbench.export.model_card import SET_TITLES, SOURCES, _table, front_matte
 from workbench.export.pipeline import needs_calibration
 from workbench.export.report import host_description, sha256, worst
 from workbench.export.verify import by_length, evaluate_ort, parity_stats
-from workbench.plan import CompressionPlan, fingerprint_of
+from workbench.plan import CompressionPlan
+from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
 
 FORMAT = "workbench-export-report/1"
 
@@ -181,8 +182,8 @@ def apply_pte(model: nn.Module, plan: CompressionPlan, out: Path,
     calib = (load_calibration_set(options.calib_manifest, options.calib_utterances)
              if needs_calibration(model, plan) else None)
     export = build_pte(model, plan, calib, strict=options.strict)
-    resolved = plan.resolve(model)
-    stamped = plan if plan.model_fingerprint else plan.for_model(model)
+    resolved = resolve(plan, model)
+    stamped = plan if plan.model_fingerprint else plan_for_model(plan, model)
     eval_sets = [load_eval_set(m, limit=options.eval_limit, progress=False)
                  for m in options.eval_manifests]
     with staged_dir(out) as stage:

@@ -25,6 +25,7 @@ from workbench.export.ort_quantize import plan_decisions, quantize_graph
 from workbench.export.positions import ComputedTable, compute_sinusoid_tables
 from workbench.export.structural import activation_ranges, layer_quant, structural_plan
 from workbench.plan import CompressionPlan
+from workbench.compress.resolution import resolve
 
 if TYPE_CHECKING:
     import onnx
@@ -49,7 +50,7 @@ def needs_calibration(model: nn.Module, plan: CompressionPlan, force: bool = Fal
     """act_bits 8 anywhere, or Taylor importance for pruning."""
     return any((c.quant is not None and c.quant.act_bits is not None)
                or (c.prune is not None and c.prune.importance == "taylor")
-               for c in plan.resolve(model, force=force).values())
+               for c in resolve(plan, model, force=force).values())
 
 
 def build_export(model: nn.Module, plan: CompressionPlan, calib: EvalSet | None = None,

@@ -9,13 +9,14 @@ hold them rounded to fp16:
 
 We replace the table initializer by a constant subgraph computing exactly that (float64 Range,
 Mul, Sin, Concat, Cast to fp32, to fp16, to fp32), with cos(a) computed as sin(a + pi/2): ONNX
-Runtime 1.22.0 (the ARM64 wheel `workbench verify-arm64` runs under qemu-user) has no float64
-Cos kernel on CPU and refuses such a graph at load, while its float64 Sin kernel exists. In float64 the shift moves a value by <= 7e-14, far below the fp16 rounding
-step, and the table the graph computes is checked against the stored one bit for bit below. All its inputs are constants, so ONNX
-Runtime evaluates it once when the session is created (constant folding): no cost per run, the
-same values in memory, 1500 x 384 x 4 = 2,304,000 bytes less in the file. The float64 and the
-fp16 rounding matter: the model is sensitive to the table (the float32 formula, <= 3e-4 off,
-moves encoder outputs by ~0.1, see whisper_sinusoids).
+Runtime 1.22.0 (the ARM64 wheel `workbench verify-arm64` runs under qemu-user) has no float64 Cos
+kernel on CPU and refuses such a graph at load, while its float64 Sin kernel exists. In float64
+the shift moves a value by <= 7e-14, far below the fp16 rounding step, and the table the graph
+computes is checked against the stored one bit for bit below. All its inputs are constants, so
+ONNX Runtime evaluates it once when the session is created (constant folding): no cost per run,
+the same values in memory, 1500 x 384 x 4 = 2,304,000 bytes less in the file. The float64 and the
+fp16 rounding matter: the model is sensitive to the table (the float32 formula, <= 3e-4 off, moves
+encoder outputs by ~0.1, see whisper_sinusoids).
 
 We only do it when the stored table equals the formula exactly (checked here, with the float64
 formula rounded as the checkpoint is; a table that is not fp16-rounded may match the unrounded

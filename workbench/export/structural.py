@@ -13,6 +13,7 @@ from torch import nn
 
 from workbench.compress.targets import find_targets
 from workbench.plan import SKIP, CompressionPlan, GroupEntry, LayerConfig, QuantConfig
+from workbench.compress.resolution import resolve
 
 
 def _without_quant(entry: LayerConfig | str) -> LayerConfig | str:
@@ -34,7 +35,7 @@ def structural_plan(plan: CompressionPlan) -> CompressionPlan:
 def layer_quant(model: nn.Module, plan: CompressionPlan, force: bool = False
                 ) -> dict[str, tuple[str, QuantConfig]]:
     """Quantized layers of `plan` on `model`: path -> (kind "linear" | "conv", QuantConfig)."""
-    resolved = plan.resolve(model, force=force)
+    resolved = resolve(plan, model, force=force)
     targets = find_targets(model)
     return {path: (targets[path].kind, cfg.quant) for path, cfg in resolved.items()
             if cfg.quant is not None and targets[path].kind in ("linear", "conv")}
@@ -43,7 +44,7 @@ def layer_quant(model: nn.Module, plan: CompressionPlan, force: bool = False
 def has_structure(plan: CompressionPlan, model: nn.Module, force: bool = False) -> bool:
     """True when the plan prunes or factorizes anything."""
     return any(c.prune is not None or c.rank is not None or c.energy is not None
-               for c in plan.resolve(model, force=force).values())
+               for c in resolve(plan, model, force=force).values())
 
 
 def activation_ranges(sim: nn.Module) -> dict[str, tuple[float, int]]:

@@ -10,7 +10,8 @@ partition those axes. A group is accepted only if:
     - no index on its axes belongs to a unit outside the group;
     - it has a consumer (a weight's input dim) and at least two units;
     - removing one unit physically gives the same output (1e-4 relative) as the original model
-      with that unit's consumer columns zeroed, on the example input (`surgery.check_group`).
+      with that unit's consumer columns zeroed, on the example input (`surgery.check_groups`:
+      one run with the weakest unit of every group removed; per group only if that fails).
 Kind, for plans and the UI: "heads" if the units meet in attention, "channels" if they are a
 conv's output channels, else "neurons". The path is the deepest module holding all members.
 """
@@ -101,7 +102,7 @@ def discover(model: nn.Module, example: tuple, verify: bool = True) -> Structure
 
 def structure_from_units(model: nn.Module, example: tuple, units: Units,
                          verify: bool = True) -> Structure:
-    from workbench.graph.surgery import check_group
+    from workbench.graph.surgery import check_groups
     families: dict[tuple[Axis, ...], list[int]] = {}
     for root, members in units.members.items():
         axes = tuple(sorted({(n, d) for n, d, _ in members}))
@@ -140,13 +141,12 @@ def structure_from_units(model: nn.Module, example: tuple, units: Units,
         for r in sorted(roots, key=lambda r: min(i for n, d, i in units.members[r])):
             per_unit.append({a: tuple(sorted(i for n, d, i in units.members[r] if (n, d) == a))
                              for a in axes})
-        group = Group(path, kind, axes, tuple(per_unit))
-        if verify:
-            problem = check_group(model, example, group)
-            if problem is not None:
-                refusals.append(Refusal(path, problem))
-                continue
-        groups.append(group)
+        groups.append(Group(path, kind, axes, tuple(per_unit)))
+    if verify and groups and check_groups(model, example, groups) is not None:
+        # one check of all groups together failed: find which (one run per group)
+        problems = {g.path: check_groups(model, example, [g]) for g in groups}
+        refusals += [Refusal(path, why) for path, why in problems.items() if why is not None]
+        groups = [g for g in groups if problems[g.path] is None]
     groups.sort(key=lambda g: [n for n, _ in model.named_parameters()].index(g.axes[0][0])
                 if g.axes[0][0] in dict(model.named_parameters()) else 0)
     return Structure(tuple(groups), tuple(refusals), units.ops)

@@ -238,17 +238,17 @@ def difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return worst
 
 
-def check_group(model: nn.Module, example: tuple, group: Group) -> str | None:
-    """None if removing the weakest unit of `group` physically equals zeroing its consumer
-    columns on `example`; otherwise the reason (error or difference) in words."""
-    removed = [int(torch.argmin(scores(model, group)))]
+def check_groups(model: nn.Module, example: tuple, groups: list[Group]) -> str | None:
+    """None if removing the weakest unit of each of `groups` physically equals zeroing its
+    consumer columns on `example`; otherwise the reason (error or difference) in words."""
+    removals = [(g, [int(torch.argmin(scores(model, g)))]) for g in groups]
     pruned = copy.deepcopy(model)
     try:
-        remove_units_(pruned, [(group, removed)])
+        remove_units_(pruned, removals)
         got = _outputs(pruned, example)
     except Exception as err:  # noqa: BLE001 - the reason is reported, the group refused
         return f"removing one unit breaks the forward pass ({type(err).__name__}: {err})"
-    diff = difference(_outputs(_masked(model, [(group, removed)]), example), got)
+    diff = difference(_outputs(_masked(model, removals), example), got)
     if diff > CHECK_RTOL:
         return (f"removing one unit does not equal zeroing it (relative difference {diff:.2e} "
                 f"> {CHECK_RTOL})")

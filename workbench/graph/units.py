@@ -227,6 +227,8 @@ class _Recorder(TorchDispatchMode):
             self._contraction(name, args, out, tracked)
         elif name == "copy_":
             self.set(out, self.lab(args[1]))
+        elif name in ("index_put", "index_put_") and self.lab(args[2]) is None:
+            self.set(out, self._labels_or_none(args[0]).clone())  # constant written in place
         else:
             self._unknown(name, tracked, out)
         return out

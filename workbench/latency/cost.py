@@ -30,6 +30,7 @@ from typing import Any
 from torch import nn
 
 from workbench.errors import WorkbenchError
+from workbench.plan import CompressionPlan
 from workbench.latency.devices import DeviceProfile, load_device
 from workbench.latency.table import BitsOrPlan, EffectiveLayer, LayerTable, layer_table
 
@@ -172,7 +173,7 @@ def predict_latency(model: nn.Module | LayerTable, device: str | DeviceProfile |
             table = model if model.audio_seconds == audio_seconds else \
                 model.at_seconds(audio_seconds)
             if weight_bits is not None:
-                if hasattr(weight_bits, "resolve"):
+                if isinstance(weight_bits, CompressionPlan):
                     raise WorkbenchError("weight_bits: a CompressionPlan needs the model, not a "
                                          "LayerTable; pass the model, or use "
                                          "latency.table_for_plan(table, model, plan).")
@@ -199,7 +200,7 @@ def predict_latency(model: nn.Module | LayerTable, device: str | DeviceProfile |
     if isinstance(model, LayerTable):
         table = model if model.audio_seconds == audio_seconds else model.at_seconds(audio_seconds)
         if weight_bits is not None:
-            if hasattr(weight_bits, "resolve"):
+            if isinstance(weight_bits, CompressionPlan):
                 raise WorkbenchError("weight_bits: a CompressionPlan needs the model, not a "
                                      "LayerTable; pass the model, or use "
                                      "latency.table_for_plan(table, model, plan).")

@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from workbench.latency.table import ACT_BYTES, EffectiveLayer, LayerTable, layer_table
+from workbench.compress.resolution import resolve
 
 
 def table_for_plan(base: LayerTable, model: nn.Module, plan: Any) -> LayerTable:
@@ -29,7 +30,7 @@ def table_for_plan(base: LayerTable, model: nn.Module, plan: Any) -> LayerTable:
     from workbench.compress.lowrank import pays_off
     from workbench.compress.prune import count_to_remove
 
-    resolved = plan.resolve(model)
+    resolved = resolve(plan, model)
     if any((c.prune is not None and c.prune.structure == "channels") or c.energy is not None
            for c in resolved.values()):
         return layer_table(model, base.audio_seconds, plan)

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from workbench.errors import WorkbenchError
+from workbench.plan import CompressionPlan
 from workbench.latency.edge import BYTES, OpTime, price_ops
 from workbench.latency.graph import FusedOp, fused_ops
 from workbench.latency.hardware import (EdgeDevice, Runtime, UnknownDeviceError,
@@ -152,7 +153,7 @@ def trace_model(model: nn.Module, seconds: float, weight_bits: Any,
         raise LatencyInputError(f"model: expected a torch.nn.Module or a LayerTable, got "
                                 f"{type(model).__name__}.")
     bits: dict[str, int] = {}
-    if weight_bits is not None and hasattr(weight_bits, "resolve"):
+    if weight_bits is not None and isinstance(weight_bits, CompressionPlan):
         model = compressed_for_pricing(model, weight_bits)
     elif weight_bits is not None:
         if not isinstance(weight_bits, Mapping):

@@ -24,7 +24,9 @@ from typing import Any
 from torch import nn
 
 from workbench.errors import WorkbenchError
+from workbench.plan import CompressionPlan
 from workbench.profile import Profile, profile
+from workbench.compress.resolution import resolve
 
 #: Profiler row kind -> op class of the cost model.
 OP_OF_KIND = {"linear": "matmul", "conv": "conv", "attention_scores": "attention_scores",
@@ -145,7 +147,7 @@ def layer_table(model: nn.Module, audio_seconds: float = 4.0, weight_bits: BitsO
     (applied to a copy for its shapes and bits). Sparsity is read from the weights (zeros).
     """
     bits: dict[str, int] = {}
-    if weight_bits is not None and hasattr(weight_bits, "resolve"):
+    if weight_bits is not None and isinstance(weight_bits, CompressionPlan):
         model = compressed_for_pricing(model, weight_bits)
     elif weight_bits is not None:
         bits = {str(k): _check_bits(k, v) for k, v in dict(weight_bits).items()}
@@ -164,7 +166,7 @@ def compressed_for_pricing(model: nn.Module, plan: Any) -> nn.Module:
     from workbench.compress import compress_module   # lazy: workbench.compress is heavier
 
     entries = {}
-    for path, config in plan.resolve(model).items():
+    for path, config in resolve(plan, model).items():
         update: dict[str, Any] = {}
         if config.prune is not None and config.prune.importance != "magnitude":
             update["prune"] = config.prune.model_copy(update={"importance": "magnitude"})

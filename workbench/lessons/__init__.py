@@ -5,8 +5,10 @@ with them, the pure part of predict-then-run, and the capstone's grader.
     checks.check_magnitude_mask(my_mask_fn)      # ✓, or ✗ with what is wrong
 
 No ipywidgets here (the guess widget is `workbench.ui.predict`)."""
-from workbench.lessons import checks, predict, solutions
+from workbench.lessons import capstone, checks, predict, solutions
+from workbench.lessons.capstone import Budget, grade_report
 from workbench.lessons.checks import CHECKS, CheckResult, LessonCheckError
 from workbench.lessons.predict import Gap
 
-__all__ = ["CHECKS", "CheckResult", "Gap", "LessonCheckError", "checks", "predict", "solutions"]
+__all__ = ["CHECKS", "Budget", "CheckResult", "Gap", "LessonCheckError", "capstone", "checks",
+           "grade_report", "predict", "solutions"]

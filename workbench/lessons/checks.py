@@ -222,6 +222,34 @@ def check_magnitude_mask(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> C
     return _run("magnitude_mask", fn, ref.magnitude_mask, compare)
 
 
+def check_nm_mask(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> CheckResult:
+    """fn(weight, n, m) -> bool mask keeping the n largest |w| in each group of m inputs."""
+    def compare(f: Callable) -> list[str]:
+        problems = []
+        w = _weights((12, 32), seed=4)
+        for n, m in ((2, 4), (1, 4), (4, 8)):
+            mask = f(w, n, m)
+            if (p := _shape_problem(f"{n}:{m} mask", mask, w.shape)):
+                return [p]
+            keep = torch.as_tensor(mask).bool()
+            per_group = keep.reshape(w.shape[0], -1, m).sum(dim=2)
+            if not bool((per_group == n).all()):
+                bad = torch.nonzero(per_group != n)[0].tolist()
+                problems.append(f"{n}:{m}: row {bad[0]}, group {bad[1]} (inputs "
+                                f"{bad[1] * m}..{bad[1] * m + m - 1}) keeps {int(per_group[tuple(bad)])}"
+                                f" weights, expected exactly {n}; groups are {m} consecutive inputs "
+                                f"of one output row (weight.reshape(out, in // {m}, {m}))")
+                continue
+            groups, kept = w.abs().reshape(w.shape[0], -1, m), keep.reshape(w.shape[0], -1, m)
+            low_kept = groups.masked_fill(~kept, float("inf")).min(dim=2).values
+            high_dropped = groups.masked_fill(kept, -1.0).max(dim=2).values
+            if bool((high_dropped > low_kept).any()):
+                problems.append(f"{n}:{m}: in some group a larger |w| was removed while a smaller "
+                                f"one was kept; keep the {n} largest magnitudes of each group")
+        return problems
+    return _run("nm_mask", fn, ref.nm_mask, compare)
+
+
 def _ffn(seed: int, d: int = 8, d_ff: int = 32) -> tuple[nn.Linear, nn.Linear]:
     torch.manual_seed(seed)
     return nn.Linear(d, d_ff), nn.Linear(d_ff, d)
@@ -647,16 +675,37 @@ def check_first_partial_ms(fn: Callable[[float, float, float, float], float]) ->
     return _run("first_partial_ms", fn, ref.first_partial_ms, compare)
 
 
+# ---- lesson 08 (capstone) -----------------------------------------------------------------------
+
+def check_bits_by_role(fn: Callable[[dict, float], dict]) -> CheckResult:
+    """fn(delta_wer_at_4_bits, tolerance) -> {role: 4 or 8}."""
+    def compare(f: Callable) -> list[str]:
+        problems = []
+        cases = [({"front-end": 0.03, "attention": 0.004, "ffn": 0.01, "head": 0.0}, 0.01),
+                 ({"attention": -0.002, "ffn": 0.2}, 0.0), ({"ffn": 0.05}, 0.1)]
+        for deltas, tol in cases:
+            got, want = f(dict(deltas), tol), ref.bits_by_role(deltas, tol)
+            if not isinstance(got, dict) or set(got) != set(want):
+                return [f"return one entry per role {sorted(want)}, got {got!r}"]
+            for role in want:
+                if got[role] != want[role]:
+                    problems.append(f"tolerance {tol}: {role} (ΔWER {deltas[role]:+.3f} at 4 bits) "
+                                    f"-> {got[role]}, expected {want[role]} (4 bits when ΔWER <= "
+                                    f"tolerance, the boundary included)")
+        return problems
+    return _run("bits_by_role", fn, ref.bits_by_role, compare)
+
+
 #: Every check by the name of the function it checks (tests run each on the reference and on a
 #: wrong answer).
 CHECKS: dict[str, Callable[[Callable], CheckResult]] = {
     "wer": check_wer, "block_macs": check_block_macs, "crossover_frames": check_crossover_frames,
-    "magnitude_mask": check_magnitude_mask, "prune_ffn": check_prune_ffn,
+    "magnitude_mask": check_magnitude_mask, "nm_mask": check_nm_mask, "prune_ffn": check_prune_ffn,
     "neuron_scores": check_neuron_scores, "taylor_neuron_scores": check_taylor_neuron_scores,
     "linear_quantize": check_linear_quantize, "sqnr_db": check_sqnr_db,
     "kmeans_quantize": check_kmeans_quantize, "integer_linear": check_integer_linear,
     "truncated_svd": check_truncated_svd, "frobenius_error": check_frobenius_error,
     "roofline_ms": check_roofline_ms, "int8_bytes": check_int8_bytes,
     "linear_shapes": check_linear_shapes, "add_noise": check_add_noise,
-    "first_partial_ms": check_first_partial_ms,
+    "first_partial_ms": check_first_partial_ms, "bits_by_role": check_bits_by_role,
 }

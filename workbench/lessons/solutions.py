@@ -83,6 +83,17 @@ def magnitude_mask(weight: torch.Tensor, amount: float) -> torch.Tensor:
     return mask.reshape(weight.shape)
 
 
+def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Bool mask keeping the n largest |w| of every m consecutive weights along the input
+    dimension (N:M semi-structured sparsity, e.g. 2:4: the pattern NVIDIA Ampere sparse tensor
+    cores run at twice the dense rate; Mishra et al. 2021, arXiv:2104.08378). in % m == 0."""
+    out, k = weight.shape
+    groups = weight.detach().abs().reshape(out, k // m, m)
+    top = torch.topk(groups, n, dim=2).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, top, True)
+    return mask.reshape(out, k)
+
+
 def prune_ffn(fc1: nn.Linear, fc2: nn.Linear, keep: torch.Tensor) -> tuple[nn.Linear, nn.Linear]:
     """New (fc1, fc2) keeping hidden neurons `keep`: rows of fc1 (+ bias), columns of fc2.
     fc1: (d_ff, d) -> (k, d); fc2: (d, d_ff) -> (d, k). The inputs are not changed."""
@@ -205,6 +216,15 @@ def roofline_ms(flops: float, bytes_moved: float, peak_gops: float, bandwidth_gb
     compute_s = flops / (peak_gops * 1e9 * compute_efficiency)
     memory_s = bytes_moved / (bandwidth_gbs * 1e9 * memory_efficiency)
     return max(compute_s, memory_s) * 1e3 + overhead_ms
+
+
+# ---- lesson 08 (capstone): mixed precision from a sensitivity scan ------------------------------
+
+def bits_by_role(delta_wer_at_4_bits: dict[str, float], tolerance: float) -> dict[str, int]:
+    """{role: 4 or 8}: 4 bits where putting that role alone at 4 bits raised the WER by at most
+    `tolerance`, 8 bits elsewhere (a greedy mixed-precision rule; roles interact, so the
+    combined plan is measured afterwards)."""
+    return {role: 4 if delta <= tolerance else 8 for role, delta in delta_wer_at_4_bits.items()}
 
 
 # ---- lesson 06: bytes of a quantized matrix -------------------------------------------------------

@@ -20,9 +20,7 @@ import torch
 from torch import nn
 
 from workbench.models.layers import lengths_to_pad_mask
-
-#: The roles the profiler and the UI group cost by.
-ROLE_NAMES = ("front-end", "attention", "ffn", "conv", "norm", "head", "other")
+from workbench.roles import ROLE_NAMES as ROLE_NAMES  # the roles profiles and plan groups name
 
 #: Character vocabulary for CTC: index 0 is the blank, 1 the word separator (space).
 VOCAB = ("<blank>", " ", "'", *"abcdefghijklmnopqrstuvwxyz")

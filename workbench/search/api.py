@@ -37,8 +37,13 @@ def search(spec: EvaluatorSpec, config: SearchConfig, *, space: SearchSpace | No
            address: str | None = None, workers: int = 2, out_dir: Path | str | None = None,
            resume: bool = False, cancel: Callable[[], bool] = lambda: False,
            progress: Callable[[int, int, str], None] | None = None,
-           evaluator=None) -> SearchResult:
-    """Build the space from the model, run the search on `executor`, write the files."""
+           evaluator=None, recover_minutes: float | None = None, recover_plans: int = 3,
+           recover_manifests=None) -> SearchResult:
+    """Build the space from the model, run the search on `executor`, write the files.
+
+    recover_minutes: also recover (distill) up to `recover_plans` searched plans that remove
+    structure, that many minutes each, and measure them (workbench.search.recover); the records
+    are in result.recovered and front.json's "recovered"."""
     model = evaluator.model if evaluator is not None else spec.load_model()
     if space is None:
         space = SearchSpace.for_model(model, **(space_options or {}))
@@ -51,6 +56,19 @@ def search(spec: EvaluatorSpec, config: SearchConfig, *, space: SearchSpace | No
                             cancel=cancel, progress=progress)
     finally:
         ex.close()
+    if recover_minutes is not None and result.complete:
+        from workbench.search.recover import recover_front
+        eval_set = evaluator.session.eval_set if evaluator is not None else spec.eval_set
+        if eval_set is None:
+            from workbench.evaluate import load_eval_set
+            from workbench.paths import REAL_TEST
+            eval_set = load_eval_set(spec.manifest or REAL_TEST, limit=spec.limit,
+                                     progress=False)
+        note = (lambda text: progress(0, 0, text)) if progress is not None else None
+        result.recovered = recover_front(result, model, eval_set, recover_minutes,
+                                         out if out is not None else Path.cwd(),
+                                         max_plans=recover_plans, manifests=recover_manifests,
+                                         progress=note)
     if out is not None:
         write_front(result, out)
     return result
@@ -85,8 +103,20 @@ def summary(result: SearchResult) -> dict:
                    + (f"{ref_m['size_bytes'] / best.best['size_bytes']:.2f}x smaller than the "
                       f"reference plan ({ref_m['size_bytes'] / 1e6:.3f} MB)" if smaller else
                       "not smaller than the reference plan"))
+    recovered = list(getattr(result, "recovered", None) or [])
+    ok = [r for r in recovered if r["meets_budgets"]]
+    best_rec = min(ok, key=lambda r: (r["size_bytes"], r["latency_ms"]), default=None)
+    if recovered:
+        verdict += (f" After {recovered[0]['minutes']:g} min of recovery each, "
+                    f"{len(ok)} of {len(recovered)} plans that remove structure meet the "
+                    f"budgets" + (f"; the smallest, trial {best_rec['trial']}: "
+                                  f"{best_rec['size_bytes'] / 1e6:.3f} MB, ΔWER "
+                                  f"{best_rec['wer_delta_after']:+.4f} ({best_rec['folder']})"
+                                  if best_rec else "") + ".")
     return {
         "complete": result.complete, "verdict": verdict,
+        "recovered": recovered,
+        "best_recovered_trial": None if best_rec is None else best_rec["trial"],
         "best_trial": None if best is None else best.number,
         "best_smaller_than_reference": (best is not None and best.best["size_bytes"]
                                         < ref_m.get("size_bytes", float("inf"))),

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from workbench.errors import WorkbenchError
+from workbench.compress.resolution import resolve
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class LatencyPricer:
         import json
 
         from workbench.latency import predict as edge
-        resolved = plan.resolve(self.model)
+        resolved = resolve(plan, self.model)
         structure = {}
         for path, cfg in resolved.items():
             keep = {}

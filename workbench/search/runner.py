@@ -106,6 +106,7 @@ class SearchResult:
     eval_ms_total: float                 # sum of in-evaluator times of those evaluations
     hypervolume: float = float("nan")
     hv_reference: dict = field(default_factory=dict)
+    recovered: list = field(default_factory=list)   # search.recover records (--recover-minutes)
 
     def feasible(self, t: Trial) -> bool:
         m = t.best

@@ -7,6 +7,17 @@ simulated with the latency model's public API: `predict_latency` of the model at
 gives time(n) = a + b n + c n^2 over n encoder frames (the n^2 term is attention); one step with
 q = chunk + look-ahead queries and k = left + q keys then costs a + b q + c q k.
 
+One step also runs what the full-context model never does: the K/V cache bookkeeping (split
+the stacked cache per block, concatenate cache and chunk keys, slice and re-stack the new cache)
+and the masks for the step's offset: 7 ONNX nodes per block + 37 (STEP_NODES_*), each paying
+the device's per-op overhead, and the cache state itself crossing memory once in and once out,
+priced at the device's bandwidth x memory efficiency. The per-block copies in between are not
+priced by the byte: a block's K/V (L x heads x head_dim fp32, 307 KB on the demo at 4 s) stays
+in the core's cache (L2 1 MB per core on this host). Check: in an ONNX Runtime profile of the
+demo's step (chunk 1 s, left 4 s) the Split / Slice / Concat / (Un)Squeeze nodes took 6.6 % of
+kernel time, ~0.95 ms of a 14.3 ms step; this prices them at 0.69 ms (nominal host profile).
+Without these terms the host prediction was 15-26 % under the measured step in earlier runs.
+
     first-partial latency = chunk + look-ahead + 20 ms (stem) + compute of one step
     real-time factor      = compute of one step / chunk duration
 """
@@ -17,8 +28,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from workbench.streaming.step import (FRAMES_PER_SECOND, StreamConfig, StreamingStep,
-                                      stream_logits)
+from workbench.streaming.step import (FRAMES_PER_SECOND, HEAD_CACHE, StreamConfig,
+                                      StreamingStep, stream_logits)
 
 #: Lengths (encoder frames) at which the latency model is priced to fit a + b n + c n^2.
 FIT_FRAMES = (50, 150, 300)
@@ -40,25 +51,79 @@ def device_name(prefix: str) -> str:
     raise StreamingError(f"device {prefix!r}: not among the latency model's devices {names}")
 
 
+#: ONNX nodes a step runs beyond the full-context model's, counted in the ONNX Runtime-optimized
+#: graphs (ORT_ENABLE_ALL): demo (4 blocks, chunk 1 s, left 4 s) 265 step vs 200 full-model
+#: nodes; 2- and 3-block test models 173 vs 122 and 219 vs 161 (any chunk / left): 7 per block
+#: (net: cache Slices and Concats, Squeeze / Unsqueeze, Reshapes around the Gemms the step's
+#: static shapes allow, minus the MatMul + Add pairs and BiasGelus those replace) and 37 fixed
+#: (masks for the step's offset, cache Split, head-cache Concat and Slices).
+#: tests/test_streaming.py recounts them.
+STEP_NODES_PER_BLOCK = 7
+STEP_NODES_FIXED = 37
+
+
 @dataclass(frozen=True)
 class StepCost:
-    """Simulated time of one streaming step on a device (ms, with the device's error band)."""
+    """Simulated time of one streaming step on a device (ms, with the device's error band).
+
+    step_ms = a + b q + c q k (the model's compute, fitted to the latency model) + the cache
+    bookkeeping: copy_elems(...) fp32 elements at elem_ms each + nodes at node_ms each."""
 
     device: str
     a_ms: float
     b_ms: float      # per query frame
     c_ms: float      # per query x key frame
     band_pct: float
+    elem_ms: float = 0.0     # one fp32 element read or written by a copy
+    node_ms: float = 0.0     # overhead of one runtime node
+    blocks: int = 0          # cache geometry of the model (0: no cache priced)
+    kv_width: int = 0        # heads x head_dim of the cache (the widest block: the step pads)
+    head_width: int = 0      # CTC head channels (its 4-frame cache)
 
-    def step_ms(self, queries: int, keys: int) -> float:
+    def compute_ms(self, queries: int, keys: int) -> float:
         return self.a_ms + self.b_ms * queries + self.c_ms * queries * keys
 
+    def copy_elems(self, queries: int, keys: int, chunk: int | None = None) -> int:
+        """fp32 elements of cache state one step reads from and writes to memory: K and V of the
+        L = keys - queries cached frames in every block, in and out (4 L kv_width per block),
+        and the CTC head's 4-frame cache in and out. `chunk` is accepted for the look-ahead
+        case (those frames are recomputed, not cached) and does not change the state size."""
+        left = max(0, keys - queries)
+        return 4 * self.blocks * self.kv_width * left + 2 * HEAD_CACHE * self.head_width
+
+    def cache_ms(self, queries: int, keys: int, chunk: int | None = None) -> float:
+        if not self.blocks:
+            return 0.0
+        nodes = STEP_NODES_PER_BLOCK * self.blocks + STEP_NODES_FIXED
+        return self.copy_elems(queries, keys, chunk) * self.elem_ms + nodes * self.node_ms
+
+    def step_ms(self, queries: int, keys: int, chunk: int | None = None) -> float:
+        """One step with `queries` = chunk + look-ahead frames and `keys` = left + queries."""
+        return self.compute_ms(queries, keys) + self.cache_ms(queries, keys, chunk)
+
     def full_ms(self, frames: int) -> float:
-        return self.step_ms(frames, frames)
+        """The whole utterance at once: no cache."""
+        return self.compute_ms(frames, frames)
+
+
+def copy_prices(device: str) -> tuple[float, float]:
+    """(ms per fp32 element moved, ms per runtime node) of a memory-bound copy on `device`:
+    the latency model's own bandwidth x memory efficiency and per-op overhead (host profile,
+    calibrated if `workbench calibrate` ran; edge devices: device file x default runtime)."""
+    from workbench.latency import predict as edge
+    if edge.is_edge(device):
+        dev, rt, _ = edge.resolve_target(device, None, None)
+        bandwidth = dev.memory_bandwidth_gbs * 1e9 * rt.params["memory_efficiency"]
+        return 4 / bandwidth * 1e3, rt.params["overhead_cycles"] / (dev.clock_mhz * 1e6) * 1e3
+    from workbench.latency import load_device
+    prof = load_device(device)
+    bandwidth = prof.memory_bandwidth_gbs * 1e9 * prof.efficiency.memory
+    return 4 / bandwidth * 1e3, prof.overhead_us_per_op * 1e-3
 
 
 def step_cost(model, device: str, plan=None) -> StepCost:
-    """Fit a + b n + c n^2 to the latency model's prediction at FIT_FRAMES lengths."""
+    """Fit a + b n + c n^2 to the latency model's prediction at FIT_FRAMES lengths; price the
+    cache bookkeeping with the device's copy prices (copy_prices)."""
     from workbench.latency import predict_latency
 
     kw = {"weight_bits": plan} if plan is not None else {}
@@ -69,7 +134,12 @@ def step_cost(model, device: str, plan=None) -> StepCost:
         band = rep.error_band_pct
     x = torch.tensor([[1.0, n, n * n] for n in FIT_FRAMES], dtype=torch.float64)
     a, b, c = torch.linalg.solve(x, torch.tensor(ys, dtype=torch.float64)).tolist()
-    return StepCost(device, a, b, max(c, 0.0), band)
+    elem_ms, node_ms = copy_prices(device)
+    blocks = getattr(model, "blocks", ())
+    kv_width = max((blk.attn.n_heads * blk.attn.head_dim for blk in blocks), default=0)
+    head = getattr(getattr(model, "ctc_head", None), "proj_in", None)
+    return StepCost(device, a, b, max(c, 0.0), band, elem_ms, node_ms, len(blocks), kv_width,
+                    head.out_features if head is not None else 0)
 
 
 def cache_bytes(model, cfg: StreamConfig) -> int:
@@ -143,7 +213,7 @@ def streaming_table(model, eval_set, chunks_s: Sequence[float | None] = (0.5, 1.
         else:
             algo = 1e3 * cfg.algorithmic_latency_s
             q = cfg.chunk + cfg.lookahead
-            compute = {d: c.step_ms(q, cfg.left + q) for d, c in costs.items()}
+            compute = {d: c.step_ms(q, cfg.left + q, cfg.chunk) for d, c in costs.items()}
             rtf = {d: ms / (1e3 * cfg.chunk_s) for d, ms in compute.items()}
             mem = cache_bytes(model, cfg)
         rows.append(StreamingRow(chunk, lookahead_s, left_s, wer, cer, mem, algo, compute,

@@ -131,6 +131,9 @@ class Workbench:
                           names=["selected_index"])
         self.tabs.selected_index = 0
         self._tab_changed({"new": 0})
+        if getattr(getattr(model, "config", None), "untrained", False):  # workbench.byo.adapt
+            note = ("untrained: this model's CTC head is random (adapted with a fresh head), so "
+                    "its WER says nothing yet; train the head first. " + note).strip()
         es = self.session.eval_set
         title = (f"<b>workbench</b> · {html.escape(type(self.session.baseline).__name__)} · "
                  f"{html.escape(es.name)} ({len(es)} utterances, {es.seconds:.0f} s) · baseline "

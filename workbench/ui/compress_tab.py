@@ -46,7 +46,8 @@ class LayerRow:
         if target.kind in STRUCTURE_FOR_KIND:
             unit = _UNITS[target.kind]
             size = {"attention": "n_heads", "ffn": None, "conv_module": None}[target.kind]
-            count = (getattr(module, size) if size else module.fc1.out_features
+            count = (tab.group_sizes[path] if path in tab.group_sizes  # found from the graph
+                     else getattr(module, size) if size else module.fc1.out_features
                      if target.kind == "ffn" else module.depthwise.in_channels)
             label.value += f" <span class='wb-muted'>{count} {unit}</span>"
             self.prune = self._prune_slider(path)
@@ -123,6 +124,9 @@ class CompressTab(LazyView):
         self.targets = self.core.targets
         self._syncing = False
         model = self.core.model
+        # units per group for models whose groups were found from the graph (workbench.byo)
+        self.group_sizes = {g.path: g.size for g in getattr(
+            getattr(model, "graph_structure", None), "groups", ())}
         self.rows = {p: LayerRow(self, p, t, model.get_submodule(p)) for p, t in self.targets.items()}
         self.widget = widgets.VBox([self._toolbar(), self._groups(), self._row_sections(),
                                     self._importance()])

@@ -18,6 +18,7 @@ from workbench.errors import WorkbenchError
 from workbench.ui.controller import Controller
 from workbench.ui.figures import _layout, new_figure
 from workbench.ui.live import FigureSlot
+from workbench.compress.resolution import resolve
 
 
 def conditions_heatmap(conditions: list[str], baseline: list[float], plan: list[float | None],
@@ -107,7 +108,7 @@ class ConditionsTab:
             self.status.value = f"evaluating… {done}/{total}: {html.escape(name)}"
 
         model = self.session.baseline
-        changes = any(not c.is_empty() for c in plan.resolve(model).values())
+        changes = any(not c.is_empty() for c in resolve(plan, model).values())
         try:
             self.result = evaluate_conditions(
                 model, plan if changes else None, grid=grid,

@@ -24,6 +24,7 @@ from torch import nn
 
 from workbench.compress.targets import find_targets
 from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig
+from workbench.compress.resolution import resolve
 
 #: Shape-pass tables kept (each a few KB of plain data).
 TABLE_CACHE = 64
@@ -45,7 +46,7 @@ class Core:
     # ---- plan --------------------------------------------------------------------------------
     def resolve(self, plan: CompressionPlan) -> dict[str, LayerConfig]:
         """Effective settings per layer; raises PlanError on a bad plan (shown by the app)."""
-        return plan.resolve(self.model)
+        return resolve(plan, self.model)
 
     # ---- size --------------------------------------------------------------------------------
     def size(self, plan: CompressionPlan):

@@ -17,6 +17,7 @@ import ipywidgets as widgets
 
 from workbench.ui.controller import Controller
 from workbench.ui.view import LazyView
+from workbench.compress.resolution import plan_for_model
 
 def export_verb():
     """`workbench.export.apply_plan` and its options class, or None if the export is missing."""
@@ -82,7 +83,7 @@ class ExportTab(LazyView):
         self.widget.add_class("wb-export")
 
     def plan_json(self) -> str:
-        return self.state.plan.for_model(self.core.model).to_json()
+        return plan_for_model(self.state.plan, self.core.model).to_json()
 
     def draw(self) -> None:
         text = self.plan_json()
@@ -118,7 +119,7 @@ class ExportTab(LazyView):
             raise RuntimeError("the ONNX export is not available in this version.")
         apply_plan, options_cls = verb
         model = self.core.model
-        plan = self.state.plan.for_model(model)
+        plan = plan_for_model(self.state.plan, model)
         out = Path(self.out_dir.value).expanduser()
         # Verify on as many utterances as the app evaluates, so the export takes about as long.
         options = options_cls(overwrite=self.force.value,

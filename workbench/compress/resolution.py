@@ -1,0 +1,247 @@
+"""Resolve a CompressionPlan (plain data, workbench.plan) against a model: which setting each
+target gets, and every check that needs the model (paths exist, techniques fit, ranks fit, the
+fingerprint matches). See workbench.plan's docstring for the resolution order.
+
+    resolve(plan, model, force=False) -> {path: LayerConfig}    effective settings, module order
+    plan_for_model(plan, model) -> CompressionPlan              stamped with the fingerprint
+    fingerprint_of(model) -> str                                architecture id
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from workbench.checks import check_model
+from workbench.compress.targets import Target, find_targets
+from workbench.errors import PlanError
+from workbench.models.checkpoint import model_fingerprint
+from workbench.plan import (SKIP, STRUCTURE_FOR_KIND, TECHNIQUES, CompressionPlan, LayerConfig,
+                            Technique, is_pattern, short_repr)
+
+
+def resolve(plan: CompressionPlan, model: nn.Module, force: bool = False) -> dict[str, LayerConfig]:
+    """Effective settings of every target that something happens to, in module order.
+
+    Only the techniques that apply to each target's kind are kept. Raises PlanError on an
+    unknown path, a technique that fits none of the layers its entry names, an explicit
+    rank above min(in, out), or (unless `force`) a plan made for another model.
+    """
+    check_model(model, "resolve")
+    check_fingerprint(plan, model, force)
+    modules = dict(model.named_modules())
+    targets = find_targets(model)
+    _check_explicit(plan, modules, targets)
+    _check_group_blocks(plan, targets)
+    patterns = sorted((k for k in plan.layers if is_pattern(k)),
+                      key=lambda k: (_specificity(k), list(plan.layers).index(k)),
+                      reverse=True)
+    matched_kinds: dict[str, set[str]] = {}
+    out: dict[str, LayerConfig] = {}
+    for path, target in targets.items():
+        levels: list[tuple[str, LayerConfig | str]] = []
+        if path in plan.layers:
+            levels.append((f"layers[{path!r}]", plan.layers[path]))
+        ancestor = _nearest_skipped_ancestor(path, plan.layers)
+        if ancestor is not None:
+            levels.append((f"layers[{ancestor!r}]", SKIP))
+        for key in patterns:
+            if fnmatch.fnmatchcase(path, key):
+                levels.append((f"layers[{key!r}]", plan.layers[key]))
+                matched_kinds.setdefault(f"layers[{key!r}]", set()).add(target.kind)
+        for i in reversed(range(len(plan.groups))):
+            group = plan.groups[i]
+            if group.role == target.role and (group.blocks is None or
+                                              target.block in group.blocks):
+                levels.append((f"groups[{i}]", group.config))
+                matched_kinds.setdefault(f"groups[{i}]", set()).add(target.kind)
+        levels.append(("default", plan.default))
+        config = _merge(path, target, levels)
+        if not config.is_empty():
+            out[path] = config
+    _check_patterns_and_groups(plan, patterns, matched_kinds)
+    return out
+
+
+def _check_explicit(plan: CompressionPlan, modules: Mapping[str, nn.Module], targets: Mapping[str, Target]
+                    ) -> None:
+    for path, entry in plan.layers.items():
+        if is_pattern(path):
+            continue
+        where = f"layers[{path!r}]"
+        if path not in modules:
+            close = difflib.get_close_matches(path, [p for p in modules if p], n=5, cutoff=0.5)
+            hint = f" Did you mean {close}?" if close else ""
+            raise PlanError(f"{where}: the model has no module '{path}'.{hint}")
+        if entry == SKIP:
+            continue
+        if path not in targets:
+            raise PlanError(f"{where}: '{path}' is a {type(modules[path]).__name__}, which a "
+                            f"plan cannot compress; name a Linear/Conv layer, an attention, "
+                            f"FFN or conv module under it, or use \"skip\".")
+        target = targets[path]
+        for technique in TECHNIQUES:
+            if entry.sets(technique) and not _applies(technique, entry, target):
+                raise PlanError(f"{where}.{_field_name(technique, entry)}: "
+                                f"{_why_not(technique, entry, target, path)}")
+        if entry.rank is not None:
+            linear = modules[path]
+            limit = min(linear.in_features, linear.out_features)
+            if entry.rank > limit:
+                raise PlanError(f"{where}.rank: {entry.rank} is above min(in, out) = {limit} "
+                                f"of this {linear.in_features}->{linear.out_features} Linear.")
+
+
+def _check_group_blocks(plan: CompressionPlan, targets: Mapping[str, Target]) -> None:
+    """A group naming a block the model does not have would silently do nothing there."""
+    present = sorted({t.block for t in targets.values() if t.block is not None})
+    for i, group in enumerate(plan.groups):
+        if group.blocks is None:
+            continue
+        absent = [b for b in group.blocks if b not in present]
+        if absent:
+            have = f"blocks {present[0]}..{present[-1]}" if present else "no blocks"
+            raise PlanError(f"groups[{i}].blocks: {short_repr(absent)} not in this model, which "
+                            f"has {have}; use indices from 0 to {len(present) - 1}, or null "
+                            f"for all blocks.")
+
+
+def _check_patterns_and_groups(plan: CompressionPlan, patterns: list[str],
+                               matched_kinds: Mapping[str, set[str]]) -> None:
+    named = [(f"layers[{k!r}]", plan.layers[k]) for k in patterns]
+    named += [(f"groups[{i}]", g.config) for i, g in enumerate(plan.groups)]
+    for where, entry in named:
+        kinds = matched_kinds.get(where, set())
+        if not kinds:
+            if where.startswith("layers"):
+                raise PlanError(f"{where}: the pattern matches no layer of this model.")
+            continue  # a role group may be empty for some model families
+        if entry == SKIP:
+            continue
+        for technique in TECHNIQUES:
+            if entry.sets(technique) and not any(
+                    _kind_applies(technique, entry, k) for k in kinds):
+                raise PlanError(
+                    f"{where}.{_field_name(technique, entry)}: applies to none of the layers "
+                    f"it matches (kinds: {', '.join(sorted(kinds))}). Pruning 'heads' fits "
+                    f"attention modules, 'neurons' FFN modules, 'channels' conv modules, "
+                    f"'unstructured' Linear/Conv layers; quant fits Linear/Conv layers; "
+                    f"rank/energy fit Linear layers.")
+
+
+def plan_for_model(plan: CompressionPlan, model: nn.Module) -> CompressionPlan:
+    """`plan` stamped with `model`'s fingerprint (the plan itself is not changed)."""
+    check_model(model, "plan_for_model")
+    fields = {name: getattr(plan, name) for name in type(plan).model_fields}
+    return plan.model_validate({**fields, "model_fingerprint": fingerprint_of(model)})
+
+
+def _applies(technique: Technique, config: LayerConfig, target: Target) -> bool:
+    return _kind_applies(technique, config, target.kind)
+
+
+def _kind_applies(technique: Technique, config: LayerConfig, kind: str) -> bool:
+    """Whether `config`'s setting of `technique` fits a target of `kind`."""
+    if technique == "prune":
+        structure = config.prune.structure
+        if kind in ("linear", "conv"):
+            return structure == "unstructured"
+        return STRUCTURE_FOR_KIND[kind] == structure
+    if technique == "quant":
+        return kind in ("linear", "conv")
+    return kind == "linear"
+
+
+def _field_name(technique: Technique, config: LayerConfig) -> str:
+    if technique == "prune":
+        return "prune.structure"
+    if technique == "low_rank":
+        return "rank" if config.rank is not None else "energy"
+    return "quant"
+
+
+def _why_not(technique: Technique, config: LayerConfig, target: Target, path: str) -> str:
+    if technique == "prune":
+        structure = config.prune.structure
+        want = STRUCTURE_FOR_KIND.get(target.kind, "unstructured")
+        return (f"'{structure}' pruning does not fit {path} ({target.type_name}, a {target.kind} "
+                f"target); use structure '{want}' here, or name a module of the right kind "
+                f"(heads: attention, neurons: FFN, channels: conv module, unstructured: "
+                f"Linear/Conv).")
+    if technique == "quant":
+        return (f"quantization applies to Linear/Conv layers, and {path} is a {target.type_name}; "
+                f"name its layers (e.g. '{path}.*').")
+    return (f"low rank applies to Linear layers, and {path} is a {target.type_name}.")
+
+
+def _nearest_skipped_ancestor(path: str, layers: Mapping[str, Any]) -> str | None:
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:i])
+        if layers.get(prefix) == SKIP:
+            return prefix
+    return None
+
+
+def _specificity(pattern: str) -> int:
+    """Literal characters of an fnmatch pattern (a [...] class counts as one)."""
+    return len(re.sub(r"\[[^\]]*\]", "?", pattern).replace("*", "").replace("?", ""))
+
+
+def _merge(path: str, target: Target, levels: list[tuple[str, LayerConfig | str]]
+           ) -> LayerConfig:
+    """Per technique, the first level that sets it or says skip; keep what fits the target."""
+    chosen: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for technique in TECHNIQUES:
+        for where, entry in levels:
+            if entry == SKIP:
+                break
+            if entry.sets(technique):
+                if _applies(technique, entry, target):
+                    sources[technique] = where
+                    if technique == "low_rank":
+                        chosen.update(rank=entry.rank, energy=entry.energy)
+                    else:
+                        chosen[technique] = getattr(entry, technique)
+                break
+    prune = chosen.get("prune")
+    if prune is not None and prune.amount == 0:
+        chosen.pop("prune")
+    quant = chosen.get("quant")
+    if quant is not None and quant.weight_bits is None and quant.act_bits is None:
+        chosen.pop("quant")
+    if "prune" in chosen and chosen["prune"].structure == "unstructured" and (
+            chosen.get("rank") is not None or chosen.get("energy") is not None):
+        raise PlanError(f"{path}: unstructured pruning ({sources['prune']}) and low rank "
+                        f"({sources['low_rank']}) on the same Linear would make the sparse "
+                        f"weights dense again; pick one for this layer.")
+    return LayerConfig(**chosen)
+
+
+# ---- fingerprint ---------------------------------------------------------------------------
+def fingerprint_of(model: nn.Module) -> str:
+    """Architecture id: workbench.models.model_fingerprint for workbench models; for any other
+    module, sha256 over its class name and sorted (parameter name, shape)."""
+    if hasattr(model, "describe") and hasattr(model, "family"):
+        return model_fingerprint(model)
+    params = sorted((n, list(p.shape)) for n, p in model.named_parameters())
+    blob = json.dumps({"class": type(model).__name__, "params": params}, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_fingerprint(plan: CompressionPlan, model: nn.Module, force: bool = False) -> None:
+    if plan.model_fingerprint is None or force:
+        return
+    actual = fingerprint_of(model)
+    if plan.model_fingerprint != actual:
+        raise PlanError(f"model_fingerprint: the plan was made for another model "
+                        f"({plan.model_fingerprint[:12]}...), this one is {actual[:12]}.... Pass "
+                        f"force=True to apply it anyway (paths are still checked), or set "
+                        f"model_fingerprint to null.")
