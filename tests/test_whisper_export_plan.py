@@ -157,3 +157,27 @@ def test_apply_writes_report_and_card(model, tmp_path):
                     "## Known failure modes and limits", "MatMulNBits", "ms per token"):
         assert section in card
     assert np.isfinite(report["latency_ms"]["decoder_per_token"]["model_ms"])
+
+
+# ---- `workbench apply --model whisper`: refusals before any model is loaded -----------------
+@pytest.mark.parametrize("extra, names", [
+    (["--checkpoint", "{plan}"], "--checkpoint"),
+    (["--conditions"], "--conditions"),
+    (["--runtime", "executorch"], "--runtime executorch"),
+])
+def test_apply_whisper_cli_refuses_options_it_cannot_honour(tmp_path, capsys, extra, names):
+    import signal
+
+    from workbench.__main__ import main
+    plan = tmp_path / "plan.json"
+    plan.write_text(CompressionPlan().to_json())
+    argv = ["apply", "--model", "whisper", "--plan", str(plan), "--out", str(tmp_path / "o"),
+            *[a.format(plan=plan) for a in extra]]
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    err = capsys.readouterr().err
+    assert code == 2 and names in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -120,6 +120,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    if getattr(args, "model", "demo") == "whisper":
+        from workbench.export.whisper_apply import apply_whisper_cli
+        ck.check_new_output_dir(Path(args.out), args.force)
+        return apply_whisper_cli(args)        # refuses --runtime executorch itself
     if getattr(args, "runtime", "onnx") == "executorch":
         from workbench.export.apply_pte import apply_pte_cli
         return apply_pte_cli(args)
@@ -223,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--strict", action="store_true")
     a.add_argument("--runtime", choices=["onnx", "executorch"], default="onnx",
                    help="onnx: model.onnx for ONNX Runtime; executorch: model.pte (XNNPACK)")
+    a.add_argument("--model", choices=["demo", "whisper"], default="demo",
+                   help="demo: the CTC demo (or --checkpoint); whisper: the full Whisper tiny.en "
+                        "(encoder + KV-cached decoder graphs)")
     a.add_argument("--conditions", nargs="?", const="default", default=None, metavar="GRID",
                    help="also measure the ONNX model on a conditions grid (default grid if no "
                         "GRID): report.json 'conditions' and the card's accuracy by condition")

@@ -333,3 +333,35 @@ def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Seque
         write_text_atomic(stage / "MODEL_CARD.md",
                           render_whisper(report, resolve(plan, model), stamped.to_json()))
     return report
+
+
+def apply_whisper_cli(args) -> int:
+    """`workbench apply --model whisper --plan P --out DIR [--force] [--strict]`: the shipped
+    Whisper tiny.en, both held-out sets; report JSON on stdout, a summary on stderr."""
+    import sys
+
+    from workbench.errors import ArgumentError
+    from workbench.evaluate import load_eval_set
+    from workbench.export.apply import check_plan_fits, read_plan
+    from workbench.models.whisper_full import WhisperTokenizer, load_whisper_asr
+    from workbench.paths import REAL_TEST, SYNTH_TEST
+
+    for flag, value in (("--checkpoint", getattr(args, "checkpoint", None)),
+                        ("--conditions", getattr(args, "conditions", None))):
+        if value:
+            raise ArgumentError(f"{flag}: not available with --model whisper (the export reads "
+                                f"the shipped Whisper tiny.en); drop {flag}.")
+    if getattr(args, "runtime", "onnx") != "onnx":
+        raise ArgumentError("--runtime executorch: the Whisper export writes ONNX only.")
+    torch.set_num_threads(2)
+    plan = read_plan(Path(args.plan))
+    model = load_whisper_asr()
+    check_plan_fits(plan, model, "Whisper tiny.en")
+    sets = [load_eval_set(m, progress=False) for m in (REAL_TEST, SYNTH_TEST)]
+    report = apply_whisper(model, WhisperTokenizer(), plan, Path(args.out), sets,
+                           strict=args.strict, overwrite=args.force)
+    for row in report["accuracy"]:
+        print(f"{row['set']}: WER ORT {row['wer_ort']:.4f} vs simulated {row['wer_sim']:.4f} "
+              f"(|diff| {row['wer_abs_diff']:.4f})", file=sys.stderr)
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return 0
