@@ -27,6 +27,21 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+#: Weight widths a CompressionPlan accepts (workbench.plan.QuantConfig.weight_bits).
+BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+
+
+def _bits(text: str) -> tuple[int, ...]:
+    """--bits: whole numbers a plan can hold, refused before any model run (`--bits 0` used to
+    start a sweep whose every bits cell then failed)."""
+    values = _ints(text, "--bits")
+    bad = [v for v in values if v not in BITS]
+    if bad:
+        raise WorkbenchError(f"--bits: {', '.join(map(str, bad))} not allowed; give widths from "
+                             f"{', '.join(map(str, BITS))}, e.g. '8,4'.")
+    return values
+
+
 def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="rpi5", help="latency device (workbench.latency; old "
                                                     "names like rpi5 map to rpi5_a76)")
@@ -73,7 +88,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         max_latency_ms=args.max_latency_ms,
         max_size_bytes=None if args.max_size_mb is None else int(args.max_size_mb * 1e6),
         eval_kind=args.eval, final_eval=None if args.final_eval == "none" else args.final_eval)
-    options = {"bits": _ints(args.bits, "--bits"), "prune": _floats(args.prune, "--prune"),
+    options = {"bits": _bits(args.bits), "prune": _floats(args.prune, "--prune"),
                "ranks": _floats(args.ranks, "--ranks")}
     out = Path(args.out)
     recover = {"recover_minutes": args.recover_minutes, "recover_plans": args.recover_plans,
@@ -140,7 +155,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         bar.refresh()
 
     options = dict(kind=args.eval, sparsities=_floats(args.sparsities, "--sparsities"),
-                   bits=_ints(args.bits, "--bits"), ranks=_floats(args.ranks, "--ranks"),
+                   bits=_bits(args.bits), ranks=_floats(args.ranks, "--ranks"),
                    paths=args.path or None, progress=progress)
     ray_ex = None
     if executor == "ray":
