@@ -110,6 +110,12 @@ NUMBERS = {
     "bench-lessons-budget-nan": (["bench", "lessons", "--budget", "nan"], ["--budget", "nan"]),
     "bench-lessons-budget-zero": (["bench", "lessons", "--budget", "0"], ["--budget", "0"]),
     "bench-lessons-budget-negative": (["bench", "lessons", "--budget", "-5"], ["--budget", "-5"]),
+    # `latency --bits 0` used to be taken as "no --bits" and print the fp32 latency (exit 0)
+    "latency-bits-zero": (["latency", "--device", "rpi5", "--bits", "0"], ["--bits", "0"]),
+    "latency-bits-unsupported": (["latency", "--device", "rpi5", "--bits", "33"], ["--bits", "33"]),
+    "latency-bits-word": (["latency", "--device", "rpi5", "--bits", "int8"], ["--bits", "int8"]),
+    "latency-threads-zero": (["latency", "--device", "rpi5", "--threads", "0"],
+                             ["--threads", "0"]),
 }
 
 
@@ -190,6 +196,12 @@ FILES = {
                                    "--out", "{tmp}/o"], ["--checkpoint", "folder"]),
     "recover-manifest-missing": (["recover", "--plan", "{plan}", "--manifest", "{missing}",
                                   "--out", "{tmp}/o"], ["--manifest", "missing.json"]),
+    "latency-plan-missing": (["latency", "--device", "rpi5", "--plan", "{missing}"],
+                             ["--plan", "missing.json"]),
+    "latency-plan-folder": (["latency", "--device", "rpi5", "--plan", "{dir}"],
+                            ["--plan", "folder"]),
+    "latency-device-file-missing": (["latency", "--device-file", "{missing}"],
+                                    ["--device-file", "missing.json"]),
     "eval-checkpoint-special-file": (["eval", "--checkpoint", "/dev/null"],
                                      ["--checkpoint", "/dev/null", "regular file"]),
 }

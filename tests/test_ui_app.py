@@ -262,7 +262,7 @@ def test_export_recovers_a_pruned_plan_first(wb, model, tmp_path):
     out = tmp_path / "export"
     wb.export.out_dir.value = str(out)
     wb.export.onnx.click()
-    wb.export.worker.join(timeout=600)
+    wb.export.worker.wait(600)
     assert wb.errors.errors == [], wb.errors.errors[-1].traceback if wb.errors.errors else ""
     recovered = load_checkpoint(tmp_path / "export-recovered" / "model.safetensors")
     assert wb.export.progress.value == wb.export.progress.max == 2

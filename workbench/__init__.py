@@ -11,12 +11,14 @@ The verbs, in pipeline order (DESIGN.md section 1):
     size(model, plan)                                    # exact bytes per layer
     predict_latency(model, "rpi5", 8.0, plan)            # simulated, with its error band
     Session(model, eval_set).evaluate(plan, "quick")     # the interactive engine
+    adapt(torchaudio_conformer)                          # your encoder behind the same contract
     recover(compress(model, prune_plan), model, items)   # distillation after pruning
 
 `import workbench` loads the computational core only (torch; no ipywidgets / plotly / onnxruntime).
 The UI lives in `workbench.ui`, the ONNX export in `workbench.export`.
 """
 from workbench._version import __version__
+from workbench.byo import adapt
 from workbench.compress import compress, presets
 from workbench.compress.recover import RecoverConfig, recover
 from workbench.compress.resolution import plan_for_model, resolve
@@ -36,7 +38,7 @@ from workbench.size import size
 __all__ = [
     "CALIB", "REAL_TEST", "SYNTH_TEST", "VOCAB", "ArgumentError", "CheckpointError", "CompressionPlan",
     "DataError", "DeviceError", "EvalSet", "LayerConfig", "PlanError", "PruneConfig", "QuantConfig",
-    "RecoverConfig", "Session", "WorkbenchError", "__version__", "build_model", "compress",
+    "RecoverConfig", "Session", "WorkbenchError", "adapt", "__version__", "build_model", "compress",
     "conformer_ctc", "evaluate", "known_devices", "load_checkpoint", "load_demo", "load_device",
     "load_eval_set", "log_mel", "plan_for_model", "predict_latency", "presets", "profile", "recover",
     "resolve", "save_checkpoint", "size", "transcribe", "whisper_ctc_pretrained",

@@ -70,6 +70,17 @@ def float_in(lo: float, hi: float, what: str, lo_open: bool = True) -> Callable[
     return parse
 
 
+def choice_of_ints(allowed: tuple[int, ...], what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from `allowed`."""
+    def parse(text: str) -> int:
+        value = _int(text, what)
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed; give {what}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
 threads = int_in(1, MAX_THREADS, "the number of CPU threads to use, e.g. 2")
 seed = int_in(0, MAX_SEED, f"a seed in 0..{MAX_SEED}, e.g. 0")
 port = int_in(1, 65535, "a free TCP port in 1..65535, e.g. 8888")

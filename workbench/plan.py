@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from json.decoder import scanstring
 from json.scanner import NUMBER_RE
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from pydantic.json_schema import SkipJsonSchema
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
                       ValidationError, field_validator, model_serializer, model_validator)
 
@@ -154,8 +155,30 @@ class QuantConfig(_Frozen):
                           "min/max observed on the calibration set; null: float input.")
 
 
+#: Configs of techniques registered at run time (workbench.compress.techniques.register), by the
+#: key a plan entry uses for them. The built-in techniques are LayerConfig's own fields.
+_TECHNIQUE_CONFIGS: dict[str, type[BaseModel]] = {}
+_BUILT_IN_FIELDS = ("prune", "quant", "rank", "energy")
+
+
+def register_technique_config(name: str, config_type: type[BaseModel]) -> None:
+    """Let plan entries carry `name: <config_type>` (called by the technique registry)."""
+    if name in _BUILT_IN_FIELDS or name in TECHNIQUES or not name.isidentifier():
+        raise PlanError(f"technique name {name!r}: must be an identifier that is not a built-in "
+                        f"field ({', '.join(_BUILT_IN_FIELDS)}).")
+    _TECHNIQUE_CONFIGS[name] = config_type
+
+
+def unregister_technique_config(name: str) -> None:
+    _TECHNIQUE_CONFIGS.pop(name, None)
+
+
 class LayerConfig(_Frozen):
-    """What to do to one target. Unset techniques fall through to less specific levels."""
+    """What to do to one target. Unset techniques fall through to less specific levels.
+
+    A technique registered at run time (workbench.compress.techniques) is set under its own name,
+    `LayerConfig(toy={...})` or `"toy": {...}` in a plan file; it is kept in `techniques` and
+    written back flat. Any other unknown key is refused."""
 
     prune: PruneConfig | None = None
     quant: QuantConfig | None = None
@@ -163,6 +186,43 @@ class LayerConfig(_Frozen):
         "Low rank: keep this many singular values."))
     energy: Annotated[float, Number] | None = Field(None, gt=0.0, le=1.0, description=(
         "Low rank: keep the fewest singular values whose squares sum to this fraction."))
+    #: (name, config) of registered techniques, sorted by name; not in the JSON Schema, which
+    #: describes the built-in techniques.
+    techniques: SkipJsonSchema[tuple[tuple[str, Any], ...]] = Field((), repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_techniques(cls, data: Any) -> Any:
+        """Move the keys of registered techniques into `techniques`, validated by their config
+        type; unknown keys stay, so pydantic refuses them with their location."""
+        if not isinstance(data, Mapping):
+            return data
+        out, found = {}, dict(data.get("techniques") or ())
+        for key, value in data.items():
+            if key == "techniques":
+                continue
+            if isinstance(key, str) and key in _TECHNIQUE_CONFIGS:
+                found[key] = value
+            else:
+                out[key] = value
+        settings = []
+        for key, value in found.items():
+            config_type = _TECHNIQUE_CONFIGS.get(key)
+            if config_type is None:
+                raise ValueError(f"technique {short_repr(key)} is not registered")
+            if value is None:
+                continue
+            if not isinstance(value, config_type):
+                try:
+                    value = config_type.model_validate(value)
+                except ValidationError as err:
+                    raise ValueError(f"{key}: " + "; ".join(
+                        f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+                        for e in err.errors())) from None
+            settings.append((key, value))
+        if settings:
+            out["techniques"] = tuple(sorted(settings, key=lambda kv: kv[0]))
+        return out
 
     @model_validator(mode="after")
     def _one_low_rank_setting(self) -> LayerConfig:
@@ -172,16 +232,36 @@ class LayerConfig(_Frozen):
 
     @model_serializer(mode="wrap")
     def _drop_unset(self, handler: Any) -> dict[str, Any]:
-        # Unset techniques are left out of the JSON, so a plan file shows only what it changes.
-        return {k: v for k, v in handler(self).items() if v is not None}
+        # Unset techniques are left out of the JSON, so a plan file shows only what it changes;
+        # registered techniques are written under their own names.
+        data = handler(self)
+        registered = data.pop("techniques", None) or ()
+        out = {k: v for k, v in data.items() if v is not None}
+        out.update({name: value for name, value in registered})
+        return out
 
-    def sets(self, technique: Technique) -> bool:
+    def get(self, key: str) -> Any:
+        """The value under `key`: a built-in field or a registered technique's config (or None)."""
+        if key in _BUILT_IN_FIELDS:
+            return getattr(self, key)
+        return dict(self.techniques).get(key)
+
+    def sets(self, technique: str) -> bool:
         if technique == "low_rank":
             return self.rank is not None or self.energy is not None
-        return getattr(self, technique) is not None
+        return self.get(technique) is not None
 
     def is_empty(self) -> bool:
-        return not any(self.sets(t) for t in TECHNIQUES)
+        return not any(self.sets(t) for t in TECHNIQUES) and not self.techniques
+
+    def values(self) -> dict[str, Any]:
+        """Every setting by key: the built-in fields (None = unset) and registered techniques."""
+        return {**{f: getattr(self, f) for f in _BUILT_IN_FIELDS}, **dict(self.techniques)}
+
+    def without(self, keys: Iterable[str]) -> LayerConfig:
+        """A copy with the settings under `keys` removed."""
+        keys = set(keys)
+        return LayerConfig(**{k: v for k, v in self.values().items() if k not in keys})
 
 
 def _entry_tag(value: Any) -> str:

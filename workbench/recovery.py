@@ -25,6 +25,7 @@ from workbench.compress.recover import RecoverConfig, recover, split_plan
 from workbench.plan import CompressionPlan
 from workbench.train import Item
 from workbench.compress.resolution import resolve
+from workbench.compress.techniques import structure_only
 
 #: Defaults measured on the demo (2 cores, load ~2): 50 % FFN neurons + 2/6 heads pruned in every
 #: block, greedy WER real / synthetic 1.83 / 1.52 before, 0.48 / 0.41 after 10 minutes (255 steps;
@@ -76,7 +77,7 @@ def _wers(model: torch.nn.Module, sets: dict[str, Any]) -> dict[str, float]:
 
 def removes_structure(plan: CompressionPlan, model: torch.nn.Module) -> bool:
     """True when `plan` prunes or factorizes some layer of `model` (recovery has work to do)."""
-    return any(c.prune is not None or c.sets("low_rank") for c in resolve(plan, model).values())
+    return any(not structure_only(c).is_empty() for c in resolve(plan, model).values())
 
 
 def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
@@ -99,7 +100,7 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
     teacher = teacher if teacher is not None else load_demo()
     # The student: the plan's structure without its quantization (which is applied at export,
     # or trained for with qat); split_plan reads the ranks it got.
-    shapes = {path: c.model_copy(update={"quant": None}) for path, c in resolve(plan, teacher).items()}
+    shapes = {path: structure_only(c) for path, c in resolve(plan, teacher).items()}
     student = compress(teacher, CompressionPlan(layers={p: c for p, c in shapes.items()
                                                         if not c.is_empty()}))
     structure, rest = split_plan(plan, teacher, student)

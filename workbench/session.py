@@ -38,6 +38,7 @@ from workbench.features import collate_features
 from workbench.models.base import CTCModel
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.compress.resolution import resolve
+from workbench.engine.jobs import INTERACTIVE, RUN_LOCK  # noqa: F401 (RUN_LOCK: re-exported)
 
 
 class Cancelled(Exception):
@@ -340,7 +341,9 @@ class Session:
         stale = lambda: gen != self._generation  # noqa: E731
 
         def work() -> None:
-            with _RUN_LOCK:  # one model run at a time: two torch runs on 2 cores are ~10x slower
+            # One model run at a time (two torch runs on 2 cores are ~10x slower); a slider's
+            # evaluation goes before any queued background run (engine.jobs).
+            with RUN_LOCK.hold(INTERACTIVE):
                 for kind in kinds:
                     if stale():
                         return
@@ -369,10 +372,6 @@ class Session:
             self._generation += 1
 
 
-#: One model run at a time in this process: two torch runs on 2 cores are ~10x slower than one.
-#: Anything that runs a model in the background (sweeps, exports) takes this lock too.
-RUN_LOCK = threading.Lock()
-_RUN_LOCK = RUN_LOCK
 
 
 def _check(cancel: Callable[[], bool] | None) -> None:

@@ -24,6 +24,8 @@ b = weight bits; every scale is fp32; "ceil" rounds bytes up per tensor):
                        bitmap (ceil(n / 8)) and CSR (int32 column per value + int32 row pointers,
                        4 nnz + 4 (out + 1)); `dense_bytes` is the same layer stored with zeros
     low rank           the two factors (r, in) and (out, r), each priced as above
+    registered         a technique with a `size_specs` hook rewrites the WeightSpecs of the
+                       Linear / Conv layers it is set on (workbench.compress.techniques)
     everything else    biases, norms, persistent buffers (e.g. positional_embedding): their own
                        dtype (4 bytes for fp32), as in the state dict
 """
@@ -42,6 +44,7 @@ from workbench.compress.lowrank import LowRankLinear, choose_rank
 from workbench.compress.prune import count_to_remove, keep_indices
 from workbench.compress.quantize import BLOCK_SIZE, BOOKKEEPING_BUFFERS, ActivationFakeQuant
 from workbench.compress.targets import find_targets
+from workbench.compress.techniques import techniques
 from workbench.plan import CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
 
@@ -286,6 +289,10 @@ def size(model: nn.Module, plan: CompressionPlan, calib: Calibration | None = No
                 specs = [WeightSpec(out, k, **base)]
         else:
             specs = [WeightSpec(out, k, **base)]
+        for tech in techniques():   # techniques registered with a bytes hook (module docstring)
+            setting = tech.setting(cfg) if tech.size_specs is not None else None
+            if setting is not None:
+                specs = tech.size_specs(specs, setting)
         rows.append(_row(path, kind, specs, other, baseline.get(path, 0)))
     return _report(rows, baseline_params)
 

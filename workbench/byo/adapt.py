@@ -50,6 +50,14 @@ class _Block(nn.Module):
         self.block = block
         self._call = call
 
+        self._structure = None  # this block's graph groups, set by AdaptedCTC.graph_structure
+
+    @property
+    def graph_structure(self):  # noqa: ANN201 - workbench.graph.Structure or None
+        """The adapted model's graph groups inside this block, paths relative to it (so the
+        engine's per-block compress_module prunes them as compress() would)."""
+        return self._structure
+
     def forward(self, h: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         return self._call(self.block, h, pad_mask)
 
@@ -88,9 +96,18 @@ class AdaptedCTC(CTCModel):
     def graph_structure(self):  # noqa: ANN201 - workbench.graph.Structure
         """Prunable groups found from the recorded graph on `example_input()` (cached; plans
         name them by path, compress() and size() use them)."""
+        try:
+            return self.find_structure()
+        except AttributeError as err:  # nn.Module.__getattr__ would hide it as "no attribute"
+            raise RuntimeError(f"finding the graph structure failed: {err}") from err
+
+    def find_structure(self):  # noqa: ANN201 - workbench.graph.Structure
+        """`graph_structure`, found on first call."""
         if self._structure is None:
             from workbench.graph import discover
             self._structure = discover(self, self.example_input())
+            for i, block in enumerate(self.blocks):
+                block._structure = _rebase(self._structure, f"blocks.{i}.")
         return self._structure
 
     def example_input(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +126,18 @@ class AdaptedCTC(CTCModel):
         if self._final is not None:
             h = self._final(self.encoder, h)
         return self.ctc(h)
+
+
+def _rebase(structure, prefix: str):  # noqa: ANN001, ANN202 - Structure -> Structure
+    """The groups of `structure` under `prefix`, with paths and parameter names relative."""
+    from dataclasses import replace
+    n = len(prefix)
+    groups = tuple(
+        replace(g, path=g.path[n:], axes=tuple((name[n:], d) for name, d in g.axes),
+                units=tuple({(name[n:], d): idx for (name, d), idx in u.items()}
+                            for u in g.units))
+        for g in structure.groups if g.path.startswith(prefix))
+    return replace(structure, groups=groups, refusals=())
 
 
 # ---- torchaudio Conformer -----------------------------------------------------------------
@@ -211,8 +240,12 @@ def adapt(model: nn.Module, *, vocab: Sequence[str] | None = None,
                            n_mels=spec["n_mels"], d_model=spec["d_model"],
                            n_layers=len(spec["blocks"]), vocab_size=len(VOCAB),
                            untrained=untrained)
-    return AdaptedCTC(own, config, spec["stem"], spec["blocks"], spec["call"], spec["ctc"],
-                      spec["roles"], spec["final"]).eval()
+    adapted = AdaptedCTC(own, config, spec["stem"], spec["blocks"], spec["call"], spec["ctc"],
+                         spec["roles"], spec["final"]).eval()
+    # groups found now, in the caller's thread, not lazily inside an engine or UI thread (and a
+    # failure here is an error the caller sees, not an AttributeError hidden by nn.Module)
+    adapted.find_structure()
+    return adapted
 
 
 def _custom(model: nn.Module, name: str, stem: Any, blocks: Any, block_call: Any,

@@ -1,6 +1,9 @@
 """Compression techniques, one per file, and the verb that applies a plan.
 
     apply.py        compress(model, plan, calib) -> new model; compress_module (one block)
+    resolution.py   resolve(plan, model): the effective setting per target, every model check
+    techniques/     the registry: one module per technique (applies_to, apply_, bytes, latency
+                    row, export path, shape change, UI control); compress loops over it
     prune.py        heads / neurons / channels removed (shapes shrink), unstructured masks
     lowrank.py      Linear -> two Linears by truncated SVD
     quantize.py     fake-quantized weights (b bits) and activations (8 bits, observed ranges)

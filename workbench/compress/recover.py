@@ -42,6 +42,7 @@ from workbench.errors import WorkbenchError
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.train import Item, collate, lr_at, make_batches
 from workbench.compress.resolution import resolve
+from workbench.compress.techniques import runtime_only, structure_only
 
 
 @dataclass(frozen=True)
@@ -259,9 +260,10 @@ def split_plan(plan, teacher: torch.nn.Module, compressed: torch.nn.Module):
         if cfg.sets("low_rank"):
             layer = compressed.get_submodule(path)
             rank = layer.rank if isinstance(layer, LowRankLinear) else None
-        entry = LayerConfig(prune=cfg.prune, rank=rank)
+        entry = LayerConfig(**{**structure_only(cfg).values(), "rank": rank, "energy": None})
         if not entry.is_empty():
             structure[path] = entry
-        if cfg.quant is not None:
-            rest[path] = LayerConfig(quant=cfg.quant)
+        runtime = runtime_only(cfg)             # what the runtime applies (quantization)
+        if not runtime.is_empty():
+            rest[path] = runtime
     return CompressionPlan(layers=structure), CompressionPlan(layers=rest)

@@ -22,8 +22,8 @@ from workbench.checks import check_model
 from workbench.compress.targets import Target, find_targets
 from workbench.errors import PlanError
 from workbench.models.checkpoint import model_fingerprint
-from workbench.plan import (SKIP, STRUCTURE_FOR_KIND, TECHNIQUES, CompressionPlan, LayerConfig,
-                            Technique, is_pattern, short_repr)
+from workbench.compress.techniques import Technique, techniques
+from workbench.plan import SKIP, CompressionPlan, LayerConfig, is_pattern, short_repr
 
 
 def resolve(plan: CompressionPlan, model: nn.Module, force: bool = False) -> dict[str, LayerConfig]:
@@ -86,16 +86,18 @@ def _check_explicit(plan: CompressionPlan, modules: Mapping[str, nn.Module], tar
                             f"plan cannot compress; name a Linear/Conv layer, an attention, "
                             f"FFN or conv module under it, or use \"skip\".")
         target = targets[path]
-        for technique in TECHNIQUES:
-            if entry.sets(technique) and not _applies(technique, entry, target):
-                raise PlanError(f"{where}.{_field_name(technique, entry)}: "
-                                f"{_why_not(technique, entry, target, path)}")
-        if entry.rank is not None:
-            linear = modules[path]
-            limit = min(linear.in_features, linear.out_features)
-            if entry.rank > limit:
-                raise PlanError(f"{where}.rank: {entry.rank} is above min(in, out) = {limit} "
-                                f"of this {linear.in_features}->{linear.out_features} Linear.")
+        for tech in techniques():
+            setting = tech.setting(entry)
+            if setting is None:
+                continue
+            if not tech.applies_to(setting, target.kind):
+                why = (tech.why_not(setting, target, path) if tech.why_not is not None else
+                       f"{tech.fits}; {path} is a {target.type_name} ({target.kind}).")
+                raise PlanError(f"{where}.{_field_name(tech, entry)}: {why}")
+            problem = (tech.check_module(setting, modules[path])
+                       if tech.check_module is not None else None)
+            if problem is not None:
+                raise PlanError(f"{where}.{_field_name(tech, entry)}: {problem}")
 
 
 def _check_group_blocks(plan: CompressionPlan, targets: Mapping[str, Target]) -> None:
@@ -124,15 +126,13 @@ def _check_patterns_and_groups(plan: CompressionPlan, patterns: list[str],
             continue  # a role group may be empty for some model families
         if entry == SKIP:
             continue
-        for technique in TECHNIQUES:
-            if entry.sets(technique) and not any(
-                    _kind_applies(technique, entry, k) for k in kinds):
+        for tech in techniques():
+            setting = tech.setting(entry)
+            if setting is not None and not any(tech.applies_to(setting, k) for k in kinds):
+                fits = "; ".join(t.fits for t in techniques())
                 raise PlanError(
-                    f"{where}.{_field_name(technique, entry)}: applies to none of the layers "
-                    f"it matches (kinds: {', '.join(sorted(kinds))}). Pruning 'heads' fits "
-                    f"attention modules, 'neurons' FFN modules, 'channels' conv modules, "
-                    f"'unstructured' Linear/Conv layers; quant fits Linear/Conv layers; "
-                    f"rank/energy fit Linear layers.")
+                    f"{where}.{_field_name(tech, entry)}: applies to none of the layers "
+                    f"it matches (kinds: {', '.join(sorted(kinds))}). {fits}.")
 
 
 def plan_for_model(plan: CompressionPlan, model: nn.Module) -> CompressionPlan:
@@ -142,42 +142,8 @@ def plan_for_model(plan: CompressionPlan, model: nn.Module) -> CompressionPlan:
     return plan.model_validate({**fields, "model_fingerprint": fingerprint_of(model)})
 
 
-def _applies(technique: Technique, config: LayerConfig, target: Target) -> bool:
-    return _kind_applies(technique, config, target.kind)
-
-
-def _kind_applies(technique: Technique, config: LayerConfig, kind: str) -> bool:
-    """Whether `config`'s setting of `technique` fits a target of `kind`."""
-    if technique == "prune":
-        structure = config.prune.structure
-        if kind in ("linear", "conv"):
-            return structure == "unstructured"
-        return STRUCTURE_FOR_KIND[kind] == structure
-    if technique == "quant":
-        return kind in ("linear", "conv")
-    return kind == "linear"
-
-
-def _field_name(technique: Technique, config: LayerConfig) -> str:
-    if technique == "prune":
-        return "prune.structure"
-    if technique == "low_rank":
-        return "rank" if config.rank is not None else "energy"
-    return "quant"
-
-
-def _why_not(technique: Technique, config: LayerConfig, target: Target, path: str) -> str:
-    if technique == "prune":
-        structure = config.prune.structure
-        want = STRUCTURE_FOR_KIND.get(target.kind, "unstructured")
-        return (f"'{structure}' pruning does not fit {path} ({target.type_name}, a {target.kind} "
-                f"target); use structure '{want}' here, or name a module of the right kind "
-                f"(heads: attention, neurons: FFN, channels: conv module, unstructured: "
-                f"Linear/Conv).")
-    if technique == "quant":
-        return (f"quantization applies to Linear/Conv layers, and {path} is a {target.type_name}; "
-                f"name its layers (e.g. '{path}.*').")
-    return (f"low rank applies to Linear layers, and {path} is a {target.type_name}.")
+def _field_name(tech: Technique, entry: LayerConfig) -> str:
+    return tech.field_name(entry) if tech.field_name is not None else tech.fields[0]
 
 
 def _nearest_skipped_ancestor(path: str, layers: Mapping[str, Any]) -> str | None:
@@ -199,25 +165,18 @@ def _merge(path: str, target: Target, levels: list[tuple[str, LayerConfig | str]
     """Per technique, the first level that sets it or says skip; keep what fits the target."""
     chosen: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for technique in TECHNIQUES:
+    for tech in techniques():
         for where, entry in levels:
             if entry == SKIP:
                 break
-            if entry.sets(technique):
-                if _applies(technique, entry, target):
-                    sources[technique] = where
-                    if technique == "low_rank":
-                        chosen.update(rank=entry.rank, energy=entry.energy)
-                    else:
-                        chosen[technique] = getattr(entry, technique)
+            setting = tech.setting(entry)
+            if setting is not None:
+                if tech.applies_to(setting, target.kind) and not tech.is_noop(setting):
+                    sources[tech.name] = where
+                    chosen.update({f: entry.get(f) for f in tech.fields})
                 break
     prune = chosen.get("prune")
-    if prune is not None and prune.amount == 0:
-        chosen.pop("prune")
-    quant = chosen.get("quant")
-    if quant is not None and quant.weight_bits is None and quant.act_bits is None:
-        chosen.pop("quant")
-    if "prune" in chosen and chosen["prune"].structure == "unstructured" and (
+    if "prune" in chosen and prune.structure == "unstructured" and (
             chosen.get("rank") is not None or chosen.get("energy") is not None):
         raise PlanError(f"{path}: unstructured pruning ({sources['prune']}) and low rank "
                         f"({sources['low_rank']}) on the same Linear would make the sparse "
@@ -225,7 +184,6 @@ def _merge(path: str, target: Target, levels: list[tuple[str, LayerConfig | str]
     return LayerConfig(**chosen)
 
 
-# ---- fingerprint ---------------------------------------------------------------------------
 def fingerprint_of(model: nn.Module) -> str:
     """Architecture id: workbench.models.model_fingerprint for workbench models; for any other
     module, sha256 over its class name and sorted (parameter name, shape)."""

@@ -12,14 +12,16 @@ import torch
 from torch import nn
 
 from workbench.compress.targets import find_targets
+from workbench.compress.techniques import structure_only
 from workbench.plan import SKIP, CompressionPlan, GroupEntry, LayerConfig, QuantConfig
 from workbench.compress.resolution import resolve
 
 
 def _without_quant(entry: LayerConfig | str) -> LayerConfig | str:
+    """The entry without what the runtime applies (the registry's export == "runtime")."""
     if entry == SKIP:
         return entry
-    return entry.model_copy(update={"quant": None})
+    return structure_only(entry)
 
 
 def structural_plan(plan: CompressionPlan) -> CompressionPlan:
@@ -42,9 +44,9 @@ def layer_quant(model: nn.Module, plan: CompressionPlan, force: bool = False
 
 
 def has_structure(plan: CompressionPlan, model: nn.Module, force: bool = False) -> bool:
-    """True when the plan prunes or factorizes anything."""
-    return any(c.prune is not None or c.rank is not None or c.energy is not None
-               for c in resolve(plan, model, force=force).values())
+    """True when the plan prunes or factorizes anything (or sets another technique that is
+    applied in PyTorch before the export)."""
+    return any(not structure_only(c).is_empty() for c in resolve(plan, model, force=force).values())
 
 
 def activation_ranges(sim: nn.Module) -> dict[str, tuple[float, int]]:

@@ -16,19 +16,27 @@ import json
 import sys
 from pathlib import Path
 
+from workbench import cli_checks as ck
+
+#: Weight widths a CompressionPlan accepts (workbench.plan.QuantConfig.weight_bits).
+BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("latency", help="simulated latency on an edge device x runtime x threads")
     p.add_argument("--model", default="demo",
                    help="demo, a reference model name, or a checkpoint file (default: demo)")
     p.add_argument("--device", default="rpi4_a72", help="edge device name (see --list)")
-    p.add_argument("--device-file", help="your own device JSON (schema: workbench.latency."
-                                         "hardware)")
+    p.add_argument("--device-file", type=ck.existing_file("--device-file", "device"),
+                   help="your own device JSON (schema: workbench.latency.hardware)")
     p.add_argument("--runtime", help="runtime name or runtime JSON (default: the device's)")
-    p.add_argument("--threads", type=int, help="threads (default: the device's)")
+    p.add_argument("--threads", type=ck.threads, help="threads (default: the device's)")
     p.add_argument("--seconds", type=float, default=8.0, help="audio seconds (default 8)")
-    p.add_argument("--plan", help="a CompressionPlan JSON file")
-    p.add_argument("--bits", type=int, help="weight bits for every layer (e.g. 8)")
+    p.add_argument("--plan", type=ck.existing_file("--plan"), help="a CompressionPlan JSON file")
+    # The widths a plan can hold (QuantConfig.weight_bits); 0 used to mean "no --bits" silently.
+    p.add_argument("--bits", type=ck.choice_of_ints(BITS, "weight bits, one of "
+                                                          + ", ".join(map(str, BITS))),
+                   help="weight bits for every layer (e.g. 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--list", action="store_true", help="list devices and runtimes")
     p.add_argument("--fit", action="store_true",
@@ -76,9 +84,9 @@ def cmd_latency(args: argparse.Namespace) -> int:
                              f"({', '.join(REFERENCE)}) nor a checkpoint file.")
     bits = None
     if args.plan:
-        from workbench.plan import CompressionPlan
-        bits = CompressionPlan.from_json(Path(args.plan).read_text(), args.plan)
-    elif args.bits:
+        from workbench.plan import plan_from_file
+        bits = plan_from_file(Path(args.plan))   # errors name the file, line and field
+    elif args.bits is not None:
         bits = {"*": args.bits}
     device = None if args.device_file else args.device
     r = predict_latency(model, device, args.seconds, bits, make_inputs=make_inputs,

@@ -1,7 +1,7 @@
 """Reprice a plan by arithmetic on a cached table: the interactive path (ms, no model run).
 
     base = layer_table(model, 8.0)                  once per model and audio length (~0.2 s)
-    table = table_for_plan(base, model, plan)       per slider move (plan.resolve + arithmetic)
+    table = table_for_plan(base, model, plan)       per slider move (resolve + arithmetic)
     report = price_table(table, load_device("rpi5"))
 
 The shapes follow what workbench.compress builds, without building it:
@@ -21,7 +21,8 @@ from typing import Any
 
 from torch import nn
 
-from workbench.latency.table import ACT_BYTES, EffectiveLayer, LayerTable, layer_table
+from workbench.latency.table import (ACT_BYTES, EffectiveLayer, LayerTable, layer_table,
+                                     with_technique_rows)
 from workbench.compress.resolution import resolve
 
 
@@ -80,6 +81,7 @@ def table_for_plan(base: LayerTable, model: nn.Module, plan: Any) -> LayerTable:
             if cfg.prune is not None and cfg.prune.structure == "unstructured":
                 rows[p] = replace(rows[p], sparsity=cfg.prune.amount)
     layers = tuple(rows[p] for p in order)
+    layers = with_technique_rows(LayerTable(layers, base.audio_seconds, 0), resolved).layers
     residual = base.peak_activation_bytes - max(x.input_bytes + x.output_bytes
                                                 for x in base.layers)
     peak = max(x.input_bytes + x.output_bytes for x in layers) + residual

@@ -27,6 +27,7 @@ from workbench.errors import WorkbenchError
 from workbench.plan import CompressionPlan
 from workbench.profile import Profile, profile
 from workbench.compress.resolution import resolve
+from workbench.compress.techniques import techniques
 
 #: Profiler row kind -> op class of the cost model.
 OP_OF_KIND = {"linear": "matmul", "conv": "conv", "attention_scores": "attention_scores",
@@ -147,14 +148,17 @@ def layer_table(model: nn.Module, audio_seconds: float = 4.0, weight_bits: BitsO
     (applied to a copy for its shapes and bits). Sparsity is read from the weights (zeros).
     """
     bits: dict[str, int] = {}
+    resolved = None
     if weight_bits is not None and isinstance(weight_bits, CompressionPlan):
+        resolved = resolve(weight_bits, model)
         model = compressed_for_pricing(model, weight_bits)
     elif weight_bits is not None:
         bits = {str(k): _check_bits(k, v) for k, v in dict(weight_bits).items()}
     prof = profile(model, audio_seconds, measure=False, make_inputs=make_inputs)
     carried = {path: int(m.weight_bits) for path, m in model.named_modules()
                if isinstance(getattr(m, "weight_bits", None), int)}
-    return table_from_profile(prof, bits, weight_sparsity(model), carried_bits=carried)
+    table = table_from_profile(prof, bits, weight_sparsity(model), carried_bits=carried)
+    return with_technique_rows(table, resolved) if resolved else table
 
 
 def compressed_for_pricing(model: nn.Module, plan: Any) -> nn.Module:
@@ -174,6 +178,24 @@ def compressed_for_pricing(model: nn.Module, plan: Any) -> nn.Module:
             update["quant"] = config.quant.model_copy(update={"act_bits": None})
         entries[path] = config.model_copy(update=update) if update else config
     return compress_module(model, entries).model
+
+
+def with_technique_rows(table: LayerTable, resolved: Mapping[str, Any]) -> LayerTable:
+    """Rows changed by the `latency_row` hooks of registered techniques (the built-in ones
+    change shapes and bits, which the table already has). A low-rank Linear's factors
+    (`path.down`, `path.up`) take the hook of their Linear's entry."""
+    hooked = [t for t in techniques() if t.latency_row is not None]
+    if not hooked:
+        return table
+    layers = []
+    for row in table.layers:
+        cfg = resolved.get(row.path) or resolved.get(row.path.rsplit(".", 1)[0])
+        for tech in hooked:
+            setting = tech.setting(cfg) if cfg is not None else None
+            if setting is not None:
+                row = tech.latency_row(row, setting)
+        layers.append(row)
+    return replace(table, layers=tuple(layers))
 
 
 def weight_sparsity(model: nn.Module) -> dict[str, float]:

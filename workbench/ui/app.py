@@ -29,7 +29,7 @@ from workbench.session import Session
 from workbench.ui.compress_tab import CompressTab
 from workbench.ui.conditions_tab import ConditionsTab
 from workbench.ui.controller import Controller
-from workbench.ui.core import Core
+from workbench.engine.costs import CostCache
 from workbench.ui.css import STYLE
 from workbench.ui.errors import ErrorArea
 from workbench.ui.export_tab import ExportTab
@@ -101,7 +101,7 @@ class Workbench:
             model, eval_set, quick_utterances=quick_utterances)
         # The Session holds its own deep copy; pricing uses the same one, so later changes to
         # the caller's model cannot make size / latency disagree with WER.
-        self.core = Core(self.session.baseline)
+        self.core = CostCache(self.session.baseline)
         self.core.device(device)  # an unknown device fails here, listing the known ones
         device = self.core.canonical_device(device)  # 'rpi4' -> 'rpi4_a72' (names say the core)
         self.core.warm_up(device, float(audio_seconds))
@@ -131,6 +131,9 @@ class Workbench:
                           names=["selected_index"])
         self.tabs.selected_index = 0
         self._tab_changed({"new": 0})
+        if getattr(getattr(model, "config", None), "untrained", False):  # workbench.byo.adapt
+            note = ("untrained: this model's CTC head is random (adapted with a fresh head), so "
+                    "its WER says nothing yet; train the head first. " + note).strip()
         es = self.session.eval_set
         title = (f"<b>workbench</b> · {html.escape(type(self.session.baseline).__name__)} · "
                  f"{html.escape(es.name)} ({len(es)} utterances, {es.seconds:.0f} s) · baseline "

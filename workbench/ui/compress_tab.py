@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import ipywidgets as widgets
 
 from workbench.compress.targets import Target
+from workbench.compress.techniques import technique
 from workbench.plan import STRUCTURE_FOR_KIND, LayerConfig, PruneConfig, QuantConfig
 from workbench.ui import edits, figures
 from workbench.ui.controller import Controller
@@ -25,6 +26,12 @@ _BITS_OPTIONS = [("fp32", 32)] + [(f"{b} bit" if b != 16 else "fp16", b)
                                   for b in edits.BIT_CHOICES if b is not None]
 _LABEL = widgets.Layout(width="290px")
 _UNITS = {"attention": "heads", "ffn": "neurons", "conv_module": "channels"}
+#: Techniques whose controls this tab draws itself (prune slider + structure, bits, rank).
+_BUILT_IN = ("prune", "quant", "low_rank")
+
+
+def where_of(path: str) -> str:
+    return f"editing {path}"
 
 
 def _bits_value(cfg: LayerConfig | None) -> int:
@@ -46,7 +53,8 @@ class LayerRow:
         if target.kind in STRUCTURE_FOR_KIND:
             unit = _UNITS[target.kind]
             size = {"attention": "n_heads", "ffn": None, "conv_module": None}[target.kind]
-            count = (getattr(module, size) if size else module.fc1.out_features
+            count = (tab.group_sizes[path] if path in tab.group_sizes  # found from the graph
+                     else getattr(module, size) if size else module.fc1.out_features
                      if target.kind == "ffn" else module.depthwise.in_channels)
             label.value += f" <span class='wb-muted'>{count} {unit}</span>"
             self.prune = self._prune_slider(path)
@@ -76,6 +84,20 @@ class LayerRow:
             if edits.structured_parent(tab.targets, path) is None:
                 self.prune = self._prune_slider(path)
                 parts.append(self.prune)
+        # Techniques registered beyond the built-in three get a generic control each.
+        self.extra: dict[str, widgets.Dropdown] = {}
+        for name in edits.controls_for(target):
+            if name in _BUILT_IN:
+                continue
+            control = technique(name).control
+            box = widgets.Dropdown(options=[("off" if v is None else str(v), v)
+                                            for v in control.values],
+                                   description=control.label, layout=widgets.Layout(width="170px"))
+            box.add_class(control_class(name, path))
+            box.observe(g(where_of(path), lambda c, n=name: tab.on_technique(self, n, c["new"])),
+                        names=["value"])
+            self.extra[name] = box
+            parts.append(box)
         self.widget = widgets.HBox(parts)
         self.widget.add_class(control_class("row", path))
         where = f"editing {path}"
@@ -109,6 +131,9 @@ class LayerRow:
             self.bits.value = _bits_value(cfg)
         if self.rank is not None:
             self.rank.value = cfg.rank if cfg is not None and cfg.rank is not None else 0
+        for name, box in self.extra.items():
+            tech = technique(name)
+            box.value = tech.control.from_setting(tech.setting(cfg) if cfg is not None else None)
 
 
 class CompressTab(LazyView):
@@ -123,6 +148,9 @@ class CompressTab(LazyView):
         self.targets = self.core.targets
         self._syncing = False
         model = self.core.model
+        # units per group for models whose groups were found from the graph (workbench.byo)
+        self.group_sizes = {g.path: g.size for g in getattr(
+            getattr(model, "graph_structure", None), "groups", ())}
         self.rows = {p: LayerRow(self, p, t, model.get_submodule(p)) for p, t in self.targets.items()}
         self.widget = widgets.VBox([self._toolbar(), self._groups(), self._row_sections(),
                                     self._importance()])
@@ -279,6 +307,12 @@ class CompressTab(LazyView):
             return
         plan = edits.set_rank(self.state.plan, row.path, rank or None)
         self._propose(plan, f"{row.path}: rank {rank or 'full'}")
+
+    def on_technique(self, row: LayerRow, name: str, value) -> None:
+        if self._syncing:
+            return
+        plan = edits.set_technique(self.state.plan, row.path, name, value)
+        self._propose(plan, f"{row.path}: {name} {value}")
 
     def apply_preset(self, name: str) -> None:
         preset = self.presets[name]

@@ -14,6 +14,7 @@ import time
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
+from workbench.engine.jobs import JOBS, USER, Job
 from workbench.errors import WorkbenchError
 from workbench.ui.controller import Controller
 from workbench.ui.figures import _layout, new_figure
@@ -55,7 +56,7 @@ class ConditionsTab:
         g = self.errors.guard
         self.result = None
         self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._job: Job | None = None
         self.grid = widgets.Dropdown(options=[("default (16 conditions)", "default"),
                                               ("full (24 conditions)", "full")],
                                      value="default", description="grid")
@@ -82,19 +83,18 @@ class ConditionsTab:
         self.widget.add_class("wb-conditions")
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._job is not None and self._job.running:
             raise WorkbenchError("conditions: a run is in progress; cancel it first.")
         self._cancel.clear()
         self.run.disabled, self.cancel.disabled = True, False
         self.status.value = "computing degraded features…"
-        self._thread = threading.Thread(
-            target=self.errors.guard("running the conditions grid", self._work),
-            args=(self.state.plan, self.grid.value), name="workbench-conditions", daemon=True)
-        self._thread.start()
+        work = self.errors.guard("running the conditions grid", self._work)
+        plan, grid = self.state.plan, self.grid.value
+        self._job = JOBS.submit(lambda job: work(plan, grid), name="conditions", priority=USER)
 
     def wait(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._job is not None:
+            self._job.wait(timeout)
 
     def _work(self, plan, grid) -> None:
         from workbench.conditions import Cancelled, evaluate_conditions

@@ -16,15 +16,15 @@ from collections.abc import Callable
 
 from workbench.plan import CompressionPlan
 from workbench.session import Session, WerEstimate, plan_key
-from workbench.ui.core import Core
+from workbench.engine.costs import CostCache
 from workbench.ui.errors import ErrorArea
 from workbench.ui.state import AppState, HistoryPoint
 
 
 class Controller:
-    """Connects an AppState to the core (Core facade + Session)."""
+    """Connects an AppState to the engine (CostCache + Session)."""
 
-    def __init__(self, state: AppState, core: Core, session: Session, errors: ErrorArea,
+    def __init__(self, state: AppState, core: CostCache, session: Session, errors: ErrorArea,
                  kinds: tuple[str, ...] = ("quick", "full")) -> None:
         self.state = state
         self.kinds = kinds

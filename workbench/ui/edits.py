@@ -1,7 +1,7 @@
 """What each control does to the plan: small pure functions plan -> new plan, and presets.
 
 A control writes an explicit entry for its own layer, so the value the user sets wins over
-groups, patterns and the default (`CompressionPlan.resolve`: the layer's own entry comes first,
+groups, patterns and the default (`workbench.resolve`: the layer's own entry comes first,
 technique by technique). A control shows the *resolved* setting, so a preset or group shows up
 on every row it reaches.
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from workbench.compress.targets import Target, find_targets
+from workbench.compress.techniques import technique, techniques
 from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig, PruneConfig, QuantConfig
 
 #: Choices of the bits control: None = fp32 weights.
@@ -70,6 +71,24 @@ def set_prune(plan: CompressionPlan, model: nn.Module, path: str, amount: float,
         "prune": PruneConfig(amount=amount, structure=structure)}))
 
 
+def controls_for(target: Target) -> list[str]:
+    """The techniques with a control on `target`'s row, in the registry's order (the built-in
+    ones are drawn by the compress tab's own widgets, the others from their `Control`)."""
+    return [t.name for t in techniques() if t.control is not None and target.kind in t.control.kinds]
+
+
+def set_technique(plan: CompressionPlan, path: str, name: str, value) -> CompressionPlan:
+    """`path`'s setting of technique `name` from its control's `value` (the control's
+    `to_setting`; None removes the setting)."""
+    tech = technique(name)
+    setting = tech.control.to_setting(value)
+    entry = _entry(plan, path).without(tech.fields)
+    if setting is not None:
+        new = setting if len(tech.fields) > 1 else {tech.fields[0]: setting}
+        entry = LayerConfig(**{**entry.values(), **new})
+    return plan.with_layer(path, None if entry.is_empty() else entry)
+
+
 def children(targets: Mapping[str, Target], path: str) -> list[str]:
     """Linear / Conv targets under `path`."""
     return [p for p, t in targets.items()
@@ -118,15 +137,9 @@ def apply_group(plan: CompressionPlan, model: nn.Module, role: str, blocks: Iter
         entry = plan.layers.get(path)
         if not isinstance(entry, LayerConfig):
             continue
-        update = {}
-        if config.prune is not None:
-            update["prune"] = None
-        if config.quant is not None:
-            update["quant"] = None
-        if config.rank is not None or config.energy is not None:
-            update.update(rank=None, energy=None)
-        if update:
-            new = entry.model_copy(update=update)
+        drop = [f for tech in techniques() if config.sets(tech.name) for f in tech.fields]
+        if drop:
+            new = entry.without(drop)
             plan = plan.with_layer(path, None if new.is_empty() else new)
     return plan.with_group(role, config, blocks=None if blocks is None else sorted(block_set))
 

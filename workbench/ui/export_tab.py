@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import html
-import threading
 from pathlib import Path
 
 import ipywidgets as widgets
 
+from workbench.engine.jobs import JOBS, USER, Job
 from workbench.ui.controller import Controller
 from workbench.ui.view import LazyView
 from workbench.compress.resolution import plan_for_model
@@ -66,7 +66,7 @@ class ExportTab(LazyView):
         #: Recovery recipe and data (None: the demo corpus); tests and scripts may change them.
         self.recover_config = None
         self.recover_manifests = None
-        self.worker: threading.Thread | None = None
+        self.worker: Job | None = None
         self.onnx = widgets.Button(description="export ONNX + report")
         self.onnx.add_class("wb-export-onnx")
         self.onnx_status = widgets.HTML()
@@ -148,9 +148,8 @@ class ExportTab(LazyView):
             finally:
                 self.onnx.disabled = False
 
-        self.worker = threading.Thread(target=self.controller.errors.guard("exporting", work),
-                                       name="workbench-export", daemon=True)
-        self.worker.start()
+        guarded = self.controller.errors.guard("exporting", work)
+        self.worker = JOBS.submit(lambda job: guarded(), name="export", priority=USER)
 
     def recover_first(self, model, plan, out: Path):
         """Recover `plan`'s structure into `<out>-recovered`; returns (recovered model, the

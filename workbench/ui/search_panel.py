@@ -12,6 +12,7 @@ import threading
 
 import ipywidgets as widgets
 
+from workbench.engine.jobs import JOBS, RUN_LOCK, USER, Job
 from workbench.errors import WorkbenchError
 from workbench.ui import figures
 from workbench.ui.controller import Controller
@@ -28,7 +29,7 @@ class SearchPanel:
         g = self.errors.guard
         self.result = None
         self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._job: Job | None = None
         self.trials = widgets.BoundedIntText(24, min=2, max=10_000, description="trials")
         self.max_dwer = widgets.FloatText(1.0, description="max ΔWER pp")
         self.max_ms = widgets.FloatText(0.0, description="max ms")
@@ -75,27 +76,25 @@ class SearchPanel:
             max_size_bytes=int(self.max_mb.value * 1e6) if self.max_mb.value > 0 else None)
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._job is not None and self._job.running:
             raise WorkbenchError("search: one is already running; cancel it first.")
         config = self.config()
         self._cancel.clear()
         self.run.disabled, self.cancel.disabled = True, False
         self.status.value = "searching…"
-        self._thread = threading.Thread(
-            target=self.errors.guard("running the search", self._search),
-            args=(config, self.state.device, self.state.audio_seconds,
-                  self.state.runtime or None, self.state.threads or None),
-            name="workbench-search", daemon=True)
-        self._thread.start()
+        run = self.errors.guard("running the search", self._search)
+        args = (config, self.state.device, self.state.audio_seconds,
+                self.state.runtime or None, self.state.threads or None)
+        # A job of the engine's queue; `_cancel` is what the search polls between trials.
+        self._job = JOBS.submit(lambda job: run(*args), name="search", priority=USER)
 
     def wait(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._job is not None:
+            self._job.wait(timeout)
 
     def _search(self, config, device: str, seconds: float, runtime: str | None,
                 threads: int | None) -> None:
         from workbench.search import EvaluatorSpec, PlanEvaluator, search
-        from workbench.session import RUN_LOCK
         try:
             evaluator = PlanEvaluator(self.core.model, self.session, device, seconds,
                                       lock=RUN_LOCK, runtime=runtime, latency_threads=threads)

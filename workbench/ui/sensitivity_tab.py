@@ -2,34 +2,25 @@
 progress bar and a cancel button; "suggest a plan" under the user's budgets.
 
 The sweep and the search are the core's (`workbench.sensitivity`); each cell is the Session's
-quick estimate, which restarts from the changed block. They run on a background thread that
-takes the Session's run lock one cell at a time, so the live WER of a slider move gets in
-between cells instead of waiting for the whole sweep (two torch runs at once on 2 cores are ~10x
-slower, DESIGN.md section 3).
+quick estimate, which restarts from the changed block. They run as jobs of the engine's queue
+(workbench.engine.jobs); a sweep takes the run lock one cell at a time at background priority,
+so the live WER of a slider move (interactive priority) gets in between cells instead of waiting
+for the whole sweep (two torch runs at once on 2 cores are ~10x slower, DESIGN.md section 3).
 """
 from __future__ import annotations
 
 import html
-import threading
 import time
 
 import ipywidgets as widgets
 
 from workbench import sensitivity
+from workbench.engine.jobs import BACKGROUND, JOBS, RUN_LOCK, USER, Job
 from workbench.errors import WorkbenchError
 from workbench.ui import figures
 from workbench.ui.controller import Controller
 from workbench.ui.live import FigureSlot
 from workbench.ui.search_panel import SearchPanel
-
-#: Pause between sweep cells so a waiting interactive evaluation can take the run lock.
-YIELD_S = 0.02
-
-
-def _run_lock(session) -> threading.Lock:
-    from workbench.session import RUN_LOCK
-    return RUN_LOCK
-
 
 def _parse(text: str, kind: type, what: str) -> tuple:
     try:
@@ -52,8 +43,8 @@ class SensitivityTab:
         g = self.errors.guard
         self.table: sensitivity.SensitivityTable | None = None
         self.suggestion: sensitivity.Suggestion | None = None
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._job: Job | None = None
+        self._suggest_job: Job | None = None
         self.sparsities = widgets.Text(", ".join(f"{a:g}" for a in sensitivity.SPARSITIES),
                                        description="sparsity")
         self.sparsities.add_class("wb-sweep-sparsities")
@@ -84,7 +75,7 @@ class SensitivityTab:
         self.suggest_out = widgets.HTML()
         self.suggest_out.add_class("wb-suggestion")
         self.run.on_click(g("starting the sweep", lambda _b: self.start()))
-        self.cancel.on_click(g("cancelling the sweep", lambda _b: self._cancel.set()))
+        self.cancel.on_click(g("cancelling the sweep", lambda _b: self._job and self._job.cancel()))
         self.suggest.on_click(g("suggesting a plan", lambda _b: self.start_suggest()))
         self.apply.on_click(g("applying the suggestion", lambda _b: self.apply_suggestion()))
         self.search = SearchPanel(controller)  # the same search as `workbench search`
@@ -101,29 +92,38 @@ class SensitivityTab:
 
     # ---- sweep -------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._job is not None and self._job.running:
             raise WorkbenchError("sweep: one is already running; cancel it first.")
         sparsities = _parse(self.sparsities.value, float, "sparsity values")
         bits = _parse(self.bits.value, int, "bit widths")
         base = self.state.plan
-        self._cancel.clear()
         self.run.disabled, self.cancel.disabled = True, False
         self.status.value = "sweeping…"
-        self._thread = threading.Thread(
-            target=self.errors.guard("running the sweep", self._sweep),
-            args=(base, sparsities, bits), name="workbench-sweep", daemon=True)
-        self._thread.start()
+        sweep = self.errors.guard("running the sweep", self._sweep)
+        self._job = JOBS.submit(lambda job: sweep(job, base, sparsities, bits), name="sweep",
+                                priority=BACKGROUND,
+                                on_done=self.errors.guard("ending the sweep", self._ended))
 
-    def _sweep(self, base, sparsities, bits) -> None:
-        lock = _run_lock(self.session)
-        cancelled = self._cancel.is_set
+    def _ended(self, _result) -> None:
+        """Runs when the sweep job ends, also when it was cancelled before it started."""
+        self.run.disabled, self.cancel.disabled = False, True
+        if self._job is not None and self._job.cancelled and \
+                not self.status.value.startswith("cancelled"):
+            self.status.value = "cancelled before the first cell"
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the sweep and the suggestion jobs are done (for tests and scripts)."""
+        for job in (self._job, self._suggest_job):
+            if job is not None:
+                job.wait(timeout)
+
+    def _sweep(self, job: Job, base, sparsities, bits) -> None:
+        cancelled = lambda: job.cancelled  # noqa: E731
         started = time.perf_counter()
 
         def evaluate(plan):
-            with lock:
-                result = self.session.evaluate(plan, "quick", cancel=cancelled)
-            time.sleep(YIELD_S)
-            return result
+            with RUN_LOCK.hold(BACKGROUND):   # one cell; a slider's evaluation goes first
+                return self.session.evaluate(plan, "quick", cancel=cancelled)
 
         def progress(done: int, total: int) -> None:
             self.progress.max = max(total, 1)
@@ -167,9 +167,10 @@ class SensitivityTab:
         budgets = self.budgets()
         self.suggest.disabled = True
         self.suggest_out.value = "searching…"
-        threading.Thread(target=self.errors.guard("suggesting a plan", self._suggest),
-                         args=(budgets, self.state.device, self.state.audio_seconds),
-                         name="workbench-suggest", daemon=True).start()
+        suggest = self.errors.guard("suggesting a plan", self._suggest)
+        device, seconds = self.state.device, self.state.audio_seconds
+        self._suggest_job = JOBS.submit(lambda job: suggest(budgets, device, seconds),
+                                        name="suggest", priority=USER)
 
     def _suggest(self, budgets, device, seconds) -> None:
         try:

@@ -10,6 +10,7 @@ import threading
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
+from workbench.engine.jobs import INTERACTIVE, JOBS, Job
 from workbench.ui.controller import Controller
 from workbench.ui.figures import _layout, new_figure
 from workbench.ui.live import FigureSlot
@@ -47,7 +48,7 @@ class StreamingTab(LazyView):
         self._wers: dict = {}
         self._generation = 0
         self._gen_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._job: Job | None = None
         self.chunk = widgets.SelectionSlider(options=CHUNKS_S, value=1.0, description="chunk s")
         self.lookahead = widgets.SelectionSlider(options=LOOKAHEADS_S, value=0.0,
                                                  description="look-ahead s")
@@ -137,10 +138,9 @@ class StreamingTab(LazyView):
             self._generation += 1
             gen = self._generation
         plan = self.state.plan
-        self._thread = threading.Thread(target=self.errors.guard(
-            "measuring streaming WER", self._measure), args=(gen, key, cfg, plan),
-            name="workbench-streaming", daemon=True)
-        self._thread.start()
+        measure = self.errors.guard("measuring streaming WER", self._measure)
+        self._job = JOBS.submit(lambda job: measure(gen, key, cfg, plan), name="streaming",
+                                priority=INTERACTIVE)
 
     def _measure(self, gen, key, cfg, plan) -> None:
         from workbench.evaluate import score
@@ -158,5 +158,5 @@ class StreamingTab(LazyView):
             self.invalidate()
 
     def wait(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._job is not None:
+            self._job.wait(timeout)

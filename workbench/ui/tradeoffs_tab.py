@@ -3,7 +3,7 @@ the Pareto front (`workbench.sensitivity.pareto_front`). Clicking a point, or pi
 list, restores its plan (an undoable edit).
 
 Latency depends on the device and audio length, so each point is priced for the current ones
-(`Core.latency`, cached shape tables); size and WER come from the history points.
+(`CostCache.latency`, cached shape tables); size and WER come from the history points.
 """
 from __future__ import annotations
 

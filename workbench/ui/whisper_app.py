@@ -24,7 +24,7 @@ from workbench.plan import CompressionPlan
 from workbench.ui.app import Workbench, eval_limit_from_env
 from workbench.ui.compress_tab import CompressTab
 from workbench.ui.controller import Controller
-from workbench.ui.core import Core
+from workbench.engine.costs import CostCache
 from workbench.ui.css import STYLE
 from workbench.ui.errors import ErrorArea
 from workbench.ui.header import Header
@@ -40,8 +40,8 @@ STRUCTURES_KEPT = 3
 TAB_TITLES = ("Compress", "Trade-offs", "Listen", "Not here yet")
 
 
-class WhisperCore(Core):
-    """Core calls for a WhisperASR: size as for any model (workbench.size), latency as
+class WhisperCore(CostCache):
+    """Costs for a WhisperASR: size as for any model (workbench.size), latency as
     `whisper_latency` (autoregressive), on the roofline device profiles (`known_devices`)."""
 
     def __init__(self, model) -> None:

@@ -1,4 +1,5 @@
-"""The app's calls into the computational core, with the caches that make them instant.
+"""The engine's cost caches: size, latency, profile and importance of plans for one baseline
+model, cached so a slider move is priced in milliseconds (the UI and the search call these).
 
 Nothing here computes a metric: size comes from `workbench.size.size`, latency from
 `workbench.latency` (`layer_table`, `LayerTable.with_bits`, `price_table`), the profile from
@@ -23,6 +24,8 @@ import torch
 from torch import nn
 
 from workbench.compress.targets import find_targets
+from workbench.compress.techniques import shape_only
+from workbench.latency.table import with_technique_rows
 from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
 
@@ -32,8 +35,8 @@ TABLE_CACHE = 64
 REFERENCE_SECONDS = 1.0
 
 
-class Core:
-    """Core calls for one baseline model. Thread-safe (one lock around the caches)."""
+class CostCache:
+    """Costs of plans for one baseline model. Thread-safe (one lock around the caches)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -104,7 +107,8 @@ class Core:
             table = table.at_seconds(float(audio_seconds))
         bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
                 if cfg.quant is not None}
-        return price_table(table.with_bits(bits), load_device(device))
+        table = with_technique_rows(table.with_bits(bits), resolved)
+        return price_table(table, load_device(device))
 
     def _edge_latency(self, plan: CompressionPlan, device: str, seconds: float,
                       runtime: str | None, threads: int | None, device_file: str | None):
@@ -141,16 +145,9 @@ class Core:
 
     @staticmethod
     def _structure(resolved: dict[str, LayerConfig]) -> dict[str, LayerConfig]:
-        structure: dict[str, LayerConfig] = {}
-        for path, cfg in resolved.items():
-            keep = {}
-            if cfg.prune is not None and cfg.prune.structure in STRUCTURE_FOR_KIND.values():
-                keep["prune"] = cfg.prune
-            if cfg.rank is not None or cfg.energy is not None:
-                keep.update(rank=cfg.rank, energy=cfg.energy)
-            if keep:
-                structure[path] = LayerConfig(**keep)
-        return structure
+        """The settings that change shapes (the registry says which), per path."""
+        return {path: kept for path, cfg in resolved.items()
+                for kept in [shape_only(cfg)] if not kept.is_empty()}
 
     def warm_up(self, device: str, audio_seconds: float) -> None:
         """Price one structural change of each kind (heads, neurons, channels) once, so the first
@@ -170,15 +167,7 @@ class Core:
         """The shape-pass table of the plan's structure (structured pruning + low rank only)."""
         from workbench.latency.table import table_from_profile
         from workbench.profile import profile
-        structure: dict[str, LayerConfig] = {}
-        for path, cfg in resolved.items():
-            keep = {}
-            if cfg.prune is not None and cfg.prune.structure in STRUCTURE_FOR_KIND.values():
-                keep["prune"] = cfg.prune
-            if cfg.rank is not None or cfg.energy is not None:
-                keep.update(rank=cfg.rank, energy=cfg.energy)
-            if keep:
-                structure[path] = LayerConfig(**keep)
+        structure = self._structure(resolved)
         key = json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
                          sort_keys=True)
         with self._lock:
@@ -229,6 +218,10 @@ class Core:
 
 def _importance(model: nn.Module, path: str, kind: str) -> torch.Tensor:
     from workbench.compress import importance as imp
+    groups = {g.path: g for g in getattr(getattr(model, "graph_structure", None), "groups", ())}
+    if path in groups:  # a group found from the graph (workbench.byo.adapt): the scores its
+        from workbench.graph.surgery import scores  # pruning ranks by (sum of squares)
+        return scores(model, groups[path]).float()
     module = model.get_submodule(path)
     fn = {"attention": imp.head_importance, "ffn": imp.neuron_importance,
           "conv_module": imp.channel_importance}[kind]

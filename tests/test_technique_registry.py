@@ -1,0 +1,139 @@
+"""The technique registry: a toy technique registered from this test file (nothing in the package
+names it) shows up in plan validation, compress, size, latency, the export split and the UI's
+control list. This is the "how to add a technique" recipe of docs/architecture.md, checked."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+import pytest
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from workbench.compress import compress
+from workbench.compress.resolution import resolve
+from workbench.compress.techniques import (ApplyContext, Control, Technique, register, settings,
+                                           structure_only, techniques, unregister)
+from workbench.errors import PlanError
+from workbench.export.structural import structural_plan
+from workbench.latency import layer_table
+from workbench.models import conformer_ctc
+from workbench.plan import CompressionPlan, LayerConfig, QuantConfig, plan_from_json
+from workbench.size import size
+
+FC1 = "blocks.0.ffn1.fc1"      # a Linear of conformer_ctc("tiny")
+CONV = "blocks.0.conv.depthwise"
+
+
+class ToyConfig(BaseModel):
+    """Scale a Linear's weights by `factor`, and (say) store them as `bits`-bit numbers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    factor: float = Field(gt=0.0, le=1.0)
+    bits: int = Field(16, ge=2, le=32)
+
+
+def _apply(root: nn.Module, entries: Mapping[str, ToyConfig], ctx: ApplyContext) -> nn.Module:
+    for path, s in entries.items():
+        layer = root.get_submodule(path)
+        with torch.no_grad():
+            layer.weight.mul_(s.factor)
+        ctx.notes.append(f"{path}: toy scale {s.factor}")
+    return root
+
+
+def _size_specs(specs: list, s: ToyConfig) -> list:
+    return [replace(spec, bits=s.bits) for spec in specs]
+
+
+def _latency_row(row, s: ToyConfig):
+    return replace(row, weight_bits=s.bits)
+
+
+TOY = Technique(
+    name="toy", fields=("toy",), order=35, config_type=ToyConfig,
+    applies_to=lambda s, kind: kind == "linear", fits="toy fits Linear layers",
+    apply_=_apply, changes_shape=lambda s: False, export="pytorch",
+    size_specs=_size_specs, latency_row=_latency_row,
+    control=Control(label="toy", kinds=("linear",), values=(None, 0.5, 0.25),
+                    to_setting=lambda v: None if v is None else ToyConfig(factor=v),
+                    from_setting=lambda s: None if s is None else s.factor))
+
+
+@pytest.fixture
+def toy():
+    register(TOY)
+    yield TOY
+    unregister("toy")
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return conformer_ctc("tiny").eval()
+
+
+def _plan(**toy) -> CompressionPlan:
+    return CompressionPlan(layers={FC1: LayerConfig(toy=toy or {"factor": 0.5})})
+
+
+def test_unregistered_technique_is_refused_by_the_plan() -> None:
+    with pytest.raises(PlanError, match="toy"):
+        LayerConfig(toy={"factor": 0.5})
+
+
+def test_plan_validation_sees_the_toy(toy, model) -> None:
+    entry = LayerConfig(toy={"factor": 0.5})
+    assert isinstance(entry.get("toy"), ToyConfig) and entry.sets("toy")
+    with pytest.raises(PlanError, match="factor"):          # its config validates
+        LayerConfig(toy={"factor": 2.0})
+    plan = _plan()
+    assert plan_from_json(plan.to_json()) == plan            # JSON round trip
+    assert settings(resolve(plan, model)[FC1]) == {"toy": ToyConfig(factor=0.5)}
+    with pytest.raises(PlanError, match="toy fits Linear layers|toy"):   # applies_to
+        resolve(CompressionPlan(layers={CONV: LayerConfig(toy={"factor": 0.5})}), model)
+    assert "toy" in [t.name for t in techniques()]
+
+
+def test_compress_applies_the_toy(toy, model) -> None:
+    small = compress(model, _plan(factor=0.25))
+    before = model.get_submodule(FC1).weight
+    after = small.get_submodule(FC1).weight
+    torch.testing.assert_close(after, before * 0.25)
+    other = "blocks.0.ffn1.fc2"
+    torch.testing.assert_close(small.get_submodule(other).weight,
+                               model.get_submodule(other).weight)
+
+
+def test_size_and_latency_use_the_toy_hooks(toy, model) -> None:
+    base = size(model, CompressionPlan())
+    toy_size = size(model, _plan(factor=0.5, bits=8))
+    layer = model.get_submodule(FC1)
+    n = layer.weight.numel()
+    # fp32 -> 8-bit per-channel: n bytes + fp32 scales + int8 zero points (size.py formulas)
+    assert toy_size.layer(FC1).weight_bytes == n
+    assert base.layer(FC1).weight_bytes == 4 * n
+    table = layer_table(model, 1.0, _plan(factor=0.5, bits=8))
+    row = next(r for r in table.layers if r.path == FC1)
+    assert row.weight_bits == 8
+    assert all(r.weight_bits == 32 for r in table.layers if r.path != FC1 and r.params)
+
+
+def test_export_keeps_the_toy_in_the_structural_part(toy) -> None:
+    entry = LayerConfig(toy={"factor": 0.5}, quant=QuantConfig(weight_bits=8))
+    kept = structure_only(entry)
+    assert kept.sets("toy") and not kept.sets("quant")
+    plan = CompressionPlan(layers={FC1: entry})
+    assert structural_plan(plan).layers[FC1] == kept
+
+
+def test_ui_control_list_has_the_toy(toy, model) -> None:
+    from workbench.compress.targets import find_targets
+    from workbench.ui.edits import controls_for, set_technique
+    targets = find_targets(model)
+    assert "toy" in controls_for(targets[FC1])
+    assert "toy" not in controls_for(targets[CONV])
+    plan = set_technique(CompressionPlan(), FC1, "toy", 0.25)
+    assert plan.layers[FC1].get("toy") == ToyConfig(factor=0.25)
+    assert set_technique(plan, FC1, "toy", None).layers.get(FC1) is None

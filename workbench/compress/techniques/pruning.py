@@ -1,0 +1,83 @@
+"""Pruning as a registered technique: structured (heads / neurons / channels: shapes shrink) and
+unstructured (masked weights). The surgery itself is workbench.compress.prune."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from workbench.compress.prune import (prune_channels_, prune_heads_, prune_neurons_,
+                                      prune_unstructured_)
+from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
+from workbench.errors import PlanError
+from workbench.plan import STRUCTURE_FOR_KIND, PruneConfig
+
+_STRUCTURED = {"heads": prune_heads_, "neurons": prune_neurons_, "channels": prune_channels_}
+
+
+def applies_to(setting: PruneConfig, kind: str) -> bool:
+    if kind in ("linear", "conv"):
+        return setting.structure == "unstructured"
+    return STRUCTURE_FOR_KIND.get(kind) == setting.structure
+
+
+def why_not(setting: PruneConfig, target, path: str) -> str:
+    want = STRUCTURE_FOR_KIND.get(target.kind, "unstructured")
+    return (f"'{setting.structure}' pruning does not fit {path} ({target.type_name}, a "
+            f"{target.kind} target); use structure '{want}' here, or name a module of the right "
+            f"kind (heads: attention, neurons: FFN, channels: conv module, unstructured: "
+            f"Linear/Conv).")
+
+
+def _graph_removal(root: nn.Module, group, p: PruneConfig):  # noqa: ANN001, ANN202
+    """(group, unit indices to remove) for a graph group; magnitude importance only."""
+    from workbench.graph.surgery import choose  # lazy: only models with graph groups need it
+    if p.structure == "unstructured" or p.importance != "magnitude":
+        raise PlanError(f"layers[{group.path!r}]: a group found from the graph takes structured "
+                        f"pruning ({group.kind}) with importance 'magnitude'; got "
+                        f"{p.structure} / {p.importance}.")
+    return group, choose(root, group, p.amount)
+
+
+def apply_(root: nn.Module, entries: Mapping[str, PruneConfig], ctx: ApplyContext) -> nn.Module:
+    """Structured pruning first (importance on the original weights, later steps see the smaller
+    shapes), then unstructured masks on what is left. Groups found from a recorded graph
+    (workbench.byo: `graph_structure` on the model) are removed together at the end of the
+    structured step."""
+    structure = getattr(root, "graph_structure", None)
+    graph_groups = {g.path: g for g in getattr(structure, "groups", ())}
+    removals = []
+    for path, p in entries.items():
+        if path in graph_groups:
+            removals.append(_graph_removal(root, graph_groups[path], p))
+            ctx.notes.append(f"{path}: removed {len(removals[-1][1])} {p.structure} "
+                             f"{removals[-1][1]} (group found from the graph)")
+        elif p.structure != "unstructured":
+            removed = _STRUCTURED[p.structure](root.get_submodule(path), p.amount, p.importance,
+                                               ctx.grads, prefix=path)
+            ctx.notes.append(f"{path}: removed {len(removed)} {p.structure} {removed}")
+    if removals:
+        from workbench.graph.surgery import remove_units_
+        remove_units_(root, removals)
+        root._structure = None  # shapes changed: found again if asked
+    for path, p in entries.items():
+        if p.structure == "unstructured":
+            grad = None if ctx.grads is None else ctx.grads.get(f"{path}.weight" if path
+                                                                else "weight")
+            zeros = prune_unstructured_(root.get_submodule(path), p.amount, p.importance, grad)
+            ctx.notes.append(f"{path}: {zeros} weights masked to zero (unstructured)")
+    return root
+
+
+PRUNING = register(Technique(
+    name="prune", fields=("prune",), order=10, applies_to=applies_to,
+    fits=("Pruning 'heads' fits attention modules, 'neurons' FFN modules, 'channels' conv "
+          "modules, 'unstructured' Linear/Conv layers"),
+    apply_=apply_, changes_shape=lambda p: p.structure != "unstructured", export="pytorch",
+    is_noop=lambda p: p.amount == 0, why_not=why_not,
+    field_name=lambda cfg: "prune.structure",
+    control=Control(label="prune", kinds=("attention", "ffn", "conv_module", "linear", "conv"),
+                    values=tuple(round(0.05 * i, 2) for i in range(20)),
+                    to_setting=lambda a: PruneConfig(amount=a) if a else None,
+                    from_setting=lambda p: 0.0 if p is None else p.amount),
+    needs=lambda p: frozenset({"gradients"}) if p.importance == "taylor" else frozenset()))

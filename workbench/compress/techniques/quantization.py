@@ -1,0 +1,41 @@
+"""Quantization as a registered technique: fake-quantized weights (b bits) and optionally the
+layer input (8 bits). The grids are workbench.compress.quantize; ONNX Runtime runs them at export
+(workbench.export.decisions)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from workbench.compress.lowrank import LowRankLinear
+from workbench.compress.quantize import quantize_layer
+from workbench.compress.techniques.low_rank import replace_module
+from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
+from workbench.plan import QuantConfig
+
+
+def apply_(root: nn.Module, entries: Mapping[str, QuantConfig], ctx: ApplyContext) -> nn.Module:
+    """Quantize the final weights (after pruning and low rank: a factorization would undo it)."""
+    for path, q in entries.items():
+        layer = root.get_submodule(path)
+        if isinstance(layer, LowRankLinear):
+            for child in ("down", "up"):
+                setattr(layer, child, quantize_layer(getattr(layer, child), q))
+        else:
+            root = replace_module(root, path, quantize_layer(layer, q))
+    return root
+
+
+QUANTIZATION = register(Technique(
+    name="quant", fields=("quant",), order=40,
+    applies_to=lambda q, kind: kind in ("linear", "conv"), fits="quant fits Linear/Conv layers",
+    apply_=apply_, changes_shape=lambda q: False, export="runtime",
+    is_noop=lambda q: q.weight_bits is None and q.act_bits is None,
+    why_not=lambda q, target, path: (f"quantization applies to Linear/Conv layers, and {path} "
+                                     f"is a {target.type_name}; name its layers (e.g. "
+                                     f"'{path}.*')."),
+    field_name=lambda cfg: "quant",
+    control=Control(label="bits", kinds=("linear", "conv"), values=(None, 16, 8, 7, 6, 5, 4, 3, 2),
+                    to_setting=lambda b: None if b is None else QuantConfig(weight_bits=b),
+                    from_setting=lambda q: None if q is None else q.weight_bits),
+    needs=lambda q: frozenset({"activations"}) if q.act_bits is not None else frozenset()))
