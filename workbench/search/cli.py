@@ -118,15 +118,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from workbench.compress.presets import PRESETS
     from workbench.plan import CompressionPlan
+    from workbench.search.executors import RayExecutor, RayStartError
     from workbench.search.sweep import sweep
 
-    spec = _spec(args, args.threads)
-    torch.set_num_threads(args.threads)
+    executor = "serial" if args.executor == "serial" else "ray"
+    if args.address and executor == "serial":
+        raise WorkbenchError("--address needs --executor ray (the default).")
+    threads = args.threads or (2 if executor == "serial" else 1)
+    spec = _spec(args, threads)
+    torch.set_num_threads(threads)
     if args.base and args.base not in PRESETS:
         raise WorkbenchError(f"--base: '{args.base}' is not a preset; choose from "
                              f"{', '.join(PRESETS)}.")
     base = PRESETS[args.base]() if args.base else CompressionPlan()
-    evaluator = spec.build()
     from tqdm import tqdm
     bar = tqdm(total=0, desc="sweep", file=sys.stderr, disable=None)
 
@@ -135,12 +139,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    doc = sweep(lambda plan, kind: evaluator(plan, kind), evaluator.model, base, kind=args.eval,
-                sparsities=_floats(args.sparsities, "--sparsities"),
-                bits=_ints(args.bits, "--bits"), ranks=_floats(args.ranks, "--ranks"),
-                paths=args.path or None, progress=progress)
+    options = dict(kind=args.eval, sparsities=_floats(args.sparsities, "--sparsities"),
+                   bits=_ints(args.bits, "--bits"), ranks=_floats(args.ranks, "--ranks"),
+                   paths=args.path or None, progress=progress)
+    ray_ex = None
+    if executor == "ray":
+        try:  # the same embedded local Ray / --address cluster as `workbench search`
+            ray_ex = RayExecutor(spec, None, address=args.address, workers=args.workers)
+        except RayStartError as err:
+            if args.address:
+                raise
+            print(f"sweep: {err}; running serially instead.", file=sys.stderr)
+            threads = args.threads or 2
+            spec = _spec(args, threads)
+    try:
+        if ray_ex is not None:
+            model = spec.load_model()
+            doc = sweep(None, model, base, map_plans=ray_ex.map_plans, **options)
+        else:
+            evaluator = spec.build()
+            doc = sweep(lambda plan, kind: evaluator(plan, kind), evaluator.model, base,
+                        **options)
+    finally:
+        if ray_ex is not None:
+            ray_ex.close()
     bar.close()
     doc.update(device=args.device, audio_seconds=args.audio_seconds, base_plan=args.base or "fp32",
+               executor="ray" if ray_ex is not None else "serial",
+               workers=ray_ex.workers if ray_ex is not None else 1, threads=threads,
                numbers="WER measured (quick = fixed-subset estimate +- stderr); size exact; "
                        "latency simulated (roofline)")
     if args.json:
@@ -203,5 +229,11 @@ def add_parsers(sub) -> None:
     w.add_argument("--eval", choices=["quick", "full"], default="quick")
     w.add_argument("--base", help="preset to start from (default: the fp32 model)")
     w.add_argument("--path", action="append", default=[], help="only these layers (repeatable)")
-    w.add_argument("--threads", type=int, default=2)
+    w.add_argument("--threads", type=int, default=None,
+                   help="torch threads per evaluation (default 1 on Ray, 2 serial)")
+    w.add_argument("--executor", choices=["ray", "serial"], default="ray",
+                   help="cells as Ray tasks (default; embedded local Ray) or one by one here")
+    w.add_argument("--address", help="Ray cluster address (host:port or 'auto'); default: an "
+                                      "embedded local Ray started and stopped by this command")
+    w.add_argument("--workers", type=int, default=2, help="CPUs of the embedded local Ray")
     w.set_defaults(func=cmd_sweep, bits="8,6,4,3,2")
