@@ -116,6 +116,10 @@ NUMBERS = {
     "latency-bits-word": (["latency", "--device", "rpi5", "--bits", "int8"], ["--bits", "int8"]),
     "latency-threads-zero": (["latency", "--device", "rpi5", "--threads", "0"],
                              ["--threads", "0"]),
+    # `sweep --bits 0` used to start the sweep (minutes of model runs) instead of refusing
+    "sweep-bits-zero": (["sweep", "--bits", "0"], ["--bits", "0"]),
+    "sweep-bits-unsupported": (["sweep", "--bits", "8,9"], ["--bits", "9"]),
+    "search-bits-zero": (["search", "--bits", "0,4", "--out", "{tmp}/s"], ["--bits", "0"]),
 }
 
 

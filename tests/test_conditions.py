@@ -1,8 +1,6 @@
 """The conditions grid (workbench.conditions): seeded degradations, cached features, evaluation."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ from workbench.data import write_manifest
 from workbench.data.audio import save_flac
 from workbench.data.manifest import Utterance
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def wave(seconds: float = 1.0, seed: int = 0) -> torch.Tensor:
@@ -162,19 +159,21 @@ def test_cancel_stops_between_conditions(tmp_path) -> None:
                             cache_root=tmp_path / "c", cancel=lambda: True)
 
 
-def test_cli_bad_grid_exits_2_naming_the_condition() -> None:
-    out = subprocess.run([sys.executable, "-m", "workbench", "eval", "--conditions", "--grid",
-                          "white:10,purple:3"], capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 2
-    assert "purple:3" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+def test_cli_bad_grid_exits_2_naming_the_condition(capsys) -> None:
+    # in-process (the CLI's own main), as the bad-input suite does: no second torch start-up
+    from workbench.__main__ import main
+    code = main(["eval", "--conditions", "--grid", "white:10,purple:3"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "purple:3" in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_plan_without_conditions_is_refused(tmp_path) -> None:
+def test_cli_plan_without_conditions_is_refused(tmp_path, capsys) -> None:
     plan = tmp_path / "p.json"   # an existing file, so the path check passes and --conditions is what fails
     plan.write_text("{}")
-    out = subprocess.run([sys.executable, "-m", "workbench", "eval", "--plan", str(plan)],
-                         capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 2 and "--conditions" in out.stderr
+    from workbench.__main__ import main
+    code = main(["eval", "--plan", str(plan)])
+    assert code == 2 and "--conditions" in capsys.readouterr().err
 
 
 def test_export_report_and_card_give_the_grid_from_the_onnx_model(tmp_path, monkeypatch) -> None:

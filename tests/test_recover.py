@@ -17,6 +17,13 @@ PRUNE = (CompressionPlan()
          .with_group("attention", LayerConfig(prune=PruneConfig(amount=0.5, structure="heads"))))
 
 
+#: Optimizer steps of the recovery tests. 15, not 40: the properties hold with a wide margin
+#: (measured, seed 0: distance ratio after 10 / 15 steps 0.31 / 0.20 for the tiny Conformer and
+#: 0.15 / 0.08 for the small Whisper vs the 0.7 asserted; QAT 0.50 after 10 vs the 0.8 asserted),
+#: at ~40 % of the CPU time.
+STEPS = 15
+
+
 def _items(n: int = 12, seed: int = 0) -> list[Item]:
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -48,10 +55,10 @@ def test_recovery_moves_the_student_towards_the_teacher(family, request):
     before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
     before_s = {k: v.clone() for k, v in student.state_dict().items()}
     items, held_out = _items(12), _items(6, seed=1)
-    result = recover(student, teacher, items, RecoverConfig(steps=40, lr=3e-3, warmup=5,
+    result = recover(student, teacher, items, RecoverConfig(steps=STEPS, lr=3e-3, warmup=5,
                                                             max_batch_frames=600, ctc_weight=0.0),
                      progress=False)
-    assert len(result.history) == 40
+    assert len(result.history) == STEPS
     assert _distance(result.model, teacher, held_out) < 0.7 * _distance(student, teacher, held_out)
     # Neither input changed; the front-end was frozen.
     assert all(torch.equal(before_t[k], v) for k, v in teacher.state_dict().items())
@@ -118,7 +125,7 @@ def test_quantization_aware_recovery_repairs_low_bit_damage(whisper_small):
     quant = CompressionPlan(default=LayerConfig(quant=QuantConfig(weight_bits=3)))
     items, held_out = _items(12), _items(6, seed=1)
     naive = compress(teacher, quant)
-    result = recover(teacher, teacher, items, RecoverConfig(steps=40, lr=2e-3, warmup=5,
+    result = recover(teacher, teacher, items, RecoverConfig(steps=STEPS, lr=2e-3, warmup=5,
                                                             max_batch_frames=600, ctc_weight=0.0),
                      progress=False, quant=quant)
     # The returned model holds latent weights (plain layers); the plan quantizes them again.

@@ -288,3 +288,28 @@ def test_recover_minutes_recovers_plans_that_remove_structure_and_measures_them(
         assert rec["utterances"] == len(spec.eval_set) and rec["steps"] >= 1
         assert 0 <= rec["wer_after"] and rec["meets_budgets"] == (rec["wer_delta_after"] <= 0.5)
     assert "min of recovery" in doc["verdict"]
+
+
+def test_sweep_map_plans_on_a_fake_ray_gives_the_serial_cells(spec, tiny_conformer, monkeypatch):
+    """The RayExecutor.map_plans logic (order, progress, plan JSON round trip); the real Ray
+    cluster run of `workbench sweep --address` is in tests/test_search_ray.py."""
+    from workbench.plan import CompressionPlan
+    from workbench.search import RayExecutor
+    from workbench.search.sweep import sweep
+    evaluator = spec.build()
+    kw = dict(sparsities=(0.5,), bits=(4,), ranks=(0.25,),
+              paths=["blocks.0.ffn1", "blocks.0.ffn1.fc1"])
+    serial = sweep(lambda plan, kind: evaluator(plan, kind), tiny_conformer, CompressionPlan(),
+                   **kw)
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay(die_on=set()))
+    ex = RayExecutor(spec, None, workers=2)
+    seen = []
+    try:
+        ray = sweep(None, tiny_conformer, CompressionPlan(), map_plans=ex.map_plans,
+                    progress=lambda done, total: seen.append((done, total)), **kw)
+    finally:
+        ex.close()
+    keys = ("path", "technique", "value", "wer", "size_bytes", "latency_ms")
+    assert [{k: c[k] for k in keys} for c in ray["cells"]] == \
+        [{k: c[k] for k in keys} for c in serial["cells"]]
+    assert ray["base"] == serial["base"] and seen[-1] == (3, 3)

@@ -138,3 +138,39 @@ def test_cluster_search_matches_serial_and_survives_a_killed_worker(tmp_path):
         _kill(head)
         if passed:  # keep the Ray logs of a failed run
             shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_sweep_on_a_ray_cluster_gives_the_serial_cells(tmp_path):
+    """`workbench sweep --address` runs its cells as Ray tasks on a cluster (here a 1-CPU head
+    node on 127.0.0.1; without --address an embedded local Ray, as `workbench search`): the
+    same cells and numbers as the serial run."""
+    args = [sys.executable, "-m", "workbench", "sweep", "--json", "--limit", "4",
+            "--quick-utterances", "2", "--threads", "1", "--path", "blocks.0.mlp",
+            "--path", "blocks.0.mlp.fc1", "--bits", "4", "--sparsities", "0.5",
+            "--ranks", "0.25"]
+    env = {**_env(), "WORKBENCH_CACHE_DIR": str(tmp_path / "cache")}
+    cwd = Path(__file__).resolve().parents[1]
+    serial = subprocess.run(args + ["--executor", "serial"], capture_output=True, text=True,
+                            env=env, timeout=900, cwd=cwd)
+    assert serial.returncode == 0, serial.stderr[-2000:]
+    port = _free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="wbray", dir="/tmp")
+    head = _start_node(["--head", f"--port={port}", "--include-dashboard=false",
+                        f"--temp-dir={ray_tmp}"], tmp_path / "head.log")
+    try:
+        out = subprocess.run(args + ["--address", f"127.0.0.1:{port}"], capture_output=True,
+                             text=True, env=env, timeout=900, cwd=cwd)
+    finally:
+        _kill(head)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    docs = {}
+    for name, text in (("serial", serial.stdout), ("ray", out.stdout)):
+        # Ray may print warnings to stdout around the JSON object
+        docs[name] = json.JSONDecoder().raw_decode(text[text.index("{"):])[0]
+    assert docs["ray"]["executor"] == "ray" and docs["serial"]["executor"] == "serial"
+    keys = ("path", "technique", "value", "wer", "size_bytes", "latency_ms")
+    assert [{k: c[k] for k in keys} for c in docs["ray"]["cells"]] == \
+        [{k: c[k] for k in keys} for c in docs["serial"]["cells"]]
+    assert len(docs["ray"]["cells"]) == 3
+    assert docs["ray"]["base"]["wer"] == docs["serial"]["base"]["wer"]

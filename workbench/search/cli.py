@@ -27,6 +27,21 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+#: Weight widths a CompressionPlan accepts (workbench.plan.QuantConfig.weight_bits).
+BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+
+
+def _bits(text: str) -> tuple[int, ...]:
+    """--bits: whole numbers a plan can hold, refused before any model run (`--bits 0` used to
+    start a sweep whose every bits cell then failed)."""
+    values = _ints(text, "--bits")
+    bad = [v for v in values if v not in BITS]
+    if bad:
+        raise WorkbenchError(f"--bits: {', '.join(map(str, bad))} not allowed; give widths from "
+                             f"{', '.join(map(str, BITS))}, e.g. '8,4'.")
+    return values
+
+
 def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="rpi5", help="latency device (workbench.latency; old "
                                                     "names like rpi5 map to rpi5_a76)")
@@ -73,7 +88,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         max_latency_ms=args.max_latency_ms,
         max_size_bytes=None if args.max_size_mb is None else int(args.max_size_mb * 1e6),
         eval_kind=args.eval, final_eval=None if args.final_eval == "none" else args.final_eval)
-    options = {"bits": _ints(args.bits, "--bits"), "prune": _floats(args.prune, "--prune"),
+    options = {"bits": _bits(args.bits), "prune": _floats(args.prune, "--prune"),
                "ranks": _floats(args.ranks, "--ranks")}
     out = Path(args.out)
     recover = {"recover_minutes": args.recover_minutes, "recover_plans": args.recover_plans,
@@ -118,15 +133,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from workbench.compress.presets import PRESETS
     from workbench.plan import CompressionPlan
+    from workbench.search.executors import RayExecutor, RayStartError
     from workbench.search.sweep import sweep
 
-    spec = _spec(args, args.threads)
-    torch.set_num_threads(args.threads)
+    executor = "serial" if args.executor == "serial" else "ray"
+    if args.address and executor == "serial":
+        raise WorkbenchError("--address needs --executor ray (the default).")
+    threads = args.threads or (2 if executor == "serial" else 1)
+    spec = _spec(args, threads)
+    torch.set_num_threads(threads)
     if args.base and args.base not in PRESETS:
         raise WorkbenchError(f"--base: '{args.base}' is not a preset; choose from "
                              f"{', '.join(PRESETS)}.")
     base = PRESETS[args.base]() if args.base else CompressionPlan()
-    evaluator = spec.build()
     from tqdm import tqdm
     bar = tqdm(total=0, desc="sweep", file=sys.stderr, disable=None)
 
@@ -135,12 +154,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    doc = sweep(lambda plan, kind: evaluator(plan, kind), evaluator.model, base, kind=args.eval,
-                sparsities=_floats(args.sparsities, "--sparsities"),
-                bits=_ints(args.bits, "--bits"), ranks=_floats(args.ranks, "--ranks"),
-                paths=args.path or None, progress=progress)
+    options = dict(kind=args.eval, sparsities=_floats(args.sparsities, "--sparsities"),
+                   bits=_bits(args.bits), ranks=_floats(args.ranks, "--ranks"),
+                   paths=args.path or None, progress=progress)
+    ray_ex = None
+    if executor == "ray":
+        try:  # the same embedded local Ray / --address cluster as `workbench search`
+            ray_ex = RayExecutor(spec, None, address=args.address, workers=args.workers)
+        except RayStartError as err:
+            if args.address:
+                raise
+            print(f"sweep: {err}; running serially instead.", file=sys.stderr)
+            threads = args.threads or 2
+            spec = _spec(args, threads)
+    try:
+        if ray_ex is not None:
+            model = spec.load_model()
+            doc = sweep(None, model, base, map_plans=ray_ex.map_plans, **options)
+        else:
+            evaluator = spec.build()
+            doc = sweep(lambda plan, kind: evaluator(plan, kind), evaluator.model, base,
+                        **options)
+    finally:
+        if ray_ex is not None:
+            ray_ex.close()
     bar.close()
     doc.update(device=args.device, audio_seconds=args.audio_seconds, base_plan=args.base or "fp32",
+               executor="ray" if ray_ex is not None else "serial",
+               workers=ray_ex.workers if ray_ex is not None else 1, threads=threads,
                numbers="WER measured (quick = fixed-subset estimate +- stderr); size exact; "
                        "latency simulated (roofline)")
     if args.json:
@@ -203,5 +244,11 @@ def add_parsers(sub) -> None:
     w.add_argument("--eval", choices=["quick", "full"], default="quick")
     w.add_argument("--base", help="preset to start from (default: the fp32 model)")
     w.add_argument("--path", action="append", default=[], help="only these layers (repeatable)")
-    w.add_argument("--threads", type=int, default=2)
+    w.add_argument("--threads", type=int, default=None,
+                   help="torch threads per evaluation (default 1 on Ray, 2 serial)")
+    w.add_argument("--executor", choices=["ray", "serial"], default="ray",
+                   help="cells as Ray tasks (default; embedded local Ray) or one by one here")
+    w.add_argument("--address", help="Ray cluster address (host:port or 'auto'); default: an "
+                                      "embedded local Ray started and stopped by this command")
+    w.add_argument("--workers", type=int, default=2, help="CPUs of the embedded local Ray")
     w.set_defaults(func=cmd_sweep, bits="8,6,4,3,2")

@@ -95,6 +95,12 @@ def _remote_job(spec: EvaluatorSpec, space: SearchSpace, job: Job) -> dict[str, 
     return run_job(evaluator_for(spec), space, job)
 
 
+def _remote_plan(spec: EvaluatorSpec, plan_json: str, kind: str) -> dict[str, Any]:
+    """One sweep cell on a worker: the plan travels as its JSON (plain data)."""
+    from workbench.plan import CompressionPlan
+    return evaluator_for(spec)(CompressionPlan.from_json(plan_json), kind).to_dict()
+
+
 def _warm(spec: EvaluatorSpec) -> int:
     evaluator_for(spec)
     return os.getpid()
@@ -113,7 +119,8 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, spec: EvaluatorSpec, space: SearchSpace, *, address: str | None = None,
+    def __init__(self, spec: EvaluatorSpec, space: SearchSpace | None, *,
+                 address: str | None = None,
                  workers: int = 2, max_retries: int = 3) -> None:
         try:
             import ray
@@ -153,6 +160,7 @@ class RayExecutor:
                                              f"--executor serial.") from None
                     ray.shutdown()
         self.workers = int(ray.cluster_resources().get("CPU", workers))
+        self._max_retries = max_retries
         self._task = ray.remote(num_cpus=1, max_retries=max_retries)(_remote_job)
         self._spec_ref = ray.put(spec)
         self._space_ref = ray.put(space)
@@ -178,6 +186,28 @@ class RayExecutor:
                 result = ray.get(ref)
                 results[index[ref]] = result
                 on_done(result)
+        return results  # type: ignore[return-value]
+
+    def map_plans(self, plans: Sequence[Any], kind: str,
+                  on_done: Callable[[int, dict], None] = lambda i, m: None,
+                  cancel: Callable[[], bool] = lambda: False) -> list[dict]:
+        """Measures (as dicts) of each plan, in order; `on_done(index, measures)` as each
+        finishes (a sweep's cells: no sampler, so no batches; Ray retries a lost task)."""
+        ray = self.ray
+        task = ray.remote(num_cpus=1, max_retries=self._max_retries)(_remote_plan)
+        refs = [task.remote(self._spec_ref, plan.to_json(), kind) for plan in plans]
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list[dict | None] = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            if cancel():
+                for ref in pending:
+                    ray.cancel(ref, force=False)
+                raise SearchCancelled()
+            done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            for ref in done:
+                results[index[ref]] = ray.get(ref)
+                on_done(index[ref], results[index[ref]])
         return results  # type: ignore[return-value]
 
     def close(self) -> None:

@@ -41,16 +41,36 @@ def sweep(evaluate: Callable[[CompressionPlan, str], Any], model: nn.Module,
           base_plan: CompressionPlan, *, kind: str = "quick",
           sparsities: Sequence[float] = SPARSITIES, bits: Sequence[int] = BITS,
           ranks: Sequence[float] = RANKS, paths: Sequence[str] | None = None,
-          progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
-    """All cells, measured with `evaluate(plan, kind) -> Measures`; a JSON-able dict."""
+          progress: Callable[[int, int], None] = lambda done, total: None,
+          map_plans: Callable[..., list] | None = None) -> dict:
+    """All cells, measured with `evaluate(plan, kind) -> Measures`; a JSON-able dict.
+
+    map_plans(plans, kind, on_done) -> [Measures dict per plan], when given, measures every
+    cell at once instead (RayExecutor.map_plans: the cells as Ray tasks); `evaluate` is then
+    not called. Each cell is a pure function of its plan, so the numbers are the serial ones."""
     items = sweep_items(model, base_plan, sparsities, bits, paths) + rank_items(
         model, base_plan, ranks, paths)
     items.sort(key=lambda i: (list(find_targets(model)).index(i.path), i.knob))
-    base = evaluate(base_plan, kind)
-    cells = []
     progress(0, len(items))
+    if map_plans is not None:
+        from workbench.search.objective import Measures
+        finished = [0]
+
+        def done(index: int, measures: dict) -> None:
+            finished[0] += index > 0   # index 0 is the base plan
+            progress(finished[0], len(items))
+        measured = [Measures(**m) for m in map_plans([base_plan] + [i.plan for i in items],
+                                                      kind, done)]
+    else:
+        measured = [evaluate(base_plan, kind)]
+    base = measured[0]
+    cells = []
     for n, item in enumerate(items, start=1):
-        m = evaluate(item.plan, kind)
+        if map_plans is not None:
+            m = measured[n]
+        else:
+            m = evaluate(item.plan, kind)
+            progress(n, len(items))
         cells.append({"path": item.path, "technique": {"sparsity": "prune", "bits": "quant",
                                                        "rank": "low_rank"}[item.knob],
                       "knob": item.knob, "value": item.value, "wer": round(m.wer, 6),
@@ -59,7 +79,6 @@ def sweep(evaluate: Callable[[CompressionPlan, str], Any], model: nn.Module,
                       "size_saved_bytes": base.size_bytes - m.size_bytes,
                       "latency_ms": round(m.latency_ms, 4),
                       "latency_saved_ms": round(base.latency_ms - m.latency_ms, 4)})
-        progress(n, len(items))
     return {"base": {"wer": base.wer, "size_bytes": base.size_bytes,
                      "latency_ms": round(base.latency_ms, 4), "kind": kind},
             "cells": cells, "count": len(cells)}
