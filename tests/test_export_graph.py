@@ -17,7 +17,8 @@ from workbench.export.errors import UnsupportedBitsError
 from workbench.export.onnx_export import INPUT_NAMES, OUTPUT_NAMES
 from workbench.export.ort_quantize import quantize_graph
 from workbench.export.structural import layer_quant
-from workbench.export.verify import make_session, max_abs_diff, runtime_op_counts
+from workbench.export.verify import (make_session, max_abs_diff, ort_log_probs,
+                                     runtime_op_counts)
 from workbench.models import conformer_ctc
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
 
@@ -151,10 +152,23 @@ def test_static_activation_quantization_uses_the_simulated_ranges(model, export)
     assert int(inits[quant_input.input[2]]) == zero_point
     runtime = runtime_op_counts(q.proto.SerializeToString())
     assert runtime.get("MatMulIntegerToFloat", 0) == 1      # int8 x int8 -> float output
-    # Same input grid, same weight grid: only float rounding differs (a layer alone; with many
-    # quantized layers, 1e-6 differences flip a few roundings downstream).
-    feats = list(calib.features[:2])
-    assert max_abs_diff(make_session(q.proto.SerializeToString()), sim, feats) < 1e-4
+    # Same input grid, same weight grid: only float rounding differs. ORT's fp32 kernels differ
+    # from PyTorch's by ~1e-6 before the QuantizeLinear, which can move an input that sits on a
+    # rounding boundary by one step (a 3.45e-4 log-prob change was seen after an upstream graph
+    # change); so: almost every value within 1e-4, and no value off by more than a few steps.
+    session = make_session(q.proto.SerializeToString())
+    diffs = []
+    with torch.inference_mode():
+        for feats in calib.features[:2]:
+            ref, ref_len = sim.eval()(feats[None], torch.tensor([feats.shape[-1]]))
+            out, n = ort_log_probs(session, feats)
+            assert n == int(ref_len[0])
+            diffs.append(np.abs(out[:n] - ref[0, :n].numpy()).ravel())
+    diffs = np.concatenate(diffs)
+    # Measured here: right ranges 0.5 % of values > 1e-4, median 5e-7; the input scale x1.3:
+    # 83 % > 1e-4, median 3.6e-4.
+    assert np.mean(diffs > 1e-4) < 0.05, f"{np.mean(diffs > 1e-4):.2%} of values off by > 1e-4"
+    assert np.median(diffs) < 1e-5 and diffs.max() < 5e-3
 
 
 def test_widths_without_kernel_are_rounded_up_and_listed(model, export):
