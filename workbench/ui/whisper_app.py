@@ -26,7 +26,7 @@ from workbench.ui.compress_tab import CompressTab
 from workbench.ui.controller import Controller
 from workbench.engine.costs import CostCache
 from workbench.ui.css import STYLE
-from workbench.ui.errors import ErrorArea
+from workbench.ui.error_area import ErrorArea
 from workbench.ui.header import Header
 from workbench.ui.listen_tab import ListenTab
 from workbench.ui.state import AppState
