@@ -13,7 +13,8 @@ partition those axes. A group is accepted only if:
       with that unit's consumer columns zeroed, on the example input (`surgery.check_groups`:
       one run with the weakest unit of every group removed; per group only if that fails).
 Kind, for plans and the UI: "heads" if the units meet in attention, "channels" if they are a
-conv's output channels, else "neurons". The path is the deepest module holding all members.
+conv's output channels, else "neurons". The path is the deepest module holding all members
+(the producing module's when that is the root or already taken).
 """
 from __future__ import annotations
 
@@ -112,7 +113,10 @@ def structure_from_units(model: nn.Module, example: tuple, units: Units,
     refusals: list[Refusal] = []
     for axes, roots in families.items():
         path = _common_module([n for n, _ in axes])
-        if any(g.path == path for g in groups) or any(r.path == path for r in refusals):
+        if not path or any(g.path == path for g in groups) or any(r.path == path
+                                                                  for r in refusals):
+            # the root (e.g. a stem conv feeding the next conv: "" says nothing) or a taken
+            # path: name it by the module(s) that produce the units
             path = _common_module([n for n, d in axes if d == 0]) or path
         blocked = [units.blocked[r] for r in roots if r in units.blocked]
         if blocked:
