@@ -130,8 +130,8 @@ def fit(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], n_items: i
     """The one training loop of the workbench (CTC training, distillation recovery, QAT,
     progressive pruning): AdamW (weight decay on matrices only), linear warm-up + cosine decay
     (`lr_at`), length-bucketed shuffled batches of at most cfg.max_batch_frames padded frames,
-    gradient clipping, a wall-clock budget (cfg.max_minutes), a progress bar, a per-step log,
-    resumable state files.
+    gradient clipping, a wall-clock budget (cfg.max_minutes; the schedule follows whichever of
+    steps and minutes is further along), a progress bar, a per-step log, resumable state files.
 
     `cfg`: any config with steps, lr, warmup, weight_decay, max_batch_frames, grad_clip, seed,
     max_minutes (checkpoint_every optional). `frames[i]`: length of item i (for batching).
@@ -161,7 +161,7 @@ def fit(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], n_items: i
         if not batches:
             batches = make_batches(sized, cfg.max_batch_frames, rng)
         terms = step_loss(batches.pop(), step)
-        lr = lr_at(step, cfg)
+        lr = lr_at(_schedule_step(step, cfg, time.perf_counter() - start), cfg)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -189,6 +189,15 @@ def fit(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], n_items: i
     if state_path is not None:
         _save_state(state_path, model, opt, step, history)
     return history
+
+
+def _schedule_step(step: int, cfg: Any, elapsed_s: float) -> int:
+    """The step the lr schedule is at: with a wall-clock budget, the further along of steps and
+    time, so a run the budget ends early still decays its learning rate (and equal-minute
+    comparisons give every recipe a full schedule)."""
+    if cfg.max_minutes is None:
+        return step
+    return max(step, min(cfg.steps, int(elapsed_s / (60 * cfg.max_minutes) * cfg.steps)))
 
 
 @dataclass(frozen=True)
