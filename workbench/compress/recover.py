@@ -81,6 +81,7 @@ class RecoverConfig:
 class Recovered:
     model: torch.nn.Module
     history: tuple[dict, ...]   # per step: loss terms, lr, seconds
+    events: tuple[dict, ...] = ()  # progressive pruning: one entry per pruning event
 
 
 class FakeQuantSTE(torch.nn.Module):
