@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from toys import torchaudio_conformer, torchaudio_wav2vec2
 from workbench.compress.prune import count_to_remove
 from workbench.errors import PlanError
 from workbench.graph import PrunedSelfAttention, count_params, discover, prune
@@ -22,25 +23,14 @@ PLAN = {"neurons": 0.5, "heads": 0.25, "channels": 0.25}
 
 @pytest.fixture(scope="module")
 def conformer():
-    from torchaudio.models import Conformer
-    torch.manual_seed(0)
-    model = Conformer(input_dim=D, num_heads=H, ffn_dim=FF, num_layers=LAYERS,
-                      depthwise_conv_kernel_size=K).eval()
+    model = torchaudio_conformer(D, H, FF, LAYERS, K)
     example = (torch.randn(2, 50, D), torch.tensor([50, 40]))
     return model, example, discover(model, example)
 
 
 @pytest.fixture(scope="module")
 def wav2vec2():
-    from torchaudio.models import wav2vec2_model
-    torch.manual_seed(0)
-    model = wav2vec2_model(
-        extractor_mode="group_norm", extractor_conv_layer_config=[(64, 10, 5), (64, 3, 2)],
-        extractor_conv_bias=False, encoder_embed_dim=128, encoder_projection_dropout=0.0,
-        encoder_pos_conv_kernel=16, encoder_pos_conv_groups=8, encoder_num_layers=2,
-        encoder_num_heads=4, encoder_attention_dropout=0.0, encoder_ff_interm_features=256,
-        encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=False,
-        encoder_layer_drop=0.0, aux_num_out=32).eval()
+    model = torchaudio_wav2vec2(aux_num_out=32)
     example = (torch.randn(1, 3200),)
     return model, example, discover(model, example)
 
