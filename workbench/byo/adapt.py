@@ -184,16 +184,19 @@ def _wav2vec2(model: nn.Module, ctc: nn.Module | None) -> dict[str, Any]:
         tr = enc.encoder.transformer
         return h if tr.layer_norm_first else tr.layer_norm(h)
 
-    aux = model.aux
+    # the output layer (aux) becomes the CTC head when it has the vocabulary's size; either way
+    # it leaves the encoder: the adapted model never runs it, and a dead copy would be priced by
+    # size() but dropped from the ONNX file (measured: 3,741 parameters on a d 128 model)
+    aux, model.aux = model.aux, None
     if ctc is None and isinstance(aux, nn.Linear) and aux.out_features == len(VOCAB):
-        ctc = copy.deepcopy(aux)
+        ctc = aux
     return dict(source=f"torchaudio {type(model).__name__}", features="waveform", n_mels=1,
                 d_model=d, stem=stem, blocks=list(transformer.layers), call=call, final=final,
                 roles=(("encoder.feature_extractor*", "front-end"),
                        ("encoder.encoder.feature_projection*", "front-end"),
                        ("*pos_conv_embed*", "front-end"),
                        ("*.attention*", "attention"), ("*.feed_forward*", "ffn"),
-                       ("*layer_norm*", "norm"), ("ctc*", "head"), ("encoder.aux*", "head")),
+                       ("*layer_norm*", "norm"), ("ctc*", "head")),
                 ctc=ctc)
 
 
