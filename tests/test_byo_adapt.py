@@ -167,7 +167,7 @@ def test_custom_adapter_runs(conformer):
                            raw(x.transpose(1, 2), lengths)[0])
 
 
-def test_the_callers_model_and_head_are_never_changed(conformer):
+def test_the_callers_model_and_head_are_never_changed(conformer, wav2vec2):
     """adapt() and the public AdaptedCTC constructor work on a private copy: the caller's block
     list is not emptied, their CTC head is not switched to eval nor shared."""
     from workbench.byo import AdaptedConfig, AdaptedCTC
@@ -185,3 +185,5 @@ def test_the_callers_model_and_head_are_never_changed(conformer):
                         list(raw.conformer_layers), lambda b, h, m: b(h, m), head, ())
     assert len(raw.conformer_layers) == layers and len(direct.blocks) == layers
     assert not any(p is q for p in direct.parameters() for q in raw.parameters())
+    raw_w2v, _ = wav2vec2
+    assert isinstance(raw_w2v.aux, nn.Linear)  # its output layer moved out of the copy only
