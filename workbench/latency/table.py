@@ -2,7 +2,7 @@
 
 Each row says how much work a layer does after compression: its kept widths (structured pruning
 and low rank change the module shapes, so the shapes are read from the compressed model), its
-weight bits, and its unstructured sparsity. Built from a shape pass of `workbench.profile`:
+weight bits, and its unstructured sparsity. Built from a shape pass of `workbench.layer_profile`:
 
     layer_table(model, 4.0)                          fp32 (or bits given per path)
     layer_table(model, 4.0, {"blocks.*": 8})         weight bits per module path / fnmatch pattern
@@ -25,7 +25,7 @@ from torch import nn
 
 from workbench.errors import WorkbenchError
 from workbench.plan import CompressionPlan
-from workbench.profile import Profile, profile
+from workbench.layer_profile import Profile, profile
 from workbench.compress.resolution import resolve
 from workbench.compress.techniques import techniques
 
@@ -81,7 +81,7 @@ class LayerTable:
 
     layers: tuple[EffectiveLayer, ...]
     audio_seconds: float
-    peak_activation_bytes: int      # fp32 estimate (workbench.profile docstring)
+    peak_activation_bytes: int      # fp32 estimate (workbench.layer_profile docstring)
 
     @property
     def weight_bytes(self) -> int:
