@@ -9,33 +9,20 @@ import numpy as np
 import pytest
 import torch
 
+from toys import Letters, tiny_whisper_asr
 from workbench.evaluate import EvalSet
-from workbench.models.whisper_ctc import WhisperCTCConfig
-from workbench.models.whisper_decoder import WhisperDecoderConfig
-from workbench.models.whisper_full import DecodeRules, WhisperASR
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
 
 torch.set_num_threads(1)
 pytest.importorskip("onnxruntime")
 
 
-class _Letters:
-    def decode(self, ids):
-        return " ".join("abcdefghijklmnopqrstuvwxyz"[t % 26] * 2 for t in ids)
+_Letters = Letters
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    rules = DecodeRules(prompt=(50, 51), eot=49, suppress=(50, 51), suppress_begin=(0, 49),
-                        timestamp_begin=52)
-    m = WhisperASR(WhisperCTCConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, n_ctx=1500,
-                                    head_dim=16),
-                   WhisperDecoderConfig(n_vocab=60, n_ctx=64, d_model=32, n_heads=4, n_layers=2,
-                                        d_ff=64), rules).eval()
-    with torch.no_grad():
-        m.decoder.positional_embedding.normal_(0, 0.1)
-    return m
+    return tiny_whisper_asr(n_ctx=1500)
 
 
 def _plan():

@@ -3,31 +3,18 @@ cached encoder output; an encoder change restarts at the block it touches."""
 import pytest
 import torch
 
+from toys import Letters, tiny_whisper_asr
 from workbench.evaluate import EvalSet
-from workbench.models.whisper_ctc import WhisperCTCConfig
-from workbench.models.whisper_decoder import WhisperDecoderConfig
-from workbench.models.whisper_full import DecodeRules, WhisperASR
 
 torch.set_num_threads(1)
 
 
-class _Letters:
-    """Stub tokenizer: token t -> a letter, so transcripts are words the scorer can compare."""
-
-    def decode(self, ids):
-        return " ".join("abcdefghijklmnopqrstuvwxyz"[t % 26] * 2 for t in ids)
+_Letters = Letters
 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    enc = WhisperCTCConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, n_ctx=200, head_dim=16)
-    dec = WhisperDecoderConfig(n_vocab=60, n_ctx=64, d_model=32, n_heads=4, n_layers=2, d_ff=64)
-    rules = DecodeRules(prompt=(50, 51), eot=49, suppress=(50, 51), suppress_begin=(0, 49),
-                        timestamp_begin=52)
-    model = WhisperASR(enc, dec, rules).eval()
-    with torch.no_grad():
-        model.decoder.positional_embedding.normal_(0, 0.1)
+    model = tiny_whisper_asr()
     feats = tuple(torch.randn(80, n) for n in (30, 45, 22, 60, 38, 27))
     es = EvalSet("toy", None, tuple(f"u{i}" for i in range(6)), ("aa bb",) * 6, feats)
     from workbench.whisper_session import WhisperSession

@@ -170,7 +170,7 @@ def accuracy_rows(ort_model, sim: nn.Module, original: nn.Module, tokenizer, eva
     """Per set: ORT WER / CER vs the simulation (weights on the plan's grid + ORT's run-time
     uint8 rounding of the inputs of its int8-dynamic layers) and the uncompressed model."""
     from workbench.evaluate import score
-    from workbench.export.report import worst
+    from workbench.export.report import pooled_wer, worst
     from workbench.export.verify import by_length
     from workbench.whisper_eval import evaluate_whisper, ort_dynamic_activations
 
@@ -196,13 +196,7 @@ def accuracy_rows(ort_model, sim: nn.Module, original: nn.Module, tokenizer, eva
                      "utterances_transcribed_differently": sum(
                          a.hypothesis != b.hypothesis for a, b in zip(per, s.per_utterance)),
                      "worst_utterances": worst(per)})
-    overall = {}
-    if refs:
-        w_o, w_s = score(refs, ort_all)[0], score(refs, sim_all)[0]
-        overall = {"sets": [e.name for e in eval_sets], "utterances": len(refs),
-                   "words": sum(len(r.split()) for r in refs), "wer_ort": round(w_o, 4),
-                   "wer_sim": round(w_s, 4), "wer_abs_diff": round(abs(w_o - w_s), 4)}
-    return rows, overall
+    return rows, pooled_wer(eval_sets, refs, ort_all, sim_all)
 
 
 @torch.inference_mode()

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from workbench.export.model_card import (SET_TITLES, SOURCES, _table, accuracy_section,
-                                         front_matter, methods, plan_table)
+                                         front_matter, methods, plan_table, rounded_sentence,
+                                         worst_examples)
 
 INTERFACE = (
     "`encoder.onnx`: `mel` (1, 80, T) float32 log-mel at 100 frames/s (the audio followed by 1 s "
@@ -37,12 +38,10 @@ def failure_modes(report: Mapping[str, Any]) -> list[str]:
     for row in report["accuracy"]:
         if row.get("worst_utterances"):
             out.append(f"{SET_TITLES.get(row['set'], row['set'])}: worst examples: " +
-                       "; ".join(f"\"{w['reference']}\" -> \"{w['hypothesis']}\""
-                                 for w in row["worst_utterances"]) + ".")
-    rounded = report.get("rounded_up") or []
+                       worst_examples(row["worst_utterances"]) + ".")
+    rounded = rounded_sentence(report.get("rounded_up") or [])
     if rounded:
-        out.append("Layers not run as planned (rounded up or changed, see the plan table): " +
-                   ", ".join(f"`{p}`" for p in rounded) + ".")
+        out.append(rounded)
     if any(r["input_quantized_at_run_time"] for r in report["layers"]):
         out.append("int8 dynamic layers quantize their input to uint8 at run time; the "
                    "simulated WER includes that rounding (per item).")
