@@ -37,7 +37,7 @@ def test_all_zero_input_is_left_alone():
 
 
 def test_emulated_simulation_is_closer_to_onnxruntime(tiny_conformer):
-    from workbench.export.bench import int8_plan
+    from workbench.export.reference_plans import int8_plan
     from workbench.export.pipeline import build_export
     from workbench.export.verify import make_session, ort_log_probs
     export = build_export(tiny_conformer, int8_plan())
@@ -63,8 +63,8 @@ def test_each_emulated_layer_equals_onnxruntime_given_the_same_input(tiny_confor
     import onnx
     from onnx import TensorProto, helper
 
-    from workbench.export.bench import int8_plan
-    from workbench.export.calibration import feature_feeds
+    from workbench.export.reference_plans import int8_plan
+    from workbench.export.calibration_set import feature_feeds
     from workbench.export.pipeline import build_export
     from workbench.export.verify import make_session
     export = build_export(tiny_conformer, int8_plan())

@@ -130,7 +130,7 @@ def test_fp16_plan(model, export, features):
 
 
 def test_static_activation_quantization_uses_the_simulated_ranges(model, export):
-    from workbench.export.calibration import (calibration_batches, feature_reader,
+    from workbench.export.calibration_set import (calibration_batches, feature_reader,
                                               load_calibration_set)
     from workbench.export.structural import activation_ranges
     from workbench.paths import CALIB

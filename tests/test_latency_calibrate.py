@@ -8,7 +8,7 @@ import torch
 
 from workbench.latency import load_device, predict_latency
 from workbench.latency._onnx import matmul_nodes_by_module
-from workbench.latency.calibrate import calibrate
+from workbench.latency.fit_host import calibrate
 from workbench.models import build_model
 from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workbench.compress.calibration import Calibration, taylor_gradients
+from workbench.compress.calibration_stats import Calibration, taylor_gradients
 from workbench.compress.importance import has_glu
 from workbench.compress.lowrank import LowRankLinear, choose_rank
 from workbench.compress.prune import count_to_remove, keep_indices

@@ -219,7 +219,7 @@ def cmd_verify_arm64(args: argparse.Namespace) -> int:
     if args.plan:
         plan = read_plan(Path(args.plan))
     else:
-        from workbench.export.bench import int8_plan
+        from workbench.export.reference_plans import int8_plan
         plan = int8_plan()
     model = load_checkpoint(args.checkpoint) if args.checkpoint else load_demo()
     eval_set = load_eval_set(Path(args.manifest) if args.manifest else REAL_TEST,

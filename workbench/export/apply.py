@@ -24,7 +24,7 @@ from torch import nn
 from workbench.errors import PlanError
 from workbench.evaluate import EvalSet, load_eval_set
 from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_atomic
-from workbench.export.calibration import CALIB_UTTERANCES, load_calibration_set
+from workbench.export.calibration_set import CALIB_UTTERANCES, load_calibration_set
 from workbench.export.errors import OutputExistsError
 from workbench.export.model_card import render
 from workbench.export.onnx_export import OPSET

@@ -23,7 +23,7 @@ from torch import nn
 from workbench.evaluate import EvalSet, evaluate, load_eval_set
 from workbench.export.apply import ApplyOptions, check_output_dir, check_plan_fits, read_plan
 from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_atomic
-from workbench.export.calibration import load_calibration_set
+from workbench.export.calibration_set import load_calibration_set
 from workbench.export.executorch import (DELIVERABLE_PTE, PteExport, PteSession, build_pte,
                                          delegated_ops, load_average, pte_latency_ms, runs_as,
                                          set_threads)

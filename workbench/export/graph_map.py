@@ -49,5 +49,10 @@ def weight_nodes(proto: onnx.ModelProto) -> list[WeightNode]:
 def nodes_of_layer(nodes: list[WeightNode], path: str, kind: str) -> list[WeightNode]:
     """The weight nodes of plan layer `path` of kind "linear" or "conv"."""
     ops = LINEAR_OPS if kind == "linear" else CONV_OPS
+    # or by the weight's own name: a conv followed by a BatchNorm is fused by the exporter's
+    # optimizer into one Conv that carries the norm's scope but keeps the conv's weight name
+    # (measured on torchaudio's Conformer conv module: "...sequential.3" holding
+    # "...sequential.2.weight")
     return [n for n in nodes if n.op_type in ops
-            and (n.module == path or n.module.startswith(path + "."))]
+            and (n.module == path or n.module.startswith(path + ".")
+                 or n.weight.startswith(path + "."))]

@@ -19,7 +19,7 @@ import torch
 
 from workbench.decode import greedy_decode
 from workbench.evaluate import EvalSet, UtteranceResult, score
-from workbench.export.calibration import feature_feeds
+from workbench.export.calibration_set import feature_feeds
 from workbench.features import FRAMES_PER_SECOND
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from workbench.errors import WorkbenchError
-from workbench.profile import FEATURE_FRAMES_PER_SECOND
+from workbench.layer_profile import FEATURE_FRAMES_PER_SECOND
 
 #: Longest input the exported graph is traced for, in mel frames (Whisper's 30 s).
 MAX_FRAMES = 3000

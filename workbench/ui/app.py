@@ -31,7 +31,7 @@ from workbench.ui.conditions_tab import ConditionsTab
 from workbench.ui.controller import Controller
 from workbench.engine.costs import CostCache
 from workbench.ui.css import STYLE
-from workbench.ui.errors import ErrorArea
+from workbench.ui.error_area import ErrorArea
 from workbench.ui.export_tab import ExportTab
 from workbench.ui.header import Header
 from workbench.ui.listen_tab import ListenTab

@@ -1,6 +1,6 @@
 """`workbench bench latency`: does the host prediction match fresh ONNX Runtime measurements?
 
-1. Build the fixed calibration variants (workbench.latency.calibrate); the host profile is
+1. Build the fixed calibration variants (workbench.latency.fit_host); the host profile is
    fitted on them in memory (the user's cached calibration is neither read nor written).
 2. Draw `n_plans` random plans of the demo model (seeded; a holdout: none is a calibration
    variant): per block, attention heads pruned 0-50 %, FFN neurons pruned 0-75 %, FFN Linears
@@ -25,7 +25,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from workbench.latency.calibrate import (CALIBRATION_SECONDS, build_variant, calibration_plans,
+from workbench.latency.fit_host import (CALIBRATION_SECONDS, build_variant, calibration_plans,
                                         default_model, fit_record, fitted_host,
                                         measure_variants)
 from workbench.latency.cost import predict_latency, price_table

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.compress.calibration import CalibrationBatch
+from workbench.compress.calibration_stats import CalibrationBatch
 from workbench.decode import encode_text
 from workbench.evaluate import EvalSet, load_eval_set
 
