@@ -155,6 +155,24 @@ def test_norm_over_hidden_units_is_refused_with_the_reason():
         structure.group("")
 
 
+def test_discover_leaves_a_training_model_as_it_was():
+    """The recorded run is in eval mode: BatchNorm statistics untouched, dropout off (same
+    groups as on the eval model), every module's mode restored after."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(24, 16)).train()
+    model[3].eval()  # a mixed-mode model keeps its mixed modes
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    example = (torch.randn(8, 16),)
+    structure = discover(model, example)
+    assert [m.training for m in model.modules()] == [True, True, True, True, False, True]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    reference = discover(copy.deepcopy(model).eval(), example)
+    assert [(g.path, g.kind, g.size) for g in structure.groups] == [
+        (g.path, g.kind, g.size) for g in reference.groups] != []
+
+
 def test_tied_weights_stay_tied_and_count_once():
     class Tied(nn.Module):
         def __init__(self) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workbench.graph.units import Member, Units, record_units
+from workbench.graph.units import Member, Units, eval_mode, record_units
 
 Axis = tuple[str, int]  # (parameter name, dim)
 _ROLE = {"heads": "attention", "neurons": "ffn", "channels": "conv"}
@@ -96,9 +96,12 @@ def _tensor(model: nn.Module, name: str) -> torch.Tensor:
 
 
 def discover(model: nn.Module, example: tuple, verify: bool = True) -> Structure:
-    """Prunable groups of `model` found from one recorded run on `example` (see module doc)."""
-    units = record_units(model, example)
-    return structure_from_units(model, example, units, verify)
+    """Prunable groups of `model` found from one recorded run on `example` (see module doc).
+    Runs in eval mode (dropout off, BatchNorm statistics untouched); `model`'s modes are
+    restored."""
+    with eval_mode(model):
+        units = record_units(model, example)
+        return structure_from_units(model, example, units, verify)
 
 
 def structure_from_units(model: nn.Module, example: tuple, units: Units,
