@@ -206,8 +206,15 @@ def test_unknown_group_or_bad_amount_is_refused(conformer):
 
 def test_copy_is_deep(conformer):
     model, _, structure = conformer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     pruned = prune(model, structure, {"neurons": 0.5})
-    assert pruned.model is not model and copy.deepcopy(pruned.model) is not None
+    tensors = [*pruned.model.parameters(), *pruned.model.buffers()]
+    assert {t.data_ptr() for t in tensors}.isdisjoint(
+        t.data_ptr() for t in [*model.parameters(), *model.buffers()])
+    with torch.no_grad():  # an in-place edit of the pruned copy leaves the model alone
+        for t in tensors:
+            t.add_(1.0) if t.is_floating_point() else t.add_(1)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_graph_rounding_is_compress_rounding():
