@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from toys import torchaudio_conformer, torchaudio_wav2vec2
 from workbench import compress, size
 from workbench.byo import adapt
 from workbench.models import VOCAB
@@ -50,25 +51,12 @@ def _random_norms(model: nn.Module) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def wav2vec2():
-    from torchaudio.models import wav2vec2_model
-    torch.manual_seed(0)
-    raw = wav2vec2_model(
-        extractor_mode="group_norm", extractor_conv_layer_config=[(64, 10, 5), (64, 3, 2)],
-        extractor_conv_bias=False, encoder_embed_dim=128, encoder_projection_dropout=0.0,
-        encoder_pos_conv_kernel=16, encoder_pos_conv_groups=8, encoder_num_layers=2,
-        encoder_num_heads=4, encoder_attention_dropout=0.0, encoder_ff_interm_features=256,
-        encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=False,
-        encoder_layer_drop=0.0, aux_num_out=len(VOCAB)).eval()
-    return adapt(_random_norms(raw))
+    return adapt(_random_norms(torchaudio_wav2vec2(aux_num_out=len(VOCAB))))
 
 
 @pytest.fixture(scope="module")
 def conformer():
-    from torchaudio.models import Conformer
-    torch.manual_seed(0)
-    raw = Conformer(input_dim=80, num_heads=4, ffn_dim=256, num_layers=2,
-                    depthwise_conv_kernel_size=31).eval()
-    return adapt(_random_norms(raw))
+    return adapt(_random_norms(torchaudio_conformer()))
 
 
 def _initializer_bytes(fp32: bytes) -> int:
