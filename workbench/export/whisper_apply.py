@@ -62,7 +62,7 @@ def tag_modules(proto, index: dict[str, str | None]) -> None:
     weight (in place)."""
     from onnx import numpy_helper
 
-    from workbench.export.onnx_export import MODULE_KEY
+    from workbench.onnx_tools.exporter import MODULE_KEY
     inits = {i.name: i for i in proto.graph.initializer}
     for node in proto.graph.node:
         slot = 0 if node.op_type == "Gather" else 1
@@ -82,7 +82,7 @@ def _embedding_as_simulated(proto, sim: nn.Module) -> None:
     """The Gather tables (input embedding) take the simulation's rounded weight values."""
     from onnx import numpy_helper
 
-    from workbench.export.onnx_export import node_module
+    from workbench.onnx_tools.exporter import node_module
     inits = {i.name: i for i in proto.graph.initializer}
     for node in proto.graph.node:
         path = node_module(node) if node.op_type == "Gather" else None
@@ -244,8 +244,8 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
     import onnx
 
     from workbench.compress import compress
-    from workbench.export.graph_map import nodes_of_layer, weight_nodes
-    from workbench.export.onnx_export import to_bytes
+    from workbench.onnx_tools.graph_map import nodes_of_layer, weight_nodes
+    from workbench.onnx_tools.exporter import to_bytes
     from workbench.export.ort_quantize import plan_decisions, quantize_graph
     from workbench.export.structural import structural_plan
     from workbench.export.whisper_onnx import export_whisper
