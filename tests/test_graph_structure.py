@@ -205,13 +205,20 @@ def test_unknown_group_or_bad_amount_is_refused(conformer):
 
 
 def test_copy_is_deep(conformer):
-    model, _, structure = conformer
-    pruned = prune(model, structure, {"neurons": 0.5})
-    assert pruned.model is not model and copy.deepcopy(pruned.model) is not None
+    model, example, structure = conformer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = prune(model, structure, {"neurons": 0.0, "heads": 0.0}).model   # same shapes
+    ours = {p.data_ptr() for p in model.parameters()}
+    assert ours.isdisjoint(p.data_ptr() for p in pruned.parameters())        # no shared storage
+    with torch.no_grad():
+        for p in pruned.parameters():
+            p.add_(1.0)                                                       # edit the copy
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_graph_rounding_is_compress_rounding():
+def test_one_rounding_rule_for_graph_and_compress():
     from workbench.graph.surgery import count_to_remove as graph_count
-    for n in (1, 2, 3, 4, 7, 80, 256):
-        for amount in (0.0, 0.1, 0.25, 0.5, 0.75, 0.99):
-            assert graph_count(n, amount) == count_to_remove(n, amount)
+    assert graph_count is count_to_remove          # compress.prune re-exports the graph's rule
+    assert [count_to_remove(n, a) for n, a in ((1536, 0.5), (6, 0.25), (4, 0.25), (80, 0.25),
+                                               (2, 0.99), (5, 0.5))] == [768, 2, 1, 20, 1, 3]
+    assert count_to_remove(2, 0.99, keep_one=False) == 2

@@ -16,12 +16,13 @@ from workbench.export.model_card import (SET_TITLES, SOURCES, _table, accuracy_s
 
 INTERFACE = (
     "`encoder.onnx`: `mel` (1, 80, T) float32 log-mel at 100 frames/s (the audio followed by 1 s "
-    "of silence) -> `enc` (1, T/2, 384). `decoder_init.onnx`: `tokens` (1, 2) the prompt "
-    "`<|startoftranscript|><|notimestamps|>`, `enc` (1, 1500, 384) = the audio's encoding "
-    "followed by the encoding of 30 s of silence -> `logits` (1, 1, vocab), per layer "
-    "`present_key_i` / `present_value_i` and `cross_key_i` / `cross_value_i`. "
-    "`decoder_step.onnx`: one token + the past and cross keys/values -> `logits`, new "
-    "`present_*`. Greedy loop: `workbench.export.whisper_onnx.OrtWhisper`.")
+    "of silence) -> `enc` (1, T/2, 384). `cross_kv.onnx`: `enc` (1, 1500, 384) = the audio's "
+    "encoding followed by the encoding of 30 s of silence -> per layer `cross_key_i` / "
+    "`cross_value_i`. `decoder.onnx`: `tokens` (1, L), per layer `past_key_i` / `past_value_i` "
+    "(1, H, P, 64) and the cross keys/values -> `logits` (1, 1, vocab) of the last token and "
+    "`present_*` (P + L positions); the prompt pass feeds the prompt "
+    "`<|startoftranscript|><|notimestamps|>` with an empty past (P = 0), each step one token. "
+    "Greedy loop: `workbench.export.whisper_onnx.OrtWhisper`.")
 
 
 def failure_modes(report: Mapping[str, Any]) -> list[str]:

@@ -18,7 +18,6 @@ conv's output channels, else "neurons". The path is the deepest module holding a
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -157,8 +156,3 @@ def structure_from_units(model: nn.Module, example: tuple, units: Units,
     groups.sort(key=lambda g: [n for n, _ in model.named_parameters()].index(g.axes[0][0])
                 if g.axes[0][0] in dict(model.named_parameters()) else 0)
     return Structure(tuple(groups), tuple(refusals), units.ops)
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy (the user's model is never changed)."""
-    return copy.deepcopy(model)
