@@ -67,7 +67,7 @@ def _initializer_bytes(fp32: bytes) -> int:
 
 
 def _ort_diff(export, inputs: tuple[torch.Tensor, torch.Tensor]) -> float:
-    from workbench.export.verify import make_session
+    from workbench.onnx_tools.runtime import make_session
     session = make_session(export.fp32)
     names = [i.name for i in session.get_inputs()]
     got = session.run(None, dict(zip(names, (t.numpy() for t in inputs), strict=True)))[0]

@@ -58,7 +58,7 @@ def test_int8_layers_are_delegated_to_xnnpack(applied):
 def test_pte_runs_in_the_executorch_runtime_at_any_length(applied, small):
     from workbench.compress import compress
     from workbench.export.executorch import PteSession
-    from workbench.export.calibration_set import feature_feeds
+    from workbench.onnx_tools.runtime import feature_feeds
     out, _ = applied
     session = PteSession((out / "model.pte").read_bytes())
     sim = compress(small, int8_plan())

@@ -145,7 +145,7 @@ def _optimized_nodes(path, tmp_path) -> int:
 @pytest.mark.parametrize("layers", [2, 3])
 def test_step_extra_node_count_is_what_the_onnx_runtime_graphs_show(layers: int, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
-    from workbench.latency._onnx import export_onnx
+    from workbench.onnx_tools.exporter import export_fp32, to_bytes
     from workbench.streaming.onnx_step import export_step
     from workbench.streaming.report import STEP_NODES_FIXED, STEP_NODES_PER_BLOCK
 
@@ -153,7 +153,8 @@ def test_step_extra_node_count_is_what_the_onnx_runtime_graphs_show(layers: int,
     model = WhisperCTC(WhisperCTCConfig(n_mels=80, d_model=32, n_heads=2, n_layers=layers,
                                         d_ff=64, n_ctx=400, head_dim=16)).eval()
     step = export_step(model, StreamConfig(chunk=12, lookahead=3, left=20), tmp_path / "step.onnx")
-    full = export_onnx(model, tmp_path / "full.onnx", example_seconds=1.0)
+    full = tmp_path / "full.onnx"
+    full.write_bytes(to_bytes(export_fp32(model, example_frames=100)))
     extra = _optimized_nodes(step, tmp_path) - _optimized_nodes(full, tmp_path)
     assert extra == STEP_NODES_PER_BLOCK * layers + STEP_NODES_FIXED
 
