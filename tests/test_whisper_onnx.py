@@ -99,3 +99,45 @@ def test_ort_dynamic_activations_hooks_only_int8_layers_and_unhooks(exported):
         n_hooks = sum(len(m._forward_pre_hooks) for m in hooked.modules())
     assert n_hooks == 1
     assert sum(len(m._forward_pre_hooks) for m in q.modules()) == 0
+
+
+def test_encoder_computes_its_position_table_instead_of_storing_it(exported):
+    """The sinusoid table (1500 x 32 fp32 here, 2.3 MB on tiny.en) is not in encoder.onnx, and
+    the graph's own table gives the model's output at every position (30 s input)."""
+    import onnx
+    from onnx import numpy_helper
+    from workbench.export.whisper_onnx import OrtWhisper
+    model, paths = exported
+    proto = onnx.load(str(paths["encoder"]))
+    tensors = list(proto.graph.initializer) + [a.t for n in proto.graph.node
+                                               if n.op_type == "Constant" for a in n.attribute]
+    assert max(numpy_helper.to_array(t).size for t in tensors) < 1500 * 32
+    torch.manual_seed(5)
+    mel = torch.randn(80, 3000)
+    got = OrtWhisper(paths, model.rules, 2).encode(mel.numpy())
+    ref = model.encoder.encode(mel[None])[0].detach().numpy()
+    assert got.shape == ref.shape == (1, 1500, 32)
+    assert np.abs(got - ref).max() < 2e-3          # fp32 sums over 1500 positions differ a bit
+
+
+def test_in_graph_position_table_is_bit_exact(tmp_path):
+    """The formula the encoder graph evaluates (float64 Sin / Cos, rounded to fp16) gives the
+    model's table exactly, at a length it was not traced with."""
+    import warnings
+
+    import onnxruntime as ort
+    from workbench.models.whisper_ctc import whisper_sinusoids
+
+    class Table(torch.nn.Module):
+        def forward(self, x):
+            return whisper_sinusoids(x.shape[-1], 384)
+
+    path = tmp_path / "table.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Table(), (torch.zeros(1, 10),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["t"],
+                          dynamic_axes={"x": {1: "n"}})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": np.zeros((1, 1500), np.float32)})[0]
+    assert np.array_equal(got, whisper_sinusoids(1500, 384).numpy())

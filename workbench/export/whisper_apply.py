@@ -15,8 +15,13 @@ modules *called*, and the decoder calls methods of its attention modules (`keys_
 `attend`), so `decoder.blocks.0.attn.q_proj` and `...cross_attn.q_proj` both export as
 "/decoder/blocks.0/q_proj*". Each MatMul / Conv weight initializer equals one module's weight (or
 its transpose) exactly, so matching values is unambiguous; a weight two modules share is refused.
-The decoder's input embedding (a Gather on the tied weight) is set to the simulation's rounded
-weight, so ORT embeds tokens as the simulation does.
+The decoder's input embedding (a Gather on the tied weight) reads its rows from the output
+projection's stored weight after quantization (`share_tied_embedding`: int8 per channel, fp16,
+MatMulNBits unpacked in the graph, or fp32), so the tied table is stored once, as
+`workbench.size` prices it, and ORT embeds tokens with the simulation's rounded values.
+
+Storage vs `workbench.size` (`whisper_size_section`): the initializers of the three graphs are
+exactly the priced weights (equal on tiny.en int8); the files add graph structure (~0.3 MB).
 """
 from __future__ import annotations
 
@@ -240,6 +245,9 @@ def check_exportable(model: nn.Module, plan) -> dict:
 def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = False) -> dict:
     """fp32 and plan-quantized graphs in `work` (fp32/, model/), the simulation and the decisions.
 
+    fp32/ is the unquantized reference with the embedding tied like model/; the quantizers run
+    on fp32_untied/ (a Gather reading a MatMul weight would keep ORT from replacing it).
+
     `model` is not changed."""
     import onnx
 
@@ -254,8 +262,15 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
     plan_decisions(layers, strict)                     # refuse early, before the slow part
     structural = compress(model, structural_plan(plan)).eval()
     sim = compress(model, plan).eval()
-    fp32 = export_whisper(structural, work / "fp32")
+    fp32 = export_whisper(structural, work / "fp32_untied")
     index = weight_index(structural)
+    reference = {}                       # the fp32 deliverable: tied embedding stored once too
+    (work / "fp32").mkdir(parents=True, exist_ok=True)
+    for name, path in fp32.items():
+        proto = onnx.load(str(path))
+        share_tied_embedding(proto, tied_pairs(proto))
+        reference[name] = work / "fp32" / path.name
+        reference[name].write_bytes(to_bytes(proto))
     out_dir = work / "model"
     out_dir.mkdir(parents=True, exist_ok=True)
     decisions: dict[str, Any] = {}
@@ -284,7 +299,7 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
     if missing:
         raise ExportError(f"plan layers {missing[:5]} have no weight node in the exported "
                           f"Whisper graphs; were they removed by the structural part of the plan?")
-    return {"fp32": fp32, "model": paths, "sim": sim, "structural": structural,
+    return {"fp32": reference, "model": paths, "sim": sim, "structural": structural,
             "decisions": tuple(decisions[p] for p in layers), "layer_nodes": layer_nodes,
             "notes": notes}
 
