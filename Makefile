@@ -11,6 +11,10 @@ ALLOW_ROOT := $(if $(filter 0,$(USER_ID)),--allow-root,)
 # `make serve` shows tracebacks in the page only when asked: `make serve TRACEBACKS=1`.
 TRACEBACKS ?= 0
 SHOW_TRACEBACKS := $(if $(filter 1 yes true True,$(TRACEBACKS)),True,False)
+# OpenMP threads sleep instead of spinning while they wait: on 2 shared cores the default
+# spin-wait made a torch loop 20x slower at load 5 (workbench/_threads.py has the figures).
+# Exported to every recipe (pytest, its notebook kernels, jupyter, voila, benches).
+export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-installed
 DEBIAN_PKGS := espeak-ng flite festival festvox-kallpc16k sox asterisk-core-sounds-en asterisk-core-sounds-en-wav \

@@ -7,7 +7,7 @@ import torch
 
 from workbench.__main__ import build_parser, main
 from workbench.export.apply import ApplyOptions
-from workbench.export.bench import int4_plan, int8_plan
+from workbench.export.reference_plans import int4_plan, int8_plan
 from workbench.export.errors import UnsupportedBitsError
 from workbench.models import build_model
 from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
@@ -58,7 +58,7 @@ def test_int8_layers_are_delegated_to_xnnpack(applied):
 def test_pte_runs_in_the_executorch_runtime_at_any_length(applied, small):
     from workbench.compress import compress
     from workbench.export.executorch import PteSession
-    from workbench.export.calibration import feature_feeds
+    from workbench.onnx_tools.runtime import feature_feeds
     out, _ = applied
     session = PteSession((out / "model.pte").read_bytes())
     sim = compress(small, int8_plan())

@@ -14,11 +14,11 @@ from workbench.compress import compress
 from workbench.compress.targets import find_targets
 from workbench.export import build_export
 from workbench.export.errors import UnsupportedBitsError
-from workbench.export.onnx_export import INPUT_NAMES, OUTPUT_NAMES
+from workbench.onnx_tools.exporter import INPUT_NAMES, OUTPUT_NAMES
 from workbench.export.ort_quantize import quantize_graph
 from workbench.export.structural import layer_quant
-from workbench.export.verify import (make_session, max_abs_diff, ort_log_probs,
-                                     runtime_op_counts)
+from workbench.export.verify import max_abs_diff, ort_log_probs
+from workbench.onnx_tools.runtime import make_session, runtime_op_counts
 from workbench.models import conformer_ctc
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
 
@@ -130,7 +130,7 @@ def test_fp16_plan(model, export, features):
 
 
 def test_static_activation_quantization_uses_the_simulated_ranges(model, export):
-    from workbench.export.calibration import (calibration_batches, feature_reader,
+    from workbench.export.calibration_set import (calibration_batches, feature_reader,
                                               load_calibration_set)
     from workbench.export.structural import activation_ranges
     from workbench.paths import CALIB

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from toys import torchaudio_conformer, torchaudio_wav2vec2
 from workbench.compress.prune import count_to_remove
 from workbench.errors import PlanError
 from workbench.graph import PrunedSelfAttention, count_params, discover, prune
@@ -22,25 +23,14 @@ PLAN = {"neurons": 0.5, "heads": 0.25, "channels": 0.25}
 
 @pytest.fixture(scope="module")
 def conformer():
-    from torchaudio.models import Conformer
-    torch.manual_seed(0)
-    model = Conformer(input_dim=D, num_heads=H, ffn_dim=FF, num_layers=LAYERS,
-                      depthwise_conv_kernel_size=K).eval()
+    model = torchaudio_conformer(D, H, FF, LAYERS, K)
     example = (torch.randn(2, 50, D), torch.tensor([50, 40]))
     return model, example, discover(model, example)
 
 
 @pytest.fixture(scope="module")
 def wav2vec2():
-    from torchaudio.models import wav2vec2_model
-    torch.manual_seed(0)
-    model = wav2vec2_model(
-        extractor_mode="group_norm", extractor_conv_layer_config=[(64, 10, 5), (64, 3, 2)],
-        extractor_conv_bias=False, encoder_embed_dim=128, encoder_projection_dropout=0.0,
-        encoder_pos_conv_kernel=16, encoder_pos_conv_groups=8, encoder_num_layers=2,
-        encoder_num_heads=4, encoder_attention_dropout=0.0, encoder_ff_interm_features=256,
-        encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=False,
-        encoder_layer_drop=0.0, aux_num_out=32).eval()
+    model = torchaudio_wav2vec2(aux_num_out=32)
     example = (torch.randn(1, 3200),)
     return model, example, discover(model, example)
 
@@ -165,6 +155,24 @@ def test_norm_over_hidden_units_is_refused_with_the_reason():
         structure.group("")
 
 
+def test_discover_leaves_a_training_model_as_it_was():
+    """The recorded run is in eval mode: BatchNorm statistics untouched, dropout off (same
+    groups as on the eval model), every module's mode restored after."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(24, 16)).train()
+    model[3].eval()  # a mixed-mode model keeps its mixed modes
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    example = (torch.randn(8, 16),)
+    structure = discover(model, example)
+    assert [m.training for m in model.modules()] == [True, True, True, True, False, True]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    reference = discover(copy.deepcopy(model).eval(), example)
+    assert [(g.path, g.kind, g.size) for g in structure.groups] == [
+        (g.path, g.kind, g.size) for g in reference.groups] != []
+
+
 def test_tied_weights_stay_tied_and_count_once():
     class Tied(nn.Module):
         def __init__(self) -> None:
@@ -197,13 +205,20 @@ def test_unknown_group_or_bad_amount_is_refused(conformer):
 
 
 def test_copy_is_deep(conformer):
-    model, _, structure = conformer
-    pruned = prune(model, structure, {"neurons": 0.5})
-    assert pruned.model is not model and copy.deepcopy(pruned.model) is not None
+    model, example, structure = conformer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = prune(model, structure, {"neurons": 0.0, "heads": 0.0}).model   # same shapes
+    ours = {p.data_ptr() for p in model.parameters()}
+    assert ours.isdisjoint(p.data_ptr() for p in pruned.parameters())        # no shared storage
+    with torch.no_grad():
+        for p in pruned.parameters():
+            p.add_(1.0)                                                       # edit the copy
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_graph_rounding_is_compress_rounding():
+def test_one_rounding_rule_for_graph_and_compress():
     from workbench.graph.surgery import count_to_remove as graph_count
-    for n in (1, 2, 3, 4, 7, 80, 256):
-        for amount in (0.0, 0.1, 0.25, 0.5, 0.75, 0.99):
-            assert graph_count(n, amount) == count_to_remove(n, amount)
+    assert graph_count is count_to_remove          # compress.prune re-exports the graph's rule
+    assert [count_to_remove(n, a) for n, a in ((1536, 0.5), (6, 0.25), (4, 0.25), (80, 0.25),
+                                               (2, 0.99), (5, 0.5))] == [768, 2, 1, 20, 1, 3]
+    assert count_to_remove(2, 0.99, keep_one=False) == 2

@@ -8,7 +8,7 @@ from torchaudio.models import Conformer, wav2vec2_model
 
 from workbench.errors import WorkbenchError
 from workbench.models import ROLE_NAMES, build_model, conformer_ctc
-from workbench.profile import profile
+from workbench.layer_profile import profile
 
 SECONDS = 2.0
 

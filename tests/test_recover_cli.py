@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from workbench.__main__ import main
-from workbench.export.bench import pruned_int8_plan
+from workbench.export.reference_plans import pruned_int8_plan
 from workbench.models import load_checkpoint, load_demo, model_fingerprint
 from workbench.paths import DATA_DIR
 from workbench.plan import CompressionPlan

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("ipywidgets")
 pytest.importorskip("plotly")
@@ -25,18 +23,14 @@ from workbench.plan import CompressionPlan, LayerConfig, QuantConfig  # noqa: E4
 from workbench.session import plan_key  # noqa: E402
 from workbench.size import size  # noqa: E402
 from workbench.ui import Workbench  # noqa: E402
-from workbench.compress.resolution import plan_for_model, resolve
+from workbench.compress.resolution import plan_for_model, resolve  # noqa: E402
+from toys import random_eval_set  # noqa: E402
 
 COMPRESS_TAB = 1
 
 
 def _eval_set(n: int = 6) -> EvalSet:
-    gen = torch.Generator().manual_seed(0)
-    feats = tuple(torch.randn(80, 120 + 40 * i, generator=gen) for i in range(n))
-    texts = tuple(["hello world", "press one", "thank you", "good bye", "the pound key",
-                   "agent login"][i % 6] for i in range(n))
-    return EvalSet("random", Path("/nonexistent/manifest.jsonl"),
-                   tuple(f"u{i}" for i in range(n)), texts, feats)
+    return random_eval_set(n)
 
 
 @pytest.fixture(scope="module")

@@ -3,33 +3,18 @@ front, restores a point with one click, and can be cancelled."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("ipywidgets")
 pytest.importorskip("plotly")
 
-from workbench.evaluate import EvalSet  # noqa: E402
-from workbench.ui import Workbench  # noqa: E402
-
-
-def _eval_set(n: int = 4) -> EvalSet:
-    gen = torch.Generator().manual_seed(0)
-    feats = tuple(torch.randn(80, 120 + 40 * i, generator=gen) for i in range(n))
-    return EvalSet("random", Path("/nonexistent/manifest.jsonl"),
-                   tuple(f"u{i}" for i in range(n)),
-                   ("hello world", "press one", "thank you", "good bye")[:n], feats)
+from toys import tiny_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def app(tiny_conformer):
-    from workbench.session import Session
-    session = Session(tiny_conformer, _eval_set(), quick_utterances=2)
-    wb = Workbench(tiny_conformer, session.eval_set, device="rpi5", audio_seconds=2.0,
-                   session=session)
-    wb.wait()
+    wb = tiny_app(tiny_conformer, 4)
     yield wb
     wb.session.cancel()
 

@@ -2,36 +2,21 @@
 own, no sleeps), reports progress, can be cancelled, and a slider's WER still comes through."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("ipywidgets")
 pytest.importorskip("plotly")
 
 from workbench.engine.jobs import JOBS  # noqa: E402
-from workbench.evaluate import EvalSet  # noqa: E402
-from workbench.ui import Workbench  # noqa: E402
+from toys import tiny_app  # noqa: E402
 
 WAIT = 900
 
 
-def _eval_set(n: int = 3) -> EvalSet:
-    gen = torch.Generator().manual_seed(0)
-    feats = tuple(torch.randn(80, 120 + 40 * i, generator=gen) for i in range(n))
-    return EvalSet("random", Path("/nonexistent/manifest.jsonl"),
-                   tuple(f"u{i}" for i in range(n)), ("hello world", "press one", "thank you")[:n],
-                   feats)
-
-
 @pytest.fixture(scope="module")
 def app(tiny_conformer):
-    from workbench.session import Session
-    session = Session(tiny_conformer, _eval_set(), quick_utterances=2)
-    wb = Workbench(tiny_conformer, session.eval_set, device="rpi5", audio_seconds=2.0,
-                   session=session)
-    wb.wait()
+    wb = tiny_app(tiny_conformer, 3)
     yield wb
     wb.session.cancel()
 

@@ -7,47 +7,26 @@ the eval set six random-feature utterances: the app does not care what the WER i
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
 
 pytest.importorskip("ipywidgets")
 pytest.importorskip("plotly")
 
-from workbench.evaluate import EvalSet  # noqa: E402
+from toys import Letters, random_eval_set, tiny_whisper_asr  # noqa: E402
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig  # noqa: E402
 from workbench.session import plan_key  # noqa: E402
 
 
-class _Letters:
-    """Tokenizer stand-in for a random model: token t -> a two-letter word."""
-
-    def decode(self, ids):
-        return " ".join("abcdefghijklmnopqrstuvwxyz"[t % 26] * 2 for t in ids)
+_Letters = Letters
 
 
-def _eval_set(n: int = 6) -> EvalSet:
-    gen = torch.Generator().manual_seed(0)
-    feats = tuple(torch.randn(80, 30 + 9 * i, generator=gen) for i in range(n))
-    return EvalSet("random", Path("/nonexistent/manifest.jsonl"),
-                   tuple(f"u{i}" for i in range(n)), ("aa bb",) * n, feats)
+def _eval_set(n: int = 6):
+    return random_eval_set(n, first=30, step=9, texts=("aa bb",) * n)
 
 
 @pytest.fixture(scope="module")
 def whisper_asr():
-    from workbench.models.whisper_ctc import WhisperCTCConfig
-    from workbench.models.whisper_decoder import WhisperDecoderConfig
-    from workbench.models.whisper_full import DecodeRules, WhisperASR
-    torch.manual_seed(0)
-    enc = WhisperCTCConfig(d_model=32, n_heads=4, n_layers=2, d_ff=64, n_ctx=200, head_dim=16)
-    dec = WhisperDecoderConfig(n_vocab=60, n_ctx=64, d_model=32, n_heads=4, n_layers=2, d_ff=64)
-    rules = DecodeRules(prompt=(50, 51), eot=49, suppress=(50, 51), suppress_begin=(0, 49),
-                        timestamp_begin=52)
-    model = WhisperASR(enc, dec, rules).eval()
-    with torch.no_grad():
-        model.decoder.positional_embedding.normal_(0, 0.1)
-    return model
+    return tiny_whisper_asr()
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +51,17 @@ def _plan():
 def test_readouts_are_the_cores_numbers_for_the_plan(app, whisper_asr):
     from workbench.compress import compress
     from workbench.size import size
+    from workbench.whisper_eval import evaluate_whisper
     from workbench.whisper_latency import whisper_latency
     plan = _plan()
     app.set_plan(plan)
     app.wait(120)
     s = app.state
     assert s.wer.plan_key == plan_key(plan) and s.wer.kind == "full"
-    assert s.wer == app.session.evaluate(plan, "full")
+    # an independent run, not the session's cache: compress the whole model, transcribe all
+    ref_wer = evaluate_whisper(compress(whisper_asr, plan), _Letters(), app.session.eval_set)
+    assert s.wer.hypotheses == tuple(u.hypothesis for u in ref_wer.per_utterance)
+    assert s.wer.wer == pytest.approx(ref_wer.wer, abs=1e-12)
     assert "Whisper tiny.en" in s.wer.source
     assert s.size.total_bytes == size(whisper_asr, plan).total_bytes < size(
         whisper_asr, CompressionPlan()).total_bytes

@@ -50,7 +50,7 @@ def test_decoder_compression_lowers_the_per_token_cost(model):
 
 
 def test_scripted_whisper_changes_are_valid_plans():
-    from workbench.whisper_bench import scripted_whisper_changes
+    from workbench.bench.whisper import scripted_whisper_changes
     model = WhisperASR(WhisperCTCConfig(n_layers=2, n_ctx=100),            # tiny.en widths
                        WhisperDecoderConfig(n_vocab=100, n_ctx=16, n_layers=2))
     plans = scripted_whisper_changes(20, seed=0, n_enc=2, n_dec=2)

@@ -17,6 +17,7 @@ The verbs, in pipeline order (DESIGN.md section 1):
 `import workbench` loads the computational core only (torch; no ipywidgets / plotly / onnxruntime).
 The UI lives in `workbench.ui`, the ONNX export in `workbench.export`.
 """
+from workbench import _threads  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 from workbench._version import __version__
 from workbench.byo import adapt
 from workbench.compress import compress, presets
@@ -31,7 +32,7 @@ from workbench.models import (VOCAB, build_model, conformer_ctc, load_checkpoint
                               save_checkpoint, whisper_ctc_pretrained)
 from workbench.paths import CALIB, REAL_TEST, SYNTH_TEST
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
-from workbench.profile import profile
+from workbench.layer_profile import profile
 from workbench.session import Session
 from workbench.size import size
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pages import WER_DONE_JS, one_cell_notebook
+
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 GROUP = "blocks.0.block.ffn1.sequential"          # found from the graph, not by name
@@ -28,15 +30,7 @@ SOURCE = [
     f"eval_set = load_eval_set(REAL_TEST, limit={LIMIT}, progress=False)\n",
     f"Workbench(adapt(conformer), eval_set, quick_utterances={QUICK}).show()",
 ]
-NOTEBOOK = {"cells": [{"cell_type": "code", "execution_count": None, "metadata": {},
-                       "outputs": [], "id": "byo", "source": SOURCE}],
-            "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
-                                        "name": "python3"}},
-            "nbformat": 4, "nbformat_minor": 5}
-WER_DONE_JS = """(prev) => {
-  const el = document.querySelector('.wb-wer .wb-num');
-  return el && el.dataset.kind === 'full' && el.dataset.plan !== prev;
-}"""
+NOTEBOOK = one_cell_notebook("byo", SOURCE)
 
 
 def _num(page, cls: str) -> dict:

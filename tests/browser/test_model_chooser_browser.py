@@ -12,21 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from pages import WER_DONE_JS, one_cell_notebook
+
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 BITS_PATH = "decoder.blocks.0.mlp.fc1"
 BITS_SELECT = ".wb-bits-decoder-blocks-0-mlp-fc1 select"
-NOTEBOOK = {"cells": [{"cell_type": "code", "execution_count": None, "metadata": {},
-                       "outputs": [], "id": "chooser",
-                       "source": ["from workbench.ui import ModelChooser\n", "ModelChooser()"]}],
-            "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
-                                        "name": "python3"}},
-            "nbformat": 4, "nbformat_minor": 5}
-WER_DONE_JS = """(prev) => {
-  const el = document.querySelector('.wb-wer .wb-num');
-  return el && el.dataset.kind === 'full' && el.dataset.plan !== prev;
-}"""
+NOTEBOOK = one_cell_notebook("chooser", ["from workbench.ui import ModelChooser\n",
+                                         "ModelChooser()"])
 
 
 @pytest.fixture(scope="module")

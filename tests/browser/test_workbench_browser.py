@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from pages import WER_DONE_JS
+
 #: Same values as conftest.py (the servers get WORKBENCH_EVAL_LIMIT=EVAL_LIMIT from there).
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -62,10 +64,6 @@ RECORDER_JS = """() => {
   check();
 }"""
 
-WER_DONE_JS = """(prev) => {
-  const el = document.querySelector('.wb-wer .wb-num');
-  return el && el.dataset.kind === 'full' && el.dataset.plan !== prev;
-}"""
 
 
 @pytest.fixture(scope="module")

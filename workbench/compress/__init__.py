@@ -16,7 +16,7 @@
 from workbench.compress import presets
 from workbench.compress.apply import (Compressed, compress, compress_detailed, compress_module,
                                       under)
-from workbench.compress.calibration import (CalibrationBatch, calibrate_activations,
+from workbench.compress.calibration_stats import (CalibrationBatch, calibrate_activations,
                                             taylor_gradients)
 from workbench.compress.importance import (channel_importance, head_importance,
                                            neuron_importance, weight_importance)

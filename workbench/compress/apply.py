@@ -19,7 +19,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from workbench.compress.calibration import (Calibration, as_calibration, calibrate_activations,
+from workbench.compress.calibration_stats import (Calibration, as_calibration, calibrate_activations,
                                             taylor_gradients)
 from workbench.compress.techniques import ApplyContext, techniques
 from workbench.compress.techniques import needs as techniques_needs

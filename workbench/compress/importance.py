@@ -13,7 +13,7 @@ Methods:
     taylor     first-order Taylor estimate of the loss change when the group is zeroed,
                sum over the group of |w * dL/dw| (Molchanov et al. 2019, "Importance Estimation
                for Neural Network Pruning", CVPR), with gradients of the CTC loss on a
-               calibration set (`workbench.compress.calibration.taylor_gradients`).
+               calibration set (`workbench.compress.calibration_stats.taylor_gradients`).
 
 `grads` maps parameter names relative to the module ("q_proj.weight") to gradients of the same
 shape. Nothing here changes a module.

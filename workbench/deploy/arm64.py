@@ -150,7 +150,8 @@ def verify_arm64(model, plan, features: list, texts: list[str], cpu: str = "cort
     from workbench.decode import greedy_decode
     from workbench.evaluate import score
     from workbench.export.pipeline import build_export
-    from workbench.export.verify import make_session, ort_log_probs
+    from workbench.export.verify import ort_log_probs
+    from workbench.onnx_tools.runtime import make_session
     from workbench.plan import CompressionPlan
 
     if cpu not in CPUS:
@@ -219,7 +220,7 @@ def cmd_verify_arm64(args: argparse.Namespace) -> int:
     if args.plan:
         plan = read_plan(Path(args.plan))
     else:
-        from workbench.export.bench import int8_plan
+        from workbench.export.reference_plans import int8_plan
         plan = int8_plan()
     model = load_checkpoint(args.checkpoint) if args.checkpoint else load_demo()
     eval_set = load_eval_set(Path(args.manifest) if args.manifest else REAL_TEST,

@@ -3,7 +3,7 @@ model, cached so a slider move is priced in milliseconds (the UI and the search 
 
 Nothing here computes a metric: size comes from `workbench.size.size`, latency from
 `workbench.latency` (`layer_table`, `LayerTable.with_bits`, `price_table`), the profile from
-`workbench.profile.profile`, importance from `workbench.compress.importance`.
+`workbench.layer_profile.profile`, importance from `workbench.compress.importance`.
 
 Why a cache for latency: `predict_latency(model, device, seconds, plan)` compresses the model and
 runs a shape pass (~150 ms on Whisper tiny), too slow for every slider step. Only structure
@@ -166,7 +166,7 @@ class CostCache:
     def _table(self, resolved: dict[str, LayerConfig]):
         """The shape-pass table of the plan's structure (structured pruning + low rank only)."""
         from workbench.latency.table import table_from_profile
-        from workbench.profile import profile
+        from workbench.layer_profile import profile
         structure = self._structure(resolved)
         key = json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
                          sort_keys=True)
@@ -192,8 +192,8 @@ class CostCache:
 
     # ---- profile -----------------------------------------------------------------------------
     def profile(self, audio_seconds: float):
-        """workbench.profile.Profile of the baseline model (analytic, no timing), cached."""
-        from workbench.profile import profile
+        """workbench.layer_profile.Profile of the baseline model (analytic, no timing), cached."""
+        from workbench.layer_profile import profile
         seconds = float(audio_seconds)
         with self._lock:
             if seconds in self._profiles:

@@ -20,16 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.evaluate import EvalSet, evaluate, load_eval_set, score
+from workbench.evaluate import EvalSet, evaluate, load_eval_set
 from workbench.export.apply import ApplyOptions, check_output_dir, check_plan_fits, read_plan
 from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_atomic
-from workbench.export.calibration import load_calibration_set
+from workbench.export.calibration_set import load_calibration_set
 from workbench.export.executorch import (DELIVERABLE_PTE, PteExport, PteSession, build_pte,
                                          delegated_ops, load_average, pte_latency_ms, runs_as,
                                          set_threads)
 from workbench.export.model_card import SET_TITLES, SOURCES, _table, front_matter, plan_table
 from workbench.export.pipeline import needs_calibration
-from workbench.export.report import host_description, sha256, worst
+from workbench.export.report import host_description, pooled_wer, sha256, worst
 from workbench.export.verify import by_length, evaluate_ort, parity_stats
 from workbench.plan import CompressionPlan
 from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
@@ -59,13 +59,7 @@ def accuracy_rows(session: PteSession, export: PteExport, original: nn.Module,
                          a.hypothesis != b.hypothesis
                          for a, b in zip(rt.per_utterance, sim.per_utterance)),
                      "worst_utterances": worst(rt.per_utterance)})
-    overall: dict[str, Any] = {}
-    if refs:
-        w_rt, w_sim = score(refs, rt_h)[0], score(refs, sim_h)[0]
-        overall = {"sets": [e.name for e in eval_sets], "utterances": len(refs),
-                   "words": sum(len(r.split()) for r in refs), "wer_runtime": round(w_rt, 4),
-                   "wer_sim": round(w_sim, 4), "wer_abs_diff": round(abs(w_rt - w_sim), 4)}
-    return rows, overall
+    return rows, pooled_wer(eval_sets, refs, rt_h, sim_h, runtime_key="wer_runtime")
 
 
 def pte_report(model: nn.Module, plan: CompressionPlan, export: PteExport,

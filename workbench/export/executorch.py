@@ -44,10 +44,10 @@ from torch import nn
 from workbench.compress import compress
 from workbench.errors import PlanError
 from workbench.evaluate import EvalSet
-from workbench.export.calibration import calibration_batches
+from workbench.export.calibration_set import calibration_batches
 from workbench.export.decisions import Decision, describe_quant
 from workbench.export.errors import ExportError, UnsupportedBitsError
-from workbench.export.onnx_export import EXAMPLE_FRAMES, MIN_FRAMES, max_input_frames
+from workbench.onnx_tools.exporter import EXAMPLE_FRAMES, MIN_FRAMES, max_input_frames
 from workbench.export.structural import layer_quant, structural_plan
 from workbench.features import FRAMES_PER_SECOND
 from workbench.plan import CompressionPlan, QuantConfig
@@ -367,7 +367,7 @@ class PteSession:
 def pte_latency_ms(blob: bytes, threads: int = 1, seconds: float = 5.0, repeats: int = 15,
                    warmup: int = 3, n_mels: int = 80) -> float:
     """Median run time (ms) of the .pte on a fixed `seconds` input with `threads` threads."""
-    from workbench.export.calibration import feature_feeds
+    from workbench.onnx_tools.runtime import feature_feeds
     set_threads(threads)
     session = PteSession(blob)
     feeds = feature_feeds(torch.zeros(n_mels, int(round(seconds * FRAMES_PER_SECOND))))

@@ -169,6 +169,19 @@ def size_sentence(size: Mapping[str, Any]) -> str:
     return text
 
 
+def worst_examples(worst: Sequence[Mapping[str, Any]]) -> str:
+    """'"reference" -> "hypothesis"; ...' for a set's worst utterances."""
+    return "; ".join(f"\"{w['reference']}\" -> \"{w['hypothesis']}\"" for w in worst)
+
+
+def rounded_sentence(paths: Sequence[str]) -> str | None:
+    """The failure-mode line for layers the export could not run as planned (None if none)."""
+    if not paths:
+        return None
+    return ("Layers not run as planned (rounded up or changed, see the plan table): " +
+            ", ".join(f"`{p}`" for p in paths) + ".")
+
+
 def failure_modes(report: Mapping[str, Any]) -> list[str]:
     out = []
     if report["model"]["family"] == "whisper_ctc":
@@ -188,12 +201,10 @@ def failure_modes(report: Mapping[str, Any]) -> list[str]:
             hard = max(buckets, key=lambda b: b["wer"])
             out.append(f"{SET_TITLES.get(row['set'], row['set'])}: highest WER "
                        f"{hard['wer']} on {hard['seconds']} s utterances. Worst examples: " +
-                       "; ".join(f"\"{w['reference']}\" -> \"{w['hypothesis']}\""
-                                 for w in row.get("worst_utterances", [])) + ".")
-    rounded = [r for r in report["layers"] if r["changes"]]
+                       worst_examples(row.get("worst_utterances", [])) + ".")
+    rounded = rounded_sentence([r["path"] for r in report["layers"] if r["changes"]])
     if rounded:
-        out.append("Layers not run as planned (rounded up or changed, see the plan table): " +
-                   ", ".join(f"`{r['path']}`" for r in rounded) + ".")
+        out.append(rounded)
     if any(r["input_quantized_at_run_time"] for r in report["layers"]):
         out.append("int8 dynamic layers also quantize their input at run time, which the "
                    "simulated WER may not model; the accuracy table shows the measured gap.")

@@ -18,9 +18,9 @@ from torch import nn
 from workbench.compress import compress
 from workbench.errors import PlanError
 from workbench.evaluate import EvalSet
-from workbench.export.calibration import calibration_batches, feature_reader
+from workbench.export.calibration_set import calibration_batches, feature_reader
 from workbench.export.decisions import Decision
-from workbench.export.onnx_export import export_fp32, to_bytes
+from workbench.onnx_tools.exporter import export_fp32, to_bytes
 from workbench.export.ort_quantize import plan_decisions, quantize_graph
 from workbench.export.positions import ComputedTable, compute_sinusoid_tables
 from workbench.export.structural import activation_ranges, layer_quant, structural_plan

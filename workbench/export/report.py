@@ -24,9 +24,9 @@ from workbench.errors import WorkbenchError
 from workbench.evaluate import EvalSet, evaluate, score
 from workbench.export.decisions import Decision
 from workbench.export.positions import ComputedTable
-from workbench.export.verify import (by_length, evaluate_ort, latency_ms, make_session,
-                                     op_counts, parity_stats, quantized_op_counts,
-                                     runtime_op_counts)
+from workbench.export.verify import by_length, evaluate_ort, parity_stats, quantized_op_counts
+from workbench.onnx_tools.graph_map import op_counts
+from workbench.onnx_tools.runtime import CLOCK, latency_ms, make_session, runtime_op_counts
 
 FORMAT = "workbench-export-report/1"
 DELIVERABLE = "model.onnx"
@@ -72,13 +72,19 @@ def accuracy_section(ort_session: Any, sim: nn.Module, original: nn.Module,
                          a.hypothesis != b.hypothesis
                          for a, b in zip(ort_eval.per_utterance, sim_eval.per_utterance)),
                      "worst_utterances": worst(ort_eval.per_utterance)})
-    overall: dict[str, Any] = {}
-    if refs:
-        wer_ort, wer_sim = score(refs, ort_hyps)[0], score(refs, sim_hyps)[0]
-        overall = {"sets": [e.name for e in eval_sets], "utterances": len(refs),
-                   "words": sum(len(r.split()) for r in refs), "wer_ort": round(wer_ort, 4),
-                   "wer_sim": round(wer_sim, 4), "wer_abs_diff": round(abs(wer_ort - wer_sim), 4)}
-    return rows, overall
+    return rows, pooled_wer(eval_sets, refs, ort_hyps, sim_hyps)
+
+
+def pooled_wer(eval_sets: Sequence[EvalSet], refs: Sequence[str], runtime_hyps: Sequence[str],
+               sim_hyps: Sequence[str], runtime_key: str = "wer_ort") -> dict[str, Any]:
+    """WER over all sets pooled (corpus WER, not the mean of the sets'): runtime vs simulation
+    under `runtime_key` / "wer_sim"; {} when there is no reference."""
+    if not refs:
+        return {}
+    w_rt, w_sim = score(refs, runtime_hyps)[0], score(refs, sim_hyps)[0]
+    return {"sets": [e.name for e in eval_sets], "utterances": len(refs),
+            "words": sum(len(r.split()) for r in refs), runtime_key: round(w_rt, 4),
+            "wer_sim": round(w_sim, 4), "wer_abs_diff": round(abs(w_rt - w_sim), 4)}
 
 
 def worst(per: Sequence[Any], n: int = 3) -> list[dict[str, Any]]:
@@ -156,7 +162,7 @@ def latency_section(model: bytes, fp32: bytes, seconds: float, repeats: int,
                     threads: Sequence[int]) -> dict[str, Any]:
     import os
     out: dict[str, Any] = {"input_seconds": seconds, "repeats": repeats,
-                           "statistic": "median of session.run wall time",
+                           "statistic": "median of session.run wall time", "clock": CLOCK,
                            "load_average_1min_before": round(os.getloadavg()[0], 2)}
     for n in threads:
         ms = latency_ms({"model": model, "fp32": fp32}, threads=n, seconds=seconds,

@@ -11,16 +11,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from workbench.export.model_card import (SET_TITLES, SOURCES, _table, accuracy_section,
-                                         front_matter, methods, plan_table)
+                                         front_matter, methods, plan_table, rounded_sentence,
+                                         worst_examples)
 
 INTERFACE = (
     "`encoder.onnx`: `mel` (1, 80, T) float32 log-mel at 100 frames/s (the audio followed by 1 s "
-    "of silence) -> `enc` (1, T/2, 384). `decoder_init.onnx`: `tokens` (1, 2) the prompt "
-    "`<|startoftranscript|><|notimestamps|>`, `enc` (1, 1500, 384) = the audio's encoding "
-    "followed by the encoding of 30 s of silence -> `logits` (1, 1, vocab), per layer "
-    "`present_key_i` / `present_value_i` and `cross_key_i` / `cross_value_i`. "
-    "`decoder_step.onnx`: one token + the past and cross keys/values -> `logits`, new "
-    "`present_*`. Greedy loop: `workbench.export.whisper_onnx.OrtWhisper`.")
+    "of silence) -> `enc` (1, T/2, 384). `cross_kv.onnx`: `enc` (1, 1500, 384) = the audio's "
+    "encoding followed by the encoding of 30 s of silence -> per layer `cross_key_i` / "
+    "`cross_value_i`. `decoder.onnx`: `tokens` (1, L), per layer `past_key_i` / `past_value_i` "
+    "(1, H, P, 64) and the cross keys/values -> `logits` (1, 1, vocab) of the last token and "
+    "`present_*` (P + L positions); the prompt pass feeds the prompt "
+    "`<|startoftranscript|><|notimestamps|>` with an empty past (P = 0), each step one token. "
+    "Greedy loop: `workbench.export.whisper_onnx.OrtWhisper`.")
 
 
 def failure_modes(report: Mapping[str, Any]) -> list[str]:
@@ -37,12 +39,10 @@ def failure_modes(report: Mapping[str, Any]) -> list[str]:
     for row in report["accuracy"]:
         if row.get("worst_utterances"):
             out.append(f"{SET_TITLES.get(row['set'], row['set'])}: worst examples: " +
-                       "; ".join(f"\"{w['reference']}\" -> \"{w['hypothesis']}\""
-                                 for w in row["worst_utterances"]) + ".")
-    rounded = report.get("rounded_up") or []
+                       worst_examples(row["worst_utterances"]) + ".")
+    rounded = rounded_sentence(report.get("rounded_up") or [])
     if rounded:
-        out.append("Layers not run as planned (rounded up or changed, see the plan table): " +
-                   ", ".join(f"`{p}`" for p in rounded) + ".")
+        out.append(rounded)
     if any(r["input_quantized_at_run_time"] for r in report["layers"]):
         out.append("int8 dynamic layers quantize their input to uint8 at run time; the "
                    "simulated WER includes that rounding (per item).")

@@ -13,17 +13,17 @@ partition those axes. A group is accepted only if:
       with that unit's consumer columns zeroed, on the example input (`surgery.check_groups`:
       one run with the weakest unit of every group removed; per group only if that fails).
 Kind, for plans and the UI: "heads" if the units meet in attention, "channels" if they are a
-conv's output channels, else "neurons". The path is the deepest module holding all members.
+conv's output channels, else "neurons". The path is the deepest module holding all members
+(the producing module's when that is the root or already taken).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from workbench.graph.units import Member, Units, record_units
+from workbench.graph.units import Member, Units, eval_mode, record_units
 
 Axis = tuple[str, int]  # (parameter name, dim)
 _ROLE = {"heads": "attention", "neurons": "ffn", "channels": "conv"}
@@ -95,9 +95,12 @@ def _tensor(model: nn.Module, name: str) -> torch.Tensor:
 
 
 def discover(model: nn.Module, example: tuple, verify: bool = True) -> Structure:
-    """Prunable groups of `model` found from one recorded run on `example` (see module doc)."""
-    units = record_units(model, example)
-    return structure_from_units(model, example, units, verify)
+    """Prunable groups of `model` found from one recorded run on `example` (see module doc).
+    Runs in eval mode (dropout off, BatchNorm statistics untouched); `model`'s modes are
+    restored."""
+    with eval_mode(model):
+        units = record_units(model, example)
+        return structure_from_units(model, example, units, verify)
 
 
 def structure_from_units(model: nn.Module, example: tuple, units: Units,
@@ -112,7 +115,10 @@ def structure_from_units(model: nn.Module, example: tuple, units: Units,
     refusals: list[Refusal] = []
     for axes, roots in families.items():
         path = _common_module([n for n, _ in axes])
-        if any(g.path == path for g in groups) or any(r.path == path for r in refusals):
+        if not path or any(g.path == path for g in groups) or any(r.path == path
+                                                                  for r in refusals):
+            # the root (e.g. a stem conv feeding the next conv: "" says nothing) or a taken
+            # path: name it by the module(s) that produce the units
             path = _common_module([n for n, d in axes if d == 0]) or path
         blocked = [units.blocked[r] for r in roots if r in units.blocked]
         if blocked:
@@ -150,8 +156,3 @@ def structure_from_units(model: nn.Module, example: tuple, units: Units,
     groups.sort(key=lambda g: [n for n, _ in model.named_parameters()].index(g.axes[0][0])
                 if g.axes[0][0] in dict(model.named_parameters()) else 0)
     return Structure(tuple(groups), tuple(refusals), units.ops)
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy (the user's model is never changed)."""
-    return copy.deepcopy(model)

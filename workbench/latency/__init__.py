@@ -6,9 +6,8 @@
     price_table(table, load_device("rpi5"))            a report without any model run
     load_device("rpi5"), known_devices()               profiles in workbench/latency/devices/
     calibrate()                                        fit the host profile (ONNX Runtime here)
-    bench_latency(n_plans=30)                          predictions vs fresh ORT measurements
 
-onnxruntime is imported only inside calibrate / bench_latency.
+onnxruntime is imported only inside calibrate (and `workbench bench latency`, workbench.bench.latency).
 """
 from workbench.latency.cost import (LatencyReport, LayerLatency, MemoryFit, predict_latency,
                                     price_table)
@@ -19,19 +18,14 @@ from workbench.latency.table import EffectiveLayer, LayerTable, layer_table
 
 
 def calibrate(out_path=None, **kwargs):
-    """Measure ONNX Runtime on this machine and fit the host profile (see latency.calibrate)."""
-    from workbench.latency.calibrate import calibrate as _calibrate
+    """Measure ONNX Runtime on this machine and fit the host profile (see latency.fit_host)."""
+    from workbench.latency.fit_host import calibrate as _calibrate
     return _calibrate(out_path=out_path, **kwargs)
 
-
-def bench_latency(n_plans: int = 30, seed: int = 0, **kwargs) -> dict:
-    """Random plans of the demo model: predicted vs measured ORT latency (see latency.bench)."""
-    from workbench.latency.bench import bench_latency as _bench
-    return _bench(n_plans=n_plans, seed=seed, **kwargs)
 
 
 __all__ = [
     "DeviceProfile", "Efficiency", "EffectiveLayer", "LatencyReport", "LayerLatency",
-    "LayerTable", "MemoryFit", "bench_latency", "calibrate", "host_cache_path", "known_devices",
+    "LayerTable", "MemoryFit", "calibrate", "host_cache_path", "known_devices",
     "layer_table", "load_device", "predict_latency", "price_table", "table_for_plan",
 ]

@@ -148,7 +148,7 @@ def trace_model(model: nn.Module, seconds: float, weight_bits: Any,
                 ) -> tuple[list[FusedOp], dict[str, int | None], nn.Module]:
     """Fused ops of `model` (a plan applied to a copy first) and weight bits per op path."""
     from workbench.latency.table import _check_bits, compressed_for_pricing
-    from workbench.profile import default_inputs
+    from workbench.layer_profile import default_inputs
     if not isinstance(model, nn.Module):
         raise LatencyInputError(f"model: expected a torch.nn.Module or a LayerTable, got "
                                 f"{type(model).__name__}.")

@@ -2,7 +2,7 @@
 
 Each row says how much work a layer does after compression: its kept widths (structured pruning
 and low rank change the module shapes, so the shapes are read from the compressed model), its
-weight bits, and its unstructured sparsity. Built from a shape pass of `workbench.profile`:
+weight bits, and its unstructured sparsity. Built from a shape pass of `workbench.layer_profile`:
 
     layer_table(model, 4.0)                          fp32 (or bits given per path)
     layer_table(model, 4.0, {"blocks.*": 8})         weight bits per module path / fnmatch pattern
@@ -25,9 +25,9 @@ from torch import nn
 
 from workbench.errors import WorkbenchError
 from workbench.plan import CompressionPlan
-from workbench.profile import Profile, profile
+from workbench.layer_profile import Profile, profile
 from workbench.compress.resolution import resolve
-from workbench.compress.techniques import techniques
+from workbench.compress.techniques import structure_only, techniques
 
 #: Profiler row kind -> op class of the cost model.
 OP_OF_KIND = {"linear": "matmul", "conv": "conv", "attention_scores": "attention_scores",
@@ -57,6 +57,9 @@ class EffectiveLayer:
     out_width: int
     heads: int = 0
     head_dim: int = 0
+    #: attention scores whose work grows linearly with T (windowed / linear attention swaps,
+    #: workbench.compress.swap_layers): at_seconds scales them like any other op
+    linear_in_length: bool = False
 
     @property
     def weight_bytes(self) -> int:
@@ -78,7 +81,7 @@ class LayerTable:
 
     layers: tuple[EffectiveLayer, ...]
     audio_seconds: float
-    peak_activation_bytes: int      # fp32 estimate (workbench.profile docstring)
+    peak_activation_bytes: int      # fp32 estimate (workbench.layer_profile docstring)
 
     @property
     def weight_bytes(self) -> int:
@@ -99,14 +102,15 @@ class LayerTable:
 
     def at_seconds(self, seconds: float) -> LayerTable:
         """Analytic rescale to another audio length: work and activations grow with T, the
-        attention scores (and their (H, T, T) matrix) with T^2. Exact up to a frame of rounding
+        attention scores (and their (H, T, T) matrix) with T^2 (unless swapped for an attention
+        linear in T). Exact up to a frame of rounding
         per strided layer; use layer_table(...) for the exact shapes."""
         if not seconds > 0:
             raise WorkbenchError(f"audio_seconds: must be > 0 seconds, got {seconds!r}.")
         s = seconds / self.audio_seconds
         layers = []
         for layer in self.layers:
-            if layer.op == "attention_scores":
+            if layer.op == "attention_scores" and not layer.linear_in_length:
                 layers.append(replace(layer, macs=round(layer.macs * s * s),
                                       input_bytes=round(layer.input_bytes * s),
                                       output_bytes=round(layer.output_bytes * s * s),
@@ -161,16 +165,20 @@ def layer_table(model: nn.Module, audio_seconds: float = 4.0, weight_bits: BitsO
     return with_technique_rows(table, resolved) if resolved else table
 
 
-def compressed_for_pricing(model: nn.Module, plan: Any) -> nn.Module:
+def compressed_for_pricing(model: nn.Module, plan: Any, quant: bool = True) -> nn.Module:
     """`plan` applied to a copy of `model`, for its shapes and bits only.
 
     Importance 'taylor' becomes 'magnitude' and act_bits are dropped: neither changes a shape
-    or a weight's bits, and both would need calibration data.
+    or a weight's bits, and both would need calibration data. quant=False applies only what
+    PyTorch applies before an ONNX export (the registry's structure_only: what the export's
+    fp32 graph holds; ONNX Runtime quantizes after).
     """
     from workbench.compress import compress_module   # lazy: workbench.compress is heavier
 
     entries = {}
     for path, config in resolve(plan, model).items():
+        if not quant:
+            config = structure_only(config)
         update: dict[str, Any] = {}
         if config.prune is not None and config.prune.importance != "magnitude":
             update["prune"] = config.prune.model_copy(update={"importance": "magnitude"})
@@ -181,21 +189,37 @@ def compressed_for_pricing(model: nn.Module, plan: Any) -> nn.Module:
 
 
 def with_technique_rows(table: LayerTable, resolved: Mapping[str, Any]) -> LayerTable:
-    """Rows changed by the `latency_row` hooks of registered techniques (the built-in ones
-    change shapes and bits, which the table already has). A low-rank Linear's factors
-    (`path.down`, `path.up`) take the hook of their Linear's entry."""
-    hooked = [t for t in techniques() if t.latency_row is not None]
+    """Rows changed by the `latency_row` / `latency_row_at` hooks of registered techniques (the
+    built-in ones change shapes and bits, which the table already has). A row takes the setting
+    of the nearest entry at or above its path that sets the technique: a low-rank Linear's
+    factors (`path.down`, `path.up`) take their Linear's, an attention's scores row
+    (`attn.scores`) and an FFN's Linears (`mlp.fc1`) take the attention's / FFN's."""
+    hooked = [t for t in techniques() if t.latency_row is not None or t.latency_row_at is not None]
     if not hooked:
         return table
     layers = []
     for row in table.layers:
-        cfg = resolved.get(row.path) or resolved.get(row.path.rsplit(".", 1)[0])
         for tech in hooked:
-            setting = tech.setting(cfg) if cfg is not None else None
-            if setting is not None:
+            setting = _nearest_setting(tech, row.path, resolved)
+            if setting is None:
+                continue
+            if tech.latency_row is not None:
                 row = tech.latency_row(row, setting)
+            if tech.latency_row_at is not None:
+                row = tech.latency_row_at(row, setting, table.audio_seconds)
         layers.append(row)
     return replace(table, layers=tuple(layers))
+
+
+def _nearest_setting(tech: Any, path: str, resolved: Mapping[str, Any]) -> Any:
+    probe = path
+    while probe:
+        cfg = resolved.get(probe)
+        setting = tech.setting(cfg) if cfg is not None else None
+        if setting is not None:
+            return setting
+        probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+    return None
 
 
 def weight_sparsity(model: nn.Module) -> dict[str, float]:

@@ -171,22 +171,8 @@ class RayExecutor:
 
     def run(self, jobs: Sequence[Job], on_done: Callable[[dict], None],
             cancel: Callable[[], bool] = lambda: False) -> list[dict]:
-        ray = self.ray
         refs = [self._task.remote(self._spec_ref, self._space_ref, job) for job in jobs]
-        index = {ref: i for i, ref in enumerate(refs)}
-        results: list[dict | None] = [None] * len(jobs)
-        pending = list(refs)
-        while pending:
-            if cancel():
-                for ref in pending:
-                    ray.cancel(ref, force=False)
-                raise SearchCancelled()
-            done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-            for ref in done:
-                result = ray.get(ref)
-                results[index[ref]] = result
-                on_done(result)
-        return results  # type: ignore[return-value]
+        return self._gather(refs, lambda i, result: on_done(result), cancel)
 
     def map_plans(self, plans: Sequence[Any], kind: str,
                   on_done: Callable[[int, dict], None] = lambda i, m: None,
@@ -196,6 +182,13 @@ class RayExecutor:
         ray = self.ray
         task = ray.remote(num_cpus=1, max_retries=self._max_retries)(_remote_plan)
         refs = [task.remote(self._spec_ref, plan.to_json(), kind) for plan in plans]
+        return self._gather(refs, on_done, cancel)
+
+    def _gather(self, refs: list, on_done: Callable[[int, dict], None],
+                cancel: Callable[[], bool]) -> list[dict]:
+        """Results of `refs` in order; `on_done(index, result)` as each finishes. Cancelling
+        asks Ray to cancel what is still pending (polled every 0.5 s) and raises."""
+        ray = self.ray
         index = {ref: i for i, ref in enumerate(refs)}
         results: list[dict | None] = [None] * len(refs)
         pending = list(refs)

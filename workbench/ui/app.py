@@ -31,7 +31,7 @@ from workbench.ui.conditions_tab import ConditionsTab
 from workbench.ui.controller import Controller
 from workbench.engine.costs import CostCache
 from workbench.ui.css import STYLE
-from workbench.ui.errors import ErrorArea
+from workbench.ui.error_area import ErrorArea
 from workbench.ui.export_tab import ExportTab
 from workbench.ui.header import Header
 from workbench.ui.listen_tab import ListenTab
@@ -105,15 +105,19 @@ class Workbench:
         self.core.device(device)  # an unknown device fails here, listing the known ones
         device = self.core.canonical_device(device)  # 'rpi4' -> 'rpi4_a72' (names say the core)
         self.core.warm_up(device, float(audio_seconds))
-        self.errors = ErrorArea()
-        self.state = AppState(plan if plan is not None else CompressionPlan(), device=device,
-                              audio_seconds=float(audio_seconds))
         # When the quick subset is the whole set, the estimate would repeat the full run.
         quick_is_full = _quick_covers_all(self.session)
-        self.controller = Controller(self.state, self.core, self.session, self.errors,
-                                     kinds=("full",) if quick_is_full else ("quick", "full"))
-        self.header = Header(self.state, self.core.devices(), self.errors,
-                             runtimes=self.core.runtimes, cores=self.core.cores)
+        if getattr(getattr(model, "config", None), "untrained", False):  # workbench.byo.adapt
+            note = ("untrained: this model's CTC head is random (adapted with a fresh head), so "
+                    "its WER says nothing yet; train the head first. " + note).strip()
+        es = self.session.eval_set
+        title = (f"<b>workbench</b> · {html.escape(type(self.session.baseline).__name__)} · "
+                 f"{html.escape(es.name)} ({len(es)} utterances, {es.seconds:.0f} s) · baseline "
+                 f"WER {100 * self.session.baseline_full.wer:.2f} %")
+        self._assemble(device, audio_seconds, plan, quick_is_full, self._make_views, TAB_TITLES,
+                       title, note)
+
+    def _make_views(self) -> tuple:
         self.profile = ProfileTab(self.controller)
         self.compress = CompressTab(self.controller)
         self.tradeoffs = TradeoffsTab(self.controller)
@@ -122,22 +126,28 @@ class Workbench:
         self.export = ExportTab(self.controller)
         self.conditions = ConditionsTab(self.controller)
         self.streaming = StreamingTab(self.controller)
-        views = (self.profile, self.compress, self.tradeoffs, self.sensitivity, self.listen,
-                 self.conditions, self.streaming, self.export)
-        self.tabs = widgets.Tab(children=[v.widget for v in views], titles=TAB_TITLES)
+        return (self.profile, self.compress, self.tradeoffs, self.sensitivity, self.listen,
+                self.conditions, self.streaming, self.export)
+
+    def _assemble(self, device: str, audio_seconds: float, plan: CompressionPlan | None,
+                  quick_is_full: bool, make_views, titles, title: str, note: str) -> None:
+        """State, controller, header, tabs and page, once `self.session` and `self.core` exist
+        (shared by every app variant; `make_views()` builds the tabs from `self.controller`)."""
+        self.errors = ErrorArea()
+        self.state = AppState(plan if plan is not None else CompressionPlan(), device=device,
+                              audio_seconds=float(audio_seconds))
+        self.controller = Controller(self.state, self.core, self.session, self.errors,
+                                     kinds=("full",) if quick_is_full else ("quick", "full"))
+        self.header = Header(self.state, self.core.devices(), self.errors,
+                             runtimes=self.core.runtimes, cores=self.core.cores)
+        views = make_views()
+        self.tabs = widgets.Tab(children=[v.widget for v in views], titles=titles)
         self.tabs.add_class("wb-tabs")
         self._views = views
         self.tabs.observe(self.errors.guard("switching tabs", self._tab_changed),
                           names=["selected_index"])
         self.tabs.selected_index = 0
         self._tab_changed({"new": 0})
-        if getattr(getattr(model, "config", None), "untrained", False):  # workbench.byo.adapt
-            note = ("untrained: this model's CTC head is random (adapted with a fresh head), so "
-                    "its WER says nothing yet; train the head first. " + note).strip()
-        es = self.session.eval_set
-        title = (f"<b>workbench</b> · {html.escape(type(self.session.baseline).__name__)} · "
-                 f"{html.escape(es.name)} ({len(es)} utterances, {es.seconds:.0f} s) · baseline "
-                 f"WER {100 * self.session.baseline_full.wer:.2f} %")
         if note:
             title += f"<br><span class='wb-error'>{html.escape(note)}</span>"
         self.widget = widgets.VBox([widgets.HTML(STYLE), widgets.HTML(title), self.errors.widget,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import ipywidgets as widgets
 
 from workbench.session import plan_key
-from workbench.ui.errors import ErrorArea
+from workbench.ui.error_area import ErrorArea
 from workbench.ui.state import AppState
 
 #: Audio lengths the control offers (seconds); latency grows with it, attention scores as T^2.

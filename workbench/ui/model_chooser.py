@@ -16,7 +16,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from workbench.ui.errors import ErrorArea
+from workbench.ui.error_area import ErrorArea
 
 #: (label, key) of each shipped model; the labels say what each is good for.
 MODELS = (("CTC demo: fastest feedback", "ctc"), ("Whisper tiny.en: real decoder", "whisper"))

@@ -1,6 +1,6 @@
 """Profile tab: where the cost sits — per layer and per role, hotspots, shares vs audio length.
 
-Numbers come from `workbench.profile.profile` (baseline model, analytic: parameters, MACs,
+Numbers come from `workbench.layer_profile.profile` (baseline model, analytic: parameters, MACs,
 activation bytes), `workbench.size` (weight bytes under the current plan) and
 `workbench.latency` (simulated milliseconds under the current plan on the selected device).
 """

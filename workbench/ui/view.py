@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from workbench.ui.errors import ErrorArea
+from workbench.ui.error_area import ErrorArea
 
 
 def kernel_loop() -> Any | None:

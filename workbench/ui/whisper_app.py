@@ -23,15 +23,9 @@ import ipywidgets as widgets
 from workbench.plan import CompressionPlan
 from workbench.ui.app import Workbench, eval_limit_from_env
 from workbench.ui.compress_tab import CompressTab
-from workbench.ui.controller import Controller
 from workbench.engine.costs import CostCache
-from workbench.ui.css import STYLE
-from workbench.ui.errors import ErrorArea
-from workbench.ui.header import Header
 from workbench.ui.listen_tab import ListenTab
-from workbench.ui.state import AppState
 from workbench.ui.tradeoffs_tab import TradeoffsTab
-from workbench.ui.view import LazyView
 
 #: What every readout of this app is about (the chooser shows the same words).
 MODEL_LABEL = "Whisper tiny.en: real decoder"
@@ -147,37 +141,21 @@ class WhisperWorkbench(Workbench):
         self.core = WhisperCore(self.session.baseline)
         self.core.device(device)   # an unknown device fails here, naming the file it looked for
         self.core.warm_up(device, float(audio_seconds))
-        self.errors = ErrorArea()
-        self.state = AppState(plan if plan is not None else CompressionPlan(), device=device,
-                              audio_seconds=float(audio_seconds))
-        kinds = ("full",) if self.session.quick_is_full else ("quick", "full")
-        self.controller = Controller(self.state, self.core, self.session, self.errors,
-                                     kinds=kinds)
-        self.header = Header(self.state, self.core.devices(), self.errors,
-                             runtimes=self.core.runtimes, cores=self.core.cores)
-        self.compress = CompressTab(self.controller)
-        self.tradeoffs = TradeoffsTab(self.controller)
-        self.listen = ListenTab(self.controller)
-        self.not_here = NotHereTab()
-        views = (self.compress, self.tradeoffs, self.listen, self.not_here)
-        self.tabs = widgets.Tab(children=[v.widget for v in views], titles=TAB_TITLES)
-        self.tabs.add_class("wb-tabs")
-        self._views = views
-        self.tabs.observe(self.errors.guard("switching tabs", self._tab_changed),
-                          names=["selected_index"])
-        self.tabs.selected_index = 0
-        self._tab_changed({"new": 0})
         es = self.session.eval_set
         title = (f"<b>workbench</b> · <span class='wb-model-name'>{html.escape(MODEL_LABEL)}"
                  f"</span> (encoder + greedy decoder; every WER, size and latency below is this "
                  f"model's) · {html.escape(es.name)} ({len(es)} utterances, {es.seconds:.0f} s) "
                  f"· baseline WER {100 * self.session.baseline_full.wer:.2f} %")
-        if note:
-            title += f"<br><span class='wb-error'>{html.escape(note)}</span>"
-        self.widget = widgets.VBox([widgets.HTML(STYLE), widgets.HTML(title), self.errors.widget,
-                                    self.header.widget, self.tabs])
-        self.widget.add_class("wb-app")
+        self._assemble(device, audio_seconds, plan, self.session.quick_is_full, self._make_views,
+                       TAB_TITLES, title, note)
         self.widget.add_class("wb-app-whisper")
+
+    def _make_views(self) -> tuple:
+        self.compress = CompressTab(self.controller)
+        self.tradeoffs = TradeoffsTab(self.controller)
+        self.listen = ListenTab(self.controller)
+        self.not_here = NotHereTab()
+        return (self.compress, self.tradeoffs, self.listen, self.not_here)
 
     @classmethod
     def demo(cls, *, eval_limit: int | None = None, **kwargs: Any) -> WhisperWorkbench:
@@ -189,11 +167,6 @@ class WhisperWorkbench(Workbench):
         limit = eval_limit if eval_limit is not None else eval_limit_from_env()
         return cls(load_whisper_asr(), WhisperTokenizer(),
                    load_eval_set(REAL_TEST, limit=limit, progress=False), **kwargs)
-
-    def _tab_changed(self, change: dict) -> None:
-        for i, view in enumerate(self._views):
-            if isinstance(view, LazyView):
-                view.set_visible(i == change["new"])
 
 
 __all__ = ["WhisperWorkbench", "WhisperCore", "MODEL_LABEL"]

@@ -86,8 +86,13 @@ class Technique:
     needs: Callable[[Any], frozenset[str]] = lambda setting: frozenset()
     #: size.py: (list of WeightSpec of one Linear/Conv, setting) -> new list (None: no change)
     size_specs: Callable[[list, Any], list] | None = None
-    #: latency: (EffectiveLayer row, setting) -> row (None: bits/shape hooks of the built-ins)
+    #: latency: (EffectiveLayer row, setting) -> row (None: bits/shape hooks of the built-ins).
+    #: Applied to the rows of the target and of its sub-modules, possibly more than once (a
+    #: cached table is re-hooked after a rescale), so it must be idempotent.
     latency_row: Callable[[Any, Any], Any] | None = None
+    #: the same for a setting that depends on the audio length (e.g. a window in seconds):
+    #: (row, setting, audio seconds of the table) -> row
+    latency_row_at: Callable[[Any, Any, float], Any] | None = None
     #: the per-layer control of the UI's compress tab (None: no control)
     control: Control | None = None
 

@@ -1,4 +1,4 @@
-"""Benchmarks behind `workbench bench ...`: each returns one JSON-able dict (printed on stdout)."""
+"""`workbench bench interactive --json`: the interactive engine (Session) vs the naive way, same run."""
 from __future__ import annotations
 
 import copy
@@ -9,14 +9,7 @@ import time
 
 import torch
 
-
-def _pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    if not values:
-        return float("nan")
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+from workbench.bench import percentile
 
 
 def scripted_changes(model, n: int, seed: int) -> list:
@@ -101,21 +94,21 @@ def bench_interactive(changes: int = 30, seed: int = 0) -> dict:
         naive_ms.append((time.perf_counter() - t) * 1e3)
         check.append(abs(res.wer - session.evaluate(plan, "full").wer))
     naive = statistics.median(naive_ms)
-    first_readout = _pct(quick_ms, 0.5)
+    first_readout = percentile(quick_ms, 0.5)
     return {
         "changes": len(plans), "eval_utterances": len(eval_set),
-        "size_p50_ms": round(_pct(size_ms, 0.5), 2), "size_p95_ms": round(_pct(size_ms, 0.95), 2),
+        "size_p50_ms": round(percentile(size_ms, 0.5), 2), "size_p95_ms": round(percentile(size_ms, 0.95), 2),
         "quick_wer_p50_ms": round(first_readout, 1),
-        "quick_wer_p95_ms": round(_pct(quick_ms, 0.95), 1),
-        "full_wer_p50_ms": round(_pct(full_ms, 0.5), 1),
-        "full_wer_p95_ms": round(_pct(full_ms, 0.95), 1),
+        "quick_wer_p95_ms": round(percentile(quick_ms, 0.95), 1),
+        "full_wer_p50_ms": round(percentile(full_ms, 0.5), 1),
+        "full_wer_p95_ms": round(percentile(full_ms, 0.95), 1),
         "naive_full_ms": round(naive, 1),
         "speedup_vs_naive": round(naive / first_readout, 2),
-        "speedup_full_vs_naive": round(naive / _pct(full_ms, 0.5), 2),
+        "speedup_full_vs_naive": round(naive / percentile(full_ms, 0.5), 2),
         "engine_vs_naive_max_wer_diff": round(max(check), 5),
         "repeated_plans": repeats,
         "quick_utterances": len(session.quick_indices),
-        "quick_abs_error_p50": round(_pct(quick_errors, 0.5), 4),
+        "quick_abs_error_p50": round(percentile(quick_errors, 0.5), 4),
         "quick_abs_error_max": round(max(quick_errors), 4),
         "quick_within_2_stderr": f"{covered}/{len(plans)}",
         "session_setup_s": round(setup_s, 2),
@@ -125,39 +118,3 @@ def bench_interactive(changes: int = 30, seed: int = 0) -> dict:
                       "cache and counted in the percentiles",
         "threads": torch.get_num_threads(),
     }
-
-
-def run(what: str, args) -> dict:
-    if what == "interactive":
-        return bench_interactive(changes=args.changes, seed=args.seed)
-    if what == "latency" and getattr(args, "published", False):
-        from workbench.latency.published import bench_published
-        return bench_published()
-    if what == "latency":
-        from workbench.latency import bench_latency
-        return bench_latency(n_plans=args.n_plans, seed=args.seed)
-    if what == "search":
-        from workbench.search.bench import bench_search
-        return bench_search(trials=args.trials, seed=args.seed, ray=not args.no_ray)
-    if what == "export":
-        from workbench.export.bench import bench_export
-        return bench_export(args)
-    if what == "lessons":
-        from workbench.lesson_timing import bench_lessons
-        return bench_lessons(only=args.only, budget_s=args.budget)
-    if what == "conditions":
-        from workbench.conditions.cli import bench_conditions
-        return bench_conditions(args)
-    if what == "drift":
-        from workbench.deploy.bench_drift import bench_drift
-        return bench_drift(args)
-    if what == "whisper":
-        from workbench.whisper_bench import bench_whisper
-        return bench_whisper(args)
-    if what == "byo":
-        from workbench.byo.bench import bench_byo
-        return bench_byo(args)
-    if what == "streaming":
-        from workbench.streaming.bench import bench_streaming
-        return bench_streaming(args)
-    raise ValueError(what)

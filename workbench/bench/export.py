@@ -34,42 +34,18 @@ from typing import Any
 
 import torch
 
-from workbench.compress.targets import find_targets
 from workbench.errors import CheckpointError
 from workbench.evaluate import EvalSet, evaluate, load_eval_set, score
-from workbench.export.onnx_export import export_fp32, to_bytes
 from workbench.export.pipeline import Export, build_export
 from workbench.export.positions import bytes_priced_elsewhere
 from workbench.export.report import tensor_bytes
-from workbench.export.verify import evaluate_ort, latency_ms, make_session
+from workbench.export.verify import evaluate_ort
+from workbench.onnx_tools.exporter import export_fp32, to_bytes
+from workbench.onnx_tools.runtime import CLOCK, latency_ms, make_session
+from workbench.export.reference_plans import int4_plan, int8_plan, pruned_int8_plan
 from workbench.paths import REAL_TEST, SYNTH_TEST
-from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
+from workbench.plan import CompressionPlan
 from workbench.size import size
-
-INT8 = QuantConfig(weight_bits=8, granularity="per_channel", symmetric=True)
-INT4_LINEAR = QuantConfig(weight_bits=4, granularity="per_block", symmetric=True)
-INT4_CONV = QuantConfig(weight_bits=4, granularity="per_channel", symmetric=True)
-
-
-def int8_plan() -> CompressionPlan:
-    """int8 per-channel symmetric weights in every Linear and Conv."""
-    return CompressionPlan(default=LayerConfig(quant=INT8))
-
-
-def pruned_int8_plan() -> CompressionPlan:
-    """int8 everywhere, 50 % of every FFN's neurons and 25 % of every attention's heads removed."""
-    return (int8_plan()
-            .with_group("ffn", LayerConfig(prune=PruneConfig(amount=0.5, structure="neurons")))
-            .with_group("attention", LayerConfig(prune=PruneConfig(amount=0.25,
-                                                                   structure="heads"))))
-
-
-def int4_plan(model: torch.nn.Module) -> CompressionPlan:
-    """4-bit weights everywhere: Linear block-wise (MatMulNBits, 32 per scale), Conv per channel
-    (int4 + DequantizeLinear)."""
-    convs = {p: LayerConfig(quant=INT4_CONV) for p, t in find_targets(model).items()
-             if t.kind == "conv"}
-    return CompressionPlan(default=LayerConfig(quant=INT4_LINEAR), layers=convs)
 
 
 def _model() -> tuple[torch.nn.Module, str]:
@@ -186,7 +162,7 @@ def bench_export(args: argparse.Namespace | None = None) -> dict[str, Any]:
             "greedy_wer_before", "greedy_wer_after", "teacher_greedy_wer", "steps", "seconds",
             "training_items", "params", "how")} | {"checkpoint": str(recovery.checkpoint)},
         "latency": {"threads": 1, "input_seconds": 5.0, "repeats": repeats,
-                    "statistic": "median, sessions measured in turns",
+                    "statistic": "median, sessions measured in turns", "clock": CLOCK,
                     "load_average_1min_before": round(load_before, 2)},
         "plans": {name: json.loads(plan.to_json()) for name, plan in plans.items()}
         | {"pruned_int8_before_recovery": json.loads(pruned_int8_plan().to_json())},
@@ -208,6 +184,6 @@ def bench_export(args: argparse.Namespace | None = None) -> dict[str, Any]:
     result["wer_abs_diff"] = wer["int8"]["all"]["abs_diff"]
     result["wer_abs_diff_pruned"] = wer["pruned_int8"]["all"]["abs_diff"]
     _log("ExecuTorch: int8 .pte (XNNPACK), run in ExecuTorch's runtime")
-    from workbench.export.bench_pte import pte_figures
+    from workbench.bench.export_pte import pte_figures
     result.update(pte_figures(model, plans["int8"], eval_sets, repeats))
     return result

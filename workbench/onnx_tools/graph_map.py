@@ -1,6 +1,6 @@
 """Which ONNX nodes hold which layer's weights: module paths from the exporter's name scopes.
 
-Node names in a dynamo export are opaque ("node_MatMul_29"); `onnx_export` keeps each node's
+Node names in a dynamo export are opaque ("node_MatMul_29"); `exporter` keeps each node's
 module path in its metadata (`MODULE_KEY`). A plan layer "blocks.0.mlp.fc1" owns the weight
 nodes whose module is that path or lies under it (a low-rank Linear exports as two MatMuls,
 "blocks.0.mlp.fc1.down" and "blocks.0.mlp.fc1.up"). Only nodes whose weight is a constant
@@ -8,10 +8,11 @@ nodes whose module is that path or lies under it (a low-rank Linear exports as t
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from workbench.export.onnx_export import node_module
+from workbench.onnx_tools.exporter import node_module
 
 if TYPE_CHECKING:
     import onnx
@@ -49,5 +50,15 @@ def weight_nodes(proto: onnx.ModelProto) -> list[WeightNode]:
 def nodes_of_layer(nodes: list[WeightNode], path: str, kind: str) -> list[WeightNode]:
     """The weight nodes of plan layer `path` of kind "linear" or "conv"."""
     ops = LINEAR_OPS if kind == "linear" else CONV_OPS
+    # or by the weight's own name: a conv followed by a BatchNorm is fused by the exporter's
+    # optimizer into one Conv that carries the norm's scope but keeps the conv's weight name
+    # (measured on torchaudio's Conformer conv module: "...sequential.3" holding
+    # "...sequential.2.weight")
     return [n for n in nodes if n.op_type in ops
-            and (n.module == path or n.module.startswith(path + "."))]
+            and (n.module == path or n.module.startswith(path + ".")
+                 or n.weight.startswith(path + "."))]
+
+
+def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
+    """How many nodes of each op type the graph holds (sorted by op; before ORT's fusions)."""
+    return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))

@@ -20,17 +20,14 @@ import time
 
 import torch
 
+from workbench.bench import percentile
+
 
 def _load() -> list[float]:
     try:
         return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
     except OSError:
         return []
-
-
-def _pct(values: list[float], q: float) -> float:
-    from workbench.bench import _pct as pct
-    return pct(values, q)
 
 
 def scripted_whisper_changes(n: int, seed: int, n_enc: int = 4, n_dec: int = 4) -> list:
@@ -125,11 +122,11 @@ def bench_whisper(args) -> dict:
     out["interactive"] = {
         "changes": changes, "quick_utterances": 16,
         "quick_ms_p50": round(statistics.median(quick_ms), 1),
-        "quick_ms_p95": round(_pct(quick_ms, 0.95), 1),
+        "quick_ms_p95": round(percentile(quick_ms, 0.95), 1),
         "full_ms_p50": round(statistics.median(full_ms), 1),
-        "full_ms_p95": round(_pct(full_ms, 0.95), 1),
+        "full_ms_p95": round(percentile(full_ms, 0.95), 1),
         "decoder_only_changes": sum(r == session.n_enc + 2 for r in restarts),
-        "quick_meets_2s": _pct(quick_ms, 0.95) <= 2000.0}
+        "quick_meets_2s": percentile(quick_ms, 0.95) <= 2000.0}
     int8 = compress(model, CompressionPlan().with_default(
         LayerConfig(quant=QuantConfig(weight_bits=8))))
     out["latency_simulated"] = {"fp32": rtf_by_device(model), "int8": rtf_by_device(int8)}

@@ -82,6 +82,6 @@ def bench_search(trials: int = 32, batch: int = 8, seed: int = 0, ray: bool = Tr
     out["hypervolume"] = serial["hypervolume"]
     out["definition"] = ("hypervolume: of the front with each objective (WER, bytes, simulated "
                          "ms) divided by the reference plan's (int8 everywhere), bounded by 1.1; "
-                         "overhead_per_trial_ms: see workbench/search/bench.py")
+                         "overhead_per_trial_ms: see workbench/bench/search.py")
     out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return out

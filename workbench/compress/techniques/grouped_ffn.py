@@ -1,0 +1,68 @@
+"""Grouped (block-diagonal) FFN as a registered technique: fc1 and fc2 split into G groups
+(workbench.compress.swap_layers.GroupedFeedForward), G times fewer weights and MACs.
+
+    LayerConfig(grouped_ffn={"groups": 2})
+
+Initialised from the dense FFN: hidden neurons are assigned (balanced) to the input group that
+holds most of their fc1 weight energy; each group keeps its block of fc1 and fc2. The weights
+outside the blocks are dropped, so it needs recovery. Runs after structured pruning (a pruned
+FFN can be grouped when G divides its widths); its parts are plain Linears, which the latency
+table prices from the compressed model's shapes.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from workbench.compress.swap_layers import grouped_from
+from workbench.compress.techniques.low_rank import replace_module
+from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
+from workbench.errors import PlanError
+
+
+class GroupedFFNConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    groups: int = Field(ge=2, le=64, description="Block-diagonal groups of fc1 and fc2.")
+
+
+def check_module(s: GroupedFFNConfig, ffn: nn.Module) -> str | None:
+    d, f = ffn.fc1.in_features, ffn.fc1.out_features
+    if d % s.groups or f % s.groups:
+        return (f"groups={s.groups} must divide the model width {d} and the hidden width {f} "
+                f"of this FFN.")
+    return None
+
+
+def apply_(root: nn.Module, entries: Mapping[str, GroupedFFNConfig], ctx: ApplyContext
+           ) -> nn.Module:
+    for path, s in entries.items():
+        ffn = root.get_submodule(path)
+        problem = check_module(s, ffn) if hasattr(ffn, "fc1") else "it is no dense FFN."
+        if problem is not None:   # e.g. neuron pruning left a width G does not divide
+            raise PlanError(f"layers[{path!r}].grouped_ffn: {problem}")
+        root = replace_module(root, path, grouped_from(ffn, s.groups))
+        ctx.notes.append(f"{path}: grouped FFN, {s.groups} groups")
+    return root
+
+
+def latency_row(row, s: GroupedFFNConfig):
+    """A dense fc1 / fc2 row of the FFN (from a cached table) -> its grouped work; idempotent.
+    A shape pass of the grouped model has rows for its parts (`fc1.parts.0`): left as they are."""
+    if row.op != "matmul" or not row.path.endswith((".fc1", ".fc2")) or not row.in_width:
+        return row
+    dense = row.in_width * row.out_width
+    bias = row.params - dense if row.params >= dense else row.params - dense // s.groups
+    return replace(row, macs=row.positions * dense // s.groups, params=dense // s.groups + bias)
+
+
+GROUPED_FFN = register(Technique(
+    name="grouped_ffn", fields=("grouped_ffn",), order=25, config_type=GroupedFFNConfig,
+    applies_to=lambda s, kind: kind == "ffn", fits="grouped_ffn fits FFN modules (fc1 / fc2)",
+    apply_=apply_, changes_shape=lambda s: True, export="pytorch", latency_row=latency_row,
+    check_module=check_module,
+    control=Control(label="FFN groups", kinds=("ffn",), values=(None, 2, 4),
+                    to_setting=lambda v: None if v is None else GroupedFFNConfig(groups=v),
+                    from_setting=lambda s: None if s is None else s.groups)))

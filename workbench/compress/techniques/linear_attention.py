@@ -1,0 +1,54 @@
+"""Linear attention as a registered technique: softmax attention becomes kernelized attention
+with the feature map elu + 1 (workbench.compress.swap_layers.LinearSelfAttention).
+
+    LayerConfig(linear_attention={})          {"feature_map": "elu+1"} is the only map so far
+
+Initialised from the attention's projections; the kernel is not the softmax's, so the swap needs
+recovery (distillation). Priced as 2 * H * T * Dh * (Dh + 1) MACs: linear in T, no (T, T) matrix.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from workbench.compress.swap_layers import LinearSelfAttention
+from workbench.compress.techniques._swap import ATTENTION_WHY_NOT, replace_attention
+from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
+
+
+class LinearAttentionConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    feature_map: Literal["elu+1"] = "elu+1"
+
+
+def apply_(root: nn.Module, entries: Mapping[str, LinearAttentionConfig], ctx: ApplyContext
+           ) -> nn.Module:
+    for path in entries:
+        root = replace_attention(root, path, LinearSelfAttention)
+        ctx.notes.append(f"{path}: linear attention (elu + 1 feature map)")
+    return root
+
+
+def latency_row(row, s: LinearAttentionConfig):
+    """phi(k)^T v and phi(q) (.) per head: (Dh, Dh) products; the feature maps as activations."""
+    if row.op != "attention_scores" or not row.heads:
+        return row
+    h, t, dh = row.heads, row.positions, row.head_dim
+    return replace(row, macs=2 * h * t * dh * (dh + 1), output_bytes=h * t * dh * 4,
+                   linear_in_length=True)
+
+
+LINEAR_ATTENTION = register(Technique(
+    name="linear_attention", fields=("linear_attention",), order=25,
+    config_type=LinearAttentionConfig,
+    applies_to=lambda s, kind: kind == "attention",
+    fits="linear_attention fits attention modules", why_not=ATTENTION_WHY_NOT,
+    apply_=apply_, changes_shape=lambda s: True, export="pytorch", latency_row=latency_row,
+    control=Control(label="linear attn", kinds=("attention",), values=(None, "elu+1"),
+                    to_setting=lambda v: None if v is None else
+                    LinearAttentionConfig(feature_map=v),
+                    from_setting=lambda s: None if s is None else s.feature_map)))

@@ -1,0 +1,59 @@
+"""Performer (FAVOR+) attention as a registered technique: softmax attention approximated with
+positive orthogonal random features (workbench.compress.swap_layers.PerformerSelfAttention).
+
+    LayerConfig(performer_attention={"features": 64, "seed": 0})
+
+The random features are drawn from `seed` and stored in the model (a buffer), so a checkpoint
+reloads the same function. Unbiased for the softmax kernel, so it starts closer to the original
+attention than linear attention; its variance grows with |q|, |k| (recovery helps). Priced as
+4 * H * T * m * Dh MACs: linear in T.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import partial
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from workbench.compress.swap_layers import PerformerSelfAttention
+from workbench.compress.techniques._swap import ATTENTION_WHY_NOT, replace_attention
+from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
+
+
+class PerformerAttentionConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    features: int = Field(64, ge=4, le=4096, description="Random features per head (m).")
+    seed: int = Field(0, ge=0)
+
+
+def apply_(root: nn.Module, entries: Mapping[str, PerformerAttentionConfig], ctx: ApplyContext
+           ) -> nn.Module:
+    for i, (path, s) in enumerate(entries.items()):
+        root = replace_attention(root, path, partial(
+            PerformerSelfAttention, features=s.features, seed=s.seed * 1000 + i))
+        # seed per module: independent random features in every block
+        ctx.notes.append(f"{path}: Performer attention, {s.features} random features")
+    return root
+
+
+def latency_row(row, s: PerformerAttentionConfig):
+    """Features of q and k (T x m x Dh each), phi(k)^T v and phi(q) (.) (T x m x Dh each)."""
+    if row.op != "attention_scores" or not row.heads:
+        return row
+    h, t, dh, m = row.heads, row.positions, row.head_dim, s.features
+    return replace(row, macs=4 * h * t * m * dh, output_bytes=h * t * m * 4,
+                   linear_in_length=True)
+
+
+PERFORMER_ATTENTION = register(Technique(
+    name="performer_attention", fields=("performer_attention",), order=25,
+    config_type=PerformerAttentionConfig,
+    applies_to=lambda s, kind: kind == "attention",
+    fits="performer_attention fits attention modules", why_not=ATTENTION_WHY_NOT,
+    apply_=apply_, changes_shape=lambda s: True, export="pytorch", latency_row=latency_row,
+    control=Control(label="performer m", kinds=("attention",), values=(None, 128, 64, 32),
+                    to_setting=lambda v: None if v is None else
+                    PerformerAttentionConfig(features=v),
+                    from_setting=lambda s: None if s is None else s.features)))
