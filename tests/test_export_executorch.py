@@ -80,7 +80,7 @@ def test_emulated_simulation_is_closer_to_the_pte(applied, small):
     # in the worst frame: fp32 rounding differences flip a few int8 roundings, which cascade
     # (measured on 4 inputs: mean |diff| 2-3x smaller, max only 1.4-2.6x).
     from workbench.compress import compress
-    from workbench.export.calibration import feature_feeds
+    from workbench.onnx_tools.runtime import feature_feeds
     from workbench.export.emulation import emulate_xnnpack_dynamic
     from workbench.export.executorch import PteSession, _depthwise_fp32, pte_decide
     from workbench.export.structural import layer_quant

@@ -101,7 +101,7 @@ def test_each_emulated_layer_equals_the_pte_given_the_same_input(small, path, sh
     from executorch.runtime import Runtime
 
     from workbench.compress import compress
-    from workbench.export.bench import int8_plan
+    from workbench.export.reference_plans import int8_plan
     from workbench.export.emulation import emulate_xnnpack_dynamic
     from workbench.export.executorch import (_Conv1dAs2d, _depthwise_fp32, _simulated_weights,
                                              lower_to_pte, pte_decide)
@@ -140,7 +140,7 @@ def test_pte_weights_are_the_simulations_grid(small, path):
     from executorch.runtime import Runtime
 
     from workbench.compress import compress
-    from workbench.export.bench import int8_plan
+    from workbench.export.reference_plans import int8_plan
     from workbench.export.executorch import (_depthwise_fp32, _simulated_weights, lower_to_pte,
                                              pte_decide)
     from workbench.export.structural import layer_quant
@@ -164,7 +164,7 @@ def test_rerounding_the_float_weights_would_put_near_ties_one_level_apart(small)
     from executorch.runtime import Runtime
 
     from workbench.compress import compress
-    from workbench.export.bench import int8_plan
+    from workbench.export.reference_plans import int8_plan
     from workbench.export.executorch import _depthwise_fp32, lower_to_pte, pte_decide
     from workbench.export.structural import layer_quant
     path = "blocks.0.mlp.fc1"
