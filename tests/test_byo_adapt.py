@@ -125,13 +125,14 @@ def test_wav2vec2_size_counts_the_weight_norm_conv_and_matches_compress(wav2vec2
         report.params - 2 * per_layer)
 
 
-def test_taylor_importance_on_a_graph_group_is_refused(conformer):
+def test_taylor_on_a_graph_group_without_its_gradients_is_refused(conformer):
     _, model = conformer
     plan = CompressionPlan().with_group(
         "ffn", LayerConfig(prune=PruneConfig(structure="neurons", amount=0.5,
                                              importance="taylor")))
-    with pytest.raises(PlanError, match="magnitude"):
-        compress(model, plan, grads={})  # gradients given: the group itself refuses
+    # gradients given but not for this group's weights (tests/test_graph_taylor.py: with them)
+    with pytest.raises(PlanError, match="no gradient for blocks.0.block.ffn1"):
+        compress(model, plan, grads={})
 
 
 class _Plain(nn.Module):
@@ -165,3 +166,25 @@ def test_custom_adapter_runs(conformer):
     with torch.no_grad():
         assert torch.equal(model.encode_until(x, lengths, 2)[0],
                            raw(x.transpose(1, 2), lengths)[0])
+
+
+def test_the_callers_model_and_head_are_never_changed(conformer, wav2vec2):
+    """adapt() and the public AdaptedCTC constructor work on a private copy: the caller's block
+    list is not emptied, their CTC head is not switched to eval nor shared."""
+    from workbench.byo import AdaptedConfig, AdaptedCTC
+    raw, _ = conformer
+    head = nn.Linear(D, len(VOCAB)).train()
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    model = adapt(raw, ctc_head=head)
+    assert head.training and model.ctc is not head
+    with torch.no_grad():
+        model.ctc.weight.add_(1.0)  # training the adapted head leaves the caller's alone
+    assert all(torch.equal(v, before[k]) for k, v in head.state_dict().items())
+    layers = len(raw.conformer_layers)
+    config = AdaptedConfig("test", "log_mel", D, D, layers, len(VOCAB), False)
+    direct = AdaptedCTC(raw, config, lambda m, f, n: (f.transpose(1, 2), n),
+                        list(raw.conformer_layers), lambda b, h, m: b(h, m), head, ())
+    assert len(raw.conformer_layers) == layers and len(direct.blocks) == layers
+    assert not any(p is q for p in direct.parameters() for q in raw.parameters())
+    raw_w2v, _ = wav2vec2
+    assert isinstance(raw_w2v.aux, nn.Linear)  # its output layer moved out of the copy only

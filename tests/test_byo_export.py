@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from toys import torchaudio_conformer, torchaudio_wav2vec2
 from workbench import compress, size
 from workbench.byo import adapt
 from workbench.models import VOCAB
@@ -50,25 +51,12 @@ def _random_norms(model: nn.Module) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def wav2vec2():
-    from torchaudio.models import wav2vec2_model
-    torch.manual_seed(0)
-    raw = wav2vec2_model(
-        extractor_mode="group_norm", extractor_conv_layer_config=[(64, 10, 5), (64, 3, 2)],
-        extractor_conv_bias=False, encoder_embed_dim=128, encoder_projection_dropout=0.0,
-        encoder_pos_conv_kernel=16, encoder_pos_conv_groups=8, encoder_num_layers=2,
-        encoder_num_heads=4, encoder_attention_dropout=0.0, encoder_ff_interm_features=256,
-        encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=False,
-        encoder_layer_drop=0.0, aux_num_out=len(VOCAB)).eval()
-    return adapt(_random_norms(raw))
+    return adapt(_random_norms(torchaudio_wav2vec2(aux_num_out=len(VOCAB))))
 
 
 @pytest.fixture(scope="module")
 def conformer():
-    from torchaudio.models import Conformer
-    torch.manual_seed(0)
-    raw = Conformer(input_dim=80, num_heads=4, ffn_dim=256, num_layers=2,
-                    depthwise_conv_kernel_size=31).eval()
-    return adapt(_random_norms(raw))
+    return adapt(_random_norms(torchaudio_conformer()))
 
 
 def _initializer_bytes(fp32: bytes) -> int:
@@ -79,7 +67,7 @@ def _initializer_bytes(fp32: bytes) -> int:
 
 
 def _ort_diff(export, inputs: tuple[torch.Tensor, torch.Tensor]) -> float:
-    from workbench.export.verify import make_session
+    from workbench.onnx_tools.runtime import make_session
     session = make_session(export.fp32)
     names = [i.name for i in session.get_inputs()]
     got = session.run(None, dict(zip(names, (t.numpy() for t in inputs), strict=True)))[0]
@@ -161,3 +149,15 @@ def test_apply_plan_on_an_adapted_conformer(conformer, tmp_path):
     pruned = compress(conformer, PLAN)
     assert sum(p.numel() for p in pruned.parameters()) < sum(
         p.numel() for p in conformer.parameters())
+
+
+def test_wav2vec2_zero_plan_is_bit_identical_and_the_model_unchanged(wav2vec2):
+    before = {k: v.clone() for k, v in wav2vec2.state_dict().items()}
+    zero = (CompressionPlan().with_group("ffn", _prune("neurons", 0.0))
+            .with_group("attention", _prune("heads", 0.0)))
+    wave, lengths = wav2vec2.example_input()
+    with torch.no_grad():
+        assert torch.equal(compress(wav2vec2, zero)(wave, lengths)[0],
+                           wav2vec2(wave, lengths)[0])
+        compress(wav2vec2, PLAN)(wave, lengths)
+    assert all(torch.equal(before[k], v) for k, v in wav2vec2.state_dict().items())

@@ -9,7 +9,8 @@ from workbench.evaluate import evaluate, load_eval_set, score
 from workbench.export import build_export
 from workbench.export.reference_plans import int8_plan
 from workbench.export.positions import bytes_priced_elsewhere
-from workbench.export.verify import evaluate_ort, make_session
+from workbench.export.verify import evaluate_ort
+from workbench.onnx_tools.runtime import make_session
 from workbench.paths import REAL_TEST, SYNTH_TEST
 from workbench.size import size
 

@@ -10,7 +10,7 @@ from workbench.export.emulation import emulate_ort_dynamic, fake_quant_dynamic_u
 def ort_dynamic_roundtrip(x: np.ndarray) -> np.ndarray:
     from onnx import TensorProto, helper
 
-    from workbench.export.verify import make_session
+    from workbench.onnx_tools.runtime import make_session
     graph = helper.make_graph(
         [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
          helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g",
@@ -39,7 +39,8 @@ def test_all_zero_input_is_left_alone():
 def test_emulated_simulation_is_closer_to_onnxruntime(tiny_conformer):
     from workbench.export.reference_plans import int8_plan
     from workbench.export.pipeline import build_export
-    from workbench.export.verify import make_session, ort_log_probs
+    from workbench.export.verify import ort_log_probs
+    from workbench.onnx_tools.runtime import make_session
     export = build_export(tiny_conformer, int8_plan())
     emulated = emulate_ort_dynamic(export.sim, export.decisions)
     session = make_session(export.model, 1)
@@ -64,9 +65,9 @@ def test_each_emulated_layer_equals_onnxruntime_given_the_same_input(tiny_confor
     from onnx import TensorProto, helper
 
     from workbench.export.reference_plans import int8_plan
-    from workbench.export.calibration_set import feature_feeds
+    from workbench.onnx_tools.runtime import feature_feeds
     from workbench.export.pipeline import build_export
-    from workbench.export.verify import make_session
+    from workbench.onnx_tools.runtime import make_session
     export = build_export(tiny_conformer, int8_plan())
     emulated = emulate_ort_dynamic(export.sim, export.decisions)
     proto = onnx.ModelProto.FromString(export.model)

@@ -14,11 +14,11 @@ from workbench.compress import compress
 from workbench.compress.targets import find_targets
 from workbench.export import build_export
 from workbench.export.errors import UnsupportedBitsError
-from workbench.export.onnx_export import INPUT_NAMES, OUTPUT_NAMES
+from workbench.onnx_tools.exporter import INPUT_NAMES, OUTPUT_NAMES
 from workbench.export.ort_quantize import quantize_graph
 from workbench.export.structural import layer_quant
-from workbench.export.verify import (make_session, max_abs_diff, ort_log_probs,
-                                     runtime_op_counts)
+from workbench.export.verify import max_abs_diff, ort_log_probs
+from workbench.onnx_tools.runtime import make_session, runtime_op_counts
 from workbench.models import conformer_ctc
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
 

@@ -122,7 +122,7 @@ def test_zero_plan_is_bit_identical(demo):
 
 def test_pruned_demo_onnx_matches_pytorch_and_size(demo, exported):
     from workbench.export.positions import bytes_priced_elsewhere
-    from workbench.export.verify import make_session
+    from workbench.onnx_tools.runtime import make_session
     model, _, _ = demo
     proto = onnx.ModelProto.FromString(exported.fp32)
     init_bytes = sum(int(np.prod(t.dims)) * 4 for t in proto.graph.initializer

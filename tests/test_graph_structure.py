@@ -155,6 +155,24 @@ def test_norm_over_hidden_units_is_refused_with_the_reason():
         structure.group("")
 
 
+def test_discover_leaves_a_training_model_as_it_was():
+    """The recorded run is in eval mode: BatchNorm statistics untouched, dropout off (same
+    groups as on the eval model), every module's mode restored after."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(24, 16)).train()
+    model[3].eval()  # a mixed-mode model keeps its mixed modes
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    example = (torch.randn(8, 16),)
+    structure = discover(model, example)
+    assert [m.training for m in model.modules()] == [True, True, True, True, False, True]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    reference = discover(copy.deepcopy(model).eval(), example)
+    assert [(g.path, g.kind, g.size) for g in structure.groups] == [
+        (g.path, g.kind, g.size) for g in reference.groups] != []
+
+
 def test_tied_weights_stay_tied_and_count_once():
     class Tied(nn.Module):
         def __init__(self) -> None:
@@ -187,13 +205,20 @@ def test_unknown_group_or_bad_amount_is_refused(conformer):
 
 
 def test_copy_is_deep(conformer):
-    model, _, structure = conformer
-    pruned = prune(model, structure, {"neurons": 0.5})
-    assert pruned.model is not model and copy.deepcopy(pruned.model) is not None
+    model, example, structure = conformer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = prune(model, structure, {"neurons": 0.0, "heads": 0.0}).model   # same shapes
+    ours = {p.data_ptr() for p in model.parameters()}
+    assert ours.isdisjoint(p.data_ptr() for p in pruned.parameters())        # no shared storage
+    with torch.no_grad():
+        for p in pruned.parameters():
+            p.add_(1.0)                                                       # edit the copy
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_graph_rounding_is_compress_rounding():
+def test_one_rounding_rule_for_graph_and_compress():
     from workbench.graph.surgery import count_to_remove as graph_count
-    for n in (1, 2, 3, 4, 7, 80, 256):
-        for amount in (0.0, 0.1, 0.25, 0.5, 0.75, 0.99):
-            assert graph_count(n, amount) == count_to_remove(n, amount)
+    assert graph_count is count_to_remove          # compress.prune re-exports the graph's rule
+    assert [count_to_remove(n, a) for n, a in ((1536, 0.5), (6, 0.25), (4, 0.25), (80, 0.25),
+                                               (2, 0.99), (5, 0.5))] == [768, 2, 1, 20, 1, 3]
+    assert count_to_remove(2, 0.99, keep_one=False) == 2

@@ -1,5 +1,5 @@
 """A tiny host calibration end to end (export, ORT int8, timing, fit, cache file) and the
-name-scope mapping the int8 export relies on."""
+name-scope mapping the int8 export relies on (the ONNX toolbox shared with workbench.export)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,6 @@ import json
 import torch
 
 from workbench.latency import load_device, predict_latency
-from workbench.latency._onnx import matmul_nodes_by_module
 from workbench.latency.fit_host import calibrate
 from workbench.models import build_model
 from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
@@ -40,10 +39,12 @@ def test_tiny_calibration_writes_the_cache_and_calibrates_host(tmp_path, monkeyp
     assert record["mape_pct"] < 25
 
 
-def test_matmul_nodes_map_to_module_paths(tmp_path) -> None:
+def test_matmul_nodes_map_to_module_paths() -> None:
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    from workbench.onnx_tools.exporter import keep_module_paths_only
+    from workbench.onnx_tools.graph_map import nodes_of_layer, weight_nodes
 
     w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="node_linear_3")
@@ -55,6 +56,9 @@ def test_matmul_nodes_map_to_module_paths(tmp_path) -> None:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 4])],
                               initializer=[w])
-    path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph), str(path))
-    assert matmul_nodes_by_module(path) == {"node_linear_3": "blocks.0.mlp.fc1"}
+    proto = helper.make_model(graph)
+    keep_module_paths_only(proto)
+    assert [(n.name, n.module) for n in weight_nodes(proto)] == [("node_linear_3",
+                                                                  "blocks.0.mlp.fc1")]
+    assert [n.name for n in nodes_of_layer(weight_nodes(proto), "blocks.0.mlp", "linear")] == [
+        "node_linear_3"]

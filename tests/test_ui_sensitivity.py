@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.errors import PlanError, WorkbenchError
 from workbench.evaluate import EvalSet
 from workbench.latency import predict_latency
 from workbench.plan import CompressionPlan
@@ -93,6 +93,17 @@ def test_with_setting_keeps_the_layers_other_settings(model):
     assert entry.quant.weight_bits == 6 and entry.rank == 8
     with pytest.raises(WorkbenchError, match="sparsity"):
         with_setting(plan, model, "blocks.1.ffn2.fc2", "sparsity", 0.5)
+
+
+@pytest.mark.parametrize("bits", [0, 9])
+def test_a_width_no_plan_can_hold_is_refused_before_any_evaluation(model, bits):
+    with pytest.raises(PlanError, match=f"weight_bits.*got {bits}"):
+        with_setting(CompressionPlan(), model, "blocks.1.ffn2.fc2", "bits", bits)
+    calls = []
+    with pytest.raises(PlanError, match="weight_bits"):
+        run_sweep(calls.append, model, CompressionPlan(), sparsities=(), bits=(8, bits),
+                  paths=["blocks.1.ffn2.fc2"])
+    assert calls == []
 
 
 def _table(model) -> SensitivityTable:

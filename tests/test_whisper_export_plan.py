@@ -56,27 +56,27 @@ def test_each_plan_layer_runs_as_planned_in_the_graphs_that_have_it(built):
     assert d["decoder.blocks.1.attn.out_proj"].bits == 8 and d[
         "decoder.blocks.1.attn.out_proj"].changes                    # 6 -> 8, reported
     nodes = built["layer_nodes"]
-    # cross keys are computed once, in decoder_init; decoder_step receives them as inputs
+    # cross keys are computed once, in cross_kv; the decoder receives them as inputs
     assert {n.split(":")[0] for n in nodes["decoder.blocks.1.cross_attn.k_proj"]} == {
-        "decoder_init"}
+        "cross_kv"}
     assert {n.split(":")[0] for n in nodes["decoder.blocks.0.cross_attn.q_proj"]} == {
-        "decoder_init", "decoder_step"}
+        "decoder"}
     # quantized nodes per graph: exactly the plan's layers that run there
     assert _ops(built["model"]["encoder"]).get("MatMulInteger") == 1           # enc fc1
     assert "MatMulNBits" not in _ops(built["model"]["encoder"])
-    step, init = _ops(built["model"]["decoder_step"]), _ops(built["model"]["decoder_init"])
-    assert step.get("MatMulNBits") == 1 and init.get("MatMulNBits") == 1      # cross q_proj
-    assert step.get("MatMulInteger") == 2       # attn.out_proj (6 -> 8 bit) + tied projection
-    assert init.get("MatMulInteger") == 3       # + cross k_proj of block 1
+    dec, cross = _ops(built["model"]["decoder"]), _ops(built["model"]["cross_kv"])
+    assert dec.get("MatMulNBits") == 1                                         # cross q_proj
+    assert dec.get("MatMulInteger") == 2      # attn.out_proj (6 -> 8 bit) + tied projection
+    assert cross.get("MatMulInteger") == 1 and cross["MatMul"] == 3           # cross k_proj
     # the fp32 MatMuls left are the unplanned layers and the attention products
-    fp32 = _ops(built["fp32"]["decoder_step"])["MatMul"]
-    assert step["MatMul"] == fp32 - 3
+    fp32 = _ops(built["fp32"]["decoder"])["MatMul"]
+    assert dec["MatMul"] == fp32 - 3
 
 
 def test_pruned_structure_is_exported(built):
     import onnx
     from onnx import numpy_helper
-    proto = onnx.load(str(built["fp32"]["decoder_step"]))
+    proto = onnx.load(str(built["fp32"]["decoder"]))
     shapes = [numpy_helper.to_array(i).shape for i in proto.graph.initializer]
     assert (32, 32) in shapes and (32, 64) in shapes and (32, 32 * 2) in shapes
     assert built["structural"].decoder.blocks[1].mlp.fc1.out_features == 32
@@ -129,13 +129,13 @@ def test_apply_writes_report_and_card(model, tmp_path):
                            parity_utterances=2)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "MODEL_CARD.md", "decoder_init.onnx", "decoder_step.onnx", "encoder.onnx", "plan.json",
+        "MODEL_CARD.md", "cross_kv.onnx", "decoder.onnx", "encoder.onnx", "plan.json",
         "report.json"]
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["accuracy"][0]["utterances"] == 3
     assert set(on_disk["rounded_up"]) == {"decoder.blocks.1.attn.out_proj"}
     assert on_disk["size"]["model_bytes"] == sum(
-        (out / f"{g}.onnx").stat().st_size for g in ("encoder", "decoder_init", "decoder_step"))
+        (out / f"{g}.onnx").stat().st_size for g in ("encoder", "cross_kv", "decoder"))
     row = report["accuracy"][0]
     assert row["wer_abs_diff"] == pytest.approx(abs(row["wer_ort"] - row["wer_sim"]), abs=1e-4)
     card = (out / "MODEL_CARD.md").read_text()
@@ -168,3 +168,65 @@ def test_apply_whisper_cli_refuses_options_it_cannot_honour(tmp_path, capsys, ex
     err = capsys.readouterr().err
     assert code == 2 and names in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+# ---- storage: every weight once, as workbench.size prices it ---------------------------------
+def _size_plans():
+    q = lambda b, **kw: LayerConfig(quant=QuantConfig(weight_bits=b, **kw))  # noqa: E731
+    int8 = CompressionPlan().with_default(q(8))
+    return {"fp32": CompressionPlan(), "int8": int8,
+            "mixed": (int8.with_layer("decoder.token_embedding", q(4))
+                      .with_layer("decoder.blocks.0.mlp.fc1", q(4, symmetric=False))
+                      .with_layer("decoder.blocks.1.attn.q_proj", q(16))
+                      .with_layer("decoder.blocks.1.mlp", LayerConfig(prune=PruneConfig(
+                          structure="neurons", amount=0.5))))}
+
+
+@pytest.fixture(scope="module")
+def distinct(model):
+    """The toy with every parameter perturbed: its all-ones norms and all-zero biases would be
+    stored once by the exporter (equal constants are merged), a saving real checkpoints do not
+    have, which would hide a duplicated weight."""
+    import copy
+    m = copy.deepcopy(model)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return m
+
+
+@pytest.mark.parametrize("name", ["fp32", "int8", "mixed"])
+def test_stored_weights_match_the_size_prediction(distinct, tmp_path, name):
+    """The initializers of the three graphs hold each weight once in the plan's format, so their
+    bytes equal size()'s prediction within 0.5 % (the tied embedding's table alone is 10 % of
+    this toy, a second decoder copy ~40 %)."""
+    import onnx
+    from workbench.export.whisper_apply import build_whisper_export, stored_bytes
+    from workbench.size import size
+    plan = _size_plans()[name]
+    built = build_whisper_export(distinct, plan, tmp_path)
+    stored = stored_bytes(built["model"])
+    predicted = size(distinct, plan).total_bytes
+    assert abs(stored["initializers"] - predicted) <= 0.005 * predicted, (stored, predicted)
+    dec = onnx.load(str(built["model"]["decoder"]))
+    assert not any(list(i.dims) == [60, 32] for i in dec.graph.initializer)  # no Gather table
+    assert not built["notes"]
+
+
+def test_tied_embedding_reads_the_projection_weight_at_every_width(distinct, tmp_path):
+    """The input embedding gathers from the projection's stored weight (int8 per channel, 4-bit
+    and 2-bit MatMulNBits, asymmetric, fp16): ORT's first logits equal the simulation's."""
+    from workbench.export.whisper_apply import build_whisper_export, parity
+    from workbench.export.whisper_onnx import OrtWhisper
+    torch.manual_seed(3)
+    feats = [torch.randn(80, 57)]
+    for i, cfg in enumerate([QuantConfig(weight_bits=8), QuantConfig(weight_bits=4),
+                             QuantConfig(weight_bits=2), QuantConfig(weight_bits=16),
+                             QuantConfig(weight_bits=4, symmetric=False)]):
+        plan = CompressionPlan().with_layer("decoder.token_embedding", LayerConfig(quant=cfg))
+        built = build_whisper_export(distinct, plan, tmp_path / str(i))
+        assert not built["notes"]
+        dynamic = {d.path for d in built["decisions"] if d.dynamic_activations}
+        p = parity(OrtWhisper(built["model"], distinct.rules, 2), built["sim"], feats, dynamic)
+        assert p["first_step_logits_max_abs_diff"] < 1e-3, (cfg, p)

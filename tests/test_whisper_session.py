@@ -55,9 +55,32 @@ def test_decoder_only_change_reuses_encoder_output(setup):
 
 
 def test_quick_estimate_has_an_error_bar(setup):
-    _, session, _ = setup
-    est = session.evaluate(_plans()[1], "quick")
-    assert est.utterances == 3 and est.stderr >= 0.0 and "estimated" in est.source
+    """The stderr is the paired one, recomputed here from independent transcripts:
+    std(per-utterance word-error change) * sqrt(n) / reference words of the subset."""
+    from workbench.compress import compress
+    from workbench.evaluate import score
+    from workbench.whisper_eval import transcribe
+    from workbench.whisper_session import WhisperSession
+    model, _, es = setup
+    plan = _plans()[1]
+    # references: the baseline's own transcripts on odd utterances (0 errors there), so the
+    # per-utterance changes differ and the standard error is not 0
+    base = transcribe(model, _Letters(), es.features)
+    texts = tuple(b if i % 2 else t for i, (b, t) in enumerate(zip(base, es.texts)))
+    session = WhisperSession(model, _Letters(), EvalSet("toy refs", None, es.ids, texts,
+                                                        es.features), quick_utterances=3)
+    est = session.evaluate(plan, "quick")
+    assert est.utterances == 3 and "estimated" in est.source
+    idx = session.quick_indices
+    refs = [texts[i] for i in idx]
+    _, _, after = score(refs, transcribe(compress(model, plan), _Letters(),
+                                         [es.features[i] for i in idx]))
+    _, _, before = score(refs, [base[i] for i in idx])
+    d = torch.tensor([a.word_errors - b.word_errors for a, b in zip(after, before)],
+                     dtype=torch.float64)
+    assert float(d.std()) > 0
+    expected = float(d.std() * len(d) ** 0.5) / sum(a.words for a in after)
+    assert est.stderr == pytest.approx(expected, rel=1e-9)
 
 
 # ---- bad inputs: one test each; the error names the argument --------------------------------
@@ -135,6 +158,23 @@ def test_cancel_stops_a_run_and_leaves_no_result(setup):
     with pytest.raises(Cancelled):
         session.evaluate(plan, "full", cancel=lambda: True)
     assert session.evaluate(plan, "full").utterances == 6   # computed afresh, not half-cached
+
+
+def test_a_run_cancelled_midway_leaves_only_valid_states(setup):
+    """Cancelled after the quick part and one block of the rest: the states it cached are
+    reused, and the result equals compress + transcribe."""
+    from workbench.compress import compress
+    from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
+    from workbench.session import Cancelled
+    from workbench.whisper_eval import transcribe
+    model, session, es = setup
+    plan = CompressionPlan().with_layer("encoder.blocks.0.mlp.fc2",
+                                        LayerConfig(quant=QuantConfig(weight_bits=5)))
+    checks = []  # checks come before each of 2 encoder blocks and each decoder batch, per part
+    with pytest.raises(Cancelled):
+        session.evaluate(plan, "full", cancel=lambda: checks.append(1) or len(checks) > 4)
+    result = session.evaluate(plan, "full")
+    assert result.hypotheses == tuple(transcribe(compress(model, plan), _Letters(), es.features))
 
 
 def test_submit_delivers_quick_then_full_of_the_plan(setup):

@@ -13,6 +13,10 @@ class CheckpointError(WorkbenchError):
     """A checkpoint or weight file that cannot be loaded safely into the requested model."""
 
 
+class ExportError(WorkbenchError):
+    """The model or plan cannot be exported as asked (ONNX export, quantization, verification)."""
+
+
 class PlanError(WorkbenchError):
     """A compression plan that is invalid, or made for another model."""
 

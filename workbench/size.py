@@ -245,7 +245,7 @@ def size(model: nn.Module, plan: CompressionPlan, calib: Calibration | None = No
     graph = {g.path: g for g in getattr(getattr(model, "graph_structure", None), "groups", ())}
     for path, cfg in resolved.items():
         if cfg.prune is not None and path in graph:
-            _shrink_graph_group(model, graph[path], cfg, shapes)
+            _shrink_graph_group(model, graph[path], cfg, shapes, calib)
         elif cfg.prune is not None and cfg.prune.structure != "unstructured":
             _shrink_structured(model, path, cfg, shapes)
     grads = None
@@ -333,11 +333,19 @@ def _shrink_structured(model: nn.Module, path: str, cfg: LayerConfig, shapes: Sh
 
 
 def _shrink_graph_group(model: nn.Module, group, cfg: LayerConfig,  # noqa: ANN001
-                        shapes: Shapes) -> None:
+                        shapes: Shapes, calib: Calibration | None) -> None:
     """Shape changes of pruning a group found from the graph (workbench.graph): every axis
-    loses the slices of the units `compress` would remove (same choice: graph.surgery.choose)."""
-    from workbench.graph.surgery import choose
-    removed = choose(model, group, cfg.prune.amount)
+    loses the slices of the units `compress` would remove (same choice: graph.surgery.choose).
+    Taylor importance needs gradients only when the group's units differ in size (otherwise
+    any choice of that many units removes the same number of slices)."""
+    from workbench.graph.surgery import choose, count_to_remove
+    p = cfg.prune
+    same_size = all(len({len(u[axis]) for u in group.units}) == 1 for axis in group.axes)
+    if p.importance == "taylor" and same_size:
+        removed = list(range(count_to_remove(group.size, p.amount)))
+    else:
+        grads = taylor_gradients(model, calib or ()) if p.importance == "taylor" else None
+        removed = choose(model, group, p.amount, p.importance, grads)
     for name, dim in group.axes:
         owner = _owner(model, name)
         entry = shapes.get(owner[0], {}).get(owner[1]) if owner else None

@@ -36,11 +36,12 @@ import torch
 
 from workbench.errors import CheckpointError
 from workbench.evaluate import EvalSet, evaluate, load_eval_set, score
-from workbench.export.onnx_export import export_fp32, to_bytes
 from workbench.export.pipeline import Export, build_export
 from workbench.export.positions import bytes_priced_elsewhere
 from workbench.export.report import tensor_bytes
-from workbench.export.verify import evaluate_ort, latency_ms, make_session
+from workbench.export.verify import evaluate_ort
+from workbench.onnx_tools.exporter import export_fp32, to_bytes
+from workbench.onnx_tools.runtime import CLOCK, latency_ms, make_session
 from workbench.export.reference_plans import int4_plan, int8_plan, pruned_int8_plan
 from workbench.paths import REAL_TEST, SYNTH_TEST
 from workbench.plan import CompressionPlan
@@ -161,7 +162,7 @@ def bench_export(args: argparse.Namespace | None = None) -> dict[str, Any]:
             "greedy_wer_before", "greedy_wer_after", "teacher_greedy_wer", "steps", "seconds",
             "training_items", "params", "how")} | {"checkpoint": str(recovery.checkpoint)},
         "latency": {"threads": 1, "input_seconds": 5.0, "repeats": repeats,
-                    "statistic": "median, sessions measured in turns",
+                    "statistic": "median, sessions measured in turns", "clock": CLOCK,
                     "load_average_1min_before": round(load_before, 2)},
         "plans": {name: json.loads(plan.to_json()) for name, plan in plans.items()}
         | {"pruned_int8_before_recovery": json.loads(pruned_int8_plan().to_json())},

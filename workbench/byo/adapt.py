@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.errors import ArgumentError
+from workbench.errors import ArgumentError, WorkbenchError
 from workbench.models.base import VOCAB, CTCModel
 from workbench.models.layers import lengths_to_pad_mask
 
@@ -73,8 +73,13 @@ class AdaptedCTC(CTCModel):
                  blocks: Sequence[nn.Module],
                  block_call: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
                  ctc: nn.Module, roles: tuple[tuple[str, str], ...],
-                 final: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> None:
+                 final: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                 *, _owned: bool = False) -> None:
         super().__init__()
+        if not _owned:  # adapt() passes its own copy; a direct caller's modules are copied
+            # in one deepcopy, so the blocks stay the encoder's own modules: the block lists
+            # are emptied below, `.eval()` and head training act on the copy, never on yours
+            encoder, blocks, ctc = copy.deepcopy((encoder, tuple(blocks), ctc))
         self.encoder = encoder
         self.config = config
         self.ctc = ctc
@@ -120,6 +125,14 @@ class AdaptedCTC(CTCModel):
 
     def stem(self, features: torch.Tensor, feat_lengths: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        if features.dim() != 3 or features.shape[1] != c.n_mels:
+            # a log-mel batch given to a waveform model would otherwise run, silently wrong
+            want = ("the 16 kHz waveform as (batch, 1, samples): load_eval_set(manifest, "
+                    "features='waveform')" if c.features == "waveform" else
+                    f"log-mel features (batch, {c.n_mels}, frames): load_eval_set(manifest)")
+            raise WorkbenchError(f"{c.source} (adapted) takes {want}; got a tensor of shape "
+                                 f"{tuple(features.shape)}.")
         return self._stem(self.encoder, features, feat_lengths)
 
     def head(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -224,7 +237,11 @@ def adapt(model: nn.Module, *, vocab: Sequence[str] | None = None,
     if ctc_head is not None and not isinstance(ctc_head, nn.Module):
         raise ArgumentError(f"adapt(ctc_head=...): an nn.Module mapping (B, T, D) -> (B, T, "
                             f"{len(VOCAB)}), got {type(ctc_head).__name__}.")
-    own = copy.deepcopy(model).eval()
+    # one deepcopy of model and head together (a head that is part of the model stays so):
+    # the adapter moves blocks and the output layer out of it, `.eval()` and head training
+    # act on it; the caller's modules are never changed
+    own, ctc_head = copy.deepcopy((model, ctc_head))
+    own.eval()
     name = type(model).__name__
     if stem is None and blocks is None and name in _READY:
         spec = _READY[name](own, ctc_head)
@@ -244,7 +261,7 @@ def adapt(model: nn.Module, *, vocab: Sequence[str] | None = None,
                            n_layers=len(spec["blocks"]), vocab_size=len(VOCAB),
                            untrained=untrained)
     adapted = AdaptedCTC(own, config, spec["stem"], spec["blocks"], spec["call"], spec["ctc"],
-                         spec["roles"], spec["final"]).eval()
+                         spec["roles"], spec["final"], _owned=True).eval()
     # groups found now, in the caller's thread, not lazily inside an engine or UI thread (and a
     # failure here is an error the caller sees, not an AttributeError hidden by nn.Module)
     adapted.find_structure()

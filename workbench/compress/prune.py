@@ -26,15 +26,9 @@ import torch
 from torch import nn
 
 from workbench.compress import importance as imp
+from workbench.graph.surgery import count_to_remove  # the one rounding rule (re-exported)
 
 Grads = MutableMapping[str, torch.Tensor]
-
-
-def count_to_remove(n: int, amount: float, keep_one: bool = True) -> int:
-    """How many of `n` units a prune amount removes: round-half-up(amount * n), at most n - 1
-    when `keep_one` (structured) so the layer keeps a path for the signal."""
-    count = math.floor(amount * n + 0.5)
-    return min(count, n - 1) if keep_one else min(count, n)
 
 
 def keep_indices(scores: torch.Tensor, amount: float) -> torch.Tensor:

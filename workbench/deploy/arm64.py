@@ -150,7 +150,8 @@ def verify_arm64(model, plan, features: list, texts: list[str], cpu: str = "cort
     from workbench.decode import greedy_decode
     from workbench.evaluate import score
     from workbench.export.pipeline import build_export
-    from workbench.export.verify import make_session, ort_log_probs
+    from workbench.export.verify import ort_log_probs
+    from workbench.onnx_tools.runtime import make_session
     from workbench.plan import CompressionPlan
 
     if cpu not in CPUS:

@@ -6,17 +6,18 @@ verified against the simulation, with a report and a model card.
     build_export(model, plan, calib=None, strict=False) -> Export       ONNX bytes in memory
     export_fp32(model) -> onnx.ModelProto                               fp32, dynamic time axis
 
-Files, one step each: onnx_export (fp32 graph), positions (sinusoid table as formula),
-graph_map (module path -> ONNX nodes), decisions (plan bits -> ORT method), ort_quantize (the
-passes), weight_grids (exact plan grids in ORT layouts), calibration_set, verify (measurements),
-report, model_card, atomic (writes), pipeline, apply, reference_plans (the plans
-`workbench bench export` measures; the benchmark itself is workbench.bench.export).
+Files, one step each: positions (sinusoid table as formula), decisions (plan bits -> ORT
+method), ort_quantize (the passes), weight_grids (exact plan grids in ORT layouts),
+calibration_set, verify (WER, parity), report, model_card, atomic (writes), pipeline, apply,
+reference_plans (the plans `workbench bench export` measures; the benchmark itself is
+workbench.bench.export). The exporter, the node map, op counts, sessions and the timing
+harness are the ONNX toolbox shared with the latency calibration: workbench.onnx_tools.
 
 onnx / onnxruntime are imported inside functions; importing this package only loads torch.
 """
 from workbench.export.apply import ApplyOptions, apply_cli, apply_plan, read_plan
 from workbench.export.errors import ExportError, OutputExistsError, UnsupportedBitsError
-from workbench.export.onnx_export import export_fp32
+from workbench.onnx_tools.exporter import export_fp32
 from workbench.export.pipeline import Export, build_export
 
 

@@ -27,7 +27,7 @@ from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_a
 from workbench.export.calibration_set import CALIB_UTTERANCES, load_calibration_set
 from workbench.export.errors import OutputExistsError
 from workbench.export.model_card import render
-from workbench.export.onnx_export import OPSET
+from workbench.onnx_tools.exporter import OPSET
 from workbench.export.pipeline import Export, build_export, needs_calibration
 from workbench.export.positions import bytes_priced_elsewhere
 from workbench.export.report import (DELIVERABLE, FORMAT, accuracy_section, host_description,

@@ -17,6 +17,7 @@ import torch
 from workbench.compress.calibration_stats import CalibrationBatch
 from workbench.decode import encode_text
 from workbench.evaluate import EvalSet, load_eval_set
+from workbench.onnx_tools.runtime import feature_feeds
 
 #: Utterances of data/calib used for calibration (enough for stable min/max, seconds to run).
 CALIB_UTTERANCES = 32
@@ -34,12 +35,6 @@ def calibration_batches(calib: EvalSet) -> list[CalibrationBatch]:
         out.append(CalibrationBatch(feats[None], torch.tensor([feats.shape[-1]]),
                                     torch.tensor([ids]), torch.tensor([len(ids)])))
     return out
-
-
-def feature_feeds(features: torch.Tensor) -> dict[str, np.ndarray]:
-    """ORT inputs for one (n_mels, T) utterance."""
-    return {"features": features[None].numpy().astype(np.float32),
-            "feat_lengths": np.array([features.shape[-1]], dtype=np.int64)}
 
 
 def feature_reader(calib: EvalSet):

@@ -1,11 +1,8 @@
 """Errors of the export (all WorkbenchError subclasses: the CLI prints them as one line, exit 2)."""
 from __future__ import annotations
 
-from workbench.errors import WorkbenchError
-
-
-class ExportError(WorkbenchError):
-    """The model or plan cannot be exported as asked."""
+# ExportError is defined with the other errors (the ONNX toolbox, below export/, raises it too).
+from workbench.errors import ExportError
 
 
 class UnsupportedBitsError(ExportError):

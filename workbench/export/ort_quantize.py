@@ -6,7 +6,7 @@ Order of the passes, and why: static QDQ first (its calibration runs the still-f
 ONNX Runtime's dynamic int8 quantizer (`quantize_dynamic`, per channel, `nodes_to_quantize` =
 exactly the plan's layers, MatMul only), then our own weight rewrites (MatMulNBits, int8 Conv
 weights, fp16 weights), which write the plan's grid exactly (`weight_grids`). Every pass only
-touches the nodes it is given, found by module path (`graph_map`).
+touches the nodes it is given, found by module path (`workbench.onnx_tools.graph_map`).
 
 Static activation ranges are the ones the simulation observed (`act_ranges`: module path ->
 (scale, zero point), read from the compressed model's activation quantizers) and are passed to
@@ -15,10 +15,8 @@ ONNX Runtime still runs its MinMax calibration over `calibration` for any tensor
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +25,9 @@ import numpy as np
 
 from workbench.export.decisions import Decision, decide
 from workbench.export.errors import ExportError, UnsupportedBitsError
-from workbench.export.graph_map import WeightNode, nodes_of_layer, weight_nodes
-from workbench.export.onnx_export import to_bytes
+from workbench.onnx_tools.graph_map import WeightNode, nodes_of_layer, weight_nodes
+from workbench.onnx_tools.exporter import to_bytes
+from workbench.onnx_tools.quantize import dynamic_int8, quiet_ort
 from workbench.export.weight_grids import (drop_unused_initializers, replace_with_fp16_weights,
                                            replace_with_dq_weights, replace_with_matmul_nbits)
 from workbench.plan import QuantConfig
@@ -50,18 +49,6 @@ class QuantizedGraph:
     decisions: tuple[Decision, ...]
     layer_nodes: dict[str, tuple[str, ...]]
     notes: tuple[str, ...] = ()
-
-
-@contextlib.contextmanager
-def _quiet_ort() -> Iterator[None]:
-    """ORT's quantizers log advice (pre-processing) on the root logger; keep the CLI quiet."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def plan_decisions(layers: LayerQuant, strict: bool) -> list[Decision]:
@@ -116,7 +103,7 @@ def quantize_graph(fp32: onnx.ModelProto, layers: LayerQuant, act_ranges: ActRan
                                 Path(tmp))
         for (method, granularity, symmetric), group in sorted(by_method.items()):
             if method == "int8_dynamic":
-                proto = _dynamic(proto, group, granularity, symmetric, Path(tmp))
+                proto = dynamic_int8(proto, group, granularity == "per_channel", symmetric)
     _rewrite_weights(proto, decisions, layer_nodes)
     drop_unused_initializers(proto)
     _check_all_quantized(proto, decisions, layer_nodes)
@@ -163,7 +150,7 @@ def _static(proto: onnx.ModelProto, group: list[WeightNode], granularity: str, s
 
     src, dst = tmp / "static_in.onnx", tmp / "static_out.onnx"
     src.write_bytes(to_bytes(proto))
-    with _quiet_ort():
+    with quiet_ort():
         quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=sorted({n.op_type for n in group}),
                         per_channel=granularity != "per_tensor",
@@ -175,22 +162,6 @@ def _static(proto: onnx.ModelProto, group: list[WeightNode], granularity: str, s
                                        # the plan quantizes a layer's input, not its output
                                        "OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"],
                                        "TensorQuantOverrides": overrides})
-    return _load(dst)
-
-
-def _dynamic(proto: onnx.ModelProto, group: list[WeightNode], granularity: str, symmetric: bool,
-             tmp: Path) -> onnx.ModelProto:
-    """ONNX Runtime dynamic int8: MatMulInteger with int8 weights (symmetric per channel: the
-    same grid as the simulation, scale = max|w| / 127) and DynamicQuantizeLinear on the input."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    src, dst = tmp / "dynamic_in.onnx", tmp / "dynamic_out.onnx"
-    src.write_bytes(to_bytes(proto))
-    with _quiet_ort():
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
-                         per_channel=granularity == "per_channel", weight_type=QuantType.QInt8,
-                         nodes_to_quantize=[n.name for n in group],
-                         extra_options={"MatMulConstBOnly": True, "WeightSymmetric": symmetric})
     return _load(dst)
 
 

@@ -24,9 +24,9 @@ from workbench.errors import WorkbenchError
 from workbench.evaluate import EvalSet, evaluate, score
 from workbench.export.decisions import Decision
 from workbench.export.positions import ComputedTable
-from workbench.export.verify import (by_length, evaluate_ort, latency_ms, make_session,
-                                     op_counts, parity_stats, quantized_op_counts,
-                                     runtime_op_counts)
+from workbench.export.verify import by_length, evaluate_ort, parity_stats, quantized_op_counts
+from workbench.onnx_tools.graph_map import op_counts
+from workbench.onnx_tools.runtime import CLOCK, latency_ms, make_session, runtime_op_counts
 
 FORMAT = "workbench-export-report/1"
 DELIVERABLE = "model.onnx"
@@ -162,7 +162,7 @@ def latency_section(model: bytes, fp32: bytes, seconds: float, repeats: int,
                     threads: Sequence[int]) -> dict[str, Any]:
     import os
     out: dict[str, Any] = {"input_seconds": seconds, "repeats": repeats,
-                           "statistic": "median of session.run wall time",
+                           "statistic": "median of session.run wall time", "clock": CLOCK,
                            "load_average_1min_before": round(os.getloadavg()[0], 2)}
     for n in threads:
         ms = latency_ms({"model": model, "fp32": fp32}, threads=n, seconds=seconds,

@@ -1,15 +1,12 @@
 """Measure an exported model in ONNX Runtime: transcripts and WER, output parity, latency, ops.
 
 Everything runs ORT's CPU provider, one utterance at a time (batch 1, the production case),
-with explicit thread counts. Latency is the median wall time of `InferenceSession.run` on a
-fixed input (zeros are as fast as speech: dense kernels do not skip values), several sessions
-measured in turns so a noisy neighbour slows all of them alike.
+with explicit thread counts. Sessions, op counts and latency come from the ONNX toolbox
+(workbench.onnx_tools.runtime: one timing harness and one clock, shared with the host latency
+calibration).
 """
 from __future__ import annotations
 
-import statistics
-import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,11 +16,10 @@ import torch
 
 from workbench.decode import greedy_decode
 from workbench.evaluate import EvalSet, UtteranceResult, score
-from workbench.export.calibration_set import feature_feeds
 from workbench.features import FRAMES_PER_SECOND
+from workbench.onnx_tools.runtime import feature_feeds
 
 if TYPE_CHECKING:
-    import onnx
     import onnxruntime
 
 #: Ops that compute on integers or carry quantized tensors (what "runs quantized" means).
@@ -32,22 +28,6 @@ QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMu
                  "ConvInteger", "QuantizeLinear", "DequantizeLinear", "QGemm")
 #: Utterance length buckets of the accuracy table, in seconds: [lo, hi).
 LENGTH_BUCKETS = ((0.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, float("inf")))
-
-
-def make_session(model: bytes, threads: int = 1, optimized_path: str | None = None
-                 ) -> onnxruntime.InferenceSession:
-    """A CPU session with `threads` intra-op threads, sequential, all graph optimisations."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if optimized_path is not None:
-        opts.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def ort_log_probs(session: onnxruntime.InferenceSession, features: torch.Tensor
@@ -128,39 +108,5 @@ def parity_stats(session: onnxruntime.InferenceSession, model: torch.nn.Module,
             "argmax_agreement": round(same / max(frames, 1), 6), "frames": frames}
 
 
-def latency_ms(models: Mapping[str, bytes], threads: int = 1, seconds: float = 5.0,
-               repeats: int = 15, warmup: int = 3, n_mels: int = 80) -> dict[str, float]:
-    """Median run time (ms) of each model on a fixed `seconds` input, measured in turns."""
-    frames = int(round(seconds * FRAMES_PER_SECOND))
-    feeds = feature_feeds(torch.zeros(n_mels, frames))
-    sessions = {name: make_session(blob, threads) for name, blob in models.items()}
-    for session in sessions.values():
-        for _ in range(warmup):
-            session.run(None, feeds)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(repeats):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, feeds)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: round(statistics.median(t), 3) for name, t in times.items()}
-
-
-def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
-    return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
-
-
 def quantized_op_counts(counts: Mapping[str, int]) -> dict[str, int]:
     return {op: n for op, n in counts.items() if op in QUANTIZED_OPS}
-
-
-def runtime_op_counts(model: bytes) -> dict[str, int]:
-    """Op counts of the graph ORT actually runs (after its fusions, e.g. DynamicQuantizeMatMul)."""
-    import tempfile
-
-    import onnx
-
-    with tempfile.TemporaryDirectory(prefix="workbench-ort-") as tmp:
-        path = f"{tmp}/optimized.onnx"
-        make_session(model, 1, optimized_path=path)
-        return op_counts(onnx.load(path))

@@ -15,8 +15,13 @@ modules *called*, and the decoder calls methods of its attention modules (`keys_
 `attend`), so `decoder.blocks.0.attn.q_proj` and `...cross_attn.q_proj` both export as
 "/decoder/blocks.0/q_proj*". Each MatMul / Conv weight initializer equals one module's weight (or
 its transpose) exactly, so matching values is unambiguous; a weight two modules share is refused.
-The decoder's input embedding (a Gather on the tied weight) is set to the simulation's rounded
-weight, so ORT embeds tokens as the simulation does.
+The decoder's input embedding (a Gather on the tied weight) reads its rows from the output
+projection's stored weight after quantization (`share_tied_embedding`: int8 per channel, fp16,
+MatMulNBits unpacked in the graph, or fp32), so the tied table is stored once, as
+`workbench.size` prices it, and ORT embeds tokens with the simulation's rounded values.
+
+Storage vs `workbench.size` (`whisper_size_section`): the initializers of the three graphs are
+exactly the priced weights (equal on tiny.en int8); the files add graph structure (~0.3 MB).
 """
 from __future__ import annotations
 
@@ -34,8 +39,8 @@ from torch import nn
 from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
 from workbench.errors import PlanError
 from workbench.export.errors import ExportError
+from workbench.export.whisper_onnx import GRAPHS
 
-GRAPHS = ("encoder", "decoder_init", "decoder_step")
 FORMAT = "workbench-whisper-export-report/1"
 
 
@@ -62,7 +67,7 @@ def tag_modules(proto, index: dict[str, str | None]) -> None:
     weight (in place)."""
     from onnx import numpy_helper
 
-    from workbench.export.onnx_export import MODULE_KEY
+    from workbench.onnx_tools.exporter import MODULE_KEY
     inits = {i.name: i for i in proto.graph.initializer}
     for node in proto.graph.node:
         slot = 0 if node.op_type == "Gather" else 1
@@ -82,7 +87,7 @@ def _embedding_as_simulated(proto, sim: nn.Module) -> None:
     """The Gather tables (input embedding) take the simulation's rounded weight values."""
     from onnx import numpy_helper
 
-    from workbench.export.onnx_export import node_module
+    from workbench.onnx_tools.exporter import node_module
     inits = {i.name: i for i in proto.graph.initializer}
     for node in proto.graph.node:
         path = node_module(node) if node.op_type == "Gather" else None
@@ -95,6 +100,134 @@ def _embedding_as_simulated(proto, sim: nn.Module) -> None:
         new = numpy_helper.from_array(module.weight.detach().float().numpy(), old.name)
         old.CopyFrom(new)
 
+
+def tied_pairs(proto) -> list[tuple[str, str]]:
+    """(Gather node, MatMul weight name) pairs where the Gather's table T (V, k) is the transpose
+    of a MatMul weight B (k, V) of the same graph: Whisper's input embedding and its tied output
+    projection (or, for a low-rank projection, the `up` factor)."""
+    from onnx import numpy_helper
+    inits = {i.name: i for i in proto.graph.initializer}
+    by_key: dict[str, str] = {}
+    for node in proto.graph.node:
+        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits:
+            b = numpy_helper.to_array(inits[node.input[1]])
+            if b.ndim == 2:
+                by_key.setdefault(_key(b.T), node.input[1])
+    out = []
+    for node in proto.graph.node:
+        if node.op_type == "Gather" and node.input[0] in inits:
+            t = numpy_helper.to_array(inits[node.input[0]])
+            if t.ndim == 2 and t.dtype == np.float32 and _key(t) in by_key:
+                out.append((node.name, by_key[_key(t)]))
+    return out
+
+
+class _Nodes:
+    """New nodes and constant initializers named under one prefix (ONNX helper shorthand)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix, self.nodes, self.consts = prefix, [], {}
+
+    def __call__(self, op: str, inputs: list[str], **attrs: Any) -> str:
+        from onnx import helper
+        name = f"{self.prefix}/{op}_{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op, inputs, [name + "_out"], name=name, **attrs))
+        return name + "_out"
+
+    def const(self, name: str, value: Any) -> str:
+        from onnx import numpy_helper
+        self.consts[name] = numpy_helper.from_array(np.asarray(value), f"{self.prefix}/{name}")
+        return f"{self.prefix}/{name}"
+
+
+def _nbits_rows(node: _Nodes, proto, inits: dict, base: str, bits: int, ids: str) -> str:
+    """Rows (B, L, K) of a MatMulNBits weight: B (N, blocks, blob) uint8 packed low bits first,
+    scales (N, blocks), optional packed zero points (N, ceil(blocks * bits / 8)), else the
+    symmetric zero point 2^(bits - 1); K trims the padding of the last block."""
+    from onnx import TensorProto, numpy_helper
+    blocks = numpy_helper.to_array(inits[f"{base}_scales"]).shape[1]
+    mm = next(n for n in proto.graph.node if n.op_type == "MatMulNBits"
+              and n.input[1] == f"{base}_B")
+    k = next(a.i for a in mm.attribute if a.name == "K")
+    last = node.const("last", np.int64([-1]))
+
+    def unpack(packed: str) -> str:
+        """uint8 (a, b, c, m) -> int32 codes (a, b, c, m * 8 / bits), low bits first."""
+        x = node("Cast", [packed], to=TensorProto.INT32)
+        parts = [node("Unsqueeze", [node("Mod", [
+            node("Div", [x, node.const(f"shift{j}", np.int32(2 ** (bits * j)))]),
+            node.const("levels", np.int32(2 ** bits))]), last]) for j in range(8 // bits)]
+        y = node("Concat", parts, axis=-1) if len(parts) > 1 else parts[0]
+        return node("Reshape", [y, node.const("flat_last", np.int64([0, 0, 0, -1]))])
+
+    codes = unpack(node("Gather", [f"{base}_B", ids], axis=0))            # (B, L, nb, block)
+    if f"{base}_zero_points" in inits:
+        zp = unpack(node("Unsqueeze", [node("Gather", [f"{base}_zero_points", ids], axis=0),
+                                       node.const("axis2", np.int64([2]))]))
+        zp = node("Slice", [zp, node.const("zero", np.int64([0])),
+                            node.const("blocks", np.int64([blocks])),
+                            node.const("axis3", np.int64([3]))])            # (B, L, 1, nb)
+        zp = node("Transpose", [node("Cast", [zp], to=TensorProto.FLOAT)], perm=[0, 1, 3, 2])
+    else:
+        zp = node.const("zero_point", np.float32(2 ** (bits - 1)))
+    scale = node("Unsqueeze", [node("Gather", [f"{base}_scales", ids], axis=0), last])
+    values = node("Mul", [node("Sub", [node("Cast", [codes], to=TensorProto.FLOAT), zp]), scale])
+    flat = node("Reshape", [values, node.const("flat_blocks", np.int64([0, 0, -1]))])
+    return node("Slice", [flat, node.const("zero", np.int64([0])), node.const("k", np.int64([k])),
+                          node.const("axis2", np.int64([2]))])
+
+
+def _rows(node: _Nodes, proto, inits: dict, b: str, ids: str) -> str | None:
+    """Output name of the rows `ids` of the stored form of MatMul weight `b` (k, V), as
+    (B, L, k) float32 on the projection's own values; None for a format not handled here."""
+    from onnx import TensorProto
+
+    def columns(weight: str) -> str:                                        # (k, B, L) float
+        return node("Cast", [node("Gather", [weight, ids], axis=1)], to=TensorProto.FLOAT)
+
+    if b in inits:                                                          # fp32, unplanned
+        return node("Transpose", [node("Gather", [b, ids], axis=1)], perm=[1, 2, 0])
+    if f"{b}_fp16" in inits:
+        return node("Transpose", [columns(f"{b}_fp16")], perm=[1, 2, 0])
+    if f"{b}_quantized" in inits:                                           # ORT int8 dynamic
+        zp = node("Cast", [node("Gather", [f"{b}_zero_point", ids], axis=0)],
+                  to=TensorProto.FLOAT)                                     # (B, L)
+        scale = node("Gather", [f"{b}_scale", ids], axis=0)
+        return node("Transpose", [node("Mul", [node("Sub", [columns(f"{b}_quantized"), zp]),
+                                               scale])], perm=[1, 2, 0])
+    for bits in (2, 4, 8):
+        if f"{b}_q{bits}_B" in inits:
+            return _nbits_rows(node, proto, inits, f"{b}_q{bits}", bits, ids)
+    return None
+
+
+def share_tied_embedding(proto, pairs: list[tuple[str, str]]) -> list[str]:
+    """Let each Gather of `pairs` read its rows from the weight its MatMul stores after
+    quantization (fp32, fp16, ORT int8 per channel, MatMulNBits), so the tied table is stored
+    once, and drop the Gather's own table (in place). Returns the Gathers left with their own
+    table (a storage format this function cannot read), each with the reason.
+
+    Token ids (B, L) pick columns of the stored (k, V) weight (Gather axis 1 -> (k, B, L), then
+    Transpose -> (B, L, k)); the values are the ones the projection multiplies by, i.e. the
+    simulation's rounded weight."""
+    from workbench.export.weight_grids import drop_unused_initializers
+    inits = {i.name: i for i in proto.graph.initializer}
+    left = []
+    for gather_name, b in pairs:
+        index = next(i for i, n in enumerate(proto.graph.node) if n.name == gather_name)
+        gather = proto.graph.node[index]
+        node = _Nodes(f"{gather_name}_tied")
+        if _rows(node, proto, inits, b, gather.input[1]) is None:
+            left.append(f"{gather_name}: its projection's weight '{b}' is stored in a format "
+                        f"the Gather cannot read; the table stays separate (fp32)")
+            continue
+        node.nodes[-1].output[0] = gather.output[0]
+        del proto.graph.node[index]
+        for offset, n in enumerate(node.nodes):
+            proto.graph.node.insert(index + offset, n)
+        proto.graph.initializer.extend(node.consts.values())
+    drop_unused_initializers(proto)
+    return left
 
 def check_exportable(model: nn.Module, plan) -> dict:
     """The plan's quantized layers: path -> (kind, QuantConfig); refuses activation
@@ -112,12 +245,15 @@ def check_exportable(model: nn.Module, plan) -> dict:
 def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = False) -> dict:
     """fp32 and plan-quantized graphs in `work` (fp32/, model/), the simulation and the decisions.
 
+    fp32/ is the unquantized reference with the embedding tied like model/; the quantizers run
+    on fp32_untied/ (a Gather reading a MatMul weight would keep ORT from replacing it).
+
     `model` is not changed."""
     import onnx
 
     from workbench.compress import compress
-    from workbench.export.graph_map import nodes_of_layer, weight_nodes
-    from workbench.export.onnx_export import to_bytes
+    from workbench.onnx_tools.graph_map import nodes_of_layer, weight_nodes
+    from workbench.onnx_tools.exporter import to_bytes
     from workbench.export.ort_quantize import plan_decisions, quantize_graph
     from workbench.export.structural import structural_plan
     from workbench.export.whisper_onnx import export_whisper
@@ -126,8 +262,15 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
     plan_decisions(layers, strict)                     # refuse early, before the slow part
     structural = compress(model, structural_plan(plan)).eval()
     sim = compress(model, plan).eval()
-    fp32 = export_whisper(structural, work / "fp32")
+    fp32 = export_whisper(structural, work / "fp32_untied")
     index = weight_index(structural)
+    reference = {}                       # the fp32 deliverable: tied embedding stored once too
+    (work / "fp32").mkdir(parents=True, exist_ok=True)
+    for name, path in fp32.items():
+        proto = onnx.load(str(path))
+        share_tied_embedding(proto, tied_pairs(proto))
+        reference[name] = work / "fp32" / path.name
+        reference[name].write_bytes(to_bytes(proto))
     out_dir = work / "model"
     out_dir.mkdir(parents=True, exist_ok=True)
     decisions: dict[str, Any] = {}
@@ -137,6 +280,7 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
     for name in GRAPHS:
         proto = onnx.load(str(fp32[name]))
         tag_modules(proto, index)
+        pairs = tied_pairs(proto)
         _embedding_as_simulated(proto, sim)
         nodes = weight_nodes(proto)
         here = {p: v for p, v in layers.items() if nodes_of_layer(nodes, p, v[0])}
@@ -148,13 +292,14 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
             for p, ns in q.layer_nodes.items():
                 layer_nodes.setdefault(p, []).extend(f"{name}:{n}" for n in ns)
             notes += [f"{name}: {n}" for n in q.notes]
+        notes += [f"{name}: {n}" for n in share_tied_embedding(proto, pairs)]
         paths[name] = out_dir / f"{name}.onnx"
         paths[name].write_bytes(to_bytes(proto))
     missing = sorted(set(layers) - set(decisions))
     if missing:
         raise ExportError(f"plan layers {missing[:5]} have no weight node in the exported "
                           f"Whisper graphs; were they removed by the structural part of the plan?")
-    return {"fp32": fp32, "model": paths, "sim": sim, "structural": structural,
+    return {"fp32": reference, "model": paths, "sim": sim, "structural": structural,
             "decisions": tuple(decisions[p] for p in layers), "layer_nodes": layer_nodes,
             "notes": notes}
 
@@ -218,10 +363,7 @@ def parity(ort_model, sim: nn.Module, features: Sequence[torch.Tensor],
             full = torch.cat([ref, tail[:, ref.shape[1]:]], dim=1)
             cache = sim.decoder.init_cache(full)
             logits, _ = sim.decoder(torch.tensor([list(sim.rules.prompt)]), cache)
-            outs = ort_model.sess["decoder_init"].run(
-                None, {"tokens": np.array([list(sim.rules.prompt)], dtype=np.int64),
-                       "enc": full.numpy()})
-            ort_logits = torch.from_numpy(outs[0])[0, -1]
+            ort_logits = torch.from_numpy(ort_model.prompt(full.numpy())[0])[0, -1]
             logit_diff = max(logit_diff, float((logits[0, -1] - ort_logits).abs().max()))
             same += int(logits[0, -1].argmax()) == int(ort_logits.argmax())
     return {"utterances": len(features), "encoder_max_abs_diff": round(enc_diff, 5),
@@ -247,6 +389,49 @@ def _ms_per_token(paths, rules, n_layers: int, features, threads: int = 1) -> tu
         m.transcribe_ids(f.numpy(), max_new_tokens(f.shape[-1] / 100))
     return (round(1e3 * float(np.median(times)), 2),
             round(1e3 * float(np.median(m.step_seconds)), 3) if m.step_seconds else float("nan"))
+
+
+def stored_bytes(paths: dict[str, Path]) -> dict[str, int]:
+    """Bytes of the graphs by kind: initializers (weights, scales, zero points, biases, norms,
+    learned positions), Constant nodes (tensors the exporter folded in, e.g. computed tables), and
+    the rest (graph structure: nodes, names, shapes)."""
+    import onnx
+    from onnx import numpy_helper
+
+    def nbytes(t) -> int:  # noqa: ANN001
+        return len(t.raw_data) or numpy_helper.to_array(t).nbytes   # packed int4 stays packed
+
+    init = const = total = 0
+    for path in paths.values():
+        proto = onnx.load(str(path))
+        total += Path(path).stat().st_size
+        init += sum(nbytes(t) for t in proto.graph.initializer)
+        const += sum(nbytes(a.t) for n in proto.graph.node if n.op_type == "Constant"
+                     for a in n.attribute if a.name == "value")
+    return {"initializers": init, "constants": const, "graph_structure": total - init - const,
+            "files": total}
+
+
+def whisper_size_section(paths: dict[str, Path], fp32_bytes: int, predicted: int,
+                 notes: list[str]) -> dict:
+    """report["size"]: the files, what they hold, and the gap to `workbench.size`'s prediction."""
+    kinds = stored_bytes(paths)
+    gap = kinds["files"] - predicted
+    separate = [n for n in notes if "table stays separate" in n]
+    return {"model_bytes": kinds["files"], "fp32_export_bytes": fp32_bytes,
+            "ratio_vs_fp32_export": round(fp32_bytes / kinds["files"], 3),
+            "size_prediction_bytes": predicted, "stored": kinds,
+            "files_minus_prediction_bytes": gap,
+            "files_vs_prediction": round(gap / predicted, 4),
+            "initializers_vs_prediction": round((kinds["initializers"] - predicted) / predicted, 4),
+            "graph_copies_note": (
+                f"each weight is stored once (the decoder graph serves the prompt pass and "
+                f"every step; the input embedding reads the tied output projection's stored "
+                f"weight{'' if not separate else ' except: ' + '; '.join(separate)}): "
+                f"initializers {kinds['initializers']:,} bytes vs the prediction "
+                f"{predicted:,}; the files add {kinds['constants']:,} bytes of constants the "
+                f"exporter folded in and {kinds['graph_structure']:,} bytes of graph structure, "
+                f"which `workbench.size` does not price")}
 
 
 def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Sequence,
@@ -283,14 +468,12 @@ def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Seque
             write_bytes_atomic(stage / f"{name}.onnx", blob)
             files[f"{name}.onnx"] = {"bytes": len(blob), "sha256": sha256(blob)}
         fp32_bytes = sum(p.stat().st_size for p in ex["fp32"].values())
-        model_bytes = sum(v["bytes"] for v in files.values())
         enc_ms, tok_ms = _ms_per_token(ex["model"], model.rules, n, feats, 1) if feats else (
             None, None)
         enc32, tok32 = _ms_per_token(ex["fp32"], model.rules, n, feats, 1) if feats else (
             None, None)
         layers = layer_rows(ex["decisions"], ex["layer_nodes"])
         predicted = size(model, plan).total_bytes
-        embedding = model.decoder.token_embedding.weight.numel() * 4
         report = {
             "format": FORMAT, "deliverable": " + ".join(f"{g}.onnx" for g in GRAPHS),
             "files": files,
@@ -309,15 +492,7 @@ def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Seque
             "simulated_latency": {"method": "workbench.whisper_latency: encoder + cross K/V + "
                                             "tokens x decoder step, roofline per device",
                                   "rows": rtf_by_device(sim)},
-            "size": {"model_bytes": model_bytes, "fp32_export_bytes": fp32_bytes,
-                     "ratio_vs_fp32_export": round(fp32_bytes / model_bytes, 3),
-                     "size_prediction_bytes": predicted,
-                     "graph_copies_note": (
-                         f"the three graphs each store the decoder weights they run "
-                         f"(decoder_init and decoder_step both), and the tied embedding is kept "
-                         f"twice per decoder graph (fp32 Gather table for the input, "
-                         f"{embedding:,} bytes, and the output projection as planned); "
-                         f"workbench.size prices one copy of each weight")},
+            "size": whisper_size_section(ex["model"], fp32_bytes, predicted, ex["notes"]),
             "layers": layers, "rounded_up": [r["path"] for r in layers if r["changes"]],
             "notes": ex["notes"]}
         report["seconds"] = round(time.perf_counter() - start, 1)

@@ -13,15 +13,17 @@ from typing import Any
 from workbench.export.model_card import (SET_TITLES, SOURCES, _table, accuracy_section,
                                          front_matter, methods, plan_table, rounded_sentence,
                                          worst_examples)
+from workbench.whisper_eval import TOKENS_BASE, TOKENS_PER_SECOND  # the loop's own budget
 
 INTERFACE = (
     "`encoder.onnx`: `mel` (1, 80, T) float32 log-mel at 100 frames/s (the audio followed by 1 s "
-    "of silence) -> `enc` (1, T/2, 384). `decoder_init.onnx`: `tokens` (1, 2) the prompt "
-    "`<|startoftranscript|><|notimestamps|>`, `enc` (1, 1500, 384) = the audio's encoding "
-    "followed by the encoding of 30 s of silence -> `logits` (1, 1, vocab), per layer "
-    "`present_key_i` / `present_value_i` and `cross_key_i` / `cross_value_i`. "
-    "`decoder_step.onnx`: one token + the past and cross keys/values -> `logits`, new "
-    "`present_*`. Greedy loop: `workbench.export.whisper_onnx.OrtWhisper`.")
+    "of silence) -> `enc` (1, T/2, 384). `cross_kv.onnx`: `enc` (1, 1500, 384) = the audio's "
+    "encoding followed by the encoding of 30 s of silence -> per layer `cross_key_i` / "
+    "`cross_value_i`. `decoder.onnx`: `tokens` (1, L), per layer `past_key_i` / `past_value_i` "
+    "(1, H, P, 64) and the cross keys/values -> `logits` (1, 1, vocab) of the last token and "
+    "`present_*` (P + L positions); the prompt pass feeds the prompt "
+    "`<|startoftranscript|><|notimestamps|>` with an empty past (P = 0), each step one token. "
+    "Greedy loop: `workbench.export.whisper_onnx.OrtWhisper`.")
 
 
 def failure_modes(report: Mapping[str, Any]) -> list[str]:
@@ -29,7 +31,8 @@ def failure_modes(report: Mapping[str, Any]) -> list[str]:
         "Inputs longer than 29 s (plus the 1 s silence margin: 3000 mel frames) are outside "
         "the encoder's 1500 positions: split the audio first.",
         "Autoregressive decoding can loop on a damaged (over-compressed) model: the greedy loop "
-        "stops at 16 + 8 tokens per audio second, so a loop shows as insertions, not a hang.",
+        f"stops at {TOKENS_BASE} + {TOKENS_PER_SECOND} tokens per audio second, so a loop shows "
+        "as insertions, not a hang.",
         "English only (tiny.en), no timestamps, greedy (no beam search, no temperature "
         "fallback); transcripts are normalized (lower case, numbers as words) before scoring.",
         "The real-speech test set is one speaker on 8 kHz telephone audio: accuracy on other "

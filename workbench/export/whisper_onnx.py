@@ -1,21 +1,22 @@
 """ONNX export of the full Whisper model: encoder + KV-cached decoder, a greedy loop over ONNX
-Runtime, int8 quantization and the ORT-vs-simulation check.
+Runtime, and the ORT-vs-simulation figures of `workbench bench whisper`.
 
-Three graphs (batch 1, dynamic lengths):
-    encoder.onnx        mel (1, 80, T) -> enc (1, T', D)
-    decoder_init.onnx   tokens (1, 2) prompt, enc_full (1, S, D)
-                        -> logits (1, 1, V), present_key_i / present_value_i (1, H_i, 2, Dh),
-                           cross_key_i / cross_value_i (1, H_i, S, Dh)     for each layer i
-    decoder_step.onnx   token (1, 1), past_key_i / past_value_i (1, H_i, P, Dh),
-                        cross_key_i / cross_value_i -> logits, present_key_i / present_value_i (P+1)
-Per-layer tensors (not one stacked tensor) so layers with pruned heads export too.
-`enc_full` is the encoder output of the audio + 1 s silence followed by the silence-tail encoding
-(the encoder graph run once on 30 s of digital silence), as in `workbench.whisper_eval`.
+Three graphs (batch 1, dynamic lengths), each weight stored in exactly one of them:
+    encoder.onnx    mel (1, 80, T) -> enc (1, T', D)
+    cross_kv.onnx   enc_full (1, S, D) -> cross_key_i / cross_value_i (1, Hc_i, S, Dh)
+    decoder.onnx    tokens (1, L), past_key_i / past_value_i (1, H_i, P, Dh), cross_key_i /
+                    cross_value_i -> logits (1, 1, V) of the last token,
+                    present_key_i / present_value_i (1, H_i, P + L, Dh)       for each layer i
+The prompt pass runs decoder.onnx with the prompt (L = 2) and an empty past (P = 0); each step
+with one token. (Earlier versions had decoder_init + decoder_step graphs, which stored every
+decoder weight twice.) Per-layer tensors (not one stacked tensor) so layers with pruned heads
+export too. `enc_full` is the encoder output of the audio + 1 s silence followed by the
+silence-tail encoding (the encoder graph run once on 30 s of digital silence), as in
+`workbench.whisper_eval`.
 
-Quantization: ORT dynamic int8 (per channel, MatMul weights: `quantize_dynamic`; it also rounds
-each MatMul input to uint8 at run time, which `whisper_eval.ort_dynamic_activations` simulates);
-per-layer bit maps are not built for this model yet
-(plans with structure are applied in PyTorch before the export, bits other than 8 are refused).
+Quantization per plan layer: `workbench.export.whisper_apply.build_whisper_export` (which also
+lets the input embedding read the output projection's stored weight, so the tied table is stored
+once).
 """
 from __future__ import annotations
 
@@ -29,49 +30,66 @@ from torch import nn
 from workbench.export.errors import ExportError
 
 OPSET = 17
+#: The graphs of a Whisper export, in run order.
+GRAPHS = ("encoder", "cross_kv", "decoder")
 
 
 class _Encoder(nn.Module):
+    """mel -> encoder output. The sinusoidal position table (a non-persistent buffer: the model
+    computes it, checkpoints and size() do not hold it) is computed in the graph for the run-time
+    length, with the model's own formula (float64, rounded to fp16), instead of being stored as
+    a 1500 x 384 fp32 constant (2.3 MB)."""
+
     def __init__(self, model) -> None:
         super().__init__()
         self.encoder = model.encoder
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        from workbench.models.whisper_ctc import whisper_sinusoids
+        enc = self.encoder
         lengths = torch.full((1,), mel.shape[-1], dtype=torch.long)
-        h, _ = self.encoder.stem(mel, lengths)
+        stored = enc._buffers["positional_embedding"]
+        enc._buffers["positional_embedding"] = whisper_sinusoids((mel.shape[-1] - 1) // 2 + 1,
+                                                                 stored.shape[1])
+        try:
+            h, _ = enc.stem(mel, lengths)
+        finally:
+            enc._buffers["positional_embedding"] = stored
         for block in self.encoder.blocks:
             h = block(h, None)
         return self.encoder.ln_post(h)
 
 
-class _DecoderInit(nn.Module):
+class _CrossKV(nn.Module):
+    """Encoder output -> every decoder block's cross-attention keys and values (once per audio)."""
+
     def __init__(self, model) -> None:
         super().__init__()
         self.decoder = model.decoder
 
-    def forward(self, tokens: torch.Tensor, enc: torch.Tensor):
-        cache = self.decoder.init_cache(enc)
-        logits, cache = self.decoder(tokens, cache)
-        out = [logits]
-        for c in cache:
-            out += [c[0], c[1]]
-        for c in cache:
-            out += [c[2], c[3]]
+    def forward(self, enc: torch.Tensor):
+        out = []
+        for block in self.decoder.blocks:
+            out += list(block.cross_attn.keys_values(enc))
         return tuple(out)
 
 
-class _DecoderStep(nn.Module):
+class _Decoder(nn.Module):
+    """L new tokens after P cached ones (P = 0 for the prompt) -> logits of the last token and
+    the self-attention keys/values of all P + L tokens. One graph for the prompt pass and every
+    step, so the decoder's weights are stored once."""
+
     def __init__(self, model) -> None:
         super().__init__()
         self.decoder = model.decoder
         self.n = len(model.decoder.blocks)
 
-    def forward(self, token: torch.Tensor, *kv: torch.Tensor):
+    def forward(self, tokens: torch.Tensor, *kv: torch.Tensor):
         n = self.n
         past, cross = kv[:2 * n], kv[2 * n:]
         cache = [(past[2 * i], past[2 * i + 1], cross[2 * i], cross[2 * i + 1], None, None)
                  for i in range(n)]
-        logits, cache = self.decoder(token, cache)
+        logits, cache = self.decoder(tokens, cache)
         out = [logits]
         for c in cache:
             out += [c[0], c[1]]
@@ -83,21 +101,26 @@ def _names(n: int, kind: str) -> list[str]:
 
 
 def export_whisper(model, out_dir: str | Path) -> dict[str, Path]:
-    """Write encoder.onnx, decoder_init.onnx, decoder_step.onnx (fp32) to `out_dir`."""
+    """Write encoder.onnx, cross_kv.onnx, decoder.onnx (fp32) to `out_dir`.
+
+    The decoder is traced with 2 new tokens after 3 cached ones, so the causal mask (built from
+    the run-time lengths) and the position offset are in the graph; with one new token the mask
+    keeps everything, so the same graph serves the prompt pass (P = 0) and each step."""
     import warnings
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     n = len(model.decoder.blocks)
     d = model.decoder.config.d_model
-    paths = {k: out_dir / f"{k}.onnx" for k in ("encoder", "decoder_init", "decoder_step")}
+    paths = {k: out_dir / f"{k}.onnx" for k in GRAPHS}
     mel = torch.randn(1, model.encoder.config.n_mels, 300)
     enc = torch.randn(1, 200, d)
     tokens = torch.tensor([list(model.rules.prompt)])
     with torch.no_grad():
-        init_out = _DecoderInit(model)(tokens, enc)
-    past = list(init_out[1:1 + 2 * n])
-    cross = list(init_out[1 + 2 * n:])
+        cross = list(_CrossKV(model)(enc))
+        _, cache = model.decoder(torch.tensor([[0, 0, 0]]),
+                                 model.decoder.init_cache(enc))
+    past = [t for c in cache for t in c[:2]]
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -105,37 +128,22 @@ def export_whisper(model, out_dir: str | Path) -> dict[str, Path]:
                               opset_version=OPSET, input_names=["mel"], output_names=["enc"],
                               dynamic_axes={"mel": {2: "frames"}, "enc": {1: "positions"}})
             torch.onnx.export(
-                _DecoderInit(model), (tokens, enc), str(paths["decoder_init"]), dynamo=False,
-                opset_version=OPSET, input_names=["tokens", "enc"],
-                output_names=["logits", *_names(n, "present"), *_names(n, "cross")],
+                _CrossKV(model), (enc,), str(paths["cross_kv"]), dynamo=False,
+                opset_version=OPSET, input_names=["enc"], output_names=_names(n, "cross"),
                 dynamic_axes={"enc": {1: "positions"},
                               **{k: {2: "positions"} for k in _names(n, "cross")}})
-            token = torch.tensor([[0]])
             torch.onnx.export(
-                _DecoderStep(model), (token, *past, *cross), str(paths["decoder_step"]),
+                _Decoder(model), (tokens, *past, *cross), str(paths["decoder"]),
                 dynamo=False, opset_version=OPSET,
-                input_names=["token", *_names(n, "past"), *_names(n, "cross")],
+                input_names=["tokens", *_names(n, "past"), *_names(n, "cross")],
                 output_names=["logits", *_names(n, "present")],
-                dynamic_axes={**{k: {2: "past"} for k in _names(n, "past")},
+                dynamic_axes={"tokens": {1: "new"},
+                              **{k: {2: "past"} for k in _names(n, "past")},
                               **{k: {2: "positions"} for k in _names(n, "cross")},
-                              **{k: {2: "past_plus_one"} for k in _names(n, "present")}})
+                              **{k: {2: "past_plus_new"} for k in _names(n, "present")}})
     except Exception as err:
         raise ExportError(f"Whisper ONNX export failed: {str(err).splitlines()[0][:300]}") from err
     return paths
-
-
-def quantize_int8(paths: dict[str, Path], out_dir: str | Path) -> dict[str, Path]:
-    """ORT dynamic int8 (per channel) of every MatMul weight of each graph."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for name, src in paths.items():
-        dst = out_dir / f"{name}.int8.onnx"
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm"])
-        out[name] = dst
-    return out
 
 
 class OrtWhisper:
@@ -152,6 +160,7 @@ class OrtWhisper:
         self.n = n_layers
         self.step_seconds: list[float] = []
         self._tail = None
+        self._empty: list[np.ndarray] | None = None
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         return self.sess["encoder"].run(None, {"mel": mel[None].astype(np.float32)})[0]
@@ -162,6 +171,26 @@ class OrtWhisper:
             self._tail = self.encode(np.full((n_mels, frames), SILENCE, dtype=np.float32))
         return self._tail
 
+    def prompt(self, enc_full: np.ndarray) -> tuple[np.ndarray, list, list]:
+        """The prompt pass: cross keys/values of `enc_full` (1, S, D), then the decoder graph on
+        the prompt tokens with an empty past -> (logits (1, 1, V), past, cross)."""
+        n = self.n
+        cross = self.sess["cross_kv"].run(None, {"enc": enc_full})
+        feed = {"tokens": np.array([list(self.rules.prompt)], dtype=np.int64)}
+        feed.update(dict(zip(_names(n, "past"), self._empty_past())))
+        feed.update(dict(zip(_names(n, "cross"), cross)))
+        outs = self.sess["decoder"].run(None, feed)
+        return outs[0], outs[1:], cross
+
+    def _empty_past(self) -> list[np.ndarray]:
+        """(1, H_i, 0, Dh_i) per past input: heads and head size from the graph's input shapes
+        (self- and cross-attention may have different pruned head counts)."""
+        if self._empty is None:
+            shapes = {i.name: i.shape for i in self.sess["decoder"].get_inputs()}
+            self._empty = [np.zeros((1, shapes[k][1], 0, shapes[k][3]), np.float32)
+                           for k in _names(self.n, "past")]
+        return self._empty
+
     def transcribe_ids(self, mel: np.ndarray, budget: int) -> list[int]:
         from workbench.whisper_eval import MARGIN_FRAMES, suppress_mask, with_margin
         feats = with_margin(torch.from_numpy(mel), MARGIN_FRAMES).numpy()
@@ -169,16 +198,9 @@ class OrtWhisper:
         tail = self.tail(feats.shape[0])
         enc_full = np.concatenate([enc, tail[:, enc.shape[1]:]], axis=1)
         r = self.rules
-        n_vocab = None
-        outs = self.sess["decoder_init"].run(None, {"tokens": np.array([list(r.prompt)],
-                                                                       dtype=np.int64),
-                                                     "enc": enc_full})
-        logits = outs[0]
         n = self.n
-        past = outs[1:1 + 2 * n]
-        cross = outs[1 + 2 * n:]
-        n_vocab = logits.shape[-1]
-        always, first = (m.numpy() for m in suppress_mask(r, n_vocab))
+        logits, past, cross = self.prompt(enc_full)
+        always, first = (m.numpy() for m in suppress_mask(r, logits.shape[-1]))
         ids: list[int] = []
         step = 0
         while True:
@@ -190,11 +212,11 @@ class OrtWhisper:
             ids.append(t)
             if len(ids) >= budget:
                 break
-            feed = {"token": np.array([[t]], dtype=np.int64)}
+            feed = {"tokens": np.array([[t]], dtype=np.int64)}
             feed.update(dict(zip(_names(n, "past"), past)))
             feed.update(dict(zip(_names(n, "cross"), cross)))
             t0 = time.perf_counter()
-            outs = self.sess["decoder_step"].run(None, feed)
+            outs = self.sess["decoder"].run(None, feed)
             self.step_seconds.append(time.perf_counter() - t0)
             logits, past = outs[0], outs[1:]
             step += 1
@@ -210,30 +232,35 @@ def ort_transcribe(ort_model: OrtWhisper, tokenizer, features, seconds) -> list[
 
 
 def bench_figures(model, tokenizer, sets, args) -> dict:
-    """ORT int8 WER vs simulated int8 WER per set, decoder ms per token, file sizes."""
+    """ORT int8 WER vs simulated int8 WER per set, decoder ms per token, file sizes: the plan
+    "int8 everywhere" through the same per-layer path as `workbench apply --model whisper`
+    (`whisper_apply.build_whisper_export`)."""
     import tempfile
 
-    from workbench.compress import compress
     from workbench.evaluate import score
+    from workbench.export.whisper_apply import build_whisper_export, stored_bytes
     from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
+    from workbench.size import size
     from workbench.whisper_eval import evaluate_whisper, ort_dynamic_activations
 
     out: dict = {}
+    plan = CompressionPlan().with_default(LayerConfig(quant=QuantConfig(weight_bits=8)))
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_whisper(model, Path(tmp) / "fp32")
-        int8 = quantize_int8(fp32, Path(tmp) / "int8")
-        out["bytes_fp32"] = {k: p.stat().st_size for k, p in fp32.items()}
-        out["bytes_int8"] = {k: p.stat().st_size for k, p in int8.items()}
-        sim = compress(model, CompressionPlan().with_default(
-            LayerConfig(quant=QuantConfig(weight_bits=8))))
-        ort_model = OrtWhisper(int8, model.rules, len(model.decoder.blocks),
+        ex = build_whisper_export(model, plan, Path(tmp))
+        out["bytes_fp32"] = {k: p.stat().st_size for k, p in ex["fp32"].items()}
+        out["bytes_int8"] = {k: p.stat().st_size for k, p in ex["model"].items()}
+        out["int8_stored"] = stored_bytes(ex["model"])
+        out["int8_size_prediction_bytes"] = size(model, plan).total_bytes
+        sim = ex["sim"]
+        dynamic = {d.path for d in ex["decisions"] if d.dynamic_activations}
+        ort_model = OrtWhisper(ex["model"], model.rules, len(model.decoder.blocks),
                                threads=torch.get_num_threads())
         for name, es in sets.items():
             secs = [f.shape[-1] / 100 for f in es.features]
             hyps = ort_transcribe(ort_model, tokenizer, es.features, secs)
             ort_wer = score(es.texts, hyps)[0]
             weight_only = evaluate_whisper(sim, tokenizer, es).wer
-            with ort_dynamic_activations(sim):
+            with ort_dynamic_activations(sim, dynamic):
                 sim_wer = evaluate_whisper(sim, tokenizer, es).wer
             out[name] = {"ort_int8_wer": round(ort_wer, 4),
                          "simulated_int8_wer": round(sim_wer, 4),
@@ -245,5 +272,6 @@ def bench_figures(model, tokenizer, sets, args) -> dict:
                                        "ort_dynamic_activations)"}
         steps = ort_model.step_seconds
         out["ort_int8_decoder_ms_per_token_p50"] = round(1e3 * float(np.median(steps)), 3)
-        out["source"] = "measured: ONNX Runtime int8 (dynamic, per channel), batch 1, greedy"
+        out["source"] = ("measured: ONNX Runtime int8 (dynamic, per channel; per-layer export "
+                         "of `workbench apply --model whisper`), batch 1, greedy")
     return out

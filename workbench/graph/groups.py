@@ -18,13 +18,12 @@ conv's output channels, else "neurons". The path is the deepest module holding a
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from workbench.graph.units import Member, Units, record_units
+from workbench.graph.units import Member, Units, eval_mode, record_units
 
 Axis = tuple[str, int]  # (parameter name, dim)
 _ROLE = {"heads": "attention", "neurons": "ffn", "channels": "conv"}
@@ -96,9 +95,12 @@ def _tensor(model: nn.Module, name: str) -> torch.Tensor:
 
 
 def discover(model: nn.Module, example: tuple, verify: bool = True) -> Structure:
-    """Prunable groups of `model` found from one recorded run on `example` (see module doc)."""
-    units = record_units(model, example)
-    return structure_from_units(model, example, units, verify)
+    """Prunable groups of `model` found from one recorded run on `example` (see module doc).
+    Runs in eval mode (dropout off, BatchNorm statistics untouched); `model`'s modes are
+    restored."""
+    with eval_mode(model):
+        units = record_units(model, example)
+        return structure_from_units(model, example, units, verify)
 
 
 def structure_from_units(model: nn.Module, example: tuple, units: Units,
@@ -154,8 +156,3 @@ def structure_from_units(model: nn.Module, example: tuple, units: Units,
     groups.sort(key=lambda g: [n for n, _ in model.named_parameters()].index(g.axes[0][0])
                 if g.axes[0][0] in dict(model.named_parameters()) else 0)
     return Structure(tuple(groups), tuple(refusals), units.ops)
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy (the user's model is never changed)."""
-    return copy.deepcopy(model)

@@ -4,7 +4,8 @@
 
 `amounts` maps a group path or a kind ("heads", "neurons", "channels") to a fraction; how many
 go is `count_to_remove` (round-half-up, at least one unit kept), which go are the lowest scores
-(magnitude: sum of squares of every slice the unit owns; ties: the lower index goes first).
+(`scores`: magnitude = sum of squares of every slice the unit owns, or taylor = sum of
+|w * dL/dw| over them given gradients; ties: the lower index goes first).
 
 Surgery: every (parameter, dim) axis of a group keeps the indices of its kept units, in order;
 tied parameters (one tensor under two names) stay tied. Then the modules that hold sizes as
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+import weakref
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -86,11 +88,12 @@ class Pruned:
     params_after: int
 
 
-def count_to_remove(n: int, amount: float) -> int:
-    """Units a prune amount removes: round-half-up(amount * n), at most n - 1 - the rule of
-    workbench.compress.prune.count_to_remove (tests check they agree; graph sits below
-    compress in the import layers, so it cannot import it)."""
-    return min(math.floor(amount * n + 0.5), n - 1)
+def count_to_remove(n: int, amount: float, keep_one: bool = True) -> int:
+    """How many of `n` units a prune amount removes: round-half-up(amount * n), at most n - 1
+    when `keep_one` (structured) so the layer keeps a path for the signal. The one rule of the
+    package: workbench.compress.prune imports it from here (graph sits below compress)."""
+    count = math.floor(amount * n + 0.5)
+    return min(count, n - 1) if keep_one else min(count, n)
 
 
 def count_params(model: nn.Module) -> int:
@@ -102,22 +105,69 @@ def _amount_for(group: Group, amounts: Mapping[str, float]) -> float:
     return float(amounts.get(group.path, amounts.get(group.kind, 0.0)))
 
 
-def scores(model: nn.Module, group: Group) -> torch.Tensor:
-    """Magnitude importance of each unit: sum of squares of every slice it owns."""
+def _unit_index(group: Group, axis: tuple[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slice indices, owning unit of each) along one axis of `group`."""
+    idx = [i for unit in group.units for i in unit[axis]]
+    owner = [u for u, unit in enumerate(group.units) for _ in unit[axis]]
+    return torch.tensor(idx, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
+
+
+#: Magnitude scores per model (weakly held: no id reuse), then by (group path, axes), with the
+#: in-place versions of the tensors they were read from: size() runs once per slider move on
+#: an adapted model and the baseline weights do not change; a tensor changed in place
+#: (training) bumps its version and misses. Inference tensors carry no version: not cached.
+_SCORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def scores(model: nn.Module, group: Group, method: str = "magnitude",
+           grads: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Importance of each unit of `group` (float64, (units,)).
+
+    magnitude  sum of squares of every slice the unit owns (the L2 norm squared: the same order
+               as workbench.compress.importance's norm)
+    taylor     sum over those slices of |w * dL/dw| (Molchanov et al. 2019, "Importance
+               Estimation for Neural Network Pruning", CVPR), `grads` by parameter name as
+               `workbench.compress.calibration.taylor_gradients` gives them
+    """
+    from workbench.errors import PlanError
+    if method not in ("magnitude", "taylor"):
+        raise PlanError(f"prune.importance: unknown method {method!r} (magnitude | taylor).")
+    params = [_get(model, name) for name, _ in group.axes]
+    tensors = [t.detach() for t in params]
+    cache = versions = None
+    if method == "magnitude" and not any(t.is_inference() for t in params):
+        cache = _SCORES.setdefault(model, {})
+        versions = tuple((id(t), t._version, tuple(t.shape)) for t in params)  # live tensors
+        hit = cache.get((group.path, group.axes))
+        if hit is not None and hit[0] == versions:
+            return hit[1].clone()
     out = torch.zeros(group.size, dtype=torch.float64)
-    for axis in group.axes:
-        tensor = _get(model, axis[0]).detach().double()
-        moved = tensor.movedim(axis[1], 0).reshape(tensor.shape[axis[1]], -1)
-        per_index = (moved ** 2).sum(dim=1)
-        for u, unit in enumerate(group.units):
-            out[u] += per_index[list(unit[axis])].sum()
+    for axis, tensor in zip(group.axes, tensors, strict=True):
+        value = tensor.double()
+        if method == "taylor":
+            grad = None if grads is None else grads.get(axis[0])
+            if grad is None:
+                raise PlanError(f"prune.importance 'taylor' on {group.path!r}: no gradient for "
+                                f"{axis[0]}; compress with a calibration set that has targets "
+                                f"(calib=...).")
+            value = (value * grad.detach().double()).abs()
+        else:
+            value = value ** 2
+        per_index = value.movedim(axis[1], 0).reshape(tensor.shape[axis[1]], -1).sum(dim=1)
+        idx, owner = _unit_index(group, axis)
+        out.index_add_(0, owner, per_index[idx])
+    if cache is not None:
+        cache[(group.path, group.axes)] = (versions, out.clone())
     return out
 
 
-def choose(model: nn.Module, group: Group, amount: float) -> list[int]:
-    """Units of `group` to remove at `amount` (lowest magnitude first, lower index on ties)."""
+def choose(model: nn.Module, group: Group, amount: float, method: str = "magnitude",
+           grads: Mapping[str, torch.Tensor] | None = None) -> list[int]:
+    """Units of `group` to remove at `amount` (lowest score first, lower index on ties)."""
     n = count_to_remove(group.size, amount)
-    return sorted(torch.argsort(scores(model, group), stable=True)[:n].tolist())
+    if n == 0:
+        return []
+    return sorted(torch.argsort(scores(model, group, method, grads), stable=True)[:n].tolist())
 
 
 def _get(model: nn.Module, name: str) -> torch.Tensor:
@@ -133,8 +183,11 @@ def _aliases(model: nn.Module) -> dict[str, list[str]]:
     return {n: names for names in by_id.values() for n in names}
 
 
-def remove_units_(model: nn.Module, groups_removed: list[tuple[Group, list[int]]]) -> None:
-    """Slice every axis of each group to its kept units, in place (on a copy you own)."""
+def remove_units_(model: nn.Module, groups_removed: list[tuple[Group, list[int]]],
+                  grads: MutableMapping[str, torch.Tensor] | None = None) -> None:
+    """Slice every axis of each group to its kept units, in place (on a copy you own); the
+    gradients in `grads` (by parameter name) are sliced the same way, so later steps that read
+    them (unstructured Taylor masks) see the new shapes."""
     keep_by_name: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for group, removed in groups_removed:
         gone = set(removed)
@@ -154,6 +207,11 @@ def remove_units_(model: nn.Module, groups_removed: list[tuple[Group, list[int]]
         for dim, index in cuts:
             new = new.index_select(dim, index)
         new = new.clone()
+        if grads is not None and name in grads:
+            grad = grads[name]
+            for dim, index in cuts:
+                grad = grad.index_select(dim, index)
+            grads[name] = grad
         if isinstance(tensor, nn.Parameter):
             new = nn.Parameter(new, requires_grad=tensor.requires_grad)
         for alias in aliases.get(name, [name]):
@@ -255,7 +313,9 @@ def check_groups(model: nn.Module, example: tuple, groups: list[Group]) -> str |
     return None
 
 
-def plan_removals(model: nn.Module, structure: Structure, amounts: Mapping[str, float]
+def plan_removals(model: nn.Module, structure: Structure, amounts: Mapping[str, float],
+                  importance: str = "magnitude",
+                  grads: Mapping[str, torch.Tensor] | None = None
                   ) -> list[tuple[Group, list[int]]]:
     """(group, removed unit indices) for every group `amounts` names with a positive amount."""
     from workbench.errors import PlanError
@@ -272,17 +332,19 @@ def plan_removals(model: nn.Module, structure: Structure, amounts: Mapping[str, 
     for group in structure.groups:
         amount = _amount_for(group, amounts)
         if amount > 0:
-            removed = choose(model, group, amount)
+            removed = choose(model, group, amount, importance, grads)
             if removed:
                 out.append((group, removed))
     return out
 
 
 def prune(model: nn.Module, structure: Structure, amounts: Mapping[str, float],
-          example: tuple | None = None) -> Pruned:
-    """A pruned deep copy of `model` (the input is never changed); see module doc."""
+          example: tuple | None = None, importance: str = "magnitude",
+          grads: Mapping[str, torch.Tensor] | None = None) -> Pruned:
+    """A pruned deep copy of `model` (the input is never changed); see module doc.
+    `importance` "taylor" needs `grads` (parameter name -> dL/dw, e.g. taylor_gradients)."""
     from workbench.errors import PlanError
-    removals = plan_removals(model, structure, amounts)
+    removals = plan_removals(model, structure, amounts, importance, grads)
     new = copy.deepcopy(model)
     remove_units_(new, removals)
     if example is not None and removals:

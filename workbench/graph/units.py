@@ -26,7 +26,8 @@ computed at run time (weight norm): a group is refused with that reason, never g
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -437,13 +438,27 @@ class _Recorder(TorchDispatchMode):
         return units
 
 
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """`model` in eval mode inside, each module's own mode restored after: a recorded run must
+    not update the caller's BatchNorm statistics, and dropout would make the groups random."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def record_units(model: torch.nn.Module, example: tuple) -> Units:
-    """Run `model(*example)` once (no grad) and return its unit classes (see module doc)."""
+    """Run `model(*example)` once (no grad, eval mode) and return its unit classes (see module
+    doc)."""
     names: dict[int, str] = {}  # the first name, as named_parameters() / named_modules() give
     for n, t in [*model.named_parameters(remove_duplicate=False),
                  *model.named_buffers(remove_duplicate=False)]:
         names.setdefault(id(t), n)
     recorder = _Recorder(names)
-    with torch.no_grad(), recorder:
+    with torch.no_grad(), eval_mode(model), recorder:
         out = model(*example)
     return recorder.finish([o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)])

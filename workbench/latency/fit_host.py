@@ -4,6 +4,10 @@ What is measured: a fixed set of variants of the demo architecture (fp32; int8 d
 per-channel; FFN neurons and attention heads pruned; low-rank FFN; mixes), each exported to ONNX
 once (dynamic time axis) and timed by ONNX Runtime, 1 thread, median of repeats, at several audio
 lengths (the attention scores grow with T^2, the rest with T, so lengths separate the two).
+Export, int8 quantization and timing are the export's own (the ONNX toolbox,
+workbench.onnx_tools): the structure in PyTorch, `export_fp32`, ORT dynamic int8 (symmetric per
+channel) on the MatMuls the node map finds for the int8 layers, timed on `runtime.CLOCK`; so the
+host profile is fitted on the graph `workbench apply` ships, with the clock its report states.
 
 What is fitted: the host profile's efficiencies (matmul fp32 / int8, conv, attention scores,
 elementwise, memory) and the per-op overhead, by least squares on log(predicted / measured) with
@@ -32,11 +36,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.latency import _onnx
 from workbench.latency.cost import price_table
 from workbench.latency.devices import (OP_CLASSES, DeviceProfile, Efficiency, host_cache_path,
                                        load_device, parse_device, devices_dir)
 from workbench.latency.table import LayerTable, compressed_for_pricing, layer_table
+from workbench.onnx_tools.exporter import export_fp32, to_bytes
+from workbench.onnx_tools.graph_map import nodes_of_layer, op_counts, weight_nodes
+from workbench.onnx_tools.quantize import dynamic_int8
+from workbench.onnx_tools.runtime import CLOCK, time_interleaved
 
 #: Audio lengths (seconds) every calibration variant is timed at.
 CALIBRATION_SECONDS = (2.0, 4.0, 8.0, 16.0)
@@ -51,7 +58,7 @@ class Variant:
     """A model variant timed at several lengths: its ONNX file and its effective layer tables."""
 
     name: str
-    onnx_path: Path
+    onnx_path: Path                      # the exported graph (the export's fp32 or int8 ONNX)
     tables: dict[float, LayerTable]
     int8_layers: tuple[str, ...] = ()    # module paths quantized in ONNX Runtime
     int8_matmuls: int = 0                # MatMulInteger nodes in the quantized graph
@@ -61,8 +68,7 @@ class Variant:
 class Point:
     variant: str
     seconds: float
-    measured_ms: float          # thread CPU time, median (see _onnx.Timing)
-    wall_ms: float
+    measured_ms: float          # median on workbench.onnx_tools.runtime.CLOCK (wall time)
     table: LayerTable
 
 
@@ -102,26 +108,30 @@ def int8_paths(model: nn.Module) -> list[str]:
 
 def build_variant(model: nn.Module, name: str, plan: Any, seconds: Sequence[float],
                   workdir: Path) -> Variant:
-    """Apply `plan` (shapes + bits), export to ONNX, quantize the int8 layers, make the tables."""
-    compressed = compressed_for_pricing(model, plan)
-    fp32 = _onnx.export_onnx(compressed, workdir / f"{name.replace(':', '_')}.fp32.onnx")
+    """Apply `plan`, export it as `workbench apply` does (structure in PyTorch, fp32 ONNX, ORT
+    dynamic int8 on the int8 layers' MatMuls), write it to `workdir`, make the tables."""
+    compressed = compressed_for_pricing(model, plan)              # shapes + bits: the tables
+    proto = export_fp32(compressed_for_pricing(model, plan, quant=False))
     quant = int8_paths(compressed)
-    path = fp32
     if quant:
-        path = _onnx.quantize_int8(fp32, workdir / f"{name.replace(':', '_')}.int8.onnx", quant)
-        fp32.unlink()
+        nodes = weight_nodes(proto)
+        chosen = {n.name: n for path in quant for n in nodes_of_layer(nodes, path, "linear")}
+        proto = dynamic_int8(proto, list(chosen.values()), per_channel=True, symmetric=True)
+    path = workdir / f"{name.replace(':', '_')}.{'int8' if quant else 'fp32'}.onnx"
+    path.write_bytes(to_bytes(proto))
     # Exact shapes at the longest length; shorter ones scale analytically (T and T^2 terms).
     base = layer_table(compressed, max(seconds))
     return Variant(name, path, {s: base.at_seconds(s) for s in seconds}, tuple(quant),
-                   _onnx.op_counts(path).get("MatMulInteger", 0) if quant else 0)
+                   op_counts(proto).get("MatMulInteger", 0) if quant else 0)
 
 
 def measure_variants(variants: Sequence[Variant], repeats: int = 7) -> list[Point]:
-    """Every (variant, length) timed in interleaved rounds (see _onnx.measure_interleaved)."""
+    """Every (variant, length) timed in interleaved rounds, 1 thread (the ONNX toolbox's
+    harness, workbench.onnx_tools.runtime.time_interleaved)."""
     jobs = [((v.name, s), v.onnx_path, s) for v in variants for s in sorted(v.tables)]
-    times = _onnx.measure_interleaved(jobs, repeats=repeats)
-    return [Point(v.name, s, times[(v.name, s)].cpu_ms, times[(v.name, s)].wall_ms,
-                  v.tables[s]) for v in variants for s in sorted(v.tables)]
+    times = time_interleaved(jobs, threads=1, repeats=repeats).by_job
+    return [Point(v.name, s, times[(v.name, s)].ms, v.tables[s])
+            for v in variants for s in sorted(v.tables)]
 
 
 def fit(points: Sequence[Point], nominal: DeviceProfile) -> DeviceProfile:
@@ -211,9 +221,10 @@ def fit_record(points: Sequence[Point], nominal: DeviceProfile | None = None) ->
         "cv_max_abs_pct_error": round(max(cv_errors), 2),
         "ram_mb": round(_ram_mb(), 0),
         "points": [{"variant": p.variant, "seconds": p.seconds,
-                    "measured_ms": round(p.measured_ms, 3), "wall_ms": round(p.wall_ms, 3),
+                    "measured_ms": round(p.measured_ms, 3),
                     "predicted_ms": round(price_table(p.table, dev).total_ms, 3)}
                    for p in points],
+        "clock": CLOCK,
     }
 
 

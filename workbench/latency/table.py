@@ -27,7 +27,7 @@ from workbench.errors import WorkbenchError
 from workbench.plan import CompressionPlan
 from workbench.layer_profile import Profile, profile
 from workbench.compress.resolution import resolve
-from workbench.compress.techniques import techniques
+from workbench.compress.techniques import structure_only, techniques
 
 #: Profiler row kind -> op class of the cost model.
 OP_OF_KIND = {"linear": "matmul", "conv": "conv", "attention_scores": "attention_scores",
@@ -165,16 +165,20 @@ def layer_table(model: nn.Module, audio_seconds: float = 4.0, weight_bits: BitsO
     return with_technique_rows(table, resolved) if resolved else table
 
 
-def compressed_for_pricing(model: nn.Module, plan: Any) -> nn.Module:
+def compressed_for_pricing(model: nn.Module, plan: Any, quant: bool = True) -> nn.Module:
     """`plan` applied to a copy of `model`, for its shapes and bits only.
 
     Importance 'taylor' becomes 'magnitude' and act_bits are dropped: neither changes a shape
-    or a weight's bits, and both would need calibration data.
+    or a weight's bits, and both would need calibration data. quant=False applies only what
+    PyTorch applies before an ONNX export (the registry's structure_only: what the export's
+    fp32 graph holds; ONNX Runtime quantizes after).
     """
     from workbench.compress import compress_module   # lazy: workbench.compress is heavier
 
     entries = {}
     for path, config in resolve(plan, model).items():
+        if not quant:
+            config = structure_only(config)
         update: dict[str, Any] = {}
         if config.prune is not None and config.prune.importance != "magnitude":
             update["prune"] = config.prune.model_copy(update={"importance": "magnitude"})

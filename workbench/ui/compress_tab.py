@@ -30,10 +30,6 @@ _UNITS = {"attention": "heads", "ffn": "neurons", "conv_module": "channels"}
 _BUILT_IN = ("prune", "quant", "low_rank")
 
 
-def where_of(path: str) -> str:
-    return f"editing {path}"
-
-
 def _bits_value(cfg: LayerConfig | None) -> int:
     if cfg is None or cfg.quant is None or cfg.quant.weight_bits is None:
         return 32
@@ -84,6 +80,7 @@ class LayerRow:
             if edits.structured_parent(tab.targets, path) is None:
                 self.prune = self._prune_slider(path)
                 parts.append(self.prune)
+        where = f"editing {path}"  # what an error in a callback names
         # Techniques registered beyond the built-in three get a generic control each.
         self.extra: dict[str, widgets.Dropdown] = {}
         for name in edits.controls_for(target):
@@ -94,13 +91,12 @@ class LayerRow:
                                             for v in control.values],
                                    description=control.label, layout=widgets.Layout(width="170px"))
             box.add_class(control_class(name, path))
-            box.observe(g(where_of(path), lambda c, n=name: tab.on_technique(self, n, c["new"])),
+            box.observe(g(where, lambda c, n=name: tab.on_technique(self, n, c["new"])),
                         names=["value"])
             self.extra[name] = box
             parts.append(box)
         self.widget = widgets.HBox(parts)
         self.widget.add_class(control_class("row", path))
-        where = f"editing {path}"
         if self.prune is not None:
             self.prune.observe(g(where, lambda c: tab.on_prune(self)), names=["value"])
         if self.structure is not None:

@@ -29,14 +29,15 @@ def why_not(setting: PruneConfig, target, path: str) -> str:
             f"Linear/Conv).")
 
 
-def _graph_removal(root: nn.Module, group, p: PruneConfig):  # noqa: ANN001, ANN202
-    """(group, unit indices to remove) for a graph group; magnitude importance only."""
+def _graph_removal(root: nn.Module, group, p: PruneConfig, grads):  # noqa: ANN001, ANN202
+    """(group, unit indices to remove) for a graph group, by magnitude or Taylor importance
+    (workbench.graph.surgery.scores; `grads` by parameter name relative to `root`)."""
     from workbench.graph.surgery import choose  # lazy: only models with graph groups need it
-    if p.structure == "unstructured" or p.importance != "magnitude":
+    if p.structure == "unstructured":
         raise PlanError(f"layers[{group.path!r}]: a group found from the graph takes structured "
-                        f"pruning ({group.kind}) with importance 'magnitude'; got "
-                        f"{p.structure} / {p.importance}.")
-    return group, choose(root, group, p.amount)
+                        f"pruning ({group.kind}); got 'unstructured' (name one of its Linear / "
+                        f"Conv layers for unstructured pruning).")
+    return group, choose(root, group, p.amount, p.importance, grads)
 
 
 def apply_(root: nn.Module, entries: Mapping[str, PruneConfig], ctx: ApplyContext) -> nn.Module:
@@ -49,7 +50,7 @@ def apply_(root: nn.Module, entries: Mapping[str, PruneConfig], ctx: ApplyContex
     removals = []
     for path, p in entries.items():
         if path in graph_groups:
-            removals.append(_graph_removal(root, graph_groups[path], p))
+            removals.append(_graph_removal(root, graph_groups[path], p, ctx.grads))
             ctx.notes.append(f"{path}: removed {len(removals[-1][1])} {p.structure} "
                              f"{removals[-1][1]} (group found from the graph)")
         elif p.structure != "unstructured":
@@ -58,7 +59,7 @@ def apply_(root: nn.Module, entries: Mapping[str, PruneConfig], ctx: ApplyContex
             ctx.notes.append(f"{path}: removed {len(removed)} {p.structure} {removed}")
     if removals:
         from workbench.graph.surgery import remove_units_
-        remove_units_(root, removals)
+        remove_units_(root, removals, ctx.grads)
         root._structure = None  # shapes changed: found again if asked
     for path, p in entries.items():
         if p.structure == "unstructured":

@@ -7,8 +7,9 @@
 `torch.onnx.export(dynamo=True)` traces the model with torch.export and a symbolic T. The
 exporter leaves per-node debug metadata (Python stack traces with absolute file paths, FX node
 text): those differ between checkouts, so we keep only the module path of each node (key
-`MODULE_KEY`), taken from `pkg.torch.onnx.name_scopes`, which the quantizer uses to find a
-plan layer's nodes. With that, exporting the same model twice gives byte-identical files.
+`MODULE_KEY`), taken from `pkg.torch.onnx.name_scopes`, which the quantizers (the export's and
+the host latency calibration's) use to find a plan layer's nodes (graph_map). With that,
+exporting the same model twice gives byte-identical files.
 
 Models must skip their data-dependent input checks (`bool(tensor)`) while exporting, i.e.
 guard them with `torch.compiler.is_exporting()`; otherwise torch.export cannot trace them and
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from workbench.export.errors import ExportError
+from workbench.errors import ExportError
 
 if TYPE_CHECKING:
     import onnx

@@ -1,6 +1,6 @@
 """Which ONNX nodes hold which layer's weights: module paths from the exporter's name scopes.
 
-Node names in a dynamo export are opaque ("node_MatMul_29"); `onnx_export` keeps each node's
+Node names in a dynamo export are opaque ("node_MatMul_29"); `exporter` keeps each node's
 module path in its metadata (`MODULE_KEY`). A plan layer "blocks.0.mlp.fc1" owns the weight
 nodes whose module is that path or lies under it (a low-rank Linear exports as two MatMuls,
 "blocks.0.mlp.fc1.down" and "blocks.0.mlp.fc1.up"). Only nodes whose weight is a constant
@@ -8,10 +8,11 @@ nodes whose module is that path or lies under it (a low-rank Linear exports as t
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from workbench.export.onnx_export import node_module
+from workbench.onnx_tools.exporter import node_module
 
 if TYPE_CHECKING:
     import onnx
@@ -56,3 +57,8 @@ def nodes_of_layer(nodes: list[WeightNode], path: str, kind: str) -> list[Weight
     return [n for n in nodes if n.op_type in ops
             and (n.module == path or n.module.startswith(path + ".")
                  or n.weight.startswith(path + "."))]
+
+
+def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
+    """How many nodes of each op type the graph holds (sorted by op; before ORT's fusions)."""
+    return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
