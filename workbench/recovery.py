@@ -180,3 +180,52 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         write_text_atomic(stage / export_plan.name, rest.to_json())
         write_text_atomic(stage / report_file.name, json.dumps(report, indent=2) + "\n")
     return RecoveryResult(checkpoint, export_plan, report)
+
+
+class _JobHooks(FitHooks):
+    """Recovery inside an engine job: one training step at a time holds the run lock (so a
+    slider's evaluation gets in between two steps), progress is reported per step, and a
+    cancelled job stops at the next step by raising Cancelled (so nothing half-trained is
+    saved or cached)."""
+
+    def __init__(self, job, total: int, lock, priority: int) -> None:
+        self.job, self.total, self.lock, self.priority = job, total, lock, priority
+
+    def after_step(self, step: int) -> None:
+        self.job.progress(step, self.total)
+        self.lock.release()
+        self.lock.acquire(self.priority)
+
+    def should_stop(self) -> bool:
+        self.job.check()
+        return False
+
+
+def submit_recovery(plan: CompressionPlan, *, teacher: torch.nn.Module | None = None,
+                    config: RecoverConfig | None = None,
+                    progressive: ProgressiveConfig | None = None, qat: bool = False,
+                    manifests: list[Path] | None = None, out_dir: Path | None = None,
+                    evaluate_sets: bool = True,
+                    on_step: Callable[[dict], None] | None = None,
+                    on_done: Callable[[Any], None] | None = None,
+                    on_error: Callable[[BaseException], None] | None = None,
+                    on_progress: Callable[[int, int], None] | None = None, queue=None):
+    """`recover_plan` as a cancellable job of the engine's queue (default: the app's JOBS).
+
+    `on_step(entry)` gets every training step's losses (a live plot); `on_progress(step,
+    steps)`; `on_done(RecoveryResult)`, or None when cancelled. Returns the Job (job.cancel())."""
+    from workbench.engine.jobs import BACKGROUND, JOBS, RUN_LOCK
+    cfg = config or DEFAULT_CONFIG
+
+    def run(job) -> RecoveryResult:
+        RUN_LOCK.acquire(BACKGROUND)
+        try:
+            return recover_plan(plan, teacher, out_dir=out_dir, config=cfg, manifests=manifests,
+                                progress=False, evaluate_sets=evaluate_sets, log=on_step,
+                                qat=qat, progressive=progressive,
+                                hooks=_JobHooks(job, cfg.steps, RUN_LOCK, BACKGROUND))
+        finally:
+            RUN_LOCK.release()
+
+    return (queue or JOBS).submit(run, name="recovery", priority=BACKGROUND, on_done=on_done,
+                                  on_error=on_error, on_progress=on_progress)
