@@ -118,5 +118,37 @@ def test_bad_config_and_input_raise():
         AugmentConfig(p_noise=1.5)
     with pytest.raises(DataError, match="snr_db"):
         AugmentConfig(snr_db=(20.0, 5.0))
+    with pytest.raises(DataError, match="time_mask_max_share"):
+        AugmentConfig(time_mask_max_share=0.0)
     with pytest.raises(DataError, match="samples"):
         augment_wave(torch.zeros(2, 100), AugmentConfig(), torch.Generator())
+
+
+def test_train_spec_augment_is_the_data_module_one_with_the_training_config():
+    from workbench.train import SPEC_AUGMENT, spec_augment as train_spec_augment
+
+    feats = torch.randn(80, 120, generator=torch.Generator().manual_seed(0))
+    got = train_spec_augment(feats, torch.Generator().manual_seed(3))
+    assert torch.equal(got, spec_augment(feats, SPEC_AUGMENT, torch.Generator().manual_seed(3)))
+    # a time mask covers at most a fifth of the frames: some frames of every mel row survive
+    masked_frames = (got != feats).all(dim=0)
+    assert masked_frames.float().mean() <= 2 * 0.2 + 1e-9
+
+
+def test_recipe_items_use_the_data_module_augmentation():
+    """The recipes' augmented views come from augment_wave(TRAIN_AUGMENT): the clean copy is the
+    plain log-mel, the augmented copy is reproducible from the seed."""
+    from workbench.data import load_audio, read_manifest
+    from workbench.features import log_mel
+    from workbench.paths import REAL_TEST
+    from workbench.recipes import TRAIN_AUGMENT, _items
+
+    utts = read_manifest(REAL_TEST)[:2]
+    feats, labels = _items(utts, copies=2, augment=True, seed=5, desc="t", progress=False)
+    again, _ = _items(utts, copies=2, augment=True, seed=5, desc="t", progress=False)
+    assert len(feats) == len(labels) == 4
+    assert torch.equal(feats[0], log_mel(load_audio(utts[0].audio_path)))
+    gen = torch.Generator().manual_seed(5)
+    expected = log_mel(augment_wave(load_audio(utts[0].audio_path), TRAIN_AUGMENT, gen))
+    assert torch.equal(feats[1], expected) and not torch.equal(feats[1], feats[0])
+    assert all(torch.equal(a, b) for a, b in zip(feats, again))

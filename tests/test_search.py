@@ -265,13 +265,31 @@ def test_sweep_covers_prune_bits_and_rank_with_savings(spec, tiny_conformer):
     assert pruned["latency_saved_ms"] > 0           # structure removed: faster (simulated)
 
 
-def test_recover_minutes_recovers_plans_that_remove_structure_and_measures_them(spec, tmp_path):
+def test_recover_minutes_recovers_plans_that_remove_structure_and_measures_them(
+        tiny_conformer, eval_set, tmp_path):
     """--recover-minutes: real recovery (distillation, a few seconds) of the searched plans that
     prune, their checkpoints written, WER after recovery measured on the whole eval set."""
+    import copy
+    from workbench.compress import compress
+    from workbench.evaluate import evaluate
+    from workbench.models import load_checkpoint
     from workbench.paths import CALIB
+    from workbench.plan import CompressionPlan
     from workbench.recovery import removes_structure
     from workbench.search.recover import candidates
 
+    # the random model's near-zero head emits only blanks (WER 1.0 for any weights): give it
+    # weights that emit letters, and take its own transcripts as the references of two
+    # utterances, so a WER tells one model from another
+    emitting = copy.deepcopy(tiny_conformer)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        emitting.ctc_head.weight.normal_(0, 0.5)
+    own = [u.hypothesis for u in evaluate(emitting, eval_set).per_utterance]
+    texts = tuple(own[i] if i < 2 else t for i, t in enumerate(eval_set.texts))
+    refs = EvalSet("random, own refs", eval_set.manifest, eval_set.ids, texts, eval_set.features)
+    spec = EvaluatorSpec(device="rpi5", audio_seconds=2.0, model=emitting, eval_set=refs,
+                         quick_utterances=2, threads=1)
     cfg = SearchConfig(trials=8, batch=4, seed=3, max_delta_wer=0.5)
     opts = {"bits": (8,), "prune": (0, 0.5), "ranks": (1.0,)}
     result = search(spec, cfg, space_options=opts, out_dir=tmp_path, recover_minutes=0.03,
@@ -282,11 +300,18 @@ def test_recover_minutes_recovers_plans_that_remove_structure_and_measures_them(
     assert [r["trial"] for r in result.recovered] == [t.number for t in picked]
     doc = json.loads((tmp_path / "front.json").read_text())
     assert doc["recovered"] == json.loads(json.dumps(result.recovered))
+    base_wer = evaluate(model, spec.eval_set).wer
     for rec in doc["recovered"]:
         folder = tmp_path / f"recovered-{rec['trial']:04d}"
         assert (folder / "model.safetensors").is_file() and (folder / "export_plan.json").is_file()
         assert rec["utterances"] == len(spec.eval_set) and rec["steps"] >= 1
-        assert 0 <= rec["wer_after"] and rec["meets_budgets"] == (rec["wer_delta_after"] <= 0.5)
+        # wer_after is the written recovered model's, with the written plan applied
+        recovered = load_checkpoint(folder / "model.safetensors")
+        export_plan = CompressionPlan.from_json((folder / "export_plan.json").read_text())
+        wer = evaluate(compress(recovered, export_plan), spec.eval_set).wer
+        assert rec["wer_after"] == pytest.approx(wer, abs=1e-6)
+        assert rec["wer_delta_after"] == pytest.approx(wer - base_wer, abs=2e-6)
+        assert rec["meets_budgets"] == (rec["wer_delta_after"] <= 0.5)
     assert "min of recovery" in doc["verdict"]
 
 

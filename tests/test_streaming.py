@@ -160,7 +160,8 @@ def test_step_extra_node_count_is_what_the_onnx_runtime_graphs_show(layers: int,
 
 
 def test_step_cost_adds_the_cache_copies_to_the_compute() -> None:
-    from workbench.streaming.report import StepCost, step_cost
+    from workbench.latency import load_device
+    from workbench.streaming.report import StepCost, cache_bytes, step_cost
 
     model = tiny()
     cost = step_cost(model, "host")
@@ -169,10 +170,19 @@ def test_step_cost_adds_the_cache_copies_to_the_compute() -> None:
     q, left = 50, 200
     assert cost.step_ms(q, left + q) == pytest.approx(cost.compute_ms(q, left + q)
                                                       + cost.cache_ms(q, left + q))
-    # the state moved grows with the cached frames: K and V, in and out, in every block
-    grow = cost.copy_elems(q, left + 1 + q) - cost.copy_elems(q, left + q)
-    assert grow == 2 * 2 * 2 * 32
+    # the state moved is the state carried between steps (cache_bytes counts it separately:
+    # K/V of the left context, the head's 4 frames, plus 2 mel frames the step does not copy),
+    # read and written once per step
+    for n in (left, left + 1):
+        carried = cache_bytes(model, StreamConfig(chunk=q, lookahead=0, left=n)) // 4
+        assert cost.copy_elems(q, n + q) == 2 * (carried - 2 * model.config.n_mels)
     assert cost.cache_ms(q, left + 1 + q) > cost.cache_ms(q, left + q) > 0
+    # one more cached frame costs its bytes, in and out, at the device file's memory bandwidth
+    prof = load_device("host")
+    grown = (cache_bytes(model, StreamConfig(chunk=q, lookahead=0, left=left + 1))
+             - cache_bytes(model, StreamConfig(chunk=q, lookahead=0, left=left)))
+    assert cost.cache_ms(q, left + 1 + q) - cost.cache_ms(q, left + q) == pytest.approx(
+        2 * grown / (prof.memory_bandwidth_gbs * 1e9 * prof.efficiency.memory) * 1e3, rel=1e-9)
     # no cache geometry, no cache cost; the full-context time has no cache either
     bare = StepCost("host", 1.0, 0.1, 0.001, 50.0)
     assert bare.step_ms(q, left + q) == bare.compute_ms(q, left + q)

@@ -11,32 +11,41 @@ from tqdm import tqdm
 
 from workbench.decode import greedy_decode
 from workbench.errors import ArgumentError, DataError
-from workbench.features import FRAMES_PER_SECOND, collate_features, log_mel
+from workbench.features import FRAMES_PER_SECOND, SAMPLE_RATE, collate_features, log_mel
 from workbench.models.base import CTCModel
+
+#: Feature values per second of audio, by EvalSet.feature_kind.
+FEATURE_RATES = {"log_mel": FRAMES_PER_SECOND, "waveform": SAMPLE_RATE}
 
 
 @dataclass(frozen=True)
 class EvalSet:
-    """An evaluation set with its log-mel features cached: (80, T_i) per utterance."""
+    """An evaluation set with its features cached, one tensor per utterance: log-mel (80, T_i)
+    at 100 frames/s (`feature_kind` "log_mel", the default), or the 16 kHz waveform (1, N_i)
+    for models that take audio samples (`feature_kind` "waveform", e.g. an adapted wav2vec2)."""
 
     name: str
     manifest: Path
     ids: tuple[str, ...]
     texts: tuple[str, ...]
     features: tuple[torch.Tensor, ...]
+    feature_kind: str = "log_mel"
 
     def __post_init__(self) -> None:
         counts = {"ids": len(self.ids), "texts": len(self.texts), "features": len(self.features)}
         if len(set(counts.values())) != 1:
             raise ArgumentError(f"EvalSet '{self.name}': ids, texts and features must have one "
                                 f"entry per utterance, got {counts}.")
+        if self.feature_kind not in FEATURE_RATES:
+            raise ArgumentError(f"EvalSet '{self.name}': feature_kind {self.feature_kind!r}; "
+                                f"one of {sorted(FEATURE_RATES)}.")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def seconds(self) -> float:
-        return sum(f.shape[-1] for f in self.features) / FRAMES_PER_SECOND
+        return sum(f.shape[-1] for f in self.features) / FEATURE_RATES[self.feature_kind]
 
     def subset(self, indices: list[int], name: str | None = None) -> EvalSet:
         bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int)
@@ -46,7 +55,7 @@ class EvalSet:
                                 f"{len(self)} utterances of '{self.name}'.")
         return EvalSet(name or f"{self.name}[{len(indices)}]", self.manifest,
                        tuple(self.ids[i] for i in indices), tuple(self.texts[i] for i in indices),
-                       tuple(self.features[i] for i in indices))
+                       tuple(self.features[i] for i in indices), self.feature_kind)
 
 
 @dataclass(frozen=True)
@@ -73,8 +82,10 @@ MAX_EVAL_SECONDS = 30.0
 
 
 def load_eval_set(manifest: Path | str, limit: int | None = None, progress: bool = True,
-                  name: str | None = None, max_seconds: float = MAX_EVAL_SECONDS) -> EvalSet:
-    """Read a manifest, load + resample its audio, compute features once.
+                  name: str | None = None, max_seconds: float = MAX_EVAL_SECONDS,
+                  features: str = "log_mel") -> EvalSet:
+    """Read a manifest, load + resample its audio, compute features once: `features`
+    "log_mel" (80, T) or "waveform" (1, samples at 16 kHz, for models that take audio).
 
     Checked before any feature is computed (DataError naming the manifest line or file):
     `limit` is None or >= 1; every reference has words after normalization (an empty reference
@@ -86,6 +97,9 @@ def load_eval_set(manifest: Path | str, limit: int | None = None, progress: bool
     from workbench.data.audio import audio_seconds
 
     check_int(limit, "load_eval_set", "limit", low=1, none_ok=True)
+    if features not in FEATURE_RATES:
+        raise ArgumentError(f"load_eval_set(features={features!r}): one of "
+                            f"{sorted(FEATURE_RATES)}.")
     manifest = Path(manifest) if isinstance(manifest, str | Path) else manifest
     utts = read_manifest(manifest)[:limit]
     texts = []
@@ -106,11 +120,12 @@ def load_eval_set(manifest: Path | str, limit: int | None = None, progress: bool
             raise DataError(f"{u.audio_path}: {seconds:,.1f} s of audio (utterance '{u.id}' in "
                             f"{manifest}), longer than the {max_seconds:g} s an utterance may "
                             f"be; split it into shorter utterances.")
-    feats = [log_mel(load_audio(u.audio_path, max_seconds=max_seconds))
+    compute = log_mel if features == "log_mel" else (lambda wave: wave.reshape(1, -1))
+    feats = [compute(load_audio(u.audio_path, max_seconds=max_seconds))
              for u in tqdm(utts, desc=f"features {manifest.parent.name}", disable=not progress,
                            leave=False)]
     return EvalSet(name or manifest.parent.name, manifest, tuple(u.id for u in utts),
-                   tuple(texts), tuple(feats))
+                   tuple(texts), tuple(feats), features)
 
 
 def batches(lengths: list[int], max_frames: int = 12_000, max_ratio: float = 1.25

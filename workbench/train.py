@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from workbench.data.augment import AugmentConfig
+from workbench.data.augment import spec_augment as spec_augment_features
 from workbench.models.base import CTCModel
 
 
@@ -65,17 +67,16 @@ def make_batches(items: Sequence[Item], max_frames: int, rng: random.Random) -> 
     return batches
 
 
-def spec_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """SpecAugment (Park et al. 2019, LD policy scaled down) on (80, T) features, via torchaudio."""
-    import torchaudio.transforms as T
+#: SpecAugment of training (Park et al. 2019, LD policy scaled down): 2 frequency masks of up to
+#: 15 mel channels, 2 time masks of up to 40 frames and at most a fifth of the utterance.
+SPEC_AUGMENT = AugmentConfig(freq_mask_param=15, n_freq_masks=2, time_mask_param=40,
+                             time_mask_max_share=0.2, n_time_masks=2)
 
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    freq, time_ = T.FrequencyMasking(15), T.TimeMasking(min(40, max(1, x.shape[-1] // 5)))
-    y = x.clone()
-    for _ in range(2):
-        y = freq(y)
-        y = time_(y)
-    return y
+
+def spec_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """SPEC_AUGMENT on (n_mels, T) features: workbench.data.augment.spec_augment (masked values
+    are the utterance's mean; torch's global RNG is left as it was)."""
+    return spec_augment_features(x, SPEC_AUGMENT, gen)
 
 
 def collate(items: list[Item], feature_mode: bool) -> tuple[torch.Tensor, ...]:

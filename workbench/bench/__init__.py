@@ -17,16 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated quantile q in [0, 1] of values (nan for no values)."""
-    values = sorted(values)
-    if not values:
-        return float("nan")
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
 def run(what: str, args) -> dict[str, Any]:
     # Each benchmark is imported when asked for: `workbench --help` and the other commands must not
     # pay for torch models, onnxruntime, ray or executorch they do not use (import speed).

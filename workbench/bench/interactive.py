@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from workbench.bench import percentile
+from workbench.bench.stats import percentile
 
 
 def scripted_changes(model, n: int, seed: int) -> list:

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from workbench.bench import percentile
+from workbench.bench.stats import percentile
 
 
 def _load() -> list[float]:

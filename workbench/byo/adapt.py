@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.errors import ArgumentError
+from workbench.errors import ArgumentError, WorkbenchError
 from workbench.models.base import VOCAB, CTCModel
 from workbench.models.layers import lengths_to_pad_mask
 
@@ -125,6 +125,14 @@ class AdaptedCTC(CTCModel):
 
     def stem(self, features: torch.Tensor, feat_lengths: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        if features.dim() != 3 or features.shape[1] != c.n_mels:
+            # a log-mel batch given to a waveform model would otherwise run, silently wrong
+            want = ("the 16 kHz waveform as (batch, 1, samples): load_eval_set(manifest, "
+                    "features='waveform')" if c.features == "waveform" else
+                    f"log-mel features (batch, {c.n_mels}, frames): load_eval_set(manifest)")
+            raise WorkbenchError(f"{c.source} (adapted) takes {want}; got a tensor of shape "
+                                 f"{tuple(features.shape)}.")
         return self._stem(self.encoder, features, feat_lengths)
 
     def head(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ class AugmentConfig:
     p_telephone: float = 0.25
     freq_mask_param: int = 15                  # SpecAugment: max mel channels per mask
     time_mask_param: int = 35                  # SpecAugment: max frames per mask
+    time_mask_max_share: float = 1.0           # ... and at most this share of the frames (torchaudio p)
     n_freq_masks: int = 2
     n_time_masks: int = 2
 
@@ -45,6 +46,9 @@ class AugmentConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise DataError(f"AugmentConfig.{name}={value}: a probability must be in [0, 1]")
+        if not 0.0 < self.time_mask_max_share <= 1.0:
+            raise DataError(f"AugmentConfig.time_mask_max_share={self.time_mask_max_share}: a "
+                            f"share of the frames must be in (0, 1]")
         if self.n_rooms < 1:
             raise DataError(f"AugmentConfig.n_rooms={self.n_rooms}: need at least one room")
         if any(s <= 0 for s in self.speeds):
@@ -208,7 +212,7 @@ def spec_augment(features: torch.Tensor, cfg: AugmentConfig, gen: torch.Generato
     mean = x.mean(dim=(1, 2), keepdim=True)
     seed = int(torch.randint(0, 2**62, (), generator=gen))
     freq = T.FrequencyMasking(cfg.freq_mask_param, iid_masks=True)
-    time = T.TimeMasking(cfg.time_mask_param, iid_masks=True)
+    time = T.TimeMasking(cfg.time_mask_param, iid_masks=True, p=cfg.time_mask_max_share)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         y = (x - mean)[:, None]  # (batch, channel=1, n_mels, frames): iid masks need 4-D input

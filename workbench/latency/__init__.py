@@ -9,11 +9,11 @@
 
 onnxruntime is imported only inside calibrate (and `workbench bench latency`, workbench.bench.latency).
 """
-from workbench.latency.cost import (LatencyReport, LayerLatency, MemoryFit, predict_latency,
-                                    price_table)
+from workbench.latency.cost import predict_latency, price_table
 from workbench.latency.devices import (DeviceProfile, Efficiency, host_cache_path, known_devices,
                                        load_device)
 from workbench.latency.plan_table import table_for_plan
+from workbench.latency.report import LatencyReport, LayerLatency, MemoryFit
 from workbench.latency.table import EffectiveLayer, LayerTable, layer_table
 
 

@@ -24,14 +24,15 @@ Per effective layer (workbench.latency.table):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from workbench.errors import WorkbenchError
 from workbench.plan import CompressionPlan
+from workbench.latency import predict as edge
 from workbench.latency.devices import DeviceProfile, load_device
+from workbench.latency.report import LatencyReport, LayerLatency, MemoryFit
 from workbench.latency.table import BitsOrPlan, EffectiveLayer, LayerTable, layer_table
 
 #: FLOPs per element of a norm / activation (mean, variance, normalise, affine ~ 8).
@@ -41,98 +42,6 @@ ELEMENTWISE_FLOPS = 8
 #: quantization; attention scores: head split/merge Reshape/Transpose x 8, scaled QK^T
 #: (FusedMatMul), mask (IsNaN/Where), Softmax, AV MatMul.
 OPS_PER_LAYER = {"matmul": 2, "conv": 1, "attention_scores": 12, "elementwise": 1}
-
-
-@dataclass(frozen=True)
-class LayerLatency:
-    """Simulated time of one effective layer, split into its roofline terms (milliseconds)."""
-
-    path: str
-    role: str
-    op: str
-    precision: str
-    macs: int
-    bytes_moved: int
-    compute_ms: float
-    memory_ms: float
-    overhead_ms: float
-    time_ms: float
-
-    @property
-    def bound(self) -> str:
-        return "compute" if self.compute_ms >= self.memory_ms else "memory"
-
-
-@dataclass(frozen=True)
-class MemoryFit:
-    """Weights vs their store (flash, else RAM) and activation peak vs SRAM (else RAM), in bytes."""
-
-    weights_bytes: int
-    weights_limit_bytes: int
-    weights_store: str           # "flash" or "RAM"
-    activations_bytes: int
-    activations_limit_bytes: int
-    activations_store: str       # "SRAM" or "RAM"
-
-    @property
-    def weights_fit(self) -> bool:
-        return self.weights_bytes <= self.weights_limit_bytes
-
-    @property
-    def activations_fit(self) -> bool:
-        return self.activations_bytes <= self.activations_limit_bytes
-
-    @property
-    def fits(self) -> bool:
-        return self.weights_fit and self.activations_fit
-
-    def describe(self) -> str:
-        """e.g. 'weights 7.7 MB > flash 2.0 MB: does not fit; activations 0.9 MB <= SRAM 1.0 MB'."""
-        def part(name: str, used: int, limit: int, store: str) -> str:
-            ok = used <= limit
-            return (f"{name} {used / 1e6:.2f} MB {'<=' if ok else '>'} {store} "
-                    f"{limit / 1e6:.2f} MB{'' if ok else ': does not fit'}")
-        return (part("weights", self.weights_bytes, self.weights_limit_bytes, self.weights_store)
-                + "; " + part("activations", self.activations_bytes,
-                              self.activations_limit_bytes, self.activations_store))
-
-
-@dataclass(frozen=True)
-class LatencyReport:
-    """Simulated latency of one model + plan on one device. Read `source` next to every number."""
-
-    device: str
-    runtime: str
-    audio_seconds: float
-    layers: tuple[LayerLatency, ...]
-    total_ms: float
-    real_time_factor: float        # processing time / audio time (< 1: faster than real time)
-    error_band_pct: float          # +- this percentage around total_ms
-    calibrated: bool
-    memory: MemoryFit
-    source: str
-    threads: int = 0                  # 0: the device profile's own setting (host)
-    unsupported: tuple[str, ...] = ()  # settings the runtime cannot run as set (how they are priced)
-
-    @property
-    def low_ms(self) -> float:
-        return self.total_ms * (1 - self.error_band_pct / 100)
-
-    @property
-    def high_ms(self) -> float:
-        return self.total_ms * (1 + self.error_band_pct / 100)
-
-    def by_role(self) -> dict[str, float]:
-        """Simulated milliseconds per role."""
-        out: dict[str, float] = {}
-        for layer in self.layers:
-            out[layer.role] = out.get(layer.role, 0.0) + layer.time_ms
-        return out
-
-    def summary(self) -> str:
-        return (f"{self.total_ms:.1f} ms +- {self.error_band_pct:.0f} % for "
-                f"{self.audio_seconds:g} s of audio (RTF {self.real_time_factor:.3f}); "
-                f"{self.memory.describe()} [{self.source}]")
 
 
 def predict_latency(model: nn.Module | LayerTable, device: str | DeviceProfile | None = "host",
@@ -155,7 +64,6 @@ def predict_latency(model: nn.Module | LayerTable, device: str | DeviceProfile |
     Edge devices price the traced graph after the runtime's fusions (latency.graph); a LayerTable
     is converted row by row (latency.predict.ops_from_table).
     """
-    from workbench.latency import predict as edge
     if seconds is not None:
         audio_seconds = seconds
     if plan is not None:

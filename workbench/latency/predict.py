@@ -22,6 +22,7 @@ from workbench.errors import WorkbenchError
 from workbench.plan import CompressionPlan
 from workbench.latency.edge import BYTES, OpTime, price_ops
 from workbench.latency.graph import FusedOp, fused_ops
+from workbench.latency.report import LatencyReport, LayerLatency, MemoryFit
 from workbench.latency.hardware import (EdgeDevice, Runtime, UnknownDeviceError,
                                         edge_device_names, load_edge_device, load_runtime)
 
@@ -201,7 +202,6 @@ def edge_report(ops: Sequence[FusedOp], bits: Mapping[str, int | None], dev: Edg
                 rt: Runtime, threads: int, seconds: float,
                 roles: Mapping[str, str] | None = None):
     """A cost.LatencyReport of fused ops on device x runtime x threads, with the CV band."""
-    from workbench.latency.cost import LatencyReport, LayerLatency, MemoryFit
     from workbench.latency.published import error_band_pct
     times: list[OpTime] = price_ops(ops, bits, dev, rt, threads)
     layers = []

