@@ -149,3 +149,15 @@ def test_apply_plan_on_an_adapted_conformer(conformer, tmp_path):
     pruned = compress(conformer, PLAN)
     assert sum(p.numel() for p in pruned.parameters()) < sum(
         p.numel() for p in conformer.parameters())
+
+
+def test_wav2vec2_zero_plan_is_bit_identical_and_the_model_unchanged(wav2vec2):
+    before = {k: v.clone() for k, v in wav2vec2.state_dict().items()}
+    zero = (CompressionPlan().with_group("ffn", _prune("neurons", 0.0))
+            .with_group("attention", _prune("heads", 0.0)))
+    wave, lengths = wav2vec2.example_input()
+    with torch.no_grad():
+        assert torch.equal(compress(wav2vec2, zero)(wave, lengths)[0],
+                           wav2vec2(wave, lengths)[0])
+        compress(wav2vec2, PLAN)(wave, lengths)
+    assert all(torch.equal(before[k], v) for k, v in wav2vec2.state_dict().items())

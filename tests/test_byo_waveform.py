@@ -4,7 +4,7 @@ Session and Workbench; a log-mel set given to it is refused, not silently misrea
 import pytest
 import torch
 
-from toys import torchaudio_wav2vec2
+from toys import torchaudio_conformer, torchaudio_wav2vec2
 from workbench import Session, compress
 from workbench.byo import adapt
 from workbench.decode import greedy_decode
@@ -81,3 +81,11 @@ def test_bad_feature_kind_is_refused():
         load_eval_set(REAL_TEST, limit=1, features="mfcc")
     with pytest.raises(ArgumentError, match="feature_kind 'mfcc'"):
         EvalSet("x", REAL_TEST, ("a",), ("a",), (torch.zeros(1, 10),), "mfcc")
+
+
+def test_profile_and_latency_inputs_are_audio_seconds_of_waveform(model):
+    from workbench.layer_profile import default_inputs
+    wave, lengths = default_inputs(model)(1.5)
+    assert wave.shape == (1, 1, 24_000) and lengths.tolist() == [24_000]   # 1.5 s at 16 kHz
+    mel, _ = default_inputs(adapt(torchaudio_conformer()))(1.5)
+    assert mel.shape == (1, 80, 150)                                        # 100 frames / s

@@ -128,6 +128,18 @@ def test_export_keeps_the_toy_in_the_structural_part(toy) -> None:
     assert structural_plan(plan).layers[FC1] == kept
 
 
+def test_export_asks_for_calibration_when_a_registered_technique_needs_it(model) -> None:
+    from workbench.export.pipeline import build_export, needs_calibration
+    register(replace(TOY, needs=lambda s: frozenset({"activations"})))
+    try:
+        assert needs_calibration(model, _plan())
+        with pytest.raises(PlanError, match="calibration"):
+            build_export(model, _plan())
+    finally:
+        unregister("toy")
+    assert not needs_calibration(model, CompressionPlan())
+
+
 def test_ui_control_list_has_the_toy(toy, model) -> None:
     from workbench.compress.targets import find_targets
     from workbench.ui.edits import controls_for, set_technique

@@ -197,14 +197,17 @@ def profile(model: nn.Module, audio_seconds: float = 4.0, measure: bool = True, 
 
 
 def default_inputs(model: nn.Module) -> MakeInputs:
-    """Example-input factory for a CTC model: log-mel features at 100 frames/s, batch 1."""
+    """Example-input factory for a CTC model: log-mel features at 100 frames/s, batch 1 (or
+    the 16 kHz waveform (1, 1, samples) for a model adapted with features="waveform")."""
     n_mels = getattr(getattr(model, "config", None), "n_mels", None)
     if n_mels is None:
         raise WorkbenchError(f"{type(model).__name__}: not a workbench CTC model; pass "
                              f"make_inputs=lambda seconds: (example inputs of its forward,).")
+    waveform = getattr(model.config, "features", "log_mel") == "waveform"   # workbench.byo
+    rate = 16_000 if waveform else FEATURE_FRAMES_PER_SECOND
 
     def make(seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
-        frames = max(1, round(seconds * FEATURE_FRAMES_PER_SECOND))
+        frames = max(1, round(seconds * rate))
         gen = torch.Generator().manual_seed(0)
         return (torch.randn(1, n_mels, frames, generator=gen), torch.tensor([frames]))
     return make

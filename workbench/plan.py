@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from json.decoder import scanstring
 from json.scanner import NUMBER_RE
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic.json_schema import SkipJsonSchema
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
@@ -52,6 +52,10 @@ SCHEMA_PATH = Path(__file__).with_name("plan_schema.json")
 RoleName = Literal[ROLE_NAMES]  # type: ignore[valid-type]  # "attention", "ffn", ...
 Technique = Literal["prune", "quant", "low_rank"]
 TECHNIQUES: tuple[Technique, ...] = ("prune", "quant", "low_rank")
+#: Weight widths a plan can hold (QuantConfig.weight_bits; 16 = fp16 rounding). The one list: the
+#: CLIs, the UI's bits choices and the quant control are built from WEIGHT_BITS.
+WeightBits = Literal[2, 3, 4, 5, 6, 7, 8, 16]
+WEIGHT_BITS: tuple[int, ...] = get_args(WeightBits)
 #: Pruning structure that each structured target kind takes.
 STRUCTURE_FOR_KIND = {"attention": "heads", "ffn": "neurons", "conv_module": "channels"}
 
@@ -144,7 +148,7 @@ class PruneConfig(_Frozen):
 class QuantConfig(_Frozen):
     """Simulated (fake) quantization of a layer's weights, and optionally of its input."""
 
-    weight_bits: Literal[2, 3, 4, 5, 6, 7, 8, 16] | None = Field(
+    weight_bits: WeightBits | None = Field(
         8, description="Bits per weight; 16 = fp16 rounding; null = fp32 weights.")
     granularity: Literal["per_channel", "per_tensor", "per_block"] = Field(
         "per_channel", description="Scales per output channel, per tensor, or per block of 32 "

@@ -43,7 +43,7 @@ from workbench.compress.importance import has_glu
 from workbench.compress.lowrank import LowRankLinear, choose_rank
 from workbench.compress.prune import count_to_remove, keep_indices
 from workbench.compress.quantize import BLOCK_SIZE, BOOKKEEPING_BUFFERS, ActivationFakeQuant
-from workbench.compress.targets import find_targets
+from workbench.compress.targets import find_targets, graph_groups
 from workbench.compress.techniques import techniques
 from workbench.plan import CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
@@ -242,7 +242,7 @@ def size(model: nn.Module, plan: CompressionPlan, calib: Calibration | None = No
     resolved = resolve(plan, model, force=force)
     shapes = _shapes(model)
     baseline, baseline_params = _baseline(model)
-    graph = {g.path: g for g in getattr(getattr(model, "graph_structure", None), "groups", ())}
+    graph = graph_groups(model)
     for path, cfg in resolved.items():
         if cfg.prune is not None and path in graph:
             _shrink_graph_group(model, graph[path], cfg, shapes, calib)

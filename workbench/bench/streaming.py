@@ -67,8 +67,8 @@ def bench_streaming(args=None) -> dict:
     host_profile = load_device("host")
     host = step_cost(model, "host")
     q = cfg.chunk + cfg.lookahead
-    predicted = host.step_ms(q, cfg.left + q, cfg.chunk)
-    cache_part = host.cache_ms(q, cfg.left + q, cfg.chunk)
+    predicted = host.step_ms(q, cfg.left + q)
+    cache_part = host.cache_ms(q, cfg.left + q)
     err = (predicted - measured) / measured
     return {
         "wer_vs_chunk": rows_to_dicts(rows),

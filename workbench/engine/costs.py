@@ -218,7 +218,8 @@ class CostCache:
 
 def _importance(model: nn.Module, path: str, kind: str) -> torch.Tensor:
     from workbench.compress import importance as imp
-    groups = {g.path: g for g in getattr(getattr(model, "graph_structure", None), "groups", ())}
+    from workbench.compress.targets import graph_groups
+    groups = graph_groups(model)
     if path in groups:  # a group found from the graph (workbench.byo.adapt): the scores its
         from workbench.graph.surgery import scores  # pruning ranks by (sum of squares)
         return scores(model, groups[path]).float()

@@ -11,9 +11,10 @@
                  to_edge_transform_and_lower(XnnpackPartitioner) ─> to_executorch ─> .pte bytes
 
 Per layer (`pte_decide`, the quant technique's ExecuTorch handler in the registry): int8
-weights -> XNNPACK dynamically quantized int8 (weights per channel or per tensor, symmetric
-[-127, 127] like the simulation; the input quantized per tensor
-at run time, as ONNX Runtime's dynamic int8 does); int8 weights + act_bits 8 -> static int8
+weights -> XNNPACK dynamically quantized int8 (weights per channel, symmetric [-127, 127]: the
+simulation's int8 weights themselves, see `_simulated_weights` / `_plan_grid`; the input
+quantized at run time per frame (linears) or per utterance (convs), emulated by
+`emulation.emulate_xnnpack_dynamic`); int8 weights + act_bits 8 -> static int8
 (activation ranges calibrated by the quantizer's observers on the calibration utterances);
 anything else has no XNNPACK int kernel in this flow and is rounded up to int8 per channel
 (2-7 bits, per_block, asymmetric) or kept fp32 (fp16, activation-only), listed in the report
@@ -75,7 +76,7 @@ def runs_as(d: Decision) -> str:
         return "fp32 (XNNPACK)"
     if d.act_static:
         return f"XNNPACK int8 static ({d.granularity} weights, input int8 per tensor)"
-    return f"XNNPACK int8 dynamic ({d.granularity} weights, input int8 per tensor at run time)"
+    return f"XNNPACK int8 dynamic ({d.granularity} weights, input int8 per row at run time)"
 
 
 @dataclass(frozen=True)
@@ -192,9 +193,71 @@ def _quantizer(decisions: Sequence[Decision]) -> Any:
     for d in decisions:
         if d.method == "fp32":
             continue
-        q.set_module_name(d.path, get_symmetric_quantization_config(
-            is_per_channel=d.granularity == "per_channel", is_dynamic=not d.act_static))
+        q.set_module_name(d.path, _plan_grid(get_symmetric_quantization_config(
+            is_per_channel=d.granularity == "per_channel", is_dynamic=not d.act_static)))
     return q
+
+
+def _plan_grid(config: Any) -> Any:
+    """XNNPACKQuantizer's config with the simulation's weight grid: its weight observer clamps
+    every scale to >= 2**-12 (eps), which coarsens channels whose max |w| < 127 * 2**-12 = 0.031
+    (35 of the demo's 15,133 channels, e.g. 6 rows of blocks.0.attn.out_proj); the simulation's
+    scale is max |w| / 127 for every channel. float32's eps keeps zero scales out."""
+    import dataclasses
+    weight = config.weight
+    observer_class = weight.observer_or_fake_quant_ctr.p.func       # PartialWrapper(partial)
+    observer = observer_class.with_args(eps=torch.finfo(torch.float32).eps)
+    return dataclasses.replace(config, weight=dataclasses.replace(
+        weight, observer_or_fake_quant_ctr=observer))
+
+
+def _simulated_weights(work: nn.Module, sim: nn.Module, decisions: Sequence[Decision]) -> None:
+    """Give each exactly-exported int8 layer of `work` the simulation's fake-quantized weight
+    (in place). The quantizer then finds the same per-channel scale (max |w'| / 127, up to one
+    float32 ulp) and integer levels q = w' / scale exactly, instead of re-rounding the float
+    weights: torchao rounds w * (1 / scale), the simulation w / scale, and the two disagree on
+    near-ties (fp16-valued checkpoints have exact .5 ties; 2 of blocks.0.attn.q_proj's 147,456
+    weights land one level apart)."""
+    with torch.no_grad():
+        for d in decisions:
+            if d.method == "fp32" or not d.exact:
+                continue
+            target, source = work.get_submodule(d.path), sim.get_submodule(d.path)
+            if target.weight.shape != source.weight.shape:
+                raise ExportError(f"{d.path}: simulated weight {tuple(source.weight.shape)} "
+                                  f"does not fit the exported layer {tuple(target.weight.shape)}")
+            target.weight.copy_(source.weight.float())
+
+
+def lower_to_pte(work: nn.Module, example: tuple[Any, ...], shapes: Any,
+                 decisions: Sequence[Decision], calib_inputs: Sequence[tuple[Any, ...]] = (),
+                 seconds: dict[str, float] | None = None) -> bytes:
+    """torch.export `work` (fp32, structural), quantize the layers of `decisions` with
+    XNNPACKQuantizer (by module path), lower to XNNPACK: the .pte bytes. `calib_inputs` feed the
+    observers of static layers. Raises whatever torch.export / ExecuTorch raise."""
+    seconds = {} if seconds is None else seconds
+    start = time.perf_counter()
+    with _quiet(), torch.no_grad():
+        program = torch.export.export(work, example, dynamic_shapes=shapes)
+        seconds["torch_export"] = round(time.perf_counter() - start, 1)
+        if any(d.method != "fp32" for d in decisions):
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+            graph_module = program.module()
+            _weights_in_their_module(graph_module)
+            prepared = prepare_pt2e(graph_module, _quantizer(decisions))
+            for args in calib_inputs:
+                prepared(*args)
+            if not any(d.act_static for d in decisions):
+                prepared(*example)      # dynamic: observers only need to see the shapes
+            converted = convert_pt2e(prepared)
+            program = torch.export.export(converted, example, dynamic_shapes=shapes)
+            seconds["quantize"] = round(time.perf_counter() - start - sum(seconds.values()), 1)
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        blob = to_edge_transform_and_lower(
+            program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+        seconds["lower"] = round(time.perf_counter() - start - sum(seconds.values()), 1)
+    return bytes(blob)
 
 
 def build_pte(model: nn.Module, plan: CompressionPlan, calib: EvalSet | None = None,
@@ -222,8 +285,8 @@ def build_pte(model: nn.Module, plan: CompressionPlan, calib: EvalSet | None = N
     structural = compress(model, structural_plan(plan), batches, force=force)
     sim = compress(model, plan, batches, force=force)
     seconds: dict[str, float] = {}
-    start = time.perf_counter()
     work = copy.deepcopy(structural).float().eval()
+    _simulated_weights(work, sim, decisions)
     computed = _with_computed_positions(work)
     _convs_as_2d(work, {d.path for d in decisions if d.kind == "conv" and d.method != "fp32"})
     n_mels = int(getattr(work.config, "n_mels", 80))
@@ -234,28 +297,10 @@ def build_pte(model: nn.Module, plan: CompressionPlan, calib: EvalSet | None = N
     # prove (a named Dim fails on the Conformer's guard T' = (T - 1) // 4 + 1 != 1). The upper
     # bound is required: ExecuTorch plans memory for the longest input.
     shapes = ({2: torch.export.Dim.DYNAMIC(min=MIN_FRAMES, max=t_max or MAX_FRAMES)}, None)
+    calib_inputs = ([(f[None], torch.tensor([f.shape[-1]])) for f in calib.features]
+                    if (static and calib is not None) else [])
     try:
-        with _quiet(), torch.no_grad():
-            program = torch.export.export(work, example, dynamic_shapes=shapes)
-            seconds["torch_export"] = round(time.perf_counter() - start, 1)
-            if any(d.method != "fp32" for d in decisions):
-                from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-                graph_module = program.module()
-                _weights_in_their_module(graph_module)
-                prepared = prepare_pt2e(graph_module, _quantizer(decisions))
-                for feats in (calib.features if (static and calib is not None) else []):
-                    prepared(feats[None], torch.tensor([feats.shape[-1]]))
-                if not static:
-                    prepared(*example)      # dynamic: observers only need to see the shapes
-                converted = convert_pt2e(prepared)
-                program = torch.export.export(converted, example, dynamic_shapes=shapes)
-                seconds["quantize"] = round(time.perf_counter() - start - sum(seconds.values()), 1)
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-                XnnpackPartitioner)
-            from executorch.exir import to_edge_transform_and_lower
-            blob = to_edge_transform_and_lower(
-                program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
-            seconds["lower"] = round(time.perf_counter() - start - sum(seconds.values()), 1)
+        blob = lower_to_pte(work, example, shapes, decisions, calib_inputs, seconds)
     except (PlanError, ExportError):
         raise
     except Exception as err:  # torch.export / lowering raise many types: one line for the user
@@ -265,7 +310,7 @@ def build_pte(model: nn.Module, plan: CompressionPlan, calib: EvalSet | None = N
     notes = []
     if computed:
         notes.append("Whisper position table computed in the graph from its formula (not stored)")
-    return PteExport(bytes(blob), tuple(decisions), structural, sim, computed, tuple(notes),
+    return PteExport(blob, tuple(decisions), structural, sim, computed, tuple(notes),
                      seconds)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from workbench.compress import compress
+from workbench.compress.techniques import needs as techniques_needs
 from workbench.errors import PlanError
 from workbench.evaluate import EvalSet
 from workbench.export.calibration_set import calibration_batches, feature_reader
@@ -47,10 +48,9 @@ class Export:
 
 
 def needs_calibration(model: nn.Module, plan: CompressionPlan, force: bool = False) -> bool:
-    """act_bits 8 anywhere, or Taylor importance for pruning."""
-    return any((c.quant is not None and c.quant.act_bits is not None)
-               or (c.prune is not None and c.prune.importance == "taylor")
-               for c in resolve(plan, model, force=force).values())
+    """A technique of the plan needs calibration data (the registry's `needs`: act_bits 8,
+    Taylor importance for pruning, or a registered technique that says so)."""
+    return bool(techniques_needs(resolve(plan, model, force=force)))
 
 
 def build_export(model: nn.Module, plan: CompressionPlan, calib: EvalSet | None = None,

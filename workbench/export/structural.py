@@ -48,12 +48,6 @@ def layer_quant(model: nn.Module, plan: CompressionPlan, force: bool = False,
             if cfg.quant is not None and targets[path].kind in ("linear", "conv")}
 
 
-def has_structure(plan: CompressionPlan, model: nn.Module, force: bool = False) -> bool:
-    """True when the plan prunes or factorizes anything (or sets another technique that is
-    applied in PyTorch before the export)."""
-    return any(not structure_only(c).is_empty() for c in resolve(plan, model, force=force).values())
-
-
 def activation_ranges(sim: nn.Module) -> dict[str, tuple[float, int]]:
     """module path -> (scale, zero point) of every observed activation quantizer in a model
     built by `compress` (the input grid of each act_bits-8 layer)."""

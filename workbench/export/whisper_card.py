@@ -13,6 +13,7 @@ from typing import Any
 from workbench.export.model_card import (SET_TITLES, SOURCES, _table, accuracy_section,
                                          front_matter, methods, plan_table, rounded_sentence,
                                          worst_examples)
+from workbench.whisper_eval import TOKENS_BASE, TOKENS_PER_SECOND  # the loop's own budget
 
 INTERFACE = (
     "`encoder.onnx`: `mel` (1, 80, T) float32 log-mel at 100 frames/s (the audio followed by 1 s "
@@ -30,7 +31,8 @@ def failure_modes(report: Mapping[str, Any]) -> list[str]:
         "Inputs longer than 29 s (plus the 1 s silence margin: 3000 mel frames) are outside "
         "the encoder's 1500 positions: split the audio first.",
         "Autoregressive decoding can loop on a damaged (over-compressed) model: the greedy loop "
-        "stops at 16 + 8 tokens per audio second, so a loop shows as insertions, not a hang.",
+        f"stops at {TOKENS_BASE} + {TOKENS_PER_SECOND} tokens per audio second, so a loop shows "
+        "as insertions, not a hang.",
         "English only (tiny.en), no timestamps, greedy (no beam search, no temperature "
         "fallback); transcripts are normalized (lower case, numbers as words) before scoring.",
         "The real-speech test set is one speaker on 8 kHz telephone audio: accuracy on other "

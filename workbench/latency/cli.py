@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from workbench import cli_checks as ck
+from workbench.plan import WEIGHT_BITS
 
 #: Weight widths a CompressionPlan accepts (workbench.plan.QuantConfig.weight_bits).
-BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+BITS = WEIGHT_BITS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

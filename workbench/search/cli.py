@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
+from workbench.plan import WEIGHT_BITS
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -28,7 +29,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 #: Weight widths a CompressionPlan accepts (workbench.plan.QuantConfig.weight_bits).
-BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+BITS = WEIGHT_BITS
 
 
 def _bits(text: str) -> tuple[int, ...]:

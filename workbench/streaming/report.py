@@ -83,23 +83,23 @@ class StepCost:
     def compute_ms(self, queries: int, keys: int) -> float:
         return self.a_ms + self.b_ms * queries + self.c_ms * queries * keys
 
-    def copy_elems(self, queries: int, keys: int, chunk: int | None = None) -> int:
+    def copy_elems(self, queries: int, keys: int) -> int:
         """fp32 elements of cache state one step reads from and writes to memory: K and V of the
         L = keys - queries cached frames in every block, in and out (4 L kv_width per block),
-        and the CTC head's 4-frame cache in and out. `chunk` is accepted for the look-ahead
-        case (those frames are recomputed, not cached) and does not change the state size."""
+        and the CTC head's 4-frame cache in and out. Look-ahead frames are recomputed, not
+        cached: they are in `queries`, not in the state."""
         left = max(0, keys - queries)
         return 4 * self.blocks * self.kv_width * left + 2 * HEAD_CACHE * self.head_width
 
-    def cache_ms(self, queries: int, keys: int, chunk: int | None = None) -> float:
+    def cache_ms(self, queries: int, keys: int) -> float:
         if not self.blocks:
             return 0.0
         nodes = STEP_NODES_PER_BLOCK * self.blocks + STEP_NODES_FIXED
-        return self.copy_elems(queries, keys, chunk) * self.elem_ms + nodes * self.node_ms
+        return self.copy_elems(queries, keys) * self.elem_ms + nodes * self.node_ms
 
-    def step_ms(self, queries: int, keys: int, chunk: int | None = None) -> float:
+    def step_ms(self, queries: int, keys: int) -> float:
         """One step with `queries` = chunk + look-ahead frames and `keys` = left + queries."""
-        return self.compute_ms(queries, keys) + self.cache_ms(queries, keys, chunk)
+        return self.compute_ms(queries, keys) + self.cache_ms(queries, keys)
 
     def full_ms(self, frames: int) -> float:
         """The whole utterance at once: no cache."""
@@ -213,7 +213,7 @@ def streaming_table(model, eval_set, chunks_s: Sequence[float | None] = (0.5, 1.
         else:
             algo = 1e3 * cfg.algorithmic_latency_s
             q = cfg.chunk + cfg.lookahead
-            compute = {d: c.step_ms(q, cfg.left + q, cfg.chunk) for d, c in costs.items()}
+            compute = {d: c.step_ms(q, cfg.left + q) for d, c in costs.items()}
             rtf = {d: ms / (1e3 * cfg.chunk_s) for d, ms in compute.items()}
             mem = cache_bytes(model, cfg)
         rows.append(StreamingRow(chunk, lookahead_s, left_s, wer, cer, mem, algo, compute,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import ipywidgets as widgets
 
-from workbench.compress.targets import Target
+from workbench.compress.targets import Target, graph_groups
 from workbench.compress.techniques import technique
 from workbench.plan import STRUCTURE_FOR_KIND, LayerConfig, PruneConfig, QuantConfig
 from workbench.ui import edits, figures
@@ -28,10 +28,6 @@ _LABEL = widgets.Layout(width="290px")
 _UNITS = {"attention": "heads", "ffn": "neurons", "conv_module": "channels"}
 #: Techniques whose controls this tab draws itself (prune slider + structure, bits, rank).
 _BUILT_IN = ("prune", "quant", "low_rank")
-
-
-def where_of(path: str) -> str:
-    return f"editing {path}"
 
 
 def _bits_value(cfg: LayerConfig | None) -> int:
@@ -84,6 +80,7 @@ class LayerRow:
             if edits.structured_parent(tab.targets, path) is None:
                 self.prune = self._prune_slider(path)
                 parts.append(self.prune)
+        where = f"editing {path}"  # what an error in a callback names
         # Techniques registered beyond the built-in three get a generic control each.
         self.extra: dict[str, widgets.Dropdown] = {}
         for name in edits.controls_for(target):
@@ -94,13 +91,12 @@ class LayerRow:
                                             for v in control.values],
                                    description=control.label, layout=widgets.Layout(width="170px"))
             box.add_class(control_class(name, path))
-            box.observe(g(where_of(path), lambda c, n=name: tab.on_technique(self, n, c["new"])),
+            box.observe(g(where, lambda c, n=name: tab.on_technique(self, n, c["new"])),
                         names=["value"])
             self.extra[name] = box
             parts.append(box)
         self.widget = widgets.HBox(parts)
         self.widget.add_class(control_class("row", path))
-        where = f"editing {path}"
         if self.prune is not None:
             self.prune.observe(g(where, lambda c: tab.on_prune(self)), names=["value"])
         if self.structure is not None:
@@ -149,8 +145,7 @@ class CompressTab(LazyView):
         self._syncing = False
         model = self.core.model
         # units per group for models whose groups were found from the graph (workbench.byo)
-        self.group_sizes = {g.path: g.size for g in getattr(
-            getattr(model, "graph_structure", None), "groups", ())}
+        self.group_sizes = {p: g.size for p, g in graph_groups(model).items()}
         self.rows = {p: LayerRow(self, p, t, model.get_submodule(p)) for p, t in self.targets.items()}
         self.widget = widgets.VBox([self._toolbar(), self._groups(), self._row_sections(),
                                     self._importance()])

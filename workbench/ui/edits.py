@@ -21,10 +21,11 @@ from torch import nn
 
 from workbench.compress.targets import Target, find_targets
 from workbench.compress.techniques import technique, techniques
-from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig, PruneConfig, QuantConfig
+from workbench.plan import (STRUCTURE_FOR_KIND, WEIGHT_BITS, CompressionPlan, LayerConfig,
+                            PruneConfig, QuantConfig)
 
 #: Choices of the bits control: None = fp32 weights.
-BIT_CHOICES: tuple[int | None, ...] = (None, 16, 8, 7, 6, 5, 4, 3, 2)
+BIT_CHOICES: tuple[int | None, ...] = (None, *sorted(WEIGHT_BITS, reverse=True))
 
 
 def _entry(plan: CompressionPlan, path: str) -> LayerConfig:

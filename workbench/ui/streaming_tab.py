@@ -103,7 +103,7 @@ class StreamingTab(LazyView):
         device = self.state.device
         cost = self._cost(device)
         q = cfg.chunk + cfg.lookahead
-        step_ms = cost.step_ms(q, cfg.left + q, cfg.chunk)
+        step_ms = cost.step_ms(q, cfg.left + q)
         first = 1e3 * cfg.algorithmic_latency_s + step_ms
         rtf = step_ms / (1e3 * cfg.chunk_s)
         key = (plan_key(self.state.plan), cfg)

@@ -12,7 +12,7 @@ from workbench.compress.quantize import quantize_layer
 from workbench.compress.techniques.low_rank import replace_module
 from workbench.compress.techniques.quantization_runtime import decide, pte_decide
 from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
-from workbench.plan import QuantConfig
+from workbench.plan import WEIGHT_BITS, QuantConfig
 
 
 def apply_(root: nn.Module, entries: Mapping[str, QuantConfig], ctx: ApplyContext) -> nn.Module:
@@ -36,7 +36,7 @@ QUANTIZATION = register(Technique(
                                      f"is a {target.type_name}; name its layers (e.g. "
                                      f"'{path}.*')."),
     field_name=lambda cfg: "quant",
-    control=Control(label="bits", kinds=("linear", "conv"), values=(None, 16, 8, 7, 6, 5, 4, 3, 2),
+    control=Control(label="bits", kinds=("linear", "conv"), values=(None, *sorted(WEIGHT_BITS, reverse=True)),
                     to_setting=lambda b: None if b is None else QuantConfig(weight_bits=b),
                     from_setting=lambda q: None if q is None else q.weight_bits),
     needs=lambda q: frozenset({"activations"}) if q.act_bits is not None else frozenset(),
