@@ -230,3 +230,22 @@ def test_tied_embedding_reads_the_projection_weight_at_every_width(distinct, tmp
         dynamic = {d.path for d in built["decisions"] if d.dynamic_activations}
         p = parity(OrtWhisper(built["model"], distinct.rules, 2), built["sim"], feats, dynamic)
         assert p["first_step_logits_max_abs_diff"] < 1e-3, (cfg, p)
+
+
+def test_bench_ort_figures_use_the_per_layer_export(model):
+    """`bench whisper`'s ORT figures: the int8-everywhere plan through build_whisper_export
+    (three graphs, stored bytes = size()), ORT vs simulated WER per set."""
+    from types import SimpleNamespace
+
+    from workbench.export.whisper_onnx import bench_figures
+    torch.manual_seed(5)
+    feats = tuple(torch.randn(80, n) for n in (60, 45))
+    es = EvalSet("synth_test", Path("/nonexistent/m.jsonl"), ("a", "b"), ("aa bb",) * 2, feats)
+    out = bench_figures(model, _Letters(), {"synth_test": es}, SimpleNamespace())
+    assert sorted(out["bytes_int8"]) == ["cross_kv", "decoder", "encoder"]
+    # the untouched toy's equal constants (all-ones norms) are merged by the exporter
+    assert 0.9 < out["int8_stored"]["initializers"] / out["int8_size_prediction_bytes"] <= 1.0
+    row = out["synth_test"]
+    assert row["difference"] == pytest.approx(row["ort_int8_wer"] - row["simulated_int8_wer"],
+                                              abs=1e-4)
+    assert out["ort_int8_decoder_ms_per_token_p50"] > 0
