@@ -190,9 +190,10 @@ def _rows(node: _Nodes, proto, inits: dict, b: str, ids: str) -> str | None:
     if f"{b}_fp16" in inits:
         return node("Transpose", [columns(f"{b}_fp16")], perm=[1, 2, 0])
     if f"{b}_quantized" in inits:                                           # ORT int8 dynamic
-        zp = node("Cast", [node("Gather", [f"{b}_zero_point", ids], axis=0)],
-                  to=TensorProto.FLOAT)                                     # (B, L)
-        scale = node("Gather", [f"{b}_scale", ids], axis=0)
+        def per_token(name: str) -> str:             # per channel: (V,) -> (B, L); per tensor: ()
+            return node("Gather", [name, ids], axis=0) if inits[name].dims else name
+        zp = node("Cast", [per_token(f"{b}_zero_point")], to=TensorProto.FLOAT)
+        scale = per_token(f"{b}_scale")
         return node("Transpose", [node("Mul", [node("Sub", [columns(f"{b}_quantized"), zp]),
                                                scale])], perm=[1, 2, 0])
     for bits in (2, 4, 8):
