@@ -272,3 +272,19 @@ def test_host_reports_calibration_from_the_cache(tmp_path, monkeypatch) -> None:
     (tmp_path / "host_profile.json").write_text(json.dumps(record))
     with pytest.raises(DeviceError, match="host_profile.json: not a valid host calibration"):
         load_device("host")
+
+
+def test_cost_cache_keeps_the_fp32_table_past_its_lru(small) -> None:
+    """The engine's base shape-pass table is kept apart from the per-structure LRU: pricing
+    more than TABLE_CACHE structures does not evict it (evicting it re-profiled the model)."""
+    from workbench.engine.costs import TABLE_CACHE, CostCache
+    from workbench.latency import price_table
+    core = CostCache(small)
+    base = core._table({})
+    linears = [p for p, t in core.targets.items() if t.kind == "linear"]
+    plans = [CompressionPlan(layers={p: LayerConfig(rank=r)}) for p in linears for r in range(1, 6)]
+    assert len(plans) > TABLE_CACHE
+    for plan in plans:
+        core.latency(plan, "host", 1.0)
+    assert core._table({}) is base
+    assert core.latency(CompressionPlan(), "host", 1.0) == price_table(base, load_device("host"))

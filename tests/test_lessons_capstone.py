@@ -61,3 +61,22 @@ def test_a_missing_or_broken_report_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(WorkbenchError, match="not a JSON report"):
         grade_report(bad, BUDGET)
+
+
+def test_reference_wer_grades_against_the_original_model_not_the_recovered_one() -> None:
+    # after a harmful recovery the exported model's own float WER (the report's
+    # wer_uncompressed) has drifted up with it: against it the file looks fine
+    drifted = copy.deepcopy(REPORT)
+    drifted["accuracy"][0].update(wer_ort=0.33, wer_uncompressed=0.32)
+    assert grade_report(drifted, BUDGET).passed
+    grade = grade_report(drifted, BUDGET, reference_wer=0.25)
+    assert not grade.passed
+    wer = grade.criteria[2]
+    assert wer.value == pytest.approx(0.08) and "original model" in wer.name
+    assert grade_report(REPORT, BUDGET, reference_wer=0.25).passed
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.25", True])
+def test_a_bad_reference_wer_is_refused(bad) -> None:
+    with pytest.raises(WorkbenchError, match="reference_wer"):
+        grade_report(REPORT, BUDGET, reference_wer=bad)

@@ -215,18 +215,40 @@ def test_stored_weights_match_the_size_prediction(distinct, tmp_path, name):
 
 
 def test_tied_embedding_reads_the_projection_weight_at_every_width(distinct, tmp_path):
-    """The input embedding gathers from the projection's stored weight (int8 per channel, 4-bit
-    and 2-bit MatMulNBits, asymmetric, fp16): ORT's first logits equal the simulation's."""
+    """The input embedding gathers from the projection's stored weight (int8 per channel and per
+    tensor, 4-bit and 2-bit MatMulNBits, asymmetric, fp16, and the `up` factor of a low-rank
+    projection): ORT's first logits equal the simulation's."""
     from workbench.export.whisper_apply import build_whisper_export, parity
     from workbench.export.whisper_onnx import OrtWhisper
     torch.manual_seed(3)
     feats = [torch.randn(80, 57)]
     for i, cfg in enumerate([QuantConfig(weight_bits=8), QuantConfig(weight_bits=4),
+                             QuantConfig(weight_bits=8, granularity="per_tensor"),
                              QuantConfig(weight_bits=2), QuantConfig(weight_bits=16),
-                             QuantConfig(weight_bits=4, symmetric=False)]):
-        plan = CompressionPlan().with_layer("decoder.token_embedding", LayerConfig(quant=cfg))
+                             QuantConfig(weight_bits=4, symmetric=False), None]):
+        layer = LayerConfig(quant=cfg) if cfg else LayerConfig(rank=16)
+        plan = CompressionPlan().with_layer("decoder.token_embedding", layer)
         built = build_whisper_export(distinct, plan, tmp_path / str(i))
         assert not built["notes"]
         dynamic = {d.path for d in built["decisions"] if d.dynamic_activations}
         p = parity(OrtWhisper(built["model"], distinct.rules, 2), built["sim"], feats, dynamic)
         assert p["first_step_logits_max_abs_diff"] < 1e-3, (cfg, p)
+
+
+def test_bench_ort_figures_use_the_per_layer_export(model):
+    """`bench whisper`'s ORT figures: the int8-everywhere plan through build_whisper_export
+    (three graphs, stored bytes = size()), ORT vs simulated WER per set."""
+    from types import SimpleNamespace
+
+    from workbench.export.whisper_onnx import bench_figures
+    torch.manual_seed(5)
+    feats = tuple(torch.randn(80, n) for n in (60, 45))
+    es = EvalSet("synth_test", Path("/nonexistent/m.jsonl"), ("a", "b"), ("aa bb",) * 2, feats)
+    out = bench_figures(model, _Letters(), {"synth_test": es}, SimpleNamespace())
+    assert sorted(out["bytes_int8"]) == ["cross_kv", "decoder", "encoder"]
+    # the untouched toy's equal constants (all-ones norms) are merged by the exporter
+    assert 0.9 < out["int8_stored"]["initializers"] / out["int8_size_prediction_bytes"] <= 1.0
+    row = out["synth_test"]
+    assert row["difference"] == pytest.approx(row["ort_int8_wer"] - row["simulated_int8_wer"],
+                                              abs=1e-4)
+    assert out["ort_int8_decoder_ms_per_token_p50"] > 0

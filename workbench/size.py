@@ -43,7 +43,7 @@ from workbench.compress.importance import has_glu
 from workbench.compress.lowrank import LowRankLinear, choose_rank
 from workbench.compress.prune import count_to_remove, keep_indices
 from workbench.compress.quantize import BLOCK_SIZE, BOOKKEEPING_BUFFERS, ActivationFakeQuant
-from workbench.compress.targets import find_targets
+from workbench.compress.targets import find_targets, graph_groups
 from workbench.compress.techniques import techniques
 from workbench.plan import CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
@@ -242,7 +242,7 @@ def size(model: nn.Module, plan: CompressionPlan, calib: Calibration | None = No
     resolved = resolve(plan, model, force=force)
     shapes = _shapes(model)
     baseline, baseline_params = _baseline(model)
-    graph = {g.path: g for g in getattr(getattr(model, "graph_structure", None), "groups", ())}
+    graph = graph_groups(model)
     for path, cfg in resolved.items():
         if cfg.prune is not None and path in graph:
             _shrink_graph_group(model, graph[path], cfg, shapes, calib)
@@ -412,9 +412,12 @@ def size_of_compressed(compressed: nn.Module, baseline: nn.Module) -> SizeReport
     rows = []
     for path, tensors in shapes.items():
         module = compressed.get_submodule(path) if path else compressed
-        if isinstance(module, LowRankLinear):
-            specs = [_spec_of(module.down), _spec_of(module.up)]
-            rows.append(_row(path, "low_rank", specs, _bytes(tensors, ("down.weight", "up.weight")),
+        built = next(((t.name, parts) for t in techniques() if t.weight_parts is not None
+                      for parts in [t.weight_parts(module)] if parts is not None), None)
+        if built is not None:                   # a layer a technique rebuilt (low rank: 2 Linears)
+            name, parts = built
+            rows.append(_row(path, name, [_spec_of(m) for m in parts.values()],
+                             _bytes(tensors, tuple(f"{k}.weight" for k in parts)),
                              base_bytes.get(path, 0)))
         elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             kind = "linear" if isinstance(module, nn.Linear) else "conv"

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from workbench.latency import EffectiveLayer, LatencyReport, LayerTable, load_device, price_table
+from workbench.latency import (DeviceProfile, EffectiveLayer, LatencyReport, LayerTable,
+                               load_device, price_table)
 from workbench.models.base import role_of
 
 TOKENS_PER_AUDIO_SECOND = 2.9
@@ -136,8 +137,15 @@ def whisper_tables(model: nn.Module, audio_seconds: float, tokens: int | None = 
 def whisper_latency(model: nn.Module, device: str = "host", audio_seconds: float = 2.5,
                     tokens: int | None = None) -> WhisperLatency:
     """Simulated latency and real-time factor of one utterance (see the module docstring)."""
+    return price_whisper(whisper_tables(model, audio_seconds, tokens), device, audio_seconds)
+
+
+def price_whisper(tables: tuple[LayerTable, LayerTable, LayerTable, int],
+                  device: str | DeviceProfile, audio_seconds: float) -> WhisperLatency:
+    """`whisper_latency` of tables already read off the model (`whisper_tables`, bits set on
+    the rows or not): the roofline only, no model walk."""
     dev = load_device(device)
-    enc_t, cross_t, step_t, steps = whisper_tables(model, audio_seconds, tokens)
+    enc_t, cross_t, step_t, steps = tables
     enc, cross, step = (price_table(t, dev) for t in (enc_t, cross_t, step_t))
     total = enc.total_ms + cross.total_ms + steps * step.total_ms
     return WhisperLatency(dev.name, audio_seconds, steps - 2, enc, cross, step, total,

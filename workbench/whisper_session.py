@@ -132,7 +132,10 @@ class WhisperSession:
     def compressed_model(self, plan) -> WhisperASR:
         """The baseline with `plan` applied, assembled from cached compressed units (a block, the
         stem convs, the tied embedding); untouched modules are the baseline's own, shared."""
-        resolved = self._resolved(plan)
+        return self._compressed(plan, self._resolved(plan))
+
+    def _compressed(self, plan, resolved: dict) -> WhisperASR:
+        """compressed_model, given `plan` already resolved (self._resolved)."""
         if not resolved:
             return self.baseline
 
@@ -212,12 +215,13 @@ class WhisperSession:
             self._put(key, model.encoder.encode(silence)[0])
         return self._hidden[key]
 
-    def _hyps(self, plan, kind: str, cancel: Callable[[], bool] | None = None
-              ) -> tuple[list[str], list[int], int]:
+    def _hyps(self, plan, kind: str, cancel: Callable[[], bool] | None = None,
+              resolved: dict | None = None) -> tuple[list[str], list[int], int]:
         from workbench.data import normalize_text
-        resolved = self._resolved(plan)
+        if resolved is None:
+            resolved = self._resolved(plan)
         sigs = self._encoder_sigs(resolved)
-        model = self.compressed_model(plan)
+        model = self._compressed(plan, resolved)
         tail = self._tail(model, sigs)
         hyps, order, restarts = [], [], []
         for part in self._kinds[kind]:
@@ -244,13 +248,13 @@ class WhisperSession:
         if cancel is not None and not callable(cancel):
             raise ArgumentError(f"WhisperSession.evaluate(cancel=...): expected None or a "
                                 f"callable returning True to stop, got {type(cancel).__name__}.")
-        self._resolved(plan)    # PlanError (unknown path, bad setting) before any work
         key = (plan_key(plan), kind)
-        with self._lock:
+        with self._lock:    # a hit costs no resolve: the plan resolved when it was cached
             if key in self._results:
                 return self._results[key]
+        resolved = self._resolved(plan)  # PlanError (unknown path, bad setting) before any work
         t0 = time.perf_counter()
-        hyps, order, restart = self._hyps(plan, kind, cancel)
+        hyps, order, restart = self._hyps(plan, kind, cancel, resolved)
         refs = [self.eval_set.texts[i] for i in order]
         ids = [self.eval_set.ids[i] for i in order]
         wer, cer, per = score(refs, hyps, ids)

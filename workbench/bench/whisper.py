@@ -8,8 +8,9 @@ Reports (every figure says measured or simulated):
   changes on encoder and decoder layers (acceptance: quick p95 <= 2 s);
 - int8-everywhere and 4-bit-everywhere weight ΔWER (simulated fake-quant; acceptance int8 <= 0.01);
 - simulated latency / RTF per device (fp32 and int8) for 2.5 s and 8 s utterances;
-- ORT WER vs simulated WER and ORT decoder ms per token when the ONNX export is available (else
-  null, with the reason).
+- ORT WER vs simulated WER per set, ORT decoder ms per token and the graphs' bytes (initializers
+  vs size()) of the int8-everywhere plan, built by the per-layer export of `workbench apply
+  --model whisper` (`whisper_onnx.bench_figures`).
 """
 from __future__ import annotations
 

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
 from workbench.models.base import role_of
+
+if TYPE_CHECKING:
+    from workbench.graph import Group
 
 TargetKind = Literal["linear", "conv", "attention", "ffn", "conv_module"]
 
@@ -75,13 +78,18 @@ def find_targets(model: nn.Module) -> dict[str, Target]:
         out[path] = Target(kind, role, block, type(model.get_submodule(path)).__name__)
     # models that carry groups found from the recorded graph (workbench.byo.adapt): each
     # group is a target by its path, whatever its modules are called
-    structure = getattr(model, "graph_structure", None)
-    for group in getattr(structure, "groups", ()):
+    for group in graph_groups(model).values():
         if group.path not in out:
             match = _BLOCK_INDEX.search(group.path)
             out[group.path] = Target(_GRAPH_KIND[group.kind], group.role,
                                      int(match.group(1)) if match else None, "graph group")
     return out
+
+
+def graph_groups(model: nn.Module) -> dict[str, Group]:
+    """path -> group of a model that carries groups found from its recorded graph
+    (`model.graph_structure`, workbench.byo.adapt); {} for any other model."""
+    return {g.path: g for g in getattr(getattr(model, "graph_structure", None), "groups", ())}
 
 
 _GRAPH_KIND: dict[str, TargetKind] = {"heads": "attention", "neurons": "ffn",

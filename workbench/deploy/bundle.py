@@ -92,14 +92,16 @@ class Budget:
         return replace(self, device=device)
 
 
-def simulate(model: nn.Module, plan: CompressionPlan, budget: Budget) -> dict[str, Any]:
-    """Bytes (size()), simulated device latency (ONNX Runtime on the device) and memory
-    (weights bytes + the simulator's activation peak)."""
+def simulate(model: nn.Module, plan: CompressionPlan, budget: Budget, *,
+             size_bytes: int | None = None) -> dict[str, Any]:
+    """Bytes (size(); pass `size_bytes` when already computed), simulated device latency (ONNX
+    Runtime on the device) and memory (weights bytes + the simulator's activation peak)."""
     from workbench.latency.cost import predict_latency
     from workbench.size import size
     report = predict_latency(model, budget.device, budget.seconds, plan=plan,
                              runtime="onnxruntime", threads=budget.threads)
-    weights = size(model, plan).total_bytes       # exact bytes; the simulator prices int4 as int8
+    # exact bytes; the simulator prices int4 as int8
+    weights = size(model, plan).total_bytes if size_bytes is None else size_bytes
     memory = weights + report.memory.activations_bytes
     return {"size_bytes": weights,
             "device": report.device, "runtime": report.runtime,
@@ -172,14 +174,14 @@ def build_bundle(model: nn.Module, out: Path, budget: Budget, primary: Compressi
             f"{p_bytes:,}; choose a smaller fallback (e.g. int4_everywhere, or a pruned "
             f"plan from `workbench search` / `workbench recover`).")
     log(f"simulate both plans on {budget.device} ({budget.seconds:g} s input)")
-    f = simulate(fallback_model, fallback, budget)
+    f = simulate(fallback_model, fallback, budget, size_bytes=f_bytes)
     if not (f["meets_latency"] and f["meets_memory"]):
         raise BundleInputError(
             f"fallback plan: simulated {f['latency_ms']:.1f} ms (+-{f['band_pct']:.0f} %) and "
             f"{f['memory_bytes'] / 1e6:.1f} MB on {budget.device}, over the budget of "
             f"{budget.latency_ms:g} ms / {budget.memory_mb:g} MB: no safe fallback; raise the "
             f"budget or choose a smaller / faster fallback plan.")
-    p = simulate(model, primary, budget)
+    p = simulate(model, primary, budget, size_bytes=p_bytes)
     sims = {"primary": p, "fallback": f}
     n_mels = int(getattr(getattr(model, "config", None), "n_mels", 80))
     frames = round(budget.seconds * 100)

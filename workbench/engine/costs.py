@@ -43,6 +43,7 @@ class CostCache:
         self.targets = find_targets(model)
         self._lock = threading.Lock()
         self._tables: OrderedDict[str, object] = OrderedDict()
+        self._base_table = None  # the fp32 model's shape-pass table: one pass, never evicted
         self._profiles: dict[float, object] = {}
         self._importance: dict[str, torch.Tensor] = {}
 
@@ -168,22 +169,26 @@ class CostCache:
         from workbench.latency.table import table_from_profile
         from workbench.layer_profile import profile
         structure = self._structure(resolved)
+        # The fp32 model's table comes from one shape pass, kept apart from the LRU (evicting it
+        # would re-profile the model); a structural plan is then priced by arithmetic on it
+        # (table_for_plan: ~2 ms, equal to a shape pass of the compressed model, tested in the
+        # latency package). Channel pruning and energy ranks fall back to a pass.
+        with self._lock:
+            base = self._base_table
+        if base is None:
+            base = table_from_profile(profile(self.model, REFERENCE_SECONDS, measure=False))
+            with self._lock:
+                self._base_table = base
+        if not structure:
+            return base
         key = json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
                          sort_keys=True)
         with self._lock:
             if key in self._tables:
                 self._tables.move_to_end(key)
                 return self._tables[key]
-        # The fp32 model's table comes from one shape pass; a structural plan is then priced by
-        # arithmetic on it (table_for_plan: ~2 ms, equal to a shape pass of the compressed model,
-        # tested in the latency package). Channel pruning and energy ranks fall back to a pass.
         from workbench.latency import table_for_plan
-        base = self._tables.get("{}")
-        if base is None:
-            base = table_from_profile(profile(self.model, REFERENCE_SECONDS, measure=False))
-            self._tables["{}"] = base
-        table = (table_for_plan(base, self.model, CompressionPlan(layers=structure))
-                 if structure else base)
+        table = table_for_plan(base, self.model, CompressionPlan(layers=structure))
         with self._lock:
             self._tables[key] = table
             while len(self._tables) > TABLE_CACHE:
@@ -218,7 +223,8 @@ class CostCache:
 
 def _importance(model: nn.Module, path: str, kind: str) -> torch.Tensor:
     from workbench.compress import importance as imp
-    groups = {g.path: g for g in getattr(getattr(model, "graph_structure", None), "groups", ())}
+    from workbench.compress.targets import graph_groups
+    groups = graph_groups(model)
     if path in groups:  # a group found from the graph (workbench.byo.adapt): the scores its
         from workbench.graph.surgery import scores  # pruning ranks by (sum of squares)
         return scores(model, groups[path]).float()

@@ -122,15 +122,6 @@ def price_table(table: LayerTable, dev: DeviceProfile) -> LatencyReport:
     """The roofline over a table (no model run): what the interactive UI calls per change."""
     layers = tuple(layer_latency(layer, dev) for layer in table.layers)
     total = sum(x.time_ms for x in layers)
-    act_scale = _activation_scale(table, dev)
-    memory = MemoryFit(
-        weights_bytes=table.weight_bytes,
-        weights_limit_bytes=int((dev.flash_mb if dev.flash_mb is not None else dev.ram_mb) * 1e6),
-        weights_store="flash" if dev.flash_mb is not None else "RAM",
-        activations_bytes=int(table.peak_activation_bytes * act_scale),
-        activations_limit_bytes=int(dev.sram_kb * 1e3 if dev.sram_kb is not None
-                                    else dev.ram_mb * 1e6),
-        activations_store="SRAM" if dev.sram_kb is not None else "RAM")
     band = dev.error_band_pct
     how = (f"calibrated {dev.calibrated_at}" if dev.calibrated else "uncalibrated")
     source = (f"simulated, roofline, device {dev.name}, runtime {dev.runtime}, "
@@ -138,8 +129,21 @@ def price_table(table: LayerTable, dev: DeviceProfile) -> LatencyReport:
     return LatencyReport(device=dev.name, runtime=dev.runtime, audio_seconds=table.audio_seconds,
                          layers=layers, total_ms=total,
                          real_time_factor=total / 1e3 / table.audio_seconds,
-                         error_band_pct=band, calibrated=dev.calibrated, memory=memory,
-                         source=source)
+                         error_band_pct=band, calibrated=dev.calibrated,
+                         memory=memory_fit(table, dev), source=source)
+
+
+def memory_fit(table: LayerTable, dev: DeviceProfile) -> MemoryFit:
+    """Weights and peak activations of `table` against the device's memories (no pricing)."""
+    act_scale = _activation_scale(table, dev)
+    return MemoryFit(
+        weights_bytes=table.weight_bytes,
+        weights_limit_bytes=int((dev.flash_mb if dev.flash_mb is not None else dev.ram_mb) * 1e6),
+        weights_store="flash" if dev.flash_mb is not None else "RAM",
+        activations_bytes=int(table.peak_activation_bytes * act_scale),
+        activations_limit_bytes=int(dev.sram_kb * 1e3 if dev.sram_kb is not None
+                                    else dev.ram_mb * 1e6),
+        activations_store="SRAM" if dev.sram_kb is not None else "RAM")
 
 
 def layer_latency(layer: EffectiveLayer, dev: DeviceProfile) -> LayerLatency:

@@ -86,8 +86,20 @@ def _get(data: Any, *keys: Any) -> Any:
     return data
 
 
-def grade_report(report: dict | str | Path, budget: Budget) -> Grade:
-    """Grade an export's report (a path to report.json, or its parsed dict) against `budget`."""
+def grade_report(report: dict | str | Path, budget: Budget,
+                 reference_wer: float | None = None) -> Grade:
+    """Grade an export's report (a path to report.json, or its parsed dict) against `budget`.
+
+    The WER increase is the file's ONNX Runtime WER minus the report's `wer_uncompressed`: the
+    WER of the model handed to the export without its plan. After a recovery (QAT, distillation)
+    that is the *recovered* float model, not the one you started from, so a recovery that made
+    the float model worse would hide its damage. `reference_wer`: the WER of the original model
+    on the same utterances (e.g. `Session(model, ...).baseline_full.wer` on the same set); when
+    given, the increase is measured against it instead."""
+    if reference_wer is not None and (isinstance(reference_wer, bool) or not isinstance(
+            reference_wer, int | float) or not 0 <= reference_wer < float("inf")):
+        raise WorkbenchError(f"grade_report: reference_wer must be a WER >= 0 (the original "
+                             f"model's, on the report's utterances), got {reference_wer!r:.30}.")
     data = _load(report)
     deliverable = data.get("deliverable", "model.onnx")
     size = _get(data, "files", deliverable, "bytes")
@@ -105,9 +117,12 @@ def grade_report(report: dict | str | Path, budget: Budget) -> Grade:
                               budget.max_rtf, rtf is not None and rtf < budget.max_rtf, why))
     acc = _get(data, "accuracy", 0) or {}
     ort, base = acc.get("wer_ort"), acc.get("wer_uncompressed")
+    against = "uncompressed"
+    if reference_wer is not None:
+        base, against = float(reference_wer), "the original model"
     delta = None if ort is None or base is None else ort - base
     criteria.append(Criterion(
-        "WER increase, ONNX Runtime vs uncompressed", delta, budget.max_delta_wer,
+        f"WER increase, ONNX Runtime vs {against}", delta, budget.max_delta_wer,
         delta is not None and delta <= budget.max_delta_wer,
         f"(WER {ort:.4f} vs {base:.4f} on {acc.get('utterances')} utterances of "
         f"{acc.get('set')})" if delta is not None else "(the report has no accuracy section)"))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import ipywidgets as widgets
 
-from workbench.compress.targets import Target
+from workbench.compress.targets import Target, graph_groups
 from workbench.compress.techniques import technique
 from workbench.plan import STRUCTURE_FOR_KIND, LayerConfig, PruneConfig, QuantConfig
 from workbench.ui import edits, figures
@@ -145,8 +145,7 @@ class CompressTab(LazyView):
         self._syncing = False
         model = self.core.model
         # units per group for models whose groups were found from the graph (workbench.byo)
-        self.group_sizes = {g.path: g.size for g in getattr(
-            getattr(model, "graph_structure", None), "groups", ())}
+        self.group_sizes = {p: g.size for p, g in graph_groups(model).items()}
         self.rows = {p: LayerRow(self, p, t, model.get_submodule(p)) for p, t in self.targets.items()}
         self.widget = widgets.VBox([self._toolbar(), self._groups(), self._row_sections(),
                                     self._importance()])

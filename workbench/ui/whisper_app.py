@@ -31,6 +31,8 @@ from workbench.ui.tradeoffs_tab import TradeoffsTab
 MODEL_LABEL = "Whisper tiny.en: real decoder"
 #: Structurally compressed models kept for pricing (a Whisper tiny copy is ~150 MB in fp32).
 STRUCTURES_KEPT = 3
+#: whisper_tables kept, per (structure, audio seconds): rows only, a few kB each.
+TABLES_KEPT = 64
 TAB_TITLES = ("Compress", "Trade-offs", "Listen", "Not here yet")
 
 
@@ -41,6 +43,7 @@ class WhisperCore(CostCache):
     def __init__(self, model) -> None:
         super().__init__(model)
         self._structures: OrderedDict[str, Any] = OrderedDict()
+        self._whisper_tables: OrderedDict[tuple[str, float], tuple] = OrderedDict()
 
     def devices(self) -> tuple[str, ...]:
         from workbench.latency import known_devices
@@ -67,12 +70,32 @@ class WhisperCore(CostCache):
         raise WorkbenchError("The per-layer profile covers the CTC models; for Whisper see "
                              "workbench.whisper_latency.whisper_tables.")
 
+    def _structure_key(self, resolved: dict) -> tuple[dict, str]:
+        structure = self._structure(resolved)
+        return structure, json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
+                                     sort_keys=True)
+
+    def _part_tables(self, resolved: dict, seconds: float) -> tuple:
+        """`whisper_tables` of the plan's structure at `seconds`, cached: a bits-only change
+        re-prices the rows, it does not walk the model again."""
+        _, structure_key = self._structure_key(resolved)
+        key = (structure_key, seconds)
+        with self._lock:
+            if key in self._whisper_tables:
+                self._whisper_tables.move_to_end(key)
+                return self._whisper_tables[key]
+        from workbench.whisper_latency import whisper_tables
+        tables = whisper_tables(self._structural(resolved), seconds)
+        with self._lock:
+            self._whisper_tables[key] = tables
+            while len(self._whisper_tables) > TABLES_KEPT:
+                self._whisper_tables.popitem(last=False)
+        return tables
+
     def _structural(self, resolved: dict):
         """The model with the plan's structure (pruning, low rank) applied, cached per
         structure; bits are priced on its rows (LayerTable.with_bits), not compressed."""
-        structure = self._structure(resolved)
-        key = json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
-                         sort_keys=True)
+        structure, key = self._structure_key(resolved)
         with self._lock:
             if key in self._structures:
                 self._structures.move_to_end(key)
@@ -94,24 +117,24 @@ class WhisperCore(CostCache):
         (`whisper_latency`), its layers the three parts' rows (decoder-step rows once, their
         time x steps), memory fit of all weights and the encoder's activation peak."""
         from workbench.checks import check_seconds
-        from workbench.latency import LayerTable, load_device, price_table
-        from workbench.whisper_latency import whisper_tables
+        from workbench.latency import LayerTable, load_device
+        from workbench.latency.cost import memory_fit
+        from workbench.whisper_latency import price_whisper
         seconds = check_seconds(audio_seconds, "latency", max_seconds=30.0)
         resolved = self.resolve(plan)
-        model = self._structural(resolved)
         bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
                 if cfg.quant is not None}
         dev = load_device(device)
         enc_t, cross_t, step_t, steps = (t.with_bits(bits) if isinstance(t, LayerTable) else t
-                                         for t in whisper_tables(model, seconds))
-        enc, cross, step = (price_table(t, dev) for t in (enc_t, cross_t, step_t))
-        total = enc.total_ms + cross.total_ms + steps * step.total_ms
-        layers = enc.layers + cross.layers + tuple(
-            replace(x, time_ms=x.time_ms * steps) for x in step.layers)
-        weights = price_table(LayerTable(enc_t.layers + cross_t.layers + step_t.layers, seconds,
-                                         enc_t.peak_activation_bytes), dev).memory
+                                         for t in self._part_tables(resolved, seconds))
+        wl = price_whisper((enc_t, cross_t, step_t, steps), dev, seconds)
+        enc, total = wl.encoder, wl.total_ms
+        layers = enc.layers + wl.cross_kv.layers + tuple(
+            replace(x, time_ms=x.time_ms * steps) for x in wl.step.layers)
+        weights = memory_fit(LayerTable(enc_t.layers + cross_t.layers + step_t.layers, seconds,
+                                        enc_t.peak_activation_bytes), dev)
         return replace(enc, layers=layers, total_ms=total,
-                       real_time_factor=total / 1e3 / seconds, memory=weights,
+                       real_time_factor=wl.real_time_factor, memory=weights,
                        source=(f"simulated (Whisper tiny.en): encoder + cross K/V + {steps} "
                                f"decoder steps x per-step roofline; {enc.source}"))
 

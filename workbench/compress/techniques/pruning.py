@@ -8,6 +8,7 @@ from torch import nn
 
 from workbench.compress.prune import (prune_channels_, prune_heads_, prune_neurons_,
                                       prune_unstructured_)
+from workbench.compress.targets import graph_groups
 from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
 from workbench.errors import PlanError
 from workbench.plan import STRUCTURE_FOR_KIND, PruneConfig
@@ -45,12 +46,11 @@ def apply_(root: nn.Module, entries: Mapping[str, PruneConfig], ctx: ApplyContex
     shapes), then unstructured masks on what is left. Groups found from a recorded graph
     (workbench.byo: `graph_structure` on the model) are removed together at the end of the
     structured step."""
-    structure = getattr(root, "graph_structure", None)
-    graph_groups = {g.path: g for g in getattr(structure, "groups", ())}
+    groups = graph_groups(root)
     removals = []
     for path, p in entries.items():
-        if path in graph_groups:
-            removals.append(_graph_removal(root, graph_groups[path], p, ctx.grads))
+        if path in groups:
+            removals.append(_graph_removal(root, groups[path], p, ctx.grads))
             ctx.notes.append(f"{path}: removed {len(removals[-1][1])} {p.structure} "
                              f"{removals[-1][1]} (group found from the graph)")
         elif p.structure != "unstructured":
