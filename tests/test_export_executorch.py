@@ -82,7 +82,8 @@ def test_emulated_simulation_is_closer_to_the_pte(applied, small):
     from workbench.compress import compress
     from workbench.onnx_tools.runtime import feature_feeds
     from workbench.export.emulation import emulate_xnnpack_dynamic
-    from workbench.export.executorch import PteSession, _depthwise_fp32, pte_decide
+    from workbench.compress.techniques.quantization_runtime import pte_decide
+    from workbench.export.executorch import PteSession, _depthwise_fp32
     from workbench.export.structural import layer_quant
     out, _ = applied
     session = PteSession((out / "model.pte").read_bytes())
@@ -127,7 +128,7 @@ def test_strict_refuses_4_bit_layers_before_exporting(small):
 
 
 def test_asymmetric_int8_is_listed_as_changed():
-    from workbench.export.executorch import pte_decide
+    from workbench.compress.techniques.quantization_runtime import pte_decide
     d = pte_decide("blocks.0.mlp.fc1", "linear",
                    QuantConfig(weight_bits=8, granularity="per_channel", symmetric=False))
     assert d.method == "int8_dynamic" and not d.exact and "symmetric" in d.changes[0]
@@ -156,6 +157,6 @@ def test_cli_refuses_a_missing_plan_file(tmp_path, capsys):
 def test_plan_without_quantization_exports_fp32_decisions(small):
     from workbench.export.structural import layer_quant
     plan = CompressionPlan(default=LayerConfig(quant=QuantConfig(weight_bits=16)))
-    from workbench.export.executorch import pte_decide
+    from workbench.compress.techniques.quantization_runtime import pte_decide
     rows = [pte_decide(p, k, q) for p, (k, q) in layer_quant(small, plan).items()]
     assert rows and all(d.method == "fp32" and d.changes for d in rows)

@@ -103,8 +103,9 @@ def test_each_emulated_layer_equals_the_pte_given_the_same_input(small, path, sh
     from workbench.compress import compress
     from workbench.export.reference_plans import int8_plan
     from workbench.export.emulation import emulate_xnnpack_dynamic
+    from workbench.compress.techniques.quantization_runtime import pte_decide
     from workbench.export.executorch import (_Conv1dAs2d, _depthwise_fp32, _simulated_weights,
-                                             lower_to_pte, pte_decide)
+                                             lower_to_pte)
     from workbench.export.structural import layer_quant
     plan = int8_plan()
     kind, q = layer_quant(small, plan)[path]
@@ -141,8 +142,8 @@ def test_pte_weights_are_the_simulations_grid(small, path):
 
     from workbench.compress import compress
     from workbench.export.reference_plans import int8_plan
-    from workbench.export.executorch import (_depthwise_fp32, _simulated_weights, lower_to_pte,
-                                             pte_decide)
+    from workbench.compress.techniques.quantization_runtime import pte_decide
+    from workbench.export.executorch import _depthwise_fp32, _simulated_weights, lower_to_pte
     from workbench.export.structural import layer_quant
     plan = int8_plan()
     kind, q = layer_quant(small, plan)[path]
@@ -165,7 +166,8 @@ def test_rerounding_the_float_weights_would_put_near_ties_one_level_apart(small)
 
     from workbench.compress import compress
     from workbench.export.reference_plans import int8_plan
-    from workbench.export.executorch import _depthwise_fp32, lower_to_pte, pte_decide
+    from workbench.compress.techniques.quantization_runtime import pte_decide
+    from workbench.export.executorch import _depthwise_fp32, lower_to_pte
     from workbench.export.structural import layer_quant
     path = "blocks.0.mlp.fc1"
     plan = int8_plan()

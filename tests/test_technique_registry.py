@@ -149,3 +149,35 @@ def test_ui_control_list_has_the_toy(toy, model) -> None:
     plan = set_technique(CompressionPlan(), FC1, "toy", 0.25)
     assert plan.layers[FC1].get("toy") == ToyConfig(factor=0.25)
     assert set_technique(plan, FC1, "toy", None).layers.get(FC1) is None
+
+
+def test_export_asks_the_registry_for_a_runtime_technique_handler(model) -> None:
+    """A runtime-applied technique without a handler for the chosen runtime is refused by the
+    export (never silently dropped); with one, the export's decision function is the handler."""
+    from workbench.errors import ExportError
+    from workbench.export.decisions import decide, runtime_handler
+    from workbench.export.structural import layer_quant
+
+    seen = []
+
+    def ort_handler(path, kind, s):
+        seen.append((path, kind, s.factor))
+        return "toy decision"
+
+    register(replace(TOY, name="toy", export="runtime"))
+    try:
+        plan = _plan()
+        with pytest.raises(ExportError, match=rf"{FC1}: technique 'toy' has no onnxruntime export"):
+            layer_quant(model, plan)
+        register(replace(TOY, export="runtime", runtime_exports={"onnxruntime": ort_handler}),
+                 replace=True)
+        assert layer_quant(model, plan) == {}            # no quant layer; the toy is accepted
+        with pytest.raises(ExportError, match="no executorch export"):
+            layer_quant(model, plan, runtime="executorch")
+        assert runtime_handler("toy", "onnxruntime")(FC1, "linear", ToyConfig(factor=0.5)) == \
+            "toy decision" and seen == [(FC1, "linear", 0.5)]
+    finally:
+        unregister("toy")
+    # the built-in quantization decides through its registered handler
+    d = decide(FC1, "linear", QuantConfig(weight_bits=8))
+    assert (d.method, d.bits) == ("int8_dynamic", 8)

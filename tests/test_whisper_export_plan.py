@@ -215,16 +215,19 @@ def test_stored_weights_match_the_size_prediction(distinct, tmp_path, name):
 
 
 def test_tied_embedding_reads_the_projection_weight_at_every_width(distinct, tmp_path):
-    """The input embedding gathers from the projection's stored weight (int8 per channel, 4-bit
-    and 2-bit MatMulNBits, asymmetric, fp16): ORT's first logits equal the simulation's."""
+    """The input embedding gathers from the projection's stored weight (int8 per channel and per
+    tensor, 4-bit and 2-bit MatMulNBits, asymmetric, fp16, and the `up` factor of a low-rank
+    projection): ORT's first logits equal the simulation's."""
     from workbench.export.whisper_apply import build_whisper_export, parity
     from workbench.export.whisper_onnx import OrtWhisper
     torch.manual_seed(3)
     feats = [torch.randn(80, 57)]
     for i, cfg in enumerate([QuantConfig(weight_bits=8), QuantConfig(weight_bits=4),
+                             QuantConfig(weight_bits=8, granularity="per_tensor"),
                              QuantConfig(weight_bits=2), QuantConfig(weight_bits=16),
-                             QuantConfig(weight_bits=4, symmetric=False)]):
-        plan = CompressionPlan().with_layer("decoder.token_embedding", LayerConfig(quant=cfg))
+                             QuantConfig(weight_bits=4, symmetric=False), None]):
+        layer = LayerConfig(quant=cfg) if cfg else LayerConfig(rank=16)
+        plan = CompressionPlan().with_layer("decoder.token_embedding", layer)
         built = build_whisper_export(distinct, plan, tmp_path / str(i))
         assert not built["notes"]
         dynamic = {d.path for d in built["decisions"] if d.dynamic_activations}

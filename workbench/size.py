@@ -412,9 +412,12 @@ def size_of_compressed(compressed: nn.Module, baseline: nn.Module) -> SizeReport
     rows = []
     for path, tensors in shapes.items():
         module = compressed.get_submodule(path) if path else compressed
-        if isinstance(module, LowRankLinear):
-            specs = [_spec_of(module.down), _spec_of(module.up)]
-            rows.append(_row(path, "low_rank", specs, _bytes(tensors, ("down.weight", "up.weight")),
+        built = next(((t.name, parts) for t in techniques() if t.weight_parts is not None
+                      for parts in [t.weight_parts(module)] if parts is not None), None)
+        if built is not None:                   # a layer a technique rebuilt (low rank: 2 Linears)
+            name, parts = built
+            rows.append(_row(path, name, [_spec_of(m) for m in parts.values()],
+                             _bytes(tensors, tuple(f"{k}.weight" for k in parts)),
                              base_bytes.get(path, 0)))
         elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             kind = "linear" if isinstance(module, nn.Linear) else "conv"

@@ -1,133 +1,51 @@
-"""How each layer's planned quantization runs in ONNX Runtime (CPU), decided before any graph work.
+"""The export's per-layer runtime decisions, asked of the technique registry.
 
-    planned (plan)                          runs as (ORT CPU)                       same grid?
-    Linear  8 bit, per_channel/per_tensor   int8 dynamic: MatMulInteger (weights    weights yes;
-                                            int8 per channel; input uint8 per       input is also
-                                            tensor, quantized at run time)          quantized (*)
-    Linear  8 bit, per_block                MatMulNBits 8 bit, block 32             yes
-    Linear  8 bit + act_bits 8              static QDQ (QuantizeLinear on the       yes (ranges
-                                            input, int8 weights) -> fused int8      from the plan's
-                                            MatMul                                  calibration)
-    Linear  2 / 4 bit, any granularity      MatMulNBits (block-wise along K; a      yes
-                                            per-channel grid is written as equal
-                                            scales in every block)
-    Conv    8 / 4 bit                       int8 / int4 weights + DequantizeLinear  yes
-                                            (opset 21), fp32 Conv (ConvInteger was
-                                            slower than fp32 Conv on this CPU)
-    Conv    8 bit + act_bits 8              static QDQ (QLinearConv)                yes
-    any     16 bit                          fp16 weights + Cast, fp32 compute       yes
-                                            (ORT's CPU provider has no fp16 MatMul
-                                            / Conv kernels on x86)
-    Linear  3 bit                           rounded UP to 4 (MatMulNBits)           no: listed
-    Linear  5 / 6 / 7 bit                   rounded UP to 8                         no: listed
-    Conv    2 / 3 bit                       rounded UP to 4                         no: listed
-    Conv    5 / 6 / 7 bit                   rounded UP to 8                         no: listed
-    Conv    per_block grid                  per_channel (blocks of the flattened    no: listed
-                                            (in, k) axis do not fit DequantizeLinear)
-    weight fp32 + act_bits 8                kept fp32 (no activation-only kernel)  no: listed
-    act_bits 8 with weight bits != 8        activations left float                 no: listed
-
-(*) `dynamic_activations` marks these: the simulation keeps that input in float unless the
-compression core models ORT's dynamic quantization (see the export report).
-`strict=True` refuses every "no" row instead of rounding (UnsupportedBitsError).
+A technique applied by the runtime (its `export` is "runtime": quantization) brings one handler per
+runtime, (path, target kind, setting) -> Decision, in its `runtime_exports` (the quantization
+tables: workbench.compress.techniques.quantization_runtime). The export asks for them here, so a
+runtime technique without a handler for the chosen runtime is refused plainly, never dropped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from workbench.plan import QuantConfig
+from workbench.compress.techniques import technique, techniques
+from workbench.compress.techniques.quantization_runtime import Decision, describe_quant
+from workbench.export.errors import ExportError
+from workbench.plan import LayerConfig, QuantConfig
 
-Method = Literal["int8_dynamic", "int8_static_qdq", "nbits", "weight_only", "fp16_weight", "fp32"]
-
-#: Bit widths MatMulNBits runs on the CPU provider (onnxruntime 1.32: 2, 4, 8).
-NBITS_WIDTHS = (2, 4, 8)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the export does with one layer, and how it differs from the plan."""
-
-    path: str
-    kind: str                       # "linear" | "conv"
-    planned: str                    # the plan's setting in words
-    method: Method
-    bits: int                       # weight bits at run time (32 = fp32)
-    granularity: str                # the grid the runtime weights follow
-    symmetric: bool
-    act_static: bool                # input quantized with calibrated ranges (QDQ)
-    dynamic_activations: bool       # input quantized at run time, which the plan does not say
-    exact: bool                     # runtime weight grid == the simulated grid
-    changes: tuple[str, ...] = ()   # plain-language differences from the plan (rounded up, ...)
-
-    @property
-    def runs_as(self) -> str:
-        return {"int8_dynamic": f"int8 dynamic MatMulInteger ({self.granularity})",
-                "int8_static_qdq": f"int8 static QDQ ({self.granularity}, act uint8)",
-                "nbits": f"MatMulNBits {self.bits}-bit block-wise",
-                "weight_only": f"int{self.bits} weights + DequantizeLinear ({self.granularity}), "
-                               f"fp32 compute",
-                "fp16_weight": "fp16 weights + Cast, fp32 compute",
-                "fp32": "fp32"}[self.method]
+#: Runtimes the workbench exports to (`workbench apply --runtime`).
+RUNTIMES = ("onnxruntime", "executorch")
 
 
-def describe_quant(q: QuantConfig) -> str:
-    if q.weight_bits is None:
-        weights = "fp32 weights"
-    elif q.weight_bits == 16:
-        weights = "fp16"
-    else:
-        weights = f"int{q.weight_bits} {q.granularity}{'' if q.symmetric else ' asym'}"
-    return weights + (" + act int8" if q.act_bits else "")
+def runtime_handler(name: str, runtime: str) -> Callable[[str, str, Any], Decision]:
+    """Technique `name`'s decision function for `runtime` (ExportError if it has none)."""
+    handler = technique(name).runtime_exports.get(runtime)
+    if handler is None:
+        raise ExportError(f"technique {name!r} has no {runtime} export (its handler registers "
+                          f"none in runtime_exports); remove it from the plan to export, or "
+                          f"evaluate it in simulation only.")
+    return handler
+
+
+def check_runtime_techniques(resolved: Mapping[str, LayerConfig], runtime: str) -> None:
+    """Every runtime-applied technique the plan sets must have a handler for `runtime`."""
+    for t in techniques():
+        if t.export != "runtime":
+            continue
+        paths = [p for p, cfg in resolved.items() if t.setting(cfg) is not None]
+        if paths:
+            try:
+                runtime_handler(t.name, runtime)
+            except ExportError as err:
+                raise ExportError(f"{paths[0]}{' ...' if len(paths) > 1 else ''}: {err}") from None
 
 
 def decide(path: str, kind: str, q: QuantConfig) -> Decision:
-    """The runtime form of one layer's QuantConfig (see the module docstring's table)."""
-    bits, act = q.weight_bits, q.act_bits is not None
-    planned = describe_quant(q)
-    changes: list[str] = []
+    """How one quantized layer runs in ONNX Runtime (the quant technique's handler)."""
+    return runtime_handler("quant", "onnxruntime")(path, kind, q)
 
-    def make(method: Method, run_bits: int, granularity: str, act_static: bool = False,
-             dynamic: bool = False) -> Decision:
-        return Decision(path, kind, planned, method, run_bits, granularity, q.symmetric,
-                        act_static, dynamic, exact=not changes, changes=tuple(changes))
 
-    if bits is None:
-        changes.append("activation-only int8 has no ONNX Runtime kernel: layer kept fp32")
-        return make("fp32", 32, q.granularity)
-    if bits == 16:
-        if act:
-            changes.append("act_bits 8 ignored for fp16 weights: input stays float")
-        return make("fp16_weight", 16, q.granularity)
-    if kind == "conv":
-        run_bits = 4 if bits <= 4 else 8
-        if bits not in (4, 8):
-            changes.append(f"int{bits} Conv weights have no ONNX type / kernel: rounded up to "
-                           f"int{run_bits}")
-        granularity = q.granularity
-        if granularity == "per_block":
-            changes.append("per_block Conv weights need opset 21 blocked DequantizeLinear: "
-                           "exported per_channel")
-            granularity = "per_channel"
-        if act and bits == 8 and not changes:
-            return make("int8_static_qdq", 8, granularity, act_static=True)
-        if act:
-            changes.append(f"act_bits 8 with int{bits} {q.granularity} Conv weights: input "
-                           f"stays float")
-        return make("weight_only", run_bits, granularity)
-    # Linear
-    if bits in (3, 5, 6, 7):
-        up = 4 if bits == 3 else 8
-        changes.append(f"int{bits} has no ONNX Runtime kernel: rounded up to int{up}")
-        bits = up
-    if bits == 8 and q.granularity != "per_block":
-        if act and not changes:
-            return make("int8_static_qdq", 8, q.granularity, act_static=True)
-        if act:
-            changes.append("act_bits 8 dropped with the rounded weights: input quantized "
-                           "dynamically at run time instead")
-        return make("int8_dynamic", 8, q.granularity, dynamic=True)
-    if act:
-        changes.append(f"act_bits 8 with int{bits} {q.granularity} weights: MatMulNBits keeps "
-                       f"the input float")
-    return make("nbits", bits, q.granularity)
+__all__ = ["RUNTIMES", "Decision", "check_runtime_techniques", "decide", "describe_quant",
+           "runtime_handler"]

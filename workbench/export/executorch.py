@@ -10,10 +10,11 @@
                                                                                    │
                  to_edge_transform_and_lower(XnnpackPartitioner) ─> to_executorch ─> .pte bytes
 
-Per layer (`pte_decide`): int8 weights -> XNNPACK dynamically quantized int8 (weights per
-channel, symmetric [-127, 127]: the simulation's int8 weights themselves, see
-`_simulated_weights` / `_plan_grid`; the input quantized at run time per frame (linears) or per
-utterance (convs), emulated by `emulation.emulate_xnnpack_dynamic`); int8 weights + act_bits 8 -> static int8
+Per layer (`pte_decide`, the quant technique's ExecuTorch handler in the registry): int8
+weights -> XNNPACK dynamically quantized int8 (weights per channel, symmetric [-127, 127]: the
+simulation's int8 weights themselves, see `_simulated_weights` / `_plan_grid`; the input
+quantized at run time per frame (linears) or per utterance (convs), emulated by
+`emulation.emulate_xnnpack_dynamic`); int8 weights + act_bits 8 -> static int8
 (activation ranges calibrated by the quantizer's observers on the calibration utterances);
 anything else has no XNNPACK int kernel in this flow and is rounded up to int8 per channel
 (2-7 bits, per_block, asymmetric) or kept fp32 (fp16, activation-only), listed in the report
@@ -45,46 +46,18 @@ from workbench.compress import compress
 from workbench.errors import PlanError
 from workbench.evaluate import EvalSet
 from workbench.export.calibration_set import calibration_batches
-from workbench.export.decisions import Decision, describe_quant
+from workbench.compress.techniques import technique
+from workbench.compress.techniques.quantization_runtime import Decision
 from workbench.export.errors import ExportError, UnsupportedBitsError
 from workbench.onnx_tools.exporter import EXAMPLE_FRAMES, MIN_FRAMES, max_input_frames
 from workbench.export.structural import layer_quant, structural_plan
 from workbench.features import FRAMES_PER_SECOND
-from workbench.plan import CompressionPlan, QuantConfig
+from workbench.plan import CompressionPlan
 
 DELIVERABLE_PTE = "model.pte"
 #: Longest input of models without a position limit, in mel frames (30 s, Whisper's window):
 #: ExecuTorch plans its memory for the longest input.
 MAX_FRAMES = 3000
-
-
-def pte_decide(path: str, kind: str, q: QuantConfig) -> Decision:
-    """How one layer's QuantConfig runs in ExecuTorch + XNNPACK (see the module docstring)."""
-    planned = describe_quant(q)
-    bits, act = q.weight_bits, q.act_bits is not None
-    changes: list[str] = []
-    if bits is None or bits == 16:
-        changes.append("fp16 weights: kept fp32 in the .pte" if bits == 16 else
-                       "activation-only int8 has no XNNPACK kernel: layer kept fp32")
-        return Decision(path, kind, planned, "fp32", 32, q.granularity, q.symmetric, False,
-                        False, exact=False, changes=tuple(changes))
-    if bits < 8:
-        changes.append(f"int{bits} weights: no sub-8-bit path in this ExecuTorch export, "
-                       f"rounded up to int8 per channel")
-    granularity = q.granularity
-    if granularity != "per_channel":
-        changes.append(f"{granularity} int8 weights have no XNNPACK dynamic kernel: exported "
-                       f"per channel")
-        granularity = "per_channel"
-    if not q.symmetric:
-        changes.append("XNNPACK int8 weights are symmetric: asymmetric grid exported symmetric")
-    static = act and not changes
-    if act and changes:
-        changes.append("act_bits 8 dropped with the changed weights: input quantized "
-                       "dynamically at run time instead")
-    return Decision(path, kind, planned, "int8_static_qdq" if static else "int8_dynamic", 8,
-                    granularity, True, act_static=static, dynamic_activations=not static,
-                    exact=not changes, changes=tuple(changes))
 
 
 def _depthwise_fp32(model: nn.Module, d: Decision) -> Decision:
@@ -295,7 +268,8 @@ def build_pte(model: nn.Module, plan: CompressionPlan, calib: EvalSet | None = N
     `model` is not changed. PlanError on a bad plan; UnsupportedBitsError under `strict` when a
     layer cannot run as planned; ExportError when torch.export / lowering fails.
     """
-    layers = layer_quant(model, plan, force)
+    layers = layer_quant(model, plan, force, runtime="executorch")
+    pte_decide = technique("quant").runtime_exports["executorch"]     # the technique's handler
     decisions = [_depthwise_fp32(model, pte_decide(p, kind, q)) for p, (kind, q) in layers.items()]
     inexact = [d for d in decisions if d.changes]
     if strict and inexact:

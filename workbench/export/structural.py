@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from workbench.compress.targets import find_targets
+from workbench.export.decisions import check_runtime_techniques
 from workbench.compress.techniques import structure_only
 from workbench.plan import SKIP, CompressionPlan, GroupEntry, LayerConfig, QuantConfig
 from workbench.compress.resolution import resolve
@@ -34,10 +35,14 @@ def structural_plan(plan: CompressionPlan) -> CompressionPlan:
         layers={k: _without_quant(v) for k, v in plan.layers.items()})
 
 
-def layer_quant(model: nn.Module, plan: CompressionPlan, force: bool = False
-                ) -> dict[str, tuple[str, QuantConfig]]:
-    """Quantized layers of `plan` on `model`: path -> (kind "linear" | "conv", QuantConfig)."""
+def layer_quant(model: nn.Module, plan: CompressionPlan, force: bool = False,
+                runtime: str = "onnxruntime") -> dict[str, tuple[str, QuantConfig]]:
+    """Quantized layers of `plan` on `model`: path -> (kind "linear" | "conv", QuantConfig).
+
+    Every runtime-applied technique the plan sets must have a handler for `runtime` in the
+    registry (ExportError names the first layer otherwise)."""
     resolved = resolve(plan, model, force=force)
+    check_runtime_techniques(resolved, runtime)
     targets = find_targets(model)
     return {path: (targets[path].kind, cfg.quant) for path, cfg in resolved.items()
             if cfg.quant is not None and targets[path].kind in ("linear", "conv")}

@@ -2,7 +2,7 @@
 a parity report and a model card, like `workbench apply` for the CTC models.
 
     apply_whisper(model, tokenizer, plan, out, eval_sets) -> report dict
-    DIR/encoder.onnx, decoder_init.onnx, decoder_step.onnx, plan.json, report.json, MODEL_CARD.md
+    DIR/encoder.onnx, cross_kv.onnx, decoder.onnx, plan.json, report.json, MODEL_CARD.md
 
 Path: structure (pruning, low rank) in PyTorch -> fp32 ONNX of the three graphs
 (`whisper_onnx.export_whisper`) -> each weight node tagged with the module it came from ->
@@ -190,9 +190,10 @@ def _rows(node: _Nodes, proto, inits: dict, b: str, ids: str) -> str | None:
     if f"{b}_fp16" in inits:
         return node("Transpose", [columns(f"{b}_fp16")], perm=[1, 2, 0])
     if f"{b}_quantized" in inits:                                           # ORT int8 dynamic
-        zp = node("Cast", [node("Gather", [f"{b}_zero_point", ids], axis=0)],
-                  to=TensorProto.FLOAT)                                     # (B, L)
-        scale = node("Gather", [f"{b}_scale", ids], axis=0)
+        def per_token(name: str) -> str:             # per channel: (V,) -> (B, L); per tensor: ()
+            return node("Gather", [name, ids], axis=0) if inits[name].dims else name
+        zp = node("Cast", [per_token(f"{b}_zero_point")], to=TensorProto.FLOAT)
+        scale = per_token(f"{b}_scale")
         return node("Transpose", [node("Mul", [node("Sub", [columns(f"{b}_quantized"), zp]),
                                                scale])], perm=[1, 2, 0])
     for bits in (2, 4, 8):

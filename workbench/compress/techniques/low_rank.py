@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from workbench.compress.lowrank import choose_rank, factorize
+from workbench.compress.lowrank import LowRankLinear, choose_rank, factorize
 from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
 
 
@@ -47,6 +47,7 @@ def apply_(root: nn.Module, entries: Mapping[str, dict[str, Any]], ctx: ApplyCon
 
 LOW_RANK = register(Technique(
     name="low_rank", fields=("rank", "energy"), order=30,
+    weight_parts=lambda m: {"down": m.down, "up": m.up} if isinstance(m, LowRankLinear) else None,
     applies_to=lambda s, kind: kind == "linear", fits="rank/energy fit Linear layers",
     apply_=apply_, changes_shape=lambda s: True, export="pytorch",
     why_not=lambda s, target, path: (f"low rank applies to Linear layers, and {path} is a "

@@ -1,6 +1,6 @@
 """Quantization as a registered technique: fake-quantized weights (b bits) and optionally the
-layer input (8 bits). The grids are workbench.compress.quantize; ONNX Runtime runs them at export
-(workbench.export.decisions)."""
+layer input (8 bits). The grids are workbench.compress.quantize; how each runtime runs them at
+export is its `runtime_exports` (quantization_runtime: ONNX Runtime and ExecuTorch tables)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -10,6 +10,7 @@ from torch import nn
 from workbench.compress.lowrank import LowRankLinear
 from workbench.compress.quantize import quantize_layer
 from workbench.compress.techniques.low_rank import replace_module
+from workbench.compress.techniques.quantization_runtime import decide, pte_decide
 from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
 from workbench.plan import WEIGHT_BITS, QuantConfig
 
@@ -38,4 +39,5 @@ QUANTIZATION = register(Technique(
     control=Control(label="bits", kinds=("linear", "conv"), values=(None, *sorted(WEIGHT_BITS, reverse=True)),
                     to_setting=lambda b: None if b is None else QuantConfig(weight_bits=b),
                     from_setting=lambda q: None if q is None else q.weight_bits),
-    needs=lambda q: frozenset({"activations"}) if q.act_bits is not None else frozenset()))
+    needs=lambda q: frozenset({"activations"}) if q.act_bits is not None else frozenset(),
+    runtime_exports={"onnxruntime": decide, "executorch": pte_decide}))

@@ -95,6 +95,14 @@ class Technique:
     latency_row_at: Callable[[Any, Any, float], Any] | None = None
     #: the per-layer control of the UI's compress tab (None: no control)
     control: Control | None = None
+    #: size_of_compressed: (a module of a compressed model) -> {state-dict suffix: Linear / Conv}
+    #: of the weight layers it is made of, when this technique built it (None: not its module);
+    #: e.g. a low-rank Linear -> {"down": ..., "up": ...}. Each part is priced at its own bits.
+    weight_parts: Callable[[nn.Module], Mapping[str, nn.Module] | None] | None = None
+    #: export == "runtime": per runtime ("onnxruntime", "executorch"), (path, target kind,
+    #: setting) -> the export's Decision for that layer (how it runs there, what differs from the
+    #: plan). A runtime without a handler refuses layers that set the technique.
+    runtime_exports: Mapping[str, Callable[[str, str, Any], Any]] = field(default_factory=dict)
 
     def setting(self, cfg: LayerConfig) -> Any:
         """This technique's setting in `cfg`, or None when `cfg` does not set it."""
