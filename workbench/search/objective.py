@@ -91,7 +91,7 @@ class EvaluatorSpec:
         torch.set_num_threads(self.threads)
         model = model if model is not None else self.load_model()
         if session is None:
-            from workbench.session import Session
+            from workbench.engine.session import Session
             eval_set = self.eval_set
             if eval_set is None:
                 from workbench.evaluate import load_eval_set
