@@ -1,7 +1,7 @@
 """The interactive engine for the full Whisper model: quick / full WER of a plan, re-running only
 what the plan changed.
 
-What is cached (the CTC `workbench.session.Session` does the same for the encoder-only models):
+What is cached (the CTC `workbench.engine.session.Session` does the same for the encoder-only models):
 - the eval set's log-mel features with the 1 s silence margin, batched once by length;
 - encoder hidden states at the input of every encoder block, keyed by the plan entries of
   everything before that block, and the encoder output + the silence-tail encoding keyed by the
@@ -36,7 +36,7 @@ from workbench.evaluate import EvalSet, batches, score
 from workbench.features import FRAMES_PER_SECOND, collate_features
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.models.whisper_full import WhisperASR, WhisperTokenizer
-from workbench.session import Session, WerEstimate, _check, plan_key
+from workbench.engine.session import Session, WerEstimate, _check, plan_key
 from workbench.whisper_eval import (MARGIN_FRAMES, SILENCE, decode_all, with_margin)
 from workbench.compress.resolution import resolve
 
@@ -239,7 +239,7 @@ class WhisperSession:
         """WER / CER of `plan` on the quick subset (estimate + stderr) or the full set (exact).
         `restart_block` says where the encoder restarted: -1 the features, k encoder block k,
         n_enc + 2 nothing (cached encoder output; decoder only). `cancel()` returning True stops
-        the run (workbench.session.Cancelled) between encoder blocks and decoder batches.
+        the run (workbench.engine.session.Cancelled) between encoder blocks and decoder batches.
         A plan naming a path this model lacks raises PlanError before any model run."""
         from workbench.checks import check_choice, check_plan
         from workbench.errors import ArgumentError
