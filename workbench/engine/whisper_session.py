@@ -14,8 +14,9 @@ decoder layer. A quick estimate runs on a fixed subset (16 utterances): the subs
 change is added to the full baseline WER, with its standard error; the full set is the quick
 subset plus the rest, so the subset's work is reused.
 
-`submit` / `wait` / `cancel` are the CTC Session's own (quick then full on one worker thread, a
-newer submit cancels stale work between encoder blocks and decoder batches), so the dashboard's
+`submit` / `wait` / `cancel` come from `BackgroundEval`, as the CTC Session's (quick then full
+on one worker thread, a newer submit cancels stale work between encoder blocks and decoder
+batches), so the dashboard's
 controller drives both engines the same way. Only that worker runs models; the caches are its own.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from workbench.evaluate import EvalSet, batches, score
 from workbench.features import FRAMES_PER_SECOND, collate_features
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.models.whisper_full import WhisperASR, WhisperTokenizer
-from workbench.engine.session import Session, WerEstimate, _check, plan_key
+from workbench.engine.session import BackgroundEval, WerEstimate, check_cancel, plan_key
 from workbench.whisper_eval import (MARGIN_FRAMES, SILENCE, decode_all, with_margin)
 from workbench.compress.resolution import resolve
 
@@ -46,7 +47,7 @@ def _sig(entries: dict) -> str:
     return hashlib.sha1(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:12]
 
 
-class WhisperSession:
+class WhisperSession(BackgroundEval):
     """Baseline WhisperASR + eval set; `evaluate(plan, "quick" | "full")` -> WerEstimate."""
 
     def __init__(self, model: WhisperASR, tokenizer: WhisperTokenizer, eval_set: EvalSet, *,
@@ -194,7 +195,7 @@ class WhisperSession:
             states = [enc.stem(x, lens) for x, lens in inputs]
             self._put((part, 0, tuple(sigs[:1])), states)
         for k in range(start, self.n_enc):
-            _check(cancel)
+            check_cancel(cancel)
             states = [(enc.blocks[k](h, lengths_to_pad_mask(lens, h.shape[1])), lens)
                       for h, lens in states]
             self._put((part, k + 1, tuple(sigs[:k + 2])), states)
@@ -229,7 +230,7 @@ class WhisperSession:
             restarts.append(restart)
             idx = sorted(encoded)
             ids = decode_all(model, [encoded[i] for i in idx], [self._seconds[i] for i in idx],
-                             tail, before_batch=lambda: _check(cancel))
+                             tail, before_batch=lambda: check_cancel(cancel))
             hyps += [normalize_text(self.tokenizer.decode(t)) for t in ids]
             order += idx
         return hyps, order, min(restarts)
@@ -294,9 +295,3 @@ class WhisperSession:
     def quick_is_full(self) -> bool:
         """True when the quick subset is the whole eval set (then a quick run adds nothing)."""
         return not self._parts["rest"][0]
-
-    # Background work: the CTC Session's methods, unchanged (they only use evaluate(plan, kind,
-    # cancel=), _lock, _generation and _worker).
-    submit = Session.submit
-    wait = Session.wait
-    cancel = Session.cancel
