@@ -265,3 +265,12 @@ def first_partial_ms(chunk_s: float, lookahead_s: float, stem_s: float, compute_
     return (chunk_s + lookahead_s + stem_s) * 1e3 + compute_ms
 
 
+
+
+# ---- lesson 12: the cost of autoregressive decoding ---------------------------------------------
+
+def whisper_ms(encoder_ms: float, cross_kv_ms: float, per_token_ms: float, steps: int) -> float:
+    """Latency of one utterance with the full Whisper model: the encoder and the cross-attention
+    keys/values of its output run once per utterance, then `steps` decoder steps of one position
+    each (`workbench.whisper_latency.price_whisper`, whose step count `whisper_tables` returns)."""
+    return encoder_ms + cross_kv_ms + steps * per_token_ms
