@@ -161,3 +161,22 @@ def test_wav2vec2_zero_plan_is_bit_identical_and_the_model_unchanged(wav2vec2):
                            wav2vec2(wave, lengths)[0])
         compress(wav2vec2, PLAN)(wave, lengths)
     assert all(torch.equal(before[k], v) for k, v in wav2vec2.state_dict().items())
+
+
+def test_apply_plan_on_an_adapted_wav2vec2(wav2vec2, tmp_path):
+    """Waveform eval sets, the weight-normed positional conv folded into a plain int8 weight
+    (the export no longer breaks the caller's parametrized conv), latency on 16 kHz input."""
+    from workbench.export.apply import ApplyOptions, apply_plan
+    plan = PLAN.with_default(LayerConfig(quant=QuantConfig(weight_bits=8)))
+    wave, lengths = wav2vec2.example_input()
+    with torch.no_grad():
+        before = wav2vec2(wave, lengths)[0]
+    options = ApplyOptions(eval_limit=1, parity_utterances=1, latency_seconds=0.5,
+                           latency_repeats=1, threads=(1,), simulate_devices=False)
+    report = apply_plan(wav2vec2, plan, tmp_path / "out", options)
+    assert report["parity"]["fp32_export_max_abs_diff_log_probs"] < 1e-4
+    assert report["size"]["tensor_pred_error_pct"] < 2.0
+    assert "encoder.encoder.transformer.pos_conv_embed.conv" in {r["path"] for r in
+                                                                 report["layers"]}
+    with torch.no_grad():
+        assert torch.equal(wav2vec2(wave, lengths)[0], before)   # the user's side is intact

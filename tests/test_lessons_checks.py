@@ -117,6 +117,10 @@ def _bits_strict(deltas, tolerance):          # < instead of <=: the boundary go
     return {role: 4 if d < tolerance else 8 for role, d in deltas.items()}
 
 
+def _whisper_cross_kv_per_step(encoder_ms, cross_kv_ms, per_token_ms, steps):
+    return encoder_ms + steps * (cross_kv_ms + per_token_ms)    # K/V of the encoder each step
+
+
 def _crossover_d_model(d_model, d_ff):
     return d_model
 
@@ -142,6 +146,7 @@ WRONG = {
     "add_noise": (_noise_amplitude_db, "measured"),
     "first_partial_ms": (_first_partial_no_stem, "expected"),
     "bits_by_role": (_bits_strict, "boundary included"),
+    "whisper_ms": (_whisper_cross_kv_per_step, "once per utterance"),
 }
 
 
@@ -310,3 +315,27 @@ def test_predict_widget_reads_the_guess_and_locks_it_on_reveal() -> None:
     q = Predict("x", show=False)
     q.box.value = "not a number"
     assert q.reveal(1.0).guess is None
+
+
+def test_whisper_ms_equals_the_whisper_latency_model() -> None:
+    # the lesson-12 formula against workbench.whisper_latency on a tiny random full Whisper
+    from workbench.models.whisper_ctc import WhisperCTCConfig
+    from workbench.models.whisper_decoder import WhisperDecoderConfig
+    from workbench.models.whisper_full import WhisperASR
+    from workbench.whisper_latency import price_whisper, whisper_tables
+
+    torch.manual_seed(0)
+    model = WhisperASR(WhisperCTCConfig(d_model=64, n_heads=4, n_layers=2, d_ff=128, n_ctx=1500,
+                                        head_dim=16),
+                       WhisperDecoderConfig(n_vocab=5000, n_ctx=64, d_model=64, n_heads=4,
+                                            n_layers=2, d_ff=128)).eval()
+    for seconds, device in ((1.0, "rpi4"), (4.0, "rpi5"), (9.0, "jetson_orin_nano")):
+        tables = whisper_tables(model, seconds)
+        lat = price_whisper(tables, device, seconds)
+        got = solutions.whisper_ms(lat.encoder.total_ms, lat.cross_kv.total_ms, lat.per_token_ms,
+                                   tables[3])
+        assert got == pytest.approx(lat.total_ms, rel=1e-12)
+        # the common mistake is far off: the K/V of 1,500 positions priced at every step
+        wrong = _whisper_cross_kv_per_step(lat.encoder.total_ms, lat.cross_kv.total_ms,
+                                           lat.per_token_ms, tables[3])
+        assert wrong > 1.01 * lat.total_ms

@@ -338,3 +338,17 @@ def test_sweep_map_plans_on_a_fake_ray_gives_the_serial_cells(spec, tiny_conform
     assert [{k: c[k] for k in keys} for c in ray["cells"]] == \
         [{k: c[k] for k in keys} for c in serial["cells"]]
     assert ray["base"] == serial["base"] and seen[-1] == (3, 3)
+
+
+def test_search_prices_a_registered_swap_on_an_edge_device_as_predict_latency(tiny_conformer):
+    """The search's edge pricer keys its trace cache on the registry's shape-changing settings,
+    so a registered swap (grouped FFN) is traced, as predict_latency and the dashboard do."""
+    from workbench.latency import predict_latency
+    from workbench.plan import CompressionPlan, LayerConfig
+    from workbench.search.objective import LatencyPricer
+    pricer = LatencyPricer(tiny_conformer, "rpi5", 2.0)
+    plan = CompressionPlan(layers={"blocks.0.ffn1": LayerConfig(grouped_ffn={"groups": 4})})
+    got = pricer(plan).total_ms
+    assert got == pytest.approx(predict_latency(tiny_conformer, "rpi5", 2.0, plan).total_ms,
+                                rel=1e-9)
+    assert got != pytest.approx(pricer(CompressionPlan()).total_ms, rel=1e-6)  # it is priced

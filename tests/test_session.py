@@ -8,7 +8,7 @@ from workbench.compress import compress
 from workbench.evaluate import EvalSet, transcribe
 from workbench.models import conformer_ctc
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
-from workbench.session import Session
+from workbench.engine.session import Session
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_submit_delivers_only_the_newest(setup):
     assert done.wait(60)
     session.wait(60)
     assert not errors
-    from workbench.session import plan_key
+    from workbench.engine.session import plan_key
     assert delivered[-1].plan_key == plan_key(plans[-1])
     assert all(r.plan_key == plan_key(plans[-1]) for r in delivered if r.kind == "full")
 

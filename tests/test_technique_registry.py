@@ -140,6 +140,25 @@ def test_export_asks_for_calibration_when_a_registered_technique_needs_it(model)
     assert not needs_calibration(model, CompressionPlan())
 
 
+def test_a_shape_changing_hook_counts_once_in_the_engine_as_in_predict_latency(model) -> None:
+    """A latency_row that is not idempotent (halve the MACs) on a technique that changes shapes:
+    the dashboard's host path (engine CostCache) and predict_latency price it once."""
+    from workbench.engine.costs import CostCache
+    from workbench.latency import predict_latency
+    halving = replace(TOY, changes_shape=lambda s: True,
+                      latency_row=lambda row, s: replace(row, macs=row.macs // 2))
+    register(halving)
+    try:
+        plan = _plan()
+        got = CostCache(model).latency(plan, "host", 1.0)
+        ref = predict_latency(model, "host", 1.0, plan)
+        # (the MACs, not the time: this small Linear is memory-bound on the host)
+        assert [r.macs for r in got.layers] == [r.macs for r in ref.layers]
+        assert got.total_ms == pytest.approx(ref.total_ms, rel=1e-9)
+    finally:
+        unregister("toy")
+
+
 def test_ui_control_list_has_the_toy(toy, model) -> None:
     from workbench.compress.targets import find_targets
     from workbench.ui.edits import controls_for, set_technique

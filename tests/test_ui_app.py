@@ -20,7 +20,7 @@ from workbench.errors import PlanError  # noqa: E402
 from workbench.evaluate import EvalSet  # noqa: E402
 from workbench.latency import predict_latency  # noqa: E402
 from workbench.plan import CompressionPlan, LayerConfig, QuantConfig  # noqa: E402
-from workbench.session import plan_key  # noqa: E402
+from workbench.engine.session import plan_key  # noqa: E402
 from workbench.size import size  # noqa: E402
 from workbench.ui import Workbench  # noqa: E402
 from workbench.compress.resolution import plan_for_model, resolve  # noqa: E402
@@ -40,7 +40,7 @@ def model(tiny_conformer):
 
 @pytest.fixture(scope="module")
 def session(model):
-    from workbench.session import Session
+    from workbench.engine.session import Session
     return Session(model, _eval_set(), quick_utterances=3)
 
 

@@ -14,7 +14,7 @@ from workbench.latency import predict_latency
 from workbench.plan import CompressionPlan
 from workbench.sensitivity import (Budgets, SensitivityTable, SweepCell, pareto_front, run_sweep,
                                    suggest_plan, sweep_items, with_setting)
-from workbench.session import Session
+from workbench.engine.session import Session
 from workbench.size import size
 from workbench.compress.resolution import resolve
 

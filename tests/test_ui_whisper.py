@@ -14,7 +14,7 @@ pytest.importorskip("plotly")
 
 from toys import Letters, random_eval_set, tiny_whisper_asr  # noqa: E402
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig  # noqa: E402
-from workbench.session import plan_key  # noqa: E402
+from workbench.engine.session import plan_key  # noqa: E402
 
 
 _Letters = Letters
@@ -98,7 +98,7 @@ def test_latency_refuses_audio_past_whisper_30_s(app):
 def test_whisper_app_refuses_an_unknown_device(whisper_asr):
     from workbench.errors import WorkbenchError
     from workbench.ui import WhisperWorkbench
-    from workbench.whisper_session import WhisperSession
+    from workbench.engine.whisper_session import WhisperSession
     session = WhisperSession(whisper_asr, _Letters(), _eval_set(2), quick_utterances=1)
     with pytest.raises(WorkbenchError, match="rpi9"):
         WhisperWorkbench(whisper_asr, _Letters(), session.eval_set, device="rpi9",

@@ -17,7 +17,7 @@ def setup():
     model = tiny_whisper_asr()
     feats = tuple(torch.randn(80, n) for n in (30, 45, 22, 60, 38, 27))
     es = EvalSet("toy", None, tuple(f"u{i}" for i in range(6)), ("aa bb",) * 6, feats)
-    from workbench.whisper_session import WhisperSession
+    from workbench.engine.whisper_session import WhisperSession
     return model, WhisperSession(model, _Letters(), es, quick_utterances=3), es
 
 
@@ -60,7 +60,7 @@ def test_quick_estimate_has_an_error_bar(setup):
     from workbench.compress import compress
     from workbench.evaluate import score
     from workbench.whisper_eval import transcribe
-    from workbench.whisper_session import WhisperSession
+    from workbench.engine.whisper_session import WhisperSession
     model, _, es = setup
     plan = _plans()[1]
     # references: the baseline's own transcripts on odd utterances (0 errors there), so the
@@ -86,7 +86,7 @@ def test_quick_estimate_has_an_error_bar(setup):
 # ---- bad inputs: one test each; the error names the argument --------------------------------
 def test_session_refuses_a_ctc_model(setup, whisper_small):
     from workbench.errors import ArgumentError
-    from workbench.whisper_session import WhisperSession
+    from workbench.engine.whisper_session import WhisperSession
     _, _, es = setup
     with pytest.raises(ArgumentError, match=r"WhisperSession\(model=.*WhisperCTC.*Session"):
         WhisperSession(whisper_small, _Letters(), es)
@@ -94,7 +94,7 @@ def test_session_refuses_a_ctc_model(setup, whisper_small):
 
 def test_session_refuses_a_tokenizer_without_decode(setup):
     from workbench.errors import ArgumentError
-    from workbench.whisper_session import WhisperSession
+    from workbench.engine.whisper_session import WhisperSession
     model, _, es = setup
     with pytest.raises(ArgumentError, match=r"tokenizer=.*decode"):
         WhisperSession(model, "tokenizer.json", es)
@@ -102,7 +102,7 @@ def test_session_refuses_a_tokenizer_without_decode(setup):
 
 def test_session_refuses_a_manifest_path_as_eval_set(setup):
     from workbench.errors import ArgumentError
-    from workbench.whisper_session import WhisperSession
+    from workbench.engine.whisper_session import WhisperSession
     model, _, _ = setup
     with pytest.raises(ArgumentError, match=r"eval_set=.*EvalSet.*load_eval_set"):
         WhisperSession(model, _Letters(), "data/real_test/manifest.jsonl")
@@ -110,7 +110,7 @@ def test_session_refuses_a_manifest_path_as_eval_set(setup):
 
 def test_session_refuses_zero_quick_utterances(setup):
     from workbench.errors import ArgumentError
-    from workbench.whisper_session import WhisperSession
+    from workbench.engine.whisper_session import WhisperSession
     model, _, es = setup
     with pytest.raises(ArgumentError, match=r"quick_utterances=0"):
         WhisperSession(model, _Letters(), es, quick_utterances=0)
@@ -151,7 +151,7 @@ def test_evaluate_refuses_a_cancel_that_is_not_callable(setup):
 
 def test_cancel_stops_a_run_and_leaves_no_result(setup):
     from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
-    from workbench.session import Cancelled
+    from workbench.engine.session import Cancelled
     _, session, _ = setup
     plan = CompressionPlan().with_layer("encoder.blocks.0.mlp.fc1",
                                         LayerConfig(quant=QuantConfig(weight_bits=3)))
@@ -165,7 +165,7 @@ def test_a_run_cancelled_midway_leaves_only_valid_states(setup):
     reused, and the result equals compress + transcribe."""
     from workbench.compress import compress
     from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
-    from workbench.session import Cancelled
+    from workbench.engine.session import Cancelled
     from workbench.whisper_eval import transcribe
     model, session, es = setup
     plan = CompressionPlan().with_layer("encoder.blocks.0.mlp.fc2",
@@ -179,7 +179,7 @@ def test_a_run_cancelled_midway_leaves_only_valid_states(setup):
 
 def test_submit_delivers_quick_then_full_of_the_plan(setup):
     from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
-    from workbench.session import plan_key
+    from workbench.engine.session import plan_key
     _, session, _ = setup
     plan = CompressionPlan().with_layer("decoder.blocks.0.mlp.fc2",
                                         LayerConfig(quant=QuantConfig(weight_bits=5)))

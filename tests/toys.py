@@ -52,7 +52,7 @@ def tiny_whisper_asr(n_ctx: int = 200):
 
 def tiny_app(model, n: int):
     """The dashboard on `model` and `random_eval_set(n)` (rpi5, 2 s), its first WER delivered."""
-    from workbench.session import Session
+    from workbench.engine.session import Session
     from workbench.ui import Workbench
     session = Session(model, random_eval_set(n), quick_utterances=2)
     wb = Workbench(model, session.eval_set, device="rpi5", audio_seconds=2.0, session=session)

@@ -33,7 +33,7 @@ from workbench.models import (VOCAB, build_model, conformer_ctc, load_checkpoint
 from workbench.paths import CALIB, REAL_TEST, SYNTH_TEST
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
 from workbench.layer_profile import profile
-from workbench.session import Session
+from workbench.engine.session import Session
 from workbench.size import size
 
 __all__ = [

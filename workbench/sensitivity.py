@@ -37,7 +37,7 @@ BITS: tuple[int, ...] = (8, 6, 4, 3, 2)
 
 
 class WerLike(Protocol):
-    """What `evaluate` must return (workbench.session.WerEstimate fits)."""
+    """What `evaluate` must return (workbench.engine.session.WerEstimate fits)."""
 
     wer: float
     stderr: float

@@ -54,7 +54,7 @@ def model_and_set():
 def test_adapted_conformer_opens_in_the_dashboard_and_prunes_a_graph_group(
         voila_for, browser_page, model_and_set, tmp_path):
     from workbench.plan import CompressionPlan
-    from workbench.session import Session, plan_key
+    from workbench.engine.session import Session, plan_key
     from workbench.size import size
     from workbench.ui.compress_tab import PRUNE_STEP
     from workbench.ui.edits import set_prune

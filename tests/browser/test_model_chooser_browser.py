@@ -31,10 +31,10 @@ def expected(eval_limit):
     from workbench.models.whisper_full import WhisperTokenizer, load_whisper_asr
     from workbench.paths import REAL_TEST
     from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
-    from workbench.session import Session, plan_key
+    from workbench.engine.session import Session, plan_key
     from workbench.size import size
     from workbench.ui import demo_inputs
-    from workbench.whisper_session import WhisperSession
+    from workbench.engine.whisper_session import WhisperSession
 
     ctc = demo_inputs(eval_limit)
     ctc_wer = Session(ctc.model, ctc.eval_set).baseline_full.wer

@@ -71,7 +71,7 @@ def expected(eval_limit):
     """The plan the browser actions build, and its numbers from the Python API (same model,
     same eval set, same Session settings as Workbench.demo())."""
     from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
-    from workbench.session import Session, plan_key
+    from workbench.engine.session import Session, plan_key
     from workbench.size import size
     from workbench.ui import demo_inputs
 

@@ -55,7 +55,7 @@ def bench_interactive(changes: int = 30, seed: int = 0) -> dict:
     from workbench.evaluate import evaluate, load_eval_set
     from workbench.models import load_demo
     from workbench.paths import REAL_TEST
-    from workbench.session import Session
+    from workbench.engine.session import Session
     from workbench.size import size
 
     torch.set_num_threads(2)

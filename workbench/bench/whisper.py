@@ -76,7 +76,7 @@ def bench_whisper(args) -> dict:
     from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
     from workbench.whisper_eval import evaluate_whisper
     from workbench.whisper_latency import rtf_by_device
-    from workbench.whisper_session import WhisperSession
+    from workbench.engine.whisper_session import WhisperSession
 
     threads = int(getattr(args, "threads", None) or min(2, os.cpu_count() or 1))
     torch.set_num_threads(threads)

@@ -9,6 +9,9 @@ How it is fast and repeatable:
   condition, the seed and the manifest's content), so a second run reads features, not audio;
 - the plan is applied once, and the baseline and the compressed model each transcribe every
   condition once (batched greedy CTC); each hypothesis list is scored once;
+- the baseline's transcripts depend only on its weights and the features: they are kept in
+  memory per (weights digest, features digest), so a run for another plan (the Conditions tab)
+  transcribes only the plan's model;
 - all randomness is seeded per (seed, condition, utterance id): the same audio on every run, so
   the same numbers (checked by a test and by `workbench bench conditions`).
 """
@@ -18,8 +21,10 @@ import contextlib
 import hashlib
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +41,23 @@ LENGTH_BINS = ((0.0, 2.0, "< 2 s"), (2.0, 4.0, "2-4 s"), (4.0, 1e9, ">= 4 s"))
 
 class Cancelled(Exception):
     """The caller's cancel() returned True between two conditions."""
+
+
+#: Baseline transcripts per (weights digest, features digest), this process only (a few kB per
+#: condition; `cache=False` neither reads nor fills it).
+_BASELINE_KEPT = 128
+_baseline_hyps: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
+_baseline_lock = threading.Lock()
+
+
+def _digest(tensors: Iterable[torch.Tensor]) -> str:
+    """sha1 over dtype, shape and bytes of each tensor, in order."""
+    h = hashlib.sha1()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,7 @@ class ConditionsResult:
     feature_seconds: float
     conditions_from_cache: int
     skipped: tuple[str, ...] = ()
+    baselines_from_cache: int = 0  # condition sets whose baseline transcripts were kept
     source: str = ("measured: greedy CTC on degraded copies of the shipped test audio (seeded), "
                    "WER / CER with jiwer")
     hypotheses: dict = field(default_factory=dict, repr=False, compare=False)
@@ -101,6 +124,7 @@ class ConditionsResult:
                 "seed": self.seed, "plan": self.plan_name, "seconds": round(self.seconds, 2),
                 "feature_seconds": round(self.feature_seconds, 2),
                 "conditions_from_cache": self.conditions_from_cache,
+                "baselines_from_cache": self.baselines_from_cache,
                 "skipped": list(self.skipped), "source": self.source}
 
     def markdown(self, baseline_label: str = "baseline", plan_label: str = "plan") -> str:
@@ -270,7 +294,8 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
     Condition objects. manifest: the set degraded (default: the shipped real test set).
     voice_manifest: a clean set split by synthetic voice (default: the shipped synthetic test
     set; None to skip). limit: the first N utterances of each set. cache_root: folder of the
-    feature cache (default: the user cache's conditions/). run_lock: a lock taken around each
+    feature cache (default: the user cache's conditions/). cache=False: features recomputed and
+    baseline transcripts not taken from (nor put in) this process's cache. run_lock: a lock taken around each
     condition's model runs (the UI passes the Session's RUN_LOCK, so a live slider evaluation
     gets in between two conditions). The caller's model is not modified (the plan is applied
     to a new model).
@@ -309,6 +334,8 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
     if plan is not None:
         with lock:
             small = compress(model, plan).eval()
+    weights = _digest(model.state_dict().values()) if cache else None
+    base_kept = 0
     rows, by_voice, by_length, hyps_out = [], [], [], {}
     total = len(jobs)
     for k, (cond, es) in enumerate(tqdm(jobs, desc="conditions: eval", disable=not progress,
@@ -317,8 +344,20 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
             raise Cancelled()
         if on_progress is not None:
             on_progress(k, total, es.name)
-        with lock:  # one model run at a time; a live slider evaluation can get in between
-            base_hyps = transcribe(model, es.features)
+        key = (weights, _digest(es.features)) if cache else None
+        with _baseline_lock:
+            base_hyps = _baseline_hyps.get(key) if cache else None
+        if base_hyps is not None:
+            base_kept += 1
+        else:
+            with lock:  # one model run at a time; a live slider evaluation can get in between
+                base_hyps = tuple(transcribe(model, es.features))
+            if cache:
+                with _baseline_lock:
+                    _baseline_hyps[key] = base_hyps
+                    while len(_baseline_hyps) > _BASELINE_KEPT:
+                        _baseline_hyps.popitem(last=False)
+        base_hyps = list(base_hyps)  # jiwer takes lists
         if cancel is not None and cancel():
             raise Cancelled()
         plan_hyps = None
@@ -351,4 +390,4 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
     return ConditionsResult(tuple(rows), tuple(by_voice), tuple(by_length), seed,
                             plan_name if plan is not None else None, time.perf_counter() - t0,
                             stats["feature_seconds"], stats["from_cache"], stats["skipped"],
-                            hypotheses=hyps_out)
+                            baselines_from_cache=base_kept, hypotheses=hyps_out)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from workbench.compress.targets import find_targets
-from workbench.compress.techniques import shape_only
+from workbench.compress.techniques import settings, shape_only, technique
 from workbench.latency.table import with_technique_rows
 from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
@@ -108,7 +108,10 @@ class CostCache:
             table = table.at_seconds(float(audio_seconds))
         bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
                 if cfg.quant is not None}
-        table = with_technique_rows(table.with_bits(bits), resolved)
+        # the structure table already has the hooks of shape-changing settings (table_for_plan
+        # applied them); apply only the others here, so no hook counts twice
+        table = with_technique_rows(table.with_bits(bits), {
+            path: _without_shape(cfg) for path, cfg in resolved.items()})
         return price_table(table, load_device(device))
 
     def _edge_latency(self, plan: CompressionPlan, device: str, seconds: float,
@@ -219,6 +222,12 @@ class CostCache:
         with self._lock:
             self._importance[path] = scores
         return scores
+
+
+def _without_shape(cfg: LayerConfig) -> LayerConfig:
+    """`cfg` without its shape-changing settings (the complement of shape_only)."""
+    return cfg.without(tuple(f for name in settings(shape_only(cfg))
+                             for f in technique(name).fields))
 
 
 def _importance(model: nn.Module, path: str, kind: str) -> torch.Tensor:

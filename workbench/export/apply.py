@@ -88,9 +88,14 @@ def read_plan(path: Path) -> CompressionPlan:
     return plan_from_file(path)
 
 
-def _eval_sets(options: ApplyOptions) -> list[EvalSet]:
-    return [load_eval_set(m, limit=options.eval_limit, progress=False) for m in
-            options.eval_manifests]
+def _feature_kind(model: nn.Module) -> str:
+    """"waveform" for a model adapted to take audio samples (workbench.byo), else "log_mel"."""
+    return getattr(getattr(model, "config", None), "features", "log_mel")
+
+
+def _eval_sets(options: ApplyOptions, model: nn.Module) -> list[EvalSet]:
+    return [load_eval_set(m, limit=options.eval_limit, progress=False,
+                          features=_feature_kind(model)) for m in options.eval_manifests]
 
 
 def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_sets: list[EvalSet],
@@ -121,7 +126,10 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
         "accuracy_all_sets": overall,
         "parity": parity_section(ort_model, ort_fp32, export.sim, export.structural, parity_feats),
         "latency_ms": latency_section(export.model, export.fp32, options.latency_seconds,
-                                      options.latency_repeats, options.threads),
+                                      options.latency_repeats, options.threads,
+                                      *((1, 16_000) if _feature_kind(model) == "waveform"
+                                        else (int(getattr(getattr(model, "config", None),
+                                                          "n_mels", 80)), 100))),
         "simulated_latency": (simulated_devices(export.sim, options.latency_seconds)
                               if options.simulate_devices else {"unavailable": "not requested"}),
         "size": size_section(export.proto, len(export.model), len(export.fp32), predicted,
@@ -164,7 +172,7 @@ def apply_plan(model: nn.Module, plan: CompressionPlan, out: Path,
     with staged_dir(out) as stage:
         write_text_atomic(stage / "plan.json", stamped.to_json())
         write_bytes_atomic(stage / DELIVERABLE, export.model)
-        report = build_report(model, plan, export, _eval_sets(options), calib, options)
+        report = build_report(model, plan, export, _eval_sets(options, model), calib, options)
         report["seconds"] = round(time.perf_counter() - start, 1)
         write_text_atomic(stage / "report.json", json.dumps(report, indent=2) + "\n")
         metadata = None

@@ -159,14 +159,17 @@ def host_description() -> str:
 
 
 def latency_section(model: bytes, fp32: bytes, seconds: float, repeats: int,
-                    threads: Sequence[int]) -> dict[str, Any]:
+                    threads: Sequence[int], n_mels: int = 80, rate: int = 100
+                    ) -> dict[str, Any]:
+    """Measured ORT latency on `seconds` of input: (n_mels, seconds x rate) features (log-mel
+    at 100 frames/s; a waveform model: n_mels 1, rate 16,000)."""
     import os
     out: dict[str, Any] = {"input_seconds": seconds, "repeats": repeats,
                            "statistic": "median of session.run wall time", "clock": CLOCK,
                            "load_average_1min_before": round(os.getloadavg()[0], 2)}
     for n in threads:
         ms = latency_ms({"model": model, "fp32": fp32}, threads=n, seconds=seconds,
-                        repeats=repeats)
+                        repeats=repeats, n_mels=n_mels, rate=rate)
         out[f"threads_{n}"] = {"model_ms": ms["model"], "fp32_ms": ms["fp32"],
                                "speedup_vs_fp32": round(ms["fp32"] / ms["model"], 3)}
     return out

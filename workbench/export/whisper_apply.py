@@ -2,7 +2,7 @@
 a parity report and a model card, like `workbench apply` for the CTC models.
 
     apply_whisper(model, tokenizer, plan, out, eval_sets) -> report dict
-    DIR/encoder.onnx, decoder_init.onnx, decoder_step.onnx, plan.json, report.json, MODEL_CARD.md
+    DIR/encoder.onnx, cross_kv.onnx, decoder.onnx, plan.json, report.json, MODEL_CARD.md
 
 Path: structure (pruning, low rank) in PyTorch -> fp32 ONNX of the three graphs
 (`whisper_onnx.export_whisper`) -> each weight node tagged with the module it came from ->

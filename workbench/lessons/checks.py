@@ -696,6 +696,31 @@ def check_bits_by_role(fn: Callable[[dict, float], dict]) -> CheckResult:
     return _run("bits_by_role", fn, ref.bits_by_role, compare)
 
 
+# ---- lesson 12 -----------------------------------------------------------------------------------
+
+def check_whisper_ms(fn: Callable[[float, float, float, int], float]) -> CheckResult:
+    """fn(encoder_ms, cross_kv_ms, per_token_ms, steps) -> ms for one utterance."""
+    def compare(f: Callable) -> list[str]:
+        problems = []
+        # distinct magnitudes, so each common mistake gives a different number
+        for args in ((120.0, 9.0, 30.0, 12), (40.0, 3.5, 11.0, 3), (900.0, 70.0, 5.0, 40)):
+            enc, cross, tok, steps = args
+            got, want = float(f(*args)), ref.whisper_ms(*args)
+            if math.isclose(got, want, rel_tol=1e-9):
+                continue
+            hint = ""
+            if math.isclose(got, enc + steps * (cross + tok), rel_tol=1e-9):
+                hint = ("; the cross-attention keys/values of the encoder output are computed "
+                        "once per utterance, not once per step")
+            elif math.isclose(got, steps * (enc + cross + tok), rel_tol=1e-9):
+                hint = "; the encoder runs once per utterance, only the decoder runs per step"
+            elif math.isclose(got, enc + cross + tok, rel_tol=1e-9):
+                hint = "; one decoder step per token: multiply the per-token time by the steps"
+            problems.append(f"whisper_ms{args} = {got:.6g}, expected {want:.6g}{hint}")
+        return problems
+    return _run("whisper_ms", fn, ref.whisper_ms, compare)
+
+
 #: Every check by the name of the function it checks (tests run each on the reference and on a
 #: wrong answer).
 CHECKS: dict[str, Callable[[Callable], CheckResult]] = {
@@ -708,4 +733,5 @@ CHECKS: dict[str, Callable[[Callable], CheckResult]] = {
     "roofline_ms": check_roofline_ms, "int8_bytes": check_int8_bytes,
     "linear_shapes": check_linear_shapes, "add_noise": check_add_noise,
     "first_partial_ms": check_first_partial_ms, "bits_by_role": check_bits_by_role,
+    "whisper_ms": check_whisper_ms,
 }

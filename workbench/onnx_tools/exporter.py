@@ -71,12 +71,34 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def fold_parametrizations_(model: nn.Module) -> None:
+    """Store every parametrized tensor (weight norm: weight = g * v / ||v||) as the plain tensor
+    it computes, in place (on a copy you own). The inference graph then holds the weight as an
+    initializer - one tensor ORT can quantize and size() prices - instead of recomputing it from
+    g and v on every run (measured on torchaudio wav2vec2's positional conv: the int8 export
+    found no weight node for it). The values are the ones the forward computes.
+
+    Not torch's `remove_parametrizations`: it deletes the property from the generated
+    `ParametrizedConv1d` class, which a deep copy shares with the original model, and so broke
+    the caller's model (found by `workbench apply` on an adapted wav2vec2)."""
+    from torch.nn.utils import parametrize
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            values = {name: getattr(module, name).detach().clone()
+                      for name in module.parametrizations.keys()}
+            module.__class__ = module.__class__.__bases__[0]   # the class parametrize wrapped
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                module.register_parameter(name, nn.Parameter(value))
+
+
 def export_fp32(model: nn.Module, example_frames: int = EXAMPLE_FRAMES) -> onnx.ModelProto:
     """fp32 ONNX of `model` (a deep copy in eval mode is traced; `model` is not changed).
 
     Input checks stay with the caller: the graph itself does not validate lengths.
     """
     work = copy.deepcopy(model).float().eval()
+    fold_parametrizations_(work)
     n_mels = int(getattr(work.config, "n_mels", 80))
     t_max = max_input_frames(work)
     frames = min(example_frames, t_max) if t_max else example_frames

@@ -105,16 +105,18 @@ def _load() -> float:
 
 
 def time_interleaved(jobs: Sequence[tuple[Hashable, ModelSource, float]], threads: int = 1,
-                     repeats: int = 7, warmup: int = 2, n_mels: int = 80) -> Timings:
+                     repeats: int = 7, warmup: int = 2, n_mels: int = 80,
+                     rate: int = FRAMES_PER_SECOND) -> Timings:
     """Time every job (key, model, audio seconds) on CLOCK: `warmup` runs each, then `repeats`
-    rounds that run every job once. One session per distinct model."""
+    rounds that run every job once. One session per distinct model. Inputs: (n_mels, seconds x
+    rate) - log-mel at 100 frames/s, or (1, samples) at 16 kHz for a waveform model."""
     sessions: dict[Any, Any] = {}
     feeds: dict[Hashable, dict[str, np.ndarray]] = {}
     gen = torch.Generator().manual_seed(0)
     for key, model, seconds in jobs:
         if id(model) not in sessions:
             sessions[id(model)] = make_session(model, threads)
-        frames = int(round(seconds * FRAMES_PER_SECOND))
+        frames = int(round(seconds * rate))
         feeds[key] = feature_feeds(torch.randn(n_mels, frames, generator=gen))
     before = _load()
     for key, model, _ in jobs:
@@ -131,8 +133,9 @@ def time_interleaved(jobs: Sequence[tuple[Hashable, ModelSource, float]], thread
 
 
 def latency_ms(models: Mapping[str, ModelSource], threads: int = 1, seconds: float = 5.0,
-               repeats: int = 15, warmup: int = 3, n_mels: int = 80) -> dict[str, float]:
+               repeats: int = 15, warmup: int = 3, n_mels: int = 80,
+               rate: int = FRAMES_PER_SECOND) -> dict[str, float]:
     """Median run time (ms, CLOCK) of each model on one `seconds` input, measured in turns."""
     timings = time_interleaved([(name, m, seconds) for name, m in models.items()], threads,
-                               repeats, warmup, n_mels)
+                               repeats, warmup, n_mels, rate)
     return {name: round(timings.by_job[name].ms, 3) for name in models}

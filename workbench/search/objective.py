@@ -91,7 +91,7 @@ class EvaluatorSpec:
         torch.set_num_threads(self.threads)
         model = model if model is not None else self.load_model()
         if session is None:
-            from workbench.session import Session
+            from workbench.engine.session import Session
             eval_set = self.eval_set
             if eval_set is None:
                 from workbench.evaluate import load_eval_set
@@ -165,7 +165,8 @@ class LatencyPricer:
             self.target = load_device(device)
 
     def __call__(self, plan):
-        from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig
+        from workbench.compress.techniques import shape_only
+        from workbench.plan import CompressionPlan
         if not self.edge:
             from workbench.latency import predict_latency
             return predict_latency(self.model, self.device, self.seconds, plan)
@@ -173,15 +174,9 @@ class LatencyPricer:
 
         from workbench.latency import predict as edge
         resolved = resolve(plan, self.model)
-        structure = {}
-        for path, cfg in resolved.items():
-            keep = {}
-            if cfg.prune is not None and cfg.prune.structure in STRUCTURE_FOR_KIND.values():
-                keep["prune"] = cfg.prune
-            if cfg.rank is not None or cfg.energy is not None:
-                keep.update(rank=cfg.rank, energy=cfg.energy)
-            if keep:
-                structure[path] = LayerConfig(**keep)
+        # the settings that change shapes, as the registry says (registered swaps included)
+        structure = {path: kept for path, cfg in resolved.items()
+                     for kept in [shape_only(cfg)] if not kept.is_empty()}
         key = json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
                          sort_keys=True)
         if key not in self._ops:

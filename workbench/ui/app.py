@@ -25,7 +25,7 @@ from torch import nn
 from workbench.errors import WorkbenchError
 from workbench.evaluate import EvalSet
 from workbench.plan import CompressionPlan
-from workbench.session import Session
+from workbench.engine.session import Session
 from workbench.ui.compress_tab import CompressTab
 from workbench.ui.conditions_tab import ConditionsTab
 from workbench.ui.controller import Controller

@@ -98,7 +98,7 @@ class ConditionsTab:
 
     def _work(self, plan, grid) -> None:
         from workbench.conditions import Cancelled, evaluate_conditions
-        from workbench.session import RUN_LOCK
+        from workbench.engine.session import RUN_LOCK
 
         started = time.perf_counter()
 

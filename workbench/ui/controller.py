@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 
 from workbench.plan import CompressionPlan
-from workbench.session import Session, WerEstimate, plan_key
+from workbench.engine.session import Session, WerEstimate, plan_key
 from workbench.engine.costs import CostCache
 from workbench.ui.error_area import ErrorArea
 from workbench.ui.state import AppState, HistoryPoint

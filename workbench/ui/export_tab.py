@@ -157,7 +157,7 @@ class ExportTab(LazyView):
         from workbench.models import load_checkpoint
         from workbench.plan import CompressionPlan
         from workbench.recovery import DEFAULT_CONFIG, recover_plan
-        from workbench.session import RUN_LOCK
+        from workbench.engine.session import RUN_LOCK
 
         config = self.recover_config or DEFAULT_CONFIG
         self.progress.max, self.progress.value = config.steps, 0

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import ipywidgets as widgets
 
-from workbench.session import plan_key
+from workbench.engine.session import plan_key
 from workbench.ui.error_area import ErrorArea
 from workbench.ui.state import AppState
 

@@ -11,7 +11,7 @@ import io
 
 import ipywidgets as widgets
 
-from workbench.session import plan_key
+from workbench.engine.session import plan_key
 from workbench.ui.controller import Controller
 from workbench.ui.view import LazyView
 

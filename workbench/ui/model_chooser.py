@@ -3,9 +3,11 @@
     from workbench.ui import ModelChooser
     ModelChooser().show()          # in a notebook (or let it end a cell)
 
-The two apps are built on first choice, off the UI thread (the Whisper session evaluates its
-baseline first: ~10-30 s on 2 cores), and kept: switching back is instant and keeps each app's
-plan and history. A banner above the app names the model every readout belongs to.
+The two apps are built on first choice, off the UI thread as a job of the engine's queue, holding
+the run lock like any model run (the Whisper session evaluates its baseline first: ~10-30 s on
+2 cores; the other app's slider evaluations wait instead of running beside it), and kept:
+switching back is instant and keeps each app's plan and history. A banner above the app names
+the model every readout belongs to.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from workbench.engine.jobs import JOBS, RUN_LOCK, USER, Job
 from workbench.ui.error_area import ErrorArea
 
 #: (label, key) of each shipped model; the labels say what each is good for.
@@ -51,7 +54,7 @@ class ModelChooser:
         check_choice(initial, keys, "ModelChooser", "initial")
         self._builders = builders or _default_builders(eval_limit)
         self._apps: dict[str, Any] = {}
-        self._threads: dict[str, threading.Thread] = {}
+        self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self.errors = ErrorArea()
         self.toggle = widgets.ToggleButtons(options=list(MODELS), value=initial,
@@ -84,9 +87,9 @@ class ModelChooser:
 
     def wait(self, timeout: float = 300.0) -> Any:
         """Block until the current choice's app is built (scripts, tests); returns it."""
-        thread = self._threads.get(self.choice)
-        if thread is not None:
-            thread.join(timeout)
+        job = self._jobs.get(self.choice)
+        if job is not None:
+            job.wait(timeout)
         return self.app
 
     # ---- internals -------------------------------------------------------------------------
@@ -104,11 +107,9 @@ class ModelChooser:
                 self.body.children = [app.widget]
                 return
             self.body.children = [self._loading(key)]
-            if not (key in self._threads and self._threads[key].is_alive()):
-                thread = threading.Thread(target=self._build, args=(key,), daemon=True,
-                                          name=f"workbench-build-{key}")
-                self._threads[key] = thread
-                thread.start()
+            if not (key in self._jobs and self._jobs[key].running):
+                self._jobs[key] = JOBS.submit(lambda job, k=key: self._build(k),
+                                              name=f"build {key}", priority=USER)
 
     def _loading(self, key: str) -> widgets.Widget:
         w = widgets.HTML(f"<span class='wb-muted'>Loading {html.escape(self._label(key))} and "
@@ -118,7 +119,8 @@ class ModelChooser:
 
     def _build(self, key: str) -> None:
         try:
-            app = self._builders[key]()
+            with RUN_LOCK.hold(USER):   # building evaluates the baseline: a model run
+                app = self._builders[key]()
         except BaseException as err:   # shown in the chooser's error area, never lost
             with self._lock:
                 if self.toggle.value == key:

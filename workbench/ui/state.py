@@ -62,7 +62,7 @@ class AppState(traitlets.HasTraits):
     # ---- outputs, from the core ----
     size = traitlets.Any(None)          # workbench.size report of `plan`
     latency = traitlets.Any(None)       # workbench.latency report of (plan, device, audio_seconds)
-    wer = traitlets.Any(None)           # workbench.session.WerEstimate of `plan`, or None (pending)
+    wer = traitlets.Any(None)           # workbench.engine.session.WerEstimate of `plan`, or None (pending)
     wer_pending = traitlets.Bool(False)
     history = traitlets.Tuple()         # HistoryPoint, in order of first evaluation
 

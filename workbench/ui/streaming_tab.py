@@ -80,7 +80,7 @@ class StreamingTab(LazyView):
         return StreamConfig.from_seconds(self.chunk.value, self.lookahead.value, self.left.value)
 
     def _cost(self, device: str):
-        from workbench.session import plan_key
+        from workbench.engine.session import plan_key
         from workbench.streaming import step_cost
 
         plan = self.state.plan
@@ -90,7 +90,7 @@ class StreamingTab(LazyView):
         return self._costs[key]
 
     def update(self) -> None:
-        from workbench.session import plan_key
+        from workbench.engine.session import plan_key
         from workbench.streaming import cache_bytes, supports_streaming
 
         if not supports_streaming(self.session.baseline):
@@ -122,7 +122,7 @@ class StreamingTab(LazyView):
             self._submit(key, cfg)
 
     def _draw(self) -> None:
-        from workbench.session import plan_key
+        from workbench.engine.session import plan_key
 
         pk = plan_key(self.state.plan)
         cfg = self.config()
@@ -144,7 +144,7 @@ class StreamingTab(LazyView):
 
     def _measure(self, gen, key, cfg, plan) -> None:
         from workbench.evaluate import score
-        from workbench.session import RUN_LOCK
+        from workbench.engine.session import RUN_LOCK
         from workbench.streaming import chunked_transcripts
 
         with RUN_LOCK:

@@ -11,7 +11,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from workbench.sensitivity import pareto_front
-from workbench.session import plan_key
+from workbench.engine.session import plan_key
 from workbench.ui import figures
 from workbench.ui.controller import Controller
 from workbench.ui.live import FigureSlot

@@ -4,7 +4,7 @@
     WhisperWorkbench.demo().show()
 
 Same pieces as `Workbench` (one AppState, a Controller, the header and the Compress /
-Trade-offs / Listen tabs), driven by `workbench.whisper_session.WhisperSession` (a decoder-only
+Trade-offs / Listen tabs), driven by `workbench.engine.whisper_session.WhisperSession` (a decoder-only
 change re-runs only the decoder) and `WhisperCore`, which prices latency the way
 `workbench.whisper_latency` does: encoder + cross keys/values + tokens x one decoder step, on the
 roofline device profiles. The Profile, Sensitivity, Conditions, Streaming and Export tabs are
@@ -158,7 +158,7 @@ class WhisperWorkbench(Workbench):
     def __init__(self, model, tokenizer, eval_set, *, device: str = "rpi4",
                  audio_seconds: float = 4.0, plan: CompressionPlan | None = None,
                  quick_utterances: int = 16, session=None, note: str = "") -> None:
-        from workbench.whisper_session import WhisperSession
+        from workbench.engine.whisper_session import WhisperSession
         self.session = session if session is not None else WhisperSession(
             model, tokenizer, eval_set, quick_utterances=quick_utterances)
         self.core = WhisperCore(self.session.baseline)

@@ -1,7 +1,7 @@
 """The interactive engine for the full Whisper model: quick / full WER of a plan, re-running only
 what the plan changed.
 
-What is cached (the CTC `workbench.session.Session` does the same for the encoder-only models):
+What is cached (the CTC `workbench.engine.session.Session` does the same for the encoder-only models):
 - the eval set's log-mel features with the 1 s silence margin, batched once by length;
 - encoder hidden states at the input of every encoder block, keyed by the plan entries of
   everything before that block, and the encoder output + the silence-tail encoding keyed by the
@@ -14,8 +14,9 @@ decoder layer. A quick estimate runs on a fixed subset (16 utterances): the subs
 change is added to the full baseline WER, with its standard error; the full set is the quick
 subset plus the rest, so the subset's work is reused.
 
-`submit` / `wait` / `cancel` are the CTC Session's own (quick then full on one worker thread, a
-newer submit cancels stale work between encoder blocks and decoder batches), so the dashboard's
+`submit` / `wait` / `cancel` come from `BackgroundEval`, as the CTC Session's (quick then full
+on one worker thread, a newer submit cancels stale work between encoder blocks and decoder
+batches), so the dashboard's
 controller drives both engines the same way. Only that worker runs models; the caches are its own.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from workbench.evaluate import EvalSet, batches, score
 from workbench.features import FRAMES_PER_SECOND, collate_features
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.models.whisper_full import WhisperASR, WhisperTokenizer
-from workbench.session import Session, WerEstimate, _check, plan_key
+from workbench.engine.session import BackgroundEval, WerEstimate, check_cancel, plan_key
 from workbench.whisper_eval import (MARGIN_FRAMES, SILENCE, decode_all, with_margin)
 from workbench.compress.resolution import resolve
 
@@ -46,7 +47,7 @@ def _sig(entries: dict) -> str:
     return hashlib.sha1(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:12]
 
 
-class WhisperSession:
+class WhisperSession(BackgroundEval):
     """Baseline WhisperASR + eval set; `evaluate(plan, "quick" | "full")` -> WerEstimate."""
 
     def __init__(self, model: WhisperASR, tokenizer: WhisperTokenizer, eval_set: EvalSet, *,
@@ -194,7 +195,7 @@ class WhisperSession:
             states = [enc.stem(x, lens) for x, lens in inputs]
             self._put((part, 0, tuple(sigs[:1])), states)
         for k in range(start, self.n_enc):
-            _check(cancel)
+            check_cancel(cancel)
             states = [(enc.blocks[k](h, lengths_to_pad_mask(lens, h.shape[1])), lens)
                       for h, lens in states]
             self._put((part, k + 1, tuple(sigs[:k + 2])), states)
@@ -229,7 +230,7 @@ class WhisperSession:
             restarts.append(restart)
             idx = sorted(encoded)
             ids = decode_all(model, [encoded[i] for i in idx], [self._seconds[i] for i in idx],
-                             tail, before_batch=lambda: _check(cancel))
+                             tail, before_batch=lambda: check_cancel(cancel))
             hyps += [normalize_text(self.tokenizer.decode(t)) for t in ids]
             order += idx
         return hyps, order, min(restarts)
@@ -239,7 +240,7 @@ class WhisperSession:
         """WER / CER of `plan` on the quick subset (estimate + stderr) or the full set (exact).
         `restart_block` says where the encoder restarted: -1 the features, k encoder block k,
         n_enc + 2 nothing (cached encoder output; decoder only). `cancel()` returning True stops
-        the run (workbench.session.Cancelled) between encoder blocks and decoder batches.
+        the run (workbench.engine.session.Cancelled) between encoder blocks and decoder batches.
         A plan naming a path this model lacks raises PlanError before any model run."""
         from workbench.checks import check_choice, check_plan
         from workbench.errors import ArgumentError
@@ -294,9 +295,3 @@ class WhisperSession:
     def quick_is_full(self) -> bool:
         """True when the quick subset is the whole eval set (then a quick run adds nothing)."""
         return not self._parts["rest"][0]
-
-    # Background work: the CTC Session's methods, unchanged (they only use evaluate(plan, kind,
-    # cancel=), _lock, _generation and _worker).
-    submit = Session.submit
-    wait = Session.wait
-    cancel = Session.cancel

@@ -77,7 +77,73 @@ class _Batches:
         self.order = [i for g in self.groups for i in g]
 
 
-class Session:
+class BackgroundEval:
+    """submit / wait / cancel for a session (Session, WhisperSession) whose
+    `evaluate(plan, kind, cancel=)` raises Cancelled when `cancel()` turns True. The session's
+    __init__ sets `_lock` (which also guards its results), `_generation` = 0, `_worker` = None."""
+
+    _lock: threading.RLock
+    _generation: int
+    _worker: threading.Thread | None
+
+    def submit(self, plan, on_result: Callable[[WerEstimate], None],
+               on_error: Callable[[BaseException], None] | None = None,
+               kinds: tuple[str, ...] = ("quick", "full")) -> int:
+        """Evaluate quick then full on a worker thread; a newer submit cancels this one.
+
+        Callbacks run on the worker thread; a result is delivered only while it is the newest.
+        Returns the request's generation number.
+        """
+        from workbench.checks import check_choice, check_plan
+        from workbench.errors import ArgumentError
+        name = f"{type(self).__name__}.submit"
+        plan = check_plan(plan, name)
+        if not callable(on_result) or (on_error is not None and not callable(on_error)):
+            raise ArgumentError(f"{name}(on_result=..., on_error=...): callbacks must be "
+                                "callables taking one argument.")
+        if isinstance(kinds, str) or not kinds:
+            raise ArgumentError(f"{name}(kinds={kinds!r:.40}): a non-empty tuple of "
+                                f"'quick' / 'full'.")
+        for kind in kinds:
+            check_choice(kind, ("quick", "full"), name, "kinds")
+        with self._lock:
+            self._generation += 1
+            gen = self._generation
+        stale = lambda: gen != self._generation  # noqa: E731
+
+        def work() -> None:
+            # One model run at a time (two torch runs on 2 cores are ~10x slower); a slider's
+            # evaluation goes before any queued background run (engine.jobs).
+            with RUN_LOCK.hold(INTERACTIVE):
+                for kind in kinds:
+                    if stale():
+                        return
+                    try:
+                        result = self.evaluate(plan, kind, cancel=stale)
+                    except Cancelled:
+                        return
+                    except BaseException as err:  # shown by the UI, never swallowed
+                        if on_error is not None and not stale():
+                            on_error(err)
+                        return
+                    if not stale():
+                        on_result(result)
+
+        self._worker = threading.Thread(target=work, name=f"workbench-eval-{gen}", daemon=True)
+        self._worker.start()
+        return gen
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the latest submitted work is done (for tests and scripts)."""
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._generation += 1
+
+
+class Session(BackgroundEval):
     """Holds a baseline model and an eval set; evaluates plans fast. Thread-safe via one lock."""
 
     def __init__(self, model: CTCModel, eval_set: EvalSet, *, quick_utterances: int = 16,
@@ -238,7 +304,7 @@ class Session:
         if states is None:
             states = []
             for x, lens in sets.inputs:
-                _check(cancel)
+                check_cancel(cancel)
                 states.append(model.stem(x, lens))
             start, restart = 0, -1
             with self._lock:
@@ -249,14 +315,14 @@ class Session:
             block = model.blocks[k]
             new = []
             for h, lens in states:
-                _check(cancel)
+                check_cancel(cancel)
                 new.append((block(h, lengths_to_pad_mask(lens, h.shape[1])), lens))
             states = new
             with self._lock:
                 self._cache_put((kind, k + 1, tuple(sigs[: k + 2])), states)
         hyps: list[str] = []
         for h, lens in states:
-            _check(cancel)
+            check_cancel(cancel)
             hyps += greedy_decode(model.head(h, lens).log_softmax(-1), lens)
         return hyps, restart
 
@@ -315,65 +381,8 @@ class Session:
         """True when the quick subset is the whole eval set (then a quick run adds nothing)."""
         return not self._parts["rest"].order
 
-    # ---- background work ------------------------------------------------------------------
-    def submit(self, plan, on_result: Callable[[WerEstimate], None],
-               on_error: Callable[[BaseException], None] | None = None,
-               kinds: tuple[str, ...] = ("quick", "full")) -> int:
-        """Evaluate quick then full on a worker thread; a newer submit cancels this one.
 
-        Callbacks run on the worker thread; a result is delivered only while it is the newest.
-        Returns the request's generation number.
-        """
-        from workbench.checks import check_choice, check_plan
-        from workbench.errors import ArgumentError
-        plan = check_plan(plan, "Session.submit")
-        if not callable(on_result) or (on_error is not None and not callable(on_error)):
-            raise ArgumentError("Session.submit(on_result=..., on_error=...): callbacks must be "
-                                "callables taking one argument.")
-        if isinstance(kinds, str) or not kinds:
-            raise ArgumentError(f"Session.submit(kinds={kinds!r:.40}): a non-empty tuple of "
-                                f"'quick' / 'full'.")
-        for kind in kinds:
-            check_choice(kind, ("quick", "full"), "Session.submit", "kinds")
-        with self._lock:
-            self._generation += 1
-            gen = self._generation
-        stale = lambda: gen != self._generation  # noqa: E731
-
-        def work() -> None:
-            # One model run at a time (two torch runs on 2 cores are ~10x slower); a slider's
-            # evaluation goes before any queued background run (engine.jobs).
-            with RUN_LOCK.hold(INTERACTIVE):
-                for kind in kinds:
-                    if stale():
-                        return
-                    try:
-                        result = self.evaluate(plan, kind, cancel=stale)
-                    except Cancelled:
-                        return
-                    except BaseException as err:  # shown by the UI, never swallowed
-                        if on_error is not None and not stale():
-                            on_error(err)
-                        return
-                    if not stale():
-                        on_result(result)
-
-        self._worker = threading.Thread(target=work, name=f"workbench-eval-{gen}", daemon=True)
-        self._worker.start()
-        return gen
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Block until the latest submitted work is done (for tests and scripts)."""
-        if self._worker is not None:
-            self._worker.join(timeout)
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._generation += 1
-
-
-
-
-def _check(cancel: Callable[[], bool] | None) -> None:
+def check_cancel(cancel: Callable[[], bool] | None) -> None:
+    """Raise Cancelled when `cancel()` returns True (None: never)."""
     if cancel is not None and cancel():
         raise Cancelled()
