@@ -80,3 +80,21 @@ def test_recover_qat_on_a_quantization_only_plan(tmp_path: Path, capsys):
     assert set(report["greedy_wer_before_quantized"]) == {"real_test", "synth_test"}
     model = load_checkpoint(report["checkpoint"])
     assert model_fingerprint(model) == model_fingerprint(load_demo())
+
+
+def test_recover_progressive_prunes_in_steps(tmp_path: Path, capsys):
+    """--progressive: the same shapes as one-shot, reached through pruning events."""
+    from workbench.plan import LayerConfig, PruneConfig
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(CompressionPlan().with_group("ffn", LayerConfig(prune=PruneConfig(
+        amount=0.5, structure="neurons"))).to_json())
+    code = main(["recover", "--plan", str(plan_file), "--out", str(tmp_path / "o"), "--steps",
+                 "3", "--progressive", "magnitude", "--manifest", str(CALIB)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["progressive"]["importance"] == "magnitude"
+    assert len(report["pruning_events"]) == 8 and report["steps"] == 3
+    assert sum(e["removed"] for e in report["pruning_events"]) == 4 * 768
+    model = load_checkpoint(report["checkpoint"])
+    assert all(b.mlp.fc1.out_features == 768 for b in model.blocks)

@@ -138,6 +138,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
     from workbench.export.apply import read_plan
     from workbench.models import load_checkpoint, load_demo
+    from workbench.compress.progressive import ProgressiveConfig
     from workbench.recovery import DEFAULT_CONFIG, recover_plan
 
     out = Path(args.out)
@@ -150,7 +151,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     result = recover_plan(plan, teacher, out_dir=out, config=cfg,
                           manifests=[Path(m) for m in args.manifest] or None,
-                          teacher_name=args.checkpoint or "demo", qat=args.qat)
+                          teacher_name=args.checkpoint or "demo", qat=args.qat,
+                          progressive=(ProgressiveConfig(importance=args.progressive)
+                                       if args.progressive else None))
     _print_json({**result.report, "checkpoint": str(result.checkpoint),
                  "export_plan": str(result.export_plan),
                  "next": f"workbench apply --plan {result.export_plan} --checkpoint "
@@ -203,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     b.add_argument("what", choices=["interactive", "latency", "export", "conditions",
                                     "streaming", "search", "whisper", "drift", "lessons",
-                                    "byo"])
+                                    "byo", "recover"])
     b.add_argument("--json", action="store_true")
     b.add_argument("--n-plans", type=ck.count, default=30)
     b.add_argument("--changes", type=ck.count, default=30)
@@ -212,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-ray", action="store_true", help="bench search: serial run only")
     b.add_argument("--published", action="store_true",
                    help="latency: leave-one-model-out check on data/latency_measurements.jsonl")
+    b.add_argument("--case", action="append", default=[],
+                   choices=["a_progressive", "b_oneshot", "c_qat4", "d_windowed", "e_linear"],
+                   help="bench recover: run only these cases (default: all five)")
+    b.add_argument("--minutes", type=ck.minutes, default=20.0,
+                   help="bench recover: recovery budget per case")
+    b.add_argument("--steps", type=ck.steps, default=None,
+                   help="bench recover: optimizer steps per case (default 400)")
+    b.add_argument("--manifest", action="append", default=[], type=ck.existing_file("--manifest"),
+                   help="bench recover: training manifest(s) (default: the demo corpus)")
     lesson_timing.add_arguments(b)
     b.set_defaults(func=cmd_bench)
 
@@ -249,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=ck.steps, default=None, help="optimizer steps (default 360)")
     r.add_argument("--qat", action="store_true", help="also train for the plan's weight bits "
                                                       "(quantization-aware, straight-through)")
+    r.add_argument("--progressive", choices=("magnitude", "taylor", "activation"), default=None,
+                   help="prune the plan's heads / neurons in steps while distilling (cubic "
+                        "schedule), re-scoring importance this way before each step")
     r.add_argument("--threads", type=ck.threads, default=2)
     r.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     r.set_defaults(func=cmd_recover)

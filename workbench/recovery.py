@@ -21,9 +21,10 @@ from collections.abc import Callable
 
 import torch
 
+from workbench.compress.progressive import ProgressiveConfig, progressive_recover
 from workbench.compress.recover import RecoverConfig, recover, split_plan
 from workbench.plan import CompressionPlan
-from workbench.train import Item
+from workbench.train import FitHooks, Item
 from workbench.compress.resolution import resolve
 from workbench.compress.techniques import structure_only
 
@@ -84,13 +85,17 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
                  out_dir: Path | None = None, config: RecoverConfig | None = None,
                  manifests: list[Path] | None = None, teacher_name: str = "demo",
                  progress: bool = True, evaluate_sets: bool = True,
-                 log: Callable[[dict], None] | None = None, qat: bool = False
+                 log: Callable[[dict], None] | None = None, qat: bool = False,
+                 progressive: ProgressiveConfig | None = None, hooks: FitHooks | None = None
                  ) -> RecoveryResult:
     """Prune / factorize `teacher` (default: the demo) by `plan`, recover it, save it.
 
     With `out_dir` None the result lives in the user cache, keyed by plan + teacher weights +
     recipe, and a second call returns it without training (so does an `out_dir` holding the
     result of the same call). `log` gets every training step's losses (for progress bars).
+    `progressive`: prune the plan's heads / neurons in steps while distilling
+    (workbench.compress.progressive) instead of one-shot before recovery. `hooks`: callbacks
+    of the training loop (workbench.train.FitHooks, e.g. a cancel check of an engine job).
     """
     from workbench.compress import compress
     from workbench.models import load_demo, save_checkpoint
@@ -117,6 +122,12 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
            "teacher": weights.hexdigest(), "manifests": [str(m) for m in manifests or []]}
     if qat:
         key["qat"] = rest.to_json()
+    if progressive is not None:
+        if qat:
+            from workbench.errors import PlanError
+            raise PlanError("recover: progressive pruning and --qat in one run are not "
+                            "supported yet; recover progressively, then run QAT on the result.")
+        key["progressive"] = asdict(progressive)
     tag = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     out = Path(out_dir) if out_dir is not None else cache_dir() / "recovered" / tag
     checkpoint, export_plan, report_file = (out / "model.safetensors", out / "export_plan.json",
@@ -130,8 +141,12 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
     t_data = time.perf_counter() - start
     sets = _held_out_sets() if evaluate_sets else {}
     before = _wers(student, sets)
-    result = recover(student, teacher, items, cfg, progress=progress, log=log,
-                     quant=rest if qat else None)
+    if progressive is not None:
+        result = progressive_recover(teacher, structure, items, cfg, progressive,
+                                     progress=progress, log=log, hooks=hooks)
+    else:
+        result = recover(student, teacher, items, cfg, progress=progress, log=log,
+                         quant=rest if qat else None, hooks=hooks)
     after = _wers(result.model, sets)
     quantized = _wers(compress(result.model, rest, force=True), sets) if rest.layers else {}
     quantized_before = _wers(compress(student, rest, force=True), sets) if rest.layers else {}
@@ -145,11 +160,15 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         "greedy_wer_after_quantized": quantized, "qat": qat,
         "teacher_greedy_wer": _wers(teacher, sets),
         "training_items": len(items), "steps": len(result.history),
+        "progressive": asdict(progressive) if progressive is not None else None,
+        "pruning_events": list(result.events),
+        "minutes": round(result.history[-1]["seconds"] / 60, 2) if result.history else 0.0,
         "final_loss": result.history[-1] if result.history else None,
         "config": asdict(cfg),
         "seconds": {"data": round(t_data, 1), "total": round(time.perf_counter() - start, 1)},
         "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}",
-        "how": "layer-wise distillation (block outputs MSE / teacher variance) + KL on CTC "
+        "how": ("progressive pruning (cubic schedule, importance re-scored) + " if progressive
+                else "") + "layer-wise distillation (block outputs MSE / teacher variance) + KL on CTC "
                "posteriors + 0.2 CTC; front-end frozen (workbench.compress.recover)"
                + ("; quantization-aware (straight-through) for the plan's weight bits" if qat
                   else ""),
@@ -161,3 +180,52 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         write_text_atomic(stage / export_plan.name, rest.to_json())
         write_text_atomic(stage / report_file.name, json.dumps(report, indent=2) + "\n")
     return RecoveryResult(checkpoint, export_plan, report)
+
+
+class _JobHooks(FitHooks):
+    """Recovery inside an engine job: one training step at a time holds the run lock (so a
+    slider's evaluation gets in between two steps), progress is reported per step, and a
+    cancelled job stops at the next step by raising Cancelled (so nothing half-trained is
+    saved or cached)."""
+
+    def __init__(self, job, total: int, lock, priority: int) -> None:
+        self.job, self.total, self.lock, self.priority = job, total, lock, priority
+
+    def after_step(self, step: int) -> None:
+        self.job.progress(step, self.total)
+        self.lock.release()
+        self.lock.acquire(self.priority)
+
+    def should_stop(self) -> bool:
+        self.job.check()
+        return False
+
+
+def submit_recovery(plan: CompressionPlan, *, teacher: torch.nn.Module | None = None,
+                    config: RecoverConfig | None = None,
+                    progressive: ProgressiveConfig | None = None, qat: bool = False,
+                    manifests: list[Path] | None = None, out_dir: Path | None = None,
+                    evaluate_sets: bool = True,
+                    on_step: Callable[[dict], None] | None = None,
+                    on_done: Callable[[Any], None] | None = None,
+                    on_error: Callable[[BaseException], None] | None = None,
+                    on_progress: Callable[[int, int], None] | None = None, queue=None):
+    """`recover_plan` as a cancellable job of the engine's queue (default: the app's JOBS).
+
+    `on_step(entry)` gets every training step's losses (a live plot); `on_progress(step,
+    steps)`; `on_done(RecoveryResult)`, or None when cancelled. Returns the Job (job.cancel())."""
+    from workbench.engine.jobs import BACKGROUND, JOBS, RUN_LOCK
+    cfg = config or DEFAULT_CONFIG
+
+    def run(job) -> RecoveryResult:
+        RUN_LOCK.acquire(BACKGROUND)
+        try:
+            return recover_plan(plan, teacher, out_dir=out_dir, config=cfg, manifests=manifests,
+                                progress=False, evaluate_sets=evaluate_sets, log=on_step,
+                                qat=qat, progressive=progressive,
+                                hooks=_JobHooks(job, cfg.steps, RUN_LOCK, BACKGROUND))
+        finally:
+            RUN_LOCK.release()
+
+    return (queue or JOBS).submit(run, name="recovery", priority=BACKGROUND, on_done=on_done,
+                                  on_error=on_error, on_progress=on_progress)

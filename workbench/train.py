@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,108 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+#: (batch item indices, step) -> {"loss": scalar to minimise, other named scalar terms to log}
+StepLoss = Callable[[list[int], int], dict[str, torch.Tensor]]
+
+
+class FitHooks:
+    """Optional callbacks of `fit` (all no-ops here; subclass what you need).
+
+    after_backward(step): gradients are there (e.g. accumulate Taylor importance);
+    after_step(step): the optimizer has stepped (e.g. a pruning schedule updates its masks);
+    should_stop(): True ends training after the current step (a cancelled job).
+    """
+
+    def after_backward(self, step: int) -> None: ...
+
+    def after_step(self, step: int) -> None: ...
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def fit(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], n_items: int, cfg: Any,
+        step_loss: StepLoss, *, frames: Sequence[int], desc: str = "train",
+        state_path: Path | None = None, progress: bool = True,
+        log: Callable[[dict], None] | None = None, hooks: FitHooks | None = None) -> list[dict]:
+    """The one training loop of the workbench (CTC training, distillation recovery, QAT,
+    progressive pruning): AdamW (weight decay on matrices only), linear warm-up + cosine decay
+    (`lr_at`), length-bucketed shuffled batches of at most cfg.max_batch_frames padded frames,
+    gradient clipping, a wall-clock budget (cfg.max_minutes; the schedule follows whichever of
+    steps and minutes is further along), a progress bar, a per-step log, resumable state files.
+
+    `cfg`: any config with steps, lr, warmup, weight_decay, max_batch_frames, grad_clip, seed,
+    max_minutes (checkpoint_every optional). `frames[i]`: length of item i (for batching).
+    `step_loss(indices, step)` runs the forward pass of one batch. Returns the loss log (one
+    dict per step: the terms of step_loss, lr, seconds). `model` is left in eval mode.
+    """
+    hooks = hooks or FitHooks()
+    params = list(params)
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2],
+                              "weight_decay": cfg.weight_decay},
+                             {"params": [p for p in params if p.dim() < 2],
+                              "weight_decay": 0.0}], lr=cfg.lr)
+    step, history = 0, []
+    if state_path is not None and Path(state_path).exists():
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = int(state["step"]), list(state["history"])
+    rng = random.Random(cfg.seed * 1000 + step)
+    sized = [_Sized(n) for n in frames]
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, leave=False)
+    batches: list[list[int]] = []
+    every = getattr(cfg, "checkpoint_every", 0)
+    while step < cfg.steps:
+        if not batches:
+            batches = make_batches(sized, cfg.max_batch_frames, rng)
+        terms = step_loss(batches.pop(), step)
+        lr = lr_at(_schedule_step(step, cfg, time.perf_counter() - start), cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        hooks.after_backward(step)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        step += 1
+        entry = {"step": step, **{k: float(v.detach()) for k, v in terms.items()}, "lr": lr,
+                 "seconds": round(time.perf_counter() - start, 3)}
+        history.append(entry)
+        hooks.after_step(step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{entry['loss']:.3f}")
+        if log is not None:
+            log(entry)
+        if state_path is not None and every and step % every == 0:
+            _save_state(state_path, model, opt, step, history)
+        if cfg.max_minutes is not None and (time.perf_counter() - start) / 60 > cfg.max_minutes:
+            break
+        if hooks.should_stop():
+            break
+    bar.close()
+    model.eval()
+    if state_path is not None:
+        _save_state(state_path, model, opt, step, history)
+    return history
+
+
+def _schedule_step(step: int, cfg: Any, elapsed_s: float) -> int:
+    """The step the lr schedule is at: with a wall-clock budget, the further along of steps and
+    time, so a run the budget ends early still decays its learning rate (and equal-minute
+    comparisons give every recipe a full schedule)."""
+    if cfg.max_minutes is None:
+        return step
+    return max(step, min(cfg.steps, int(elapsed_s / (60 * cfg.max_minutes) * cfg.steps)))
+
+
+@dataclass(frozen=True)
+class _Sized:
+    frames: int
+
+
 def train_ctc(model: CTCModel, items: Sequence[Item], cfg: TrainConfig, *, start_block: int | None = None,
               trainable: Callable[[str], bool] | None = None, state_path: Path | None = None,
               progress: bool = True, log: Callable[[dict], None] | None = None) -> list[dict]:
@@ -115,66 +218,32 @@ def train_ctc(model: CTCModel, items: Sequence[Item], cfg: TrainConfig, *, start
     """
     torch.manual_seed(cfg.seed)
     feature_mode = start_block is None
+    if any(it.time_last != feature_mode for it in items):
+        raise ValueError("items must be features (time_last=True) when start_block is None, "
+                         "hidden states (time_last=False) otherwise")
     names = dict(model.named_parameters())
     params = [p for n, p in names.items() if trainable is None or trainable(n)]
     for n, p in names.items():
         p.requires_grad_(trainable is None or trainable(n))
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    step, history = 0, []
-    if state_path is not None and Path(state_path).exists():
-        state = torch.load(state_path, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, history = int(state["step"]), list(state["history"])
-    rng = random.Random(cfg.seed * 1000 + step)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
-    model.train()
-    start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not progress, leave=False)
-    batches: list[list[int]] = []
-    while step < cfg.steps:
-        if not batches:
-            batches = make_batches(items, cfg.max_batch_frames, rng)
-        batch = [items[i] for i in batches.pop()]
+    gen = torch.Generator().manual_seed(cfg.seed * 1000)
+
+    def step_loss(indices: list[int], step: int) -> dict[str, torch.Tensor]:
+        batch = [items[i] for i in indices]
         if feature_mode and cfg.spec_augment:
             batch = [Item(spec_augment(it.x, gen), it.labels) for it in batch]
-        if any(it.time_last != feature_mode for it in batch):
-            raise ValueError("items must be features (time_last=True) when start_block is None, "
-                             "hidden states (time_last=False) otherwise")
         x, lengths, labels, label_lengths = collate(batch, feature_mode)
         if feature_mode:
             log_probs, out_lengths = model(x, lengths)
         else:
             log_probs, out_lengths = model.forward_from(x, lengths, start_block)
-        loss = F.ctc_loss(log_probs.transpose(0, 1), labels, out_lengths, label_lengths,
-                          blank=0, reduction="mean", zero_infinity=True)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        step += 1
-        entry = {"step": step, "loss": loss.item(), "lr": lr_at(step - 1, cfg),
-                 "seconds": time.perf_counter() - start}
-        history.append(entry)
-        bar.update(1)
-        bar.set_postfix(loss=f"{entry['loss']:.3f}")
-        if log is not None:
-            log(entry)
-        if state_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            _save_state(state_path, model, opt, step, history)
-        if cfg.max_minutes is not None and (time.perf_counter() - start) / 60 > cfg.max_minutes:
-            break
-    bar.close()
-    model.eval()
+        return {"loss": F.ctc_loss(log_probs.transpose(0, 1), labels, out_lengths,
+                                   label_lengths, blank=0, reduction="mean",
+                                   zero_infinity=True)}
+
+    history = fit(model, params, len(items), cfg, step_loss, frames=[it.frames for it in items],
+                  desc="train", state_path=state_path, progress=progress, log=log)
     for p in model.parameters():
         p.requires_grad_(True)
-    if state_path is not None:
-        _save_state(state_path, model, opt, step, history)
     return history
 
 

@@ -9,6 +9,8 @@ One module per benchmark, all here at the top layer (a benchmark may use any par
     search        a budgeted plan search, serial vs Ray
     streaming     WER vs chunk size, the streaming ONNX step's parity and latency
     whisper       the full Whisper tiny.en model: WER, session latency, simulated RTF
+    recover       progressive vs one-shot pruning, QAT, windowed / linear attention swaps:
+                  WER before / after recovery at equal minutes, ORT WER and ms vs the baseline
 
 Benchmarks that live with their feature: lessons (workbench.lesson_timing), conditions
 (workbench.conditions.cli), drift (workbench.deploy.bench_drift), byo (workbench.byo.bench).
@@ -50,6 +52,13 @@ def run(what: str, args) -> dict[str, Any]:
     if what == "byo":
         from workbench.byo.bench import bench_byo
         return bench_byo(args)
+    if what == "recover":
+        from pathlib import Path
+
+        from workbench.bench.recover import CASES, bench_recover
+        return bench_recover(minutes=args.minutes, steps=args.steps,
+                             cases=tuple(args.case) or CASES,
+                             manifests=[Path(m) for m in args.manifest] or None)
     if what == "streaming":
         from workbench.bench.streaming import bench_streaming
         return bench_streaming(args)

@@ -15,8 +15,10 @@ Hidden-state matching follows TinyBERT (Jiao et al. 2020, arXiv:1909.10351) and 
 blocks with large activations from dominating. Only the student's blocks, final norm and head
 train; its front-end stays frozen (compression plans rarely touch it, and it is cheap to keep).
 
-Items are log-mel features with labels (`workbench.train.Item`, time_last=True). The teacher
-runs under no_grad each step (~1/3 of the student's step), so nothing big is cached.
+Items are log-mel features with labels (`workbench.train.Item`, time_last=True). The teacher's
+outputs are cached per item in fp16 (`Distiller`), so after the first epoch a step runs the
+student only. The training loop is workbench.train.fit, shared with training and progressive
+pruning (workbench.compress.progressive).
 
 Quantization-aware training (`quant=` a plan with weight bits): during recovery the trainable
 layers see their weights on the plan's b-bit grid in the forward pass, while gradients update
@@ -28,19 +30,16 @@ computed from them exactly as in training. The front-end is frozen and not quant
 from __future__ import annotations
 
 import copy
-import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from workbench.compress.quantize import fake_quant_weight
 from workbench.errors import WorkbenchError
 from workbench.models.layers import lengths_to_pad_mask
-from workbench.train import Item, collate, lr_at, make_batches
+from workbench.train import FitHooks, Item, collate, fit
 from workbench.compress.resolution import resolve
 from workbench.compress.techniques import runtime_only, structure_only
 
@@ -82,6 +81,7 @@ class RecoverConfig:
 class Recovered:
     model: torch.nn.Module
     history: tuple[dict, ...]   # per step: loss terms, lr, seconds
+    events: tuple[dict, ...] = ()  # progressive pruning: one entry per pruning event
 
 
 class FakeQuantSTE(torch.nn.Module):
@@ -145,96 +145,141 @@ def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (x * w).sum() / (w.sum() * (x[0, 0].numel())).clamp_min(1.0)
 
 
-def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[Item],
-            config: RecoverConfig | None = None, progress: bool = True,
-            log: Callable[[dict], None] | None = None, quant=None) -> Recovered:
-    """Train a copy of `student` (a compressed `teacher`) to reproduce `teacher`.
+class Distiller:
+    """The distillation loss of one (student, teacher, items) recovery, with the teacher's side
+    cached per item: its stem output (the student shares the frozen stem), every block output
+    and its CTC log-posteriors, in fp16, computed the first time an item is batched and reused
+    afterwards (recovery sees each item ~10x; the teacher's forward is ~1/3 of a student step).
+    The cache stops growing at `cache_mb`; items beyond it are recomputed every time.
 
-    Neither argument is modified. Both are CTC models with stem / blocks / head (workbench
-    models). `quant`: a plan whose weight bits are trained for (QAT, see the module docstring);
-    `student` itself must then be unquantized. Returns the trained copy in eval mode (latent
-    full-precision weights) and the per-step loss log.
+    Shapes per item: stem (T', D), blocks k x (T', D), log-posteriors (T', vocab).
     """
+
+    def __init__(self, teacher: torch.nn.Module, items: Sequence[Item], cfg: RecoverConfig,
+                 cache_mb: float = 1500.0) -> None:
+        self.teacher, self.items, self.cfg = teacher, items, cfg
+        self.cache: dict[int, tuple[torch.Tensor, ...]] = {}
+        self.cache_bytes, self.cache_limit = 0, int(cache_mb * 1e6)
+
+    @torch.no_grad()
+    def _teacher(self, indices: list[int]) -> list[tuple[torch.Tensor, ...]]:
+        todo = [i for i in indices if i not in self.cache]
+        fresh: dict[int, tuple[torch.Tensor, ...]] = {}
+        if todo:
+            x, lengths, _, _ = collate([self.items[i] for i in todo], True)
+            h, hl = self.teacher.stem(x, lengths)
+            pad = lengths_to_pad_mask(hl, h.shape[1])
+            outs, t = [], h
+            for block in self.teacher.blocks:
+                t = block(t, pad)
+                outs.append(t)
+            logp = self.teacher.head(t, hl).log_softmax(-1)
+            for j, i in enumerate(todo):
+                n = int(hl[j])
+                entry = tuple(a[j, :n].to(torch.float16).clone() for a in (h, *outs, logp))
+                fresh[i] = entry
+                size = sum(a.numel() * 2 for a in entry)
+                if self.cache_bytes + size <= self.cache_limit:
+                    self.cache[i] = entry
+                    self.cache_bytes += size
+        return [self.cache[i] if i in self.cache else fresh[i] for i in indices]
+
+    def loss(self, model: torch.nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The recovery loss of one batch (module docstring) for the student `model`."""
+        cfg = self.cfg
+        cached = self._teacher(indices)
+        lengths = torch.tensor([c[0].shape[0] for c in cached])
+        t_max = int(lengths.max())
+
+        def pad(k: int) -> torch.Tensor:
+            out = torch.zeros(len(cached), t_max, cached[0][k].shape[-1])
+            for j, c in enumerate(cached):
+                out[j, : c[k].shape[0]] = c[k].float()
+            return out
+
+        n_blocks = len(cached[0]) - 2
+        h = pad(0)
+        targets = [pad(1 + k) for k in range(n_blocks)]
+        t_logp = pad(n_blocks + 1)
+        valid = ~lengths_to_pad_mask(lengths, t_max)
+        pad_mask = ~valid
+        s = h
+        hidden = h.new_zeros(())
+        for block, target in zip(model.blocks, targets):
+            s = block(s, pad_mask)
+            var = _masked_mean((target - _masked_mean(target, valid)) ** 2, valid).clamp_min(1e-6)
+            hidden = hidden + _masked_mean((s - target) ** 2, valid) / var
+        hidden = hidden / len(targets)
+        s_logp = model.head(s, lengths).log_softmax(-1)
+        kd = _masked_mean((t_logp.exp() * (t_logp - s_logp)).sum(-1, keepdim=True), valid)
+        ctc = h.new_zeros(())
+        if cfg.ctc_weight > 0:
+            labels = torch.cat([self.items[i].labels for i in indices])
+            if labels.numel():
+                label_lengths = torch.tensor([len(self.items[i].labels) for i in indices])
+                ctc = F.ctc_loss(s_logp.transpose(0, 1), labels, lengths, label_lengths,
+                                 blank=0, reduction="mean", zero_infinity=True)
+        loss = cfg.hidden_weight * hidden + cfg.kd_weight * kd + cfg.ctc_weight * ctc
+        return {"loss": loss, "hidden": hidden.detach(), "kd": kd.detach(), "ctc": ctc.detach()}
+
+
+def check_recovery_inputs(student, teacher, items, config) -> RecoverConfig:
+    """The checks every recovery makes before training (clear errors); returns the config."""
     from workbench.checks import check_model
     check_model(student, "recover", "student")
     check_model(teacher, "recover", "teacher")
     if config is not None and not isinstance(config, RecoverConfig):
         raise WorkbenchError(f"recover(config=...): expected a RecoverConfig, got "
                              f"{type(config).__name__}.")
-    cfg = config or RecoverConfig()
     if not items:
         raise WorkbenchError("recover: no training items.")
     if any(not it.time_last for it in items):
         raise WorkbenchError("recover: items must be log-mel features (time_last=True).")
+    return config or RecoverConfig()
+
+
+def frozen_teacher(teacher: torch.nn.Module) -> torch.nn.Module:
+    teacher = copy.deepcopy(teacher).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def trainable_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Everything but the front-end trains (module docstring); sets requires_grad."""
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(not _front_end(model, name))
+        if p.requires_grad:
+            params.append(p)
+    return params
+
+
+def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[Item],
+            config: RecoverConfig | None = None, progress: bool = True,
+            log: Callable[[dict], None] | None = None, quant=None,
+            hooks: FitHooks | None = None) -> Recovered:
+    """Train a copy of `student` (a compressed `teacher`) to reproduce `teacher`.
+
+    Neither argument is modified. Both are CTC models with stem / blocks / head (workbench
+    models). `quant`: a plan whose weight bits are trained for (QAT, see the module docstring);
+    `student` itself must then be unquantized. Returns the trained copy in eval mode (latent
+    full-precision weights) and the per-step loss log. The loop is workbench.train.fit
+    (`hooks`: its callbacks, e.g. a cancel check).
+    """
+    cfg = check_recovery_inputs(student, teacher, items, config)
     if quant is not None and any(hasattr(m, "weight_bits") for m in student.modules()):
         raise WorkbenchError("recover: with quant= (QAT) the student must be unquantized: "
                              "compress it with the plan's structure only (see split_plan).")
     _check_pair(student, teacher)
     model = copy.deepcopy(student)
     fake_quantized = _add_fake_quant(model, quant) if quant is not None else []
-    teacher = copy.deepcopy(teacher).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    params = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(not _front_end(model, name))
-        if p.requires_grad:
-            params.append(p)
-    opt = torch.optim.AdamW(
-        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=cfg.lr)
+    distiller = Distiller(frozen_teacher(teacher), items, cfg)
+    params = trainable_params(model)
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    model.train()
-    history: list[dict] = []
-    start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, desc="recover", disable=not progress, leave=False)
-    batches: list[list[int]] = []
-    step = 0
-    while step < cfg.steps:
-        if not batches:
-            batches = make_batches(items, cfg.max_batch_frames, rng)
-        x, lengths, labels, label_lengths = collate([items[i] for i in batches.pop()], True)
-        with torch.no_grad():
-            h, hl = teacher.stem(x, lengths)
-            valid = ~lengths_to_pad_mask(hl, h.shape[1])  # True on real frames
-            pad = ~valid
-            targets, t = [], h
-            for block in teacher.blocks:
-                t = block(t, pad)
-                targets.append(t)
-            t_logp = teacher.head(t, hl).log_softmax(-1)
-        s = h
-        hidden = h.new_zeros(())
-        for block, target in zip(model.blocks, targets):
-            s = block(s, pad)
-            var = _masked_mean((target - _masked_mean(target, valid)) ** 2, valid).clamp_min(1e-6)
-            hidden = hidden + _masked_mean((s - target) ** 2, valid) / var
-        hidden = hidden / len(targets)
-        s_logp = model.head(s, hl).log_softmax(-1)
-        kd = _masked_mean((t_logp.exp() * (t_logp - s_logp)).sum(-1, keepdim=True), valid)
-        ctc = (F.ctc_loss(s_logp.transpose(0, 1), labels, hl, label_lengths, blank=0,
-                          reduction="mean", zero_infinity=True)
-               if cfg.ctc_weight > 0 and labels.numel() else h.new_zeros(()))
-        loss = cfg.hidden_weight * hidden + cfg.kd_weight * kd + cfg.ctc_weight * ctc
-        lr = lr_at(step, cfg)  # linear warm-up, cosine decay (same schedule as training)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        step += 1
-        entry = {"step": step, "loss": loss.item(), "hidden": hidden.item(), "kd": kd.item(),
-                 "ctc": ctc.item(), "lr": lr, "seconds": round(time.perf_counter() - start, 2)}
-        history.append(entry)
-        bar.update(1)
-        bar.set_postfix(loss=f"{entry['loss']:.3f}", kd=f"{entry['kd']:.3f}")
-        if log is not None:
-            log(entry)
-        if cfg.max_minutes is not None and (time.perf_counter() - start) / 60 > cfg.max_minutes:
-            break
-    bar.close()
+    history = fit(model, params, len(items), cfg, lambda idx, step: distiller.loss(model, idx),
+                  frames=[it.frames for it in items], desc="recover", progress=progress,
+                  log=log, hooks=hooks)
     from torch.nn.utils import parametrize
     for layer in fake_quantized:  # keep the latent weights; the plan quantizes them again
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)

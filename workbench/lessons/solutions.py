@@ -9,11 +9,12 @@ the workbench's own code (so a check also tells the learner they reproduced the 
     linear_quantize    compress.quantize.fake_quant_weight (per tensor / per channel grids)
     sqnr_db            compress.quantize.sqnr_db
     truncated_svd      compress.lowrank.svd (float64 thin SVD)
-    roofline_ms        latency.cost.layer_latency (max(compute, memory) + overhead)
-    int8_bytes         size.storage_bytes
+    int8_bytes         size.storage_bytes (weight + scale + zero point fields)
 
-The others (WER by edit distance, k-means palettization, an integer GEMM, MACs of one block,
-noise at a given SNR) are written out, each with its source. Pure: no widgets, nothing mutated.
+roofline_ms writes out the per-op formula of latency.cost.layer_latency (max(compute, memory) +
+overhead) over plain numbers: that function takes a table row and a device profile. The others
+(WER by edit distance, k-means palettization, an integer GEMM, MACs of one block, noise at a
+given SNR) are written out, each with its source. Pure: no widgets, nothing mutated.
 Shapes: a Linear weight is (out, in); activations are (rows, features).
 """
 from __future__ import annotations
@@ -232,8 +233,9 @@ def bits_by_role(delta_wer_at_4_bits: dict[str, float], tolerance: float) -> dic
 def int8_bytes(out_features: int, in_features: int, granularity: str = "per_channel") -> int:
     """Bytes of an int8 weight matrix as exported: one byte per weight, one fp32 scale and one
     int8 zero point per group (per_channel: out groups; per_tensor: 1)."""
-    groups = out_features if granularity == "per_channel" else 1
-    return out_features * in_features + 4 * groups + groups
+    from workbench.size import WeightSpec, storage_bytes
+    s = storage_bytes(WeightSpec(out_features, in_features, bits=8, granularity=granularity))
+    return int(s["weight"]) + int(s["scale"]) + int(s["zero_point"])
 
 
 # ---- lesson 07: the Linear layers of any model ----------------------------------------------------
