@@ -83,6 +83,15 @@ def test_a_decoder_only_change_reruns_only_the_decoder(app):
     assert app.state.wer.restart_block == app.session.n_enc + 2
 
 
+def test_header_says_where_the_latency_band_comes_from(app):
+    """The Whisper app prices on the roofline profiles, whose band is assumed, not
+    cross-validated: the header says so in the device file's words."""
+    from workbench.latency import load_device
+    assert app.state.latency.band_source == load_device("rpi4").sources["error_band_pct"]
+    assert "uncalibrated roofline" in app.header.latency.value
+    assert "cross-validated" not in app.header.latency.value
+
+
 def test_title_names_the_model(app):
     from workbench.ui.whisper_app import MODEL_LABEL
     assert MODEL_LABEL in app.widget.children[1].value

@@ -130,7 +130,8 @@ def price_table(table: LayerTable, dev: DeviceProfile) -> LatencyReport:
                          layers=layers, total_ms=total,
                          real_time_factor=total / 1e3 / table.audio_seconds,
                          error_band_pct=band, calibrated=dev.calibrated,
-                         memory=memory_fit(table, dev), source=source)
+                         memory=memory_fit(table, dev), source=source,
+                         band_source=dev.sources.get("error_band_pct", ""))
 
 
 def memory_fit(table: LayerTable, dev: DeviceProfile) -> MemoryFit:

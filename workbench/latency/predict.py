@@ -237,7 +237,8 @@ def edge_report(ops: Sequence[FusedOp], bits: Mapping[str, int | None], dev: Edg
                          layers=tuple(layers), total_ms=total,
                          real_time_factor=total / 1e3 / seconds, error_band_pct=band,
                          calibrated=band_source.startswith("leave"), memory=memory,
-                         source=source, threads=threads, unsupported=tuple(unsupported))
+                         source=source, threads=threads, unsupported=tuple(unsupported),
+                         band_source=band_source)
 
 
 def unsupported_settings(ops: Sequence[FusedOp], bits: Mapping[str, int | None], rt: Runtime,

@@ -75,6 +75,9 @@ class LatencyReport:
     source: str
     threads: int = 0                  # 0: the device profile's own setting (host)
     unsupported: tuple[str, ...] = ()  # settings the runtime cannot run as set (how they are priced)
+    #: what the band is: a cross-validated error (edge devices with published rows, a calibrated
+    #: host) or an assumed one (uncalibrated roofline profiles): the device file's own words
+    band_source: str = ""
 
     @property
     def low_ms(self) -> float:

@@ -26,8 +26,6 @@ _BITS_OPTIONS = [("fp32", 32)] + [(f"{b} bit" if b != 16 else "fp16", b)
                                   for b in edits.BIT_CHOICES if b is not None]
 _LABEL = widgets.Layout(width="290px")
 _UNITS = {"attention": "heads", "ffn": "neurons", "conv_module": "channels"}
-#: Techniques whose controls this tab draws itself (prune slider + structure, bits, rank).
-_BUILT_IN = ("prune", "quant", "low_rank")
 
 
 def _bits_value(cfg: LayerConfig | None) -> int:
@@ -84,8 +82,6 @@ class LayerRow:
         # Techniques registered beyond the built-in three get a generic control each.
         self.extra: dict[str, widgets.Dropdown] = {}
         for name in edits.controls_for(target):
-            if name in _BUILT_IN:
-                continue
             control = technique(name).control
             box = widgets.Dropdown(options=[("off" if v is None else str(v), v)
                                             for v in control.values],

@@ -73,8 +73,8 @@ def set_prune(plan: CompressionPlan, model: nn.Module, path: str, amount: float,
 
 
 def controls_for(target: Target) -> list[str]:
-    """The techniques with a control on `target`'s row, in the registry's order (the built-in
-    ones are drawn by the compress tab's own widgets, the others from their `Control`)."""
+    """The registered techniques with a `Control` on `target`'s row, in the registry's order
+    (the built-in prune / quant / low rank have none: the compress tab draws their widgets)."""
     return [t.name for t in techniques() if t.control is not None and target.kind in t.control.kinds]
 
 

@@ -199,7 +199,8 @@ class Header:
             f"<span class='wb-muted'>simulated</span><br>"
             f"<span class='wb-muted' title='{html.escape(r.source)}'>on {html.escape(r.device)}"
             f"{runtime}, {r.audio_seconds:g} s audio, RTF {r.real_time_factor:.3f} "
-            f"({r.low_ms:.1f}–{r.high_ms:.1f} ms; band = cross-validated error)</span>{warn}"
+            f"({r.low_ms:.1f}–{r.high_ms:.1f} ms; band: "
+            f"{html.escape(getattr(r, 'band_source', '') or 'see the source')})</span>{warn}"
             f"<span class='wb-num' data-ms='{r.total_ms:.6f}' data-rtf='{r.real_time_factor:.6f}' "
             f"data-band='{r.error_band_pct:g}'></span>")
         fits = r.memory.fits

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from workbench.compress.lowrank import LowRankLinear, choose_rank, factorize
-from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
+from workbench.compress.techniques.registry import ApplyContext, Technique, register
 
 
 def replace_module(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
@@ -53,7 +53,4 @@ LOW_RANK = register(Technique(
     why_not=lambda s, target, path: (f"low rank applies to Linear layers, and {path} is a "
                                      f"{target.type_name}."),
     field_name=lambda cfg: "rank" if cfg.rank is not None else "energy",
-    check_module=check_module,
-    control=Control(label="rank", kinds=("linear",), values=(None,),   # the tab sets the range
-                    to_setting=lambda r: None if not r else {"rank": r, "energy": None},
-                    from_setting=lambda s: None if s is None else s["rank"])))
+    check_module=check_module))  # no Control: the compress tab draws the rank slider

@@ -9,7 +9,7 @@ from torch import nn
 from workbench.compress.prune import (prune_channels_, prune_heads_, prune_neurons_,
                                       prune_unstructured_)
 from workbench.compress.targets import graph_groups
-from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
+from workbench.compress.techniques.registry import ApplyContext, Technique, register
 from workbench.errors import PlanError
 from workbench.plan import STRUCTURE_FOR_KIND, PruneConfig
 
@@ -77,8 +77,5 @@ PRUNING = register(Technique(
     apply_=apply_, changes_shape=lambda p: p.structure != "unstructured", export="pytorch",
     is_noop=lambda p: p.amount == 0, why_not=why_not,
     field_name=lambda cfg: "prune.structure",
-    control=Control(label="prune", kinds=("attention", "ffn", "conv_module", "linear", "conv"),
-                    values=tuple(round(0.05 * i, 2) for i in range(20)),
-                    to_setting=lambda a: PruneConfig(amount=a) if a else None,
-                    from_setting=lambda p: 0.0 if p is None else p.amount),
+    # no Control: the compress tab draws pruning's own slider and structure dropdown
     needs=lambda p: frozenset({"gradients"}) if p.importance == "taylor" else frozenset()))

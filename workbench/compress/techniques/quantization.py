@@ -11,8 +11,8 @@ from workbench.compress.lowrank import LowRankLinear
 from workbench.compress.quantize import quantize_layer
 from workbench.compress.techniques.low_rank import replace_module
 from workbench.compress.techniques.quantization_runtime import decide, pte_decide
-from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
-from workbench.plan import WEIGHT_BITS, QuantConfig
+from workbench.compress.techniques.registry import ApplyContext, Technique, register
+from workbench.plan import QuantConfig
 
 
 def apply_(root: nn.Module, entries: Mapping[str, QuantConfig], ctx: ApplyContext) -> nn.Module:
@@ -36,8 +36,6 @@ QUANTIZATION = register(Technique(
                                      f"is a {target.type_name}; name its layers (e.g. "
                                      f"'{path}.*')."),
     field_name=lambda cfg: "quant",
-    control=Control(label="bits", kinds=("linear", "conv"), values=(None, *sorted(WEIGHT_BITS, reverse=True)),
-                    to_setting=lambda b: None if b is None else QuantConfig(weight_bits=b),
-                    from_setting=lambda q: None if q is None else q.weight_bits),
+    # no Control: the compress tab draws the bits dropdown (ui.edits.BIT_CHOICES)
     needs=lambda q: frozenset({"activations"}) if q.act_bits is not None else frozenset(),
     runtime_exports={"onnxruntime": decide, "executorch": pte_decide}))
