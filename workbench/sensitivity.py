@@ -26,6 +26,7 @@ from typing import Literal, Protocol
 
 from torch import nn
 
+from workbench.engine.jobs import Cancelled
 from workbench.errors import WorkbenchError
 from workbench.compress.targets import find_targets
 from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig, PruneConfig, QuantConfig
@@ -145,7 +146,7 @@ def run_sweep(evaluate: Callable[[CompressionPlan], WerLike], model: nn.Module,
         try:
             result = evaluate(item.plan)
         except Exception as err:
-            if type(err).__name__ == "Cancelled" or cancel():
+            if isinstance(err, Cancelled) or cancel():
                 return SensitivityTable(base_plan, base.wer, tuple(cells), complete=False)
             raise
         cells.append(SweepCell(item.path, item.knob, item.value, result.wer,

@@ -31,16 +31,13 @@ from pathlib import Path
 import torch
 
 from workbench.conditions.grid import Condition, degrade, resolve_grid
+from workbench.engine.jobs import Cancelled  # raised when cancel() returns True; re-exported
 from workbench.evaluate import EvalSet, score
 
 #: Bump when degrade() or the features change, so old cached features are not reused.
 CACHE_VERSION = "2"  # 2: reverberation by a power-of-two FFT (differences <= 3e-6)
 #: Length bins (seconds of clean audio) of the per-length breakdown.
 LENGTH_BINS = ((0.0, 2.0, "< 2 s"), (2.0, 4.0, "2-4 s"), (4.0, 1e9, ">= 4 s"))
-
-
-class Cancelled(Exception):
-    """The caller's cancel() returned True between two conditions."""
 
 
 #: Baseline transcripts per (weights digest, features digest), this process only (a few kB per

@@ -31,7 +31,9 @@ INTERACTIVE, USER, BACKGROUND = 30, 20, 10
 
 
 class Cancelled(Exception):
-    """Raised inside a job (job.check()) when it was cancelled."""
+    """The one cancellation of the package: raised inside a job (job.check()) when it was
+    cancelled, by a Session run made stale by a newer request, and by evaluate_conditions when
+    its cancel() returns True (engine.session and conditions re-export it)."""
 
 
 class PriorityLock:

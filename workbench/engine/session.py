@@ -38,11 +38,8 @@ from workbench.features import collate_features
 from workbench.models.base import CTCModel
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.compress.resolution import resolve
-from workbench.engine.jobs import INTERACTIVE, RUN_LOCK  # noqa: F401 (RUN_LOCK: re-exported)
-
-
-class Cancelled(Exception):
-    """Raised inside a run when a newer request made it stale."""
+from workbench.engine.jobs import (INTERACTIVE, RUN_LOCK,  # noqa: F401 (re-exported)
+                                   Cancelled)
 
 
 @dataclass(frozen=True)
