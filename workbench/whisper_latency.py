@@ -1,7 +1,9 @@
 """Simulated latency of the full Whisper model: autoregressive decoding priced per token.
 
     latency = encoder(T') + cross keys/values(T') + steps x decoder step
-    steps   = 1 (prompt) + tokens + 1 (end of text), tokens = TOKENS_PER_AUDIO_SECOND x seconds
+    steps   = tokens + 1, tokens = TOKENS_PER_AUDIO_SECOND x seconds: the prompt pass emits the
+              first token, each token fed back emits the next, the last one emits end of text
+              (whisper_eval.greedy_tokens never feeds end of text back)
 
 Each part is a `workbench.latency` LayerTable (rows read off the possibly compressed modules: kept
 widths after pruning, low-rank factors, weight bits of quantized layers) priced by the same
@@ -117,7 +119,7 @@ def whisper_tables(model: nn.Module, audio_seconds: float, tokens: int | None = 
     t_enc = min(enc.config.n_ctx, (frames - 1) // 2 + 1)
     if tokens is None:
         tokens = max(1, round(TOKENS_PER_AUDIO_SECOND * audio_seconds))
-    steps = tokens + 2                        # prompt step + tokens + end of text
+    steps = tokens + 1    # prompt pass -> token 1; feeding token i -> token i+1 / end of text
     context = len(model.rules.prompt) + tokens / 2
     encoder = _rows(model, "encoder", t_enc, attention=lambda p: (t_enc, t_enc))
     encoder[0] = encoder[0].__class__(**{**encoder[0].__dict__, "positions": 2 * t_enc,
@@ -148,7 +150,7 @@ def price_whisper(tables: tuple[LayerTable, LayerTable, LayerTable, int],
     enc_t, cross_t, step_t, steps = tables
     enc, cross, step = (price_table(t, dev) for t in (enc_t, cross_t, step_t))
     total = enc.total_ms + cross.total_ms + steps * step.total_ms
-    return WhisperLatency(dev.name, audio_seconds, steps - 2, enc, cross, step, total,
+    return WhisperLatency(dev.name, audio_seconds, steps - 1, enc, cross, step, total,
                           total / 1e3 / audio_seconds, enc.error_band_pct,
                           f"simulated: encoder + cross K/V + {steps} decoder steps x per-step "
                           f"roofline ({enc.source})")

@@ -44,13 +44,28 @@ class CostCache:
         self._lock = threading.Lock()
         self._tables: OrderedDict[str, object] = OrderedDict()
         self._base_table = None  # the fp32 model's shape-pass table: one pass, never evicted
+        # resolved plans: one slider move prices the same plan several times (size, latency,
+        # the structure table); resolving walks every target each time
+        self._resolved: OrderedDict[tuple[str, int], dict[str, LayerConfig]] = OrderedDict()
         self._profiles: dict[float, object] = {}
         self._importance: dict[str, torch.Tensor] = {}
 
     # ---- plan --------------------------------------------------------------------------------
     def resolve(self, plan: CompressionPlan) -> dict[str, LayerConfig]:
-        """Effective settings per layer; raises PlanError on a bad plan (shown by the app)."""
-        return resolve(plan, self.model)
+        """Effective settings per layer; raises PlanError on a bad plan (shown by the app).
+        Cached per (plan JSON, technique registry generation): the baseline never changes."""
+        from workbench.compress.techniques.registry import generation
+        key = (plan.to_json(), generation())
+        with self._lock:
+            if key in self._resolved:
+                self._resolved.move_to_end(key)
+                return dict(self._resolved[key])
+        resolved = resolve(plan, self.model)
+        with self._lock:
+            self._resolved[key] = resolved
+            while len(self._resolved) > TABLE_CACHE:
+                self._resolved.popitem(last=False)
+        return dict(resolved)
 
     # ---- size --------------------------------------------------------------------------------
     def size(self, plan: CompressionPlan):

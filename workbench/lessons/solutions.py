@@ -15,7 +15,8 @@ roofline_ms writes out the per-op formula of latency.cost.layer_latency (max(com
 overhead) over plain numbers: that function takes a table row and a device profile. The others
 (WER by edit distance, k-means palettization, an integer GEMM, MACs of one block, noise at a
 given SNR) are written out, each with its source; whisper_ms is the total of
-whisper_latency.price_whisper (encoder + cross K/V + steps x one decoder step). Pure: no widgets, nothing mutated.
+whisper_latency.price_whisper (encoder + cross K/V + steps x one decoder step).
+Pure: no widgets, nothing mutated.
 Shapes: a Linear weight is (out, in); activations are (rows, features).
 """
 from __future__ import annotations

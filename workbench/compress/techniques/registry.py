@@ -114,6 +114,22 @@ class Technique:
 
 
 _REGISTRY: dict[str, Technique] = {}
+#: The registry in apply order, rebuilt at (un)register: techniques() runs per target of every
+#: resolve, so it must not sort on each call.
+_ORDERED: tuple[Technique, ...] = ()
+#: Bumped at every (un)register: caches of resolved plans key on it.
+_GENERATION = 0
+
+
+def _changed() -> None:
+    global _ORDERED, _GENERATION
+    _ORDERED = tuple(sorted(_REGISTRY.values(), key=lambda t: t.order))
+    _GENERATION += 1
+
+
+def generation() -> int:
+    """A number that changes whenever a technique is registered or removed."""
+    return _GENERATION
 
 
 def register(technique: Technique, *, replace: bool = False) -> Technique:
@@ -127,6 +143,7 @@ def register(technique: Technique, *, replace: bool = False) -> Technique:
                             f"name, so fields must be ({technique.name!r},).")
         register_technique_config(technique.name, technique.config_type)
     _REGISTRY[technique.name] = technique
+    _changed()
     return technique
 
 
@@ -135,11 +152,12 @@ def unregister(name: str) -> None:
     from workbench.plan import unregister_technique_config
     _REGISTRY.pop(name, None)
     unregister_technique_config(name)
+    _changed()
 
 
 def techniques() -> tuple[Technique, ...]:
     """Every registered technique, in the order compress applies them."""
-    return tuple(sorted(_REGISTRY.values(), key=lambda t: t.order))
+    return _ORDERED
 
 
 def technique(name: str) -> Technique:
