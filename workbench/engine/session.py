@@ -139,6 +139,15 @@ class BackgroundEval:
         with self._lock:
             self._generation += 1
 
+    def _remember(self, key: tuple, result: WerEstimate) -> WerEstimate:
+        """Keep `result` in the per-plan result cache (the 512 most recent plans) and return it."""
+        with self._lock:
+            self._results[key] = result
+            while len(self._results) > 512:
+                self._results.popitem(last=False)
+        return result
+
+
 
 class Session(BackgroundEval):
     """Holds a baseline model and an eval set; evaluates plans fast. Thread-safe via one lock."""
@@ -362,11 +371,7 @@ class Session(BackgroundEval):
                                      f"{len(order)} utterances, ± 1 standard error")
                              if kind == "quick" else
                              f"measured: greedy CTC on all {len(order)} utterances (jiwer)")
-        with self._lock:
-            self._results[key] = result
-            while len(self._results) > 512:
-                self._results.popitem(last=False)
-        return result
+        return self._remember(key, result)
 
     @property
     def quick_indices(self) -> list[int]:

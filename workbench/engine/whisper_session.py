@@ -280,11 +280,7 @@ class WhisperSession(BackgroundEval):
             source=(f"estimated (Whisper tiny.en, greedy decoder): paired change on a fixed subset "
                     f"of {len(order)} utterances, ± 1 standard error") if kind == "quick" else
             f"measured (Whisper tiny.en, greedy decoder) on all {len(order)} utterances (jiwer)")
-        with self._lock:
-            self._results[key] = result
-            while len(self._results) > 512:
-                self._results.popitem(last=False)
-        return result
+        return self._remember(key, result)
 
     @property
     def quick_indices(self) -> list[int]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workbench.onnx_tools.runtime import make_session
 from workbench.streaming.step import (HEAD_DELAY, StreamConfig, StreamingError, StreamingStep,
                                       mel_window, n_steps)
 
@@ -60,16 +61,8 @@ def export_step(model: torch.nn.Module, cfg: StreamConfig, path: Path | str) -> 
 
 def ort_session(path: Path | str, threads: int = 1):
     """CPU InferenceSession, all graph optimisations, `threads` intra-op threads (1 = what the
-    host latency profile models)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    host latency profile models): the toolbox's `make_session`, as the export uses."""
+    return make_session(Path(path), threads)
 
 
 def run_onnx_stream(session_or_path, cfg: StreamConfig, features: torch.Tensor,
