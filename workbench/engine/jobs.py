@@ -26,14 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from workbench.errors import Cancelled  # also re-exported from here
+
 #: Priorities (higher runs first): a slider's evaluation, a user-started job, a long background job.
 INTERACTIVE, USER, BACKGROUND = 30, 20, 10
-
-
-class Cancelled(Exception):
-    """The one cancellation of the package: raised inside a job (job.check()) when it was
-    cancelled, by a Session run made stale by a newer request, and by evaluate_conditions when
-    its cancel() returns True (engine.session and conditions re-export it)."""
 
 
 class PriorityLock:
