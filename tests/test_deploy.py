@@ -91,14 +91,14 @@ def test_verify_arm64_refuses_a_missing_plan(tmp_path, capsys):
 
 
 def test_bench_drift_runs_from_the_bench_package():
-    """`workbench bench drift` (workbench.bench.drift) on 3 utterances per set: the monitor is
+    """`workbench bench drift` (workbench.bench.drift) on 5 utterances per set: the monitor is
     fitted on the calibration set and checked on both held-out sets under every condition."""
     from types import SimpleNamespace
 
     from workbench import bench
-    out = bench.run("drift", SimpleNamespace(limit=3))
-    assert out["reference"]["utterances"] == 3
+    out = bench.run("drift", SimpleNamespace(limit=5))
+    assert out["reference"]["utterances"] == 5
     assert set(out["sets"]) == {f"{s}/{c}" for s in ("real_test", "synth_test")
                                 for c in ("clean", "noise_5db", "noise_0db", "telephone")}
-    assert all(v["utterances"] == 3 for v in out["sets"].values())
+    assert all(v["utterances"] == 5 for v in out["sets"].values())
     assert 0.0 <= out["false_alarm_rate"] <= 1.0
