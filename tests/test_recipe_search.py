@@ -118,20 +118,17 @@ def test_search_is_deterministic_with_a_seed(searched, whisper_small):
 def test_held_out_sets_are_never_read(whisper_small, monkeypatch, tmp_path):
     """The held-out manifests point at nowhere and every eval-set / manifest loader fails the
     test if called: a search for a plan on given items still runs."""
-    import workbench.data
-    import workbench.data.manifest
-    import workbench.evaluate
-    import workbench.paths
-    import workbench.recovery
+    import importlib
+    data, manifest, evaluate, paths, recovery = (importlib.import_module(f"workbench.{m}") for m in (
+        "data", "data.manifest", "evaluate", "paths", "recovery"))   # modules, not same-named API
 
     def forbidden(*args, **kwargs):
         raise AssertionError(f"a held-out / manifest loader was called: {args}")
 
-    monkeypatch.setattr(workbench.paths, "REAL_TEST", tmp_path / "nowhere" / "real.jsonl")
-    monkeypatch.setattr(workbench.paths, "SYNTH_TEST", tmp_path / "nowhere" / "synth.jsonl")
-    for module, name in ((workbench.evaluate, "load_eval_set"), (workbench.data, "read_manifest"),
-                         (workbench.data.manifest, "read_manifest"),
-                         (workbench.recovery, "_held_out_sets")):
+    monkeypatch.setattr(paths, "REAL_TEST", tmp_path / "nowhere" / "real.jsonl")
+    monkeypatch.setattr(paths, "SYNTH_TEST", tmp_path / "nowhere" / "synth.jsonl")
+    for module, name in ((evaluate, "load_eval_set"), (data, "read_manifest"),
+                         (manifest, "read_manifest"), (recovery, "_held_out_sets")):
         monkeypatch.setattr(module, name, forbidden)
     result = search_recipe_for_plan(PRUNE, whisper_small, items=_items(),
                                     config=replace(FAST, trials=2, trial_steps=1))
