@@ -258,3 +258,31 @@ def test_train_changed_is_refused_when_nothing_has_changed_yet(whisper_small):
     with pytest.raises(WorkbenchError, match="one-shot recovery"):
         recover(whisper_small, whisper_small, _items(2),
                 RecoverConfig(steps=1, train="changed_layers"), progress=False)
+
+
+def test_recover_plan_cache_key_is_unchanged_by_the_default_knobs(whisper_small, tmp_path,
+                                                                   monkeypatch):
+    """Results cached before RecoverConfig.train / block_weights existed are found again: with
+    the knobs at their defaults the tag is the one the old key (config without them) gave; a
+    recipe that sets them gets its own."""
+    import hashlib
+    import importlib
+    import json
+
+    recovery = importlib.import_module("workbench.recovery")
+    monkeypatch.setattr(recovery, "recovery_items", lambda *a, **k: _items(8))
+    cfg = replace(BASE, steps=1, warmup=1, max_minutes=None)
+    report = recovery.recover_plan(PRUNE, whisper_small, out_dir=tmp_path / "a", config=cfg,
+                                   progress=False, evaluate_sets=False).report
+    weights = hashlib.sha1()
+    for name, tensor in sorted(whisper_small.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(tensor.detach().float().numpy().tobytes())
+    old = {k: v for k, v in asdict(cfg).items() if k not in ("train", "block_weights")}
+    key = {"structure": CompressionPlan.from_json(json.dumps(report["structure"])).to_json(),
+           "config": old, "teacher": weights.hexdigest(), "manifests": []}
+    assert report["tag"] == hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    other = recovery.recover_plan(PRUNE, whisper_small, out_dir=tmp_path / "b", progress=False,
+                                  config=replace(cfg, train="changed_layers"),
+                                  evaluate_sets=False).report
+    assert other["tag"] != report["tag"] and other["config"]["train"] == "changed_layers"
