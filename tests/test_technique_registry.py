@@ -162,7 +162,8 @@ def test_a_shape_changing_hook_counts_once_in_the_engine_as_in_predict_latency(m
 def test_the_edge_path_applies_the_toy_hook_as_the_host_does(toy, model) -> None:
     """An edge device prices the traced graph; the module the toy's latency hook changes (FC1:
     stored as 8-bit) is priced from the hooked table row, as on the host: int8 on the Pi 4,
-    every other op as traced. The dashboard's edge path (CostCache) gives the same report."""
+    every other op as traced. The dashboard's (CostCache) and the search's (LatencyPricer) edge
+    paths give the same report."""
     from workbench.engine.costs import CostCache
     from workbench.latency import predict_latency
     plan = _plan(factor=0.5, bits=8)
@@ -178,6 +179,9 @@ def test_the_edge_path_applies_the_toy_hook_as_the_host_does(toy, model) -> None
     ui = CostCache(model).latency(plan, "rpi4", 1.0)
     assert [(r.path, r.precision) for r in ui.layers] == [(r.path, r.precision) for r in got.layers]
     assert ui.total_ms == pytest.approx(got.total_ms, rel=1e-9)
+    from workbench.search.objective import LatencyPricer     # the search's edge path too
+    assert LatencyPricer(model, "rpi4", 1.0)(plan).total_ms == pytest.approx(got.total_ms,
+                                                                             rel=1e-9)
 
 
 def test_a_shape_changing_hook_changes_the_edge_macs_once(model) -> None:
