@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from workbench.search.cli import add_parsers as add_search_parsers  # search, sweep
     add_search_parsers(sub)
+    from workbench.search.recipe_cli import add_parser as add_recipe_parser  # recipe-search
+    add_recipe_parser(sub)
     from workbench.latency.cli import add_parser as add_latency_parser
     add_latency_parser(sub)
     from workbench.deploy.arm64 import add_parser as add_arm64_parser  # verify-arm64

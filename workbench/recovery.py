@@ -127,7 +127,11 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
     for name, tensor in sorted(teacher.state_dict().items()):
         weights.update(name.encode())
         weights.update(tensor.detach().float().numpy().tobytes())
-    key = {"structure": structure.to_json(), "config": asdict(cfg),
+    # Recipe knobs at their defaults stay out of the key: results cached before they existed
+    # (same recipe) are found again.
+    config_key = {k: v for k, v in asdict(cfg).items()
+                  if not (k in ("train", "block_weights") and v == getattr(RecoverConfig(), k))}
+    key = {"structure": structure.to_json(), "config": config_key,
            "teacher": weights.hexdigest(), "manifests": [str(m) for m in manifests or []]}
     if qat:
         key["qat"] = rest.to_json()
