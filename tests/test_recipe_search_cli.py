@@ -40,7 +40,8 @@ def test_recipe_search_writes_trials_and_the_best_recipe(plan_file, tmp_path, ca
     assert all(r["steps"] == 1 and r["val_wer"] is not None for r in table["trials"])
     assert table["val_items"] >= 4 and 40 < table["train_items"] + table["val_items"] <= 48
     assert best["trial"] == table["best_trial"] == min(
-        table["trials"], key=lambda r: (r["val_wer"], r["val_kd"], r["number"]))["number"]
+        table["trials"], key=lambda r: (r["val_kd"], r["val_wer"], r["number"]))["number"]
+    assert table["objective"] == "val_kd"
     assert best["recover_config"]["steps"] == 360 and best["recover_config"]["max_minutes"] is None
 
 
