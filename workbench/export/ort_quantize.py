@@ -27,7 +27,7 @@ from workbench.export.decisions import Decision, decide
 from workbench.export.errors import ExportError, UnsupportedBitsError
 from workbench.onnx_tools.graph_map import WeightNode, nodes_of_layer, weight_nodes
 from workbench.onnx_tools.exporter import to_bytes
-from workbench.onnx_tools.quantize import dynamic_int8, quiet_ort
+from workbench.onnx_tools.quantize import dynamic_int8, quiet_ort, unsigned_matmul_weights
 from workbench.export.weight_grids import (drop_unused_initializers, replace_with_fp16_weights,
                                            replace_with_dq_weights, replace_with_matmul_nbits)
 from workbench.plan import QuantConfig
@@ -162,7 +162,9 @@ def _static(proto: onnx.ModelProto, group: list[WeightNode], granularity: str, s
                                        # the plan quantizes a layer's input, not its output
                                        "OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"],
                                        "TensorQuantOverrides": overrides})
-    return _load(dst)
+    quantized = _load(dst)
+    unsigned_matmul_weights(quantized)          # U8U8 kernels: no saturation on AVX2 CPUs
+    return quantized
 
 
 def _initializer(proto: onnx.ModelProto, name: str) -> np.ndarray:

@@ -56,25 +56,33 @@ def dynamic_int8(proto: onnx.ModelProto, nodes: Sequence[WeightNode], per_channe
     return quantized
 
 
+#: Where each integer op reads its weight and the weight's zero point (input positions).
+_WEIGHT_INPUTS = {"MatMulInteger": (1, 3), "DequantizeLinear": (0, 2)}
+
+
 def unsigned_matmul_weights(proto: onnx.ModelProto) -> None:
-    """Store each MatMulInteger's int8 weight and zero point as uint8 shifted by 128 (in place):
-    the same integers (w - zp is unchanged), so the same results as the simulation's grid.
+    """Store each int8 weight of a MatMulInteger (dynamic) or of a weight DequantizeLinear (static
+    QDQ) and its zero point as uint8 shifted by 128 (in place): the same integers (w - zp is
+    unchanged), so the same results as the simulation's grid.
 
     Why: ORT's x86 kernel for uint8 inputs x int8 weights (U8S8) multiplies with VPMADDUBSW,
     which adds two u8*s8 products into a saturating int16; on CPUs without VNNI (AVX2 only) that
     overflows for inputs near 255 and weights near +-127. Seen on this project's AVX2 machines:
-    a 4 x 384 by 384 x 64 MatMulInteger off by 37 % of its largest output, and Whisper's
-    first-step logits off by 0.28-0.63. The U8U8 kernel widens to int16 first and does not
-    saturate (ONNX Runtime docs, "Quantize ONNX models", on U8S8 saturation and U8U8)."""
+    a 4 x 384 by 384 x 64 MatMulInteger off by 37 % of its largest output, Whisper's first-step
+    logits off by 0.28-0.63, and a static-QDQ layer with 99.6 % of its log-probs off by > 1e-4.
+    The U8U8 kernel widens to int16 first and does not saturate (ONNX Runtime docs, "Quantize
+    ONNX models", on U8S8 saturation and U8U8). A DequantizeLinear whose input is computed (an
+    activation) is left alone."""
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
     inits = {i.name: i for i in proto.graph.initializer}
     shifted: set[str] = set()
     for node in proto.graph.node:
-        if node.op_type != "MatMulInteger" or len(node.input) < 4:
+        where = _WEIGHT_INPUTS.get(node.op_type)
+        if where is None or len(node.input) <= max(where):
             continue
-        pair = [inits.get(node.input[1]), inits.get(node.input[3])]
+        pair = [inits.get(node.input[i]) for i in where]
         if any(t is None for t in pair) or any(t.data_type != TensorProto.INT8 for t in pair
                                                if t.name not in shifted):
             continue
