@@ -106,3 +106,27 @@ def test_compress_module_refuses_a_prefix_that_is_not_the_module(ctc) -> None:
     with pytest.raises(ArgumentError, match="model="):
         compress_module(model.blocks[0], {}, prefix="blocks.0")
 
+
+# ---- the dashboard's latency of a swap (review 7, finding 2) ----
+
+@pytest.mark.parametrize("name", sorted(SWAPS))
+@pytest.mark.parametrize("seconds", [1.0, 4.0, 8.0, 30.0])
+def test_engine_latency_of_a_swap_equals_pricing_at_that_length(ctc, name, seconds) -> None:
+    """CostCache keeps its structure table at 1 s; a hooked row (a 4 s window pads 1 s of
+    frames to 4 s) must be priced at the length asked for, not rescaled from 1 s."""
+    from workbench.engine.costs import CostCache
+    from workbench.latency import layer_table, load_device, predict_latency, price_table
+    from workbench.latency import table_for_plan
+    model, _, _ = ctc
+    setting = {"window_s": 4.0} if name == "windowed_attention" else SWAPS[name]
+    role = "ffn" if name == "grouped_ffn" else "attention"
+    plan = CompressionPlan().with_group(role, LayerConfig(**{name: setting}))
+    got = CostCache(model).latency(plan, "host", seconds)
+    at_length = price_table(table_for_plan(layer_table(model, seconds), model, plan),
+                            load_device("host"))
+    assert [(r.path, r.macs) for r in got.layers] == [(r.path, r.macs) for r in at_length.layers]
+    assert got.total_ms == pytest.approx(at_length.total_ms, rel=1e-9)
+    shape_pass = predict_latency(model, "host", seconds, plan)
+    assert sum(r.macs for r in got.layers) == sum(r.macs for r in shape_pass.layers)
+    if name != "grouped_ffn":   # (a grouped FFN's shape pass has one row, and overhead, per part)
+        assert got.total_ms == pytest.approx(shape_pass.total_ms, rel=1e-9)

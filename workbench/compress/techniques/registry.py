@@ -106,8 +106,9 @@ class Technique:
     #: size.py: (list of WeightSpec of one Linear/Conv, setting) -> new list (None: no change)
     size_specs: Callable[[list, Any], list] | None = None
     #: latency: (EffectiveLayer row, setting) -> row (None: bits/shape hooks of the built-ins).
-    #: Applied to the rows of the target and of its sub-modules, possibly more than once (a
-    #: cached table is re-hooked after a rescale), so it must be idempotent.
+    #: Applied once to the rows of the target and of its sub-modules, in a table of the model
+    #: without this technique (the engine's cached tables are never hooked before a rescale)
+    #: or of the compressed model (a shape pass: e.g. a grouped FFN's parts, left as they are).
     latency_row: Callable[[Any, Any], Any] | None = None
     #: the same for a setting that depends on the audio length (e.g. a window in seconds):
     #: (row, setting, audio seconds of the table) -> row

@@ -47,7 +47,7 @@ def apply_(root: nn.Module, entries: Mapping[str, WindowedAttentionConfig], ctx:
 
 
 def latency_row_at(row, s: WindowedAttentionConfig, seconds: float):
-    """The scores row of a windowed attention (idempotent: computed from heads, Dh, T)."""
+    """The scores row of a windowed attention at the table's length (from heads, Dh, T)."""
     if row.op != "attention_scores" or not row.heads:
         return row
     t = row.positions
