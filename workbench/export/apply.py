@@ -30,6 +30,7 @@ from workbench.export.model_card import render
 from workbench.onnx_tools.exporter import OPSET
 from workbench.export.pipeline import Export, build_export, needs_calibration
 from workbench.export.positions import bytes_priced_elsewhere
+from workbench.models.base import input_spec
 from workbench.export.report import (DELIVERABLE, FORMAT, accuracy_section, host_description,
                                      latency_section, layer_rows, ops_section, parity_section,
                                      reference_models, sessions, sha256, simulated_devices,
@@ -89,14 +90,9 @@ def read_plan(path: Path) -> CompressionPlan:
     return plan_from_file(path)
 
 
-def _feature_kind(model: nn.Module) -> str:
-    """"waveform" for a model adapted to take audio samples (workbench.byo), else "log_mel"."""
-    return getattr(getattr(model, "config", None), "features", "log_mel")
-
-
 def _eval_sets(options: ApplyOptions, model: nn.Module) -> list[EvalSet]:
     return [load_eval_set(m, limit=options.eval_limit, progress=False,
-                          features=_feature_kind(model)) for m in options.eval_manifests]
+                          features=input_spec(model).kind) for m in options.eval_manifests]
 
 
 def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_sets: list[EvalSet],
@@ -130,9 +126,7 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
         "parity": parity_section(ort_model, ort_fp32, export.sim, export.structural, parity_feats),
         "latency_ms": latency_section(export.model, export.fp32, options.latency_seconds,
                                       options.latency_repeats, options.threads,
-                                      *((1, 16_000) if _feature_kind(model) == "waveform"
-                                        else (int(getattr(getattr(model, "config", None),
-                                                          "n_mels", 80)), 100))),
+                                      input_spec(model).channels, input_spec(model).per_second),
         "simulated_latency": (simulated_devices(export.sim, options.latency_seconds)
                               if options.simulate_devices else {"unavailable": "not requested"}),
         "size": size_section(export.proto, len(export.model), len(export.fp32), predicted,

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.models.base import input_spec
 from workbench.compress import compress
 from workbench.errors import PlanError
 from workbench.evaluate import EvalSet
@@ -289,7 +290,7 @@ def build_pte(model: nn.Module, plan: CompressionPlan, calib: EvalSet | None = N
     _simulated_weights(work, sim, decisions)
     computed = _with_computed_positions(work)
     _convs_as_2d(work, {d.path for d in decisions if d.kind == "conv" and d.method != "fp32"})
-    n_mels = int(getattr(work.config, "n_mels", 80))
+    n_mels = input_spec(work).channels        # 1 for a waveform model (workbench.byo)
     t_max = max_input_frames(work)
     frames = min(example_frames, t_max) if t_max else example_frames
     example = (torch.zeros(1, n_mels, frames), torch.tensor([frames], dtype=torch.long))

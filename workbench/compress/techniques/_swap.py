@@ -12,6 +12,7 @@ from torch import nn
 from workbench.compress.techniques.low_rank import replace_module
 from workbench.compress.techniques.registry import ApplyContext
 from workbench.errors import PlanError
+from workbench.models.base import input_spec
 from workbench.models.layers import MultiHeadSelfAttention
 
 
@@ -33,16 +34,18 @@ def replace_attention(root: nn.Module, path: str,
 
 def frames_per_second(model: nn.Module) -> float:
     """Frames per second at the block input of a model with a stem (features -> block input):
-    how many more frames its stem gives for 1 s more log-mel (100 frames at 100 Hz), from the
-    output lengths of 1 s and 2 s; the difference cancels the convolutions' edge frames. 50 for
-    Whisper, 25 for a 4x-subsampling Conformer. 2 s fits any encoder's positions."""
+    how many more frames its stem gives for 1 s more input (100 log-mel frames, or 16,000
+    samples for a waveform model: models.input_spec), from the output lengths of 1 s and 2 s;
+    the difference cancels the convolutions' edge frames. 50 for Whisper, 25 for a
+    4x-subsampling Conformer, 50 for wav2vec2. 2 s fits any encoder's positions."""
     stem = getattr(model, "stem", None)
-    n_mels = getattr(getattr(model, "config", None), "n_mels", 80)
     if stem is None:
         raise PlanError(f"{type(model).__name__}: a window in seconds needs the model's stem "
                         f"(features -> block input) to find its frame rate.")
+    spec = input_spec(model)
+    one, two = spec.length(1.0), spec.length(2.0)
     with torch.no_grad():
-        _, lengths = stem(torch.zeros(2, int(n_mels), 200), torch.tensor([100, 200]))
+        _, lengths = stem(torch.zeros(2, spec.channels, two), torch.tensor([one, two]))
     return float(lengths[1] - lengths[0])
 
 
