@@ -34,6 +34,7 @@ from workbench.export.pipeline import needs_calibration
 from workbench.export.report import (host_description, original_wers, pooled_wer,
                                      reference_models, sha256, worst)
 from workbench.export.verify import by_length, evaluate_ort, parity_stats
+from workbench.onnx_tools.runtime import CLOCK
 from workbench.plan import CompressionPlan
 from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
 
@@ -87,6 +88,7 @@ def pte_report(model: nn.Module, plan: CompressionPlan, export: PteExport,
     latency: dict[str, Any] = {"input_seconds": options.latency_seconds,
                                "repeats": options.latency_repeats,
                                "statistic": "median of Method.execute wall time",
+                               "clock": CLOCK,
                                "load_average_1min_before": load_average()}
     for threads in options.threads:
         latency[f"threads_{threads}"] = {"model_ms": pte_latency_ms(
