@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import torch
 from workbench.conditions.grid import Condition, degrade, resolve_grid
 from workbench.engine.jobs import Cancelled  # raised when cancel() returns True; re-exported
 from workbench.evaluate import EvalSet, score
+from workbench.models.digest import weights_digest
 
 #: Bump when degrade() or the features change, so old cached features are not reused.
 CACHE_VERSION = "2"  # 2: reverberation by a power-of-two FFT (differences <= 3e-6)
@@ -45,16 +46,6 @@ LENGTH_BINS = ((0.0, 2.0, "< 2 s"), (2.0, 4.0, "2-4 s"), (4.0, 1e9, ">= 4 s"))
 _BASELINE_KEPT = 128
 _baseline_hyps: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
 _baseline_lock = threading.Lock()
-
-
-def _digest(tensors: Iterable[torch.Tensor]) -> str:
-    """sha1 over dtype, shape and bytes of each tensor, in order."""
-    h = hashlib.sha1()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -331,7 +322,7 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
     if plan is not None:
         with lock:
             small = compress(model, plan).eval()
-    weights = _digest(model.state_dict().values()) if cache else None
+    weights = weights_digest(model) if cache else None
     base_kept = 0
     rows, by_voice, by_length, hyps_out = [], [], [], {}
     total = len(jobs)
@@ -341,7 +332,7 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
             raise Cancelled()
         if on_progress is not None:
             on_progress(k, total, es.name)
-        key = (weights, _digest(es.features)) if cache else None
+        key = (weights, weights_digest(es.features)) if cache else None
         with _baseline_lock:
             base_hyps = _baseline_hyps.get(key) if cache else None
         if base_hyps is not None:

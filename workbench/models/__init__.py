@@ -8,6 +8,7 @@
     save_checkpoint / load_checkpoint             safetensors (or weights-only .pt) + config JSON
     model_fingerprint(model)                      architecture id for compression plans
     input_spec(model) / example_input(model, s)   what `features` is (log-mel or waveform, rate)
+    weights_digest(model)                         one key for caches keyed on weights
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from workbench.models.base import (ROLE_NAMES, VOCAB, CTCModel, InputSpec, examp
 from workbench.models.checkpoint import (load_checkpoint, model_fingerprint,
                                          read_checkpoint_metadata, save_checkpoint)
 from workbench.models.conformer_ctc import PRESETS, ConformerCTC, ConformerCTCConfig
+from workbench.models.digest import weights_digest
 from workbench.models.registry import FAMILIES, build_model
 from workbench.models.whisper_ctc import WhisperCTC, WhisperCTCConfig
 from workbench.models.whisper_pretrained import load_whisper_ct2, load_whisper_hf
@@ -32,8 +34,8 @@ __all__ = [
     "CTCModel", "ConformerCTC", "ConformerCTCConfig", "FAMILIES", "InputSpec", "PRESETS",
     "ROLE_NAMES", "VOCAB", "WhisperCTC", "WhisperCTCConfig", "build_model", "conformer_ctc",
     "example_input", "input_spec", "load_checkpoint", "load_demo", "load_whisper_ct2",
-    "load_whisper_hf", "model_fingerprint", "module_roles",
-    "read_checkpoint_metadata", "role_of", "save_checkpoint", "whisper_ctc_pretrained",
+    "load_whisper_hf", "model_fingerprint", "module_roles", "read_checkpoint_metadata",
+    "role_of", "save_checkpoint", "weights_digest", "whisper_ctc_pretrained",
 ]
 
 
