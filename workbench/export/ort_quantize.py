@@ -28,8 +28,9 @@ from workbench.export.errors import ExportError, UnsupportedBitsError
 from workbench.onnx_tools.graph_map import WeightNode, nodes_of_layer, weight_nodes
 from workbench.onnx_tools.exporter import to_bytes
 from workbench.onnx_tools.quantize import dynamic_int8, quiet_ort
-from workbench.export.weight_grids import (drop_unused_initializers, replace_with_fp16_weights,
-                                           replace_with_dq_weights, replace_with_matmul_nbits)
+from workbench.export.weight_grids import (replace_with_dq_weights, replace_with_fp16_weights,
+                                           replace_with_matmul_nbits)
+from workbench.onnx_tools.graph_map import drop_unused_initializers
 from workbench.plan import QuantConfig
 
 if TYPE_CHECKING:
