@@ -44,8 +44,8 @@ def bench_conditions(args=None) -> dict:
     includes degrading the audio and computing features; the second reads that cache."""
     import torch
 
-    from workbench.compress.presets import int8_everywhere
     from workbench.conditions import BaselineCache, evaluate_conditions
+    from workbench.presets import int8_everywhere
     from workbench.models import load_demo
 
     torch.set_num_threads(2)

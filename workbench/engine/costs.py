@@ -27,7 +27,7 @@ from torch import nn
 
 from workbench.compress.targets import find_targets
 from workbench.compress.techniques import shape_only, techniques
-from workbench.latency.table import with_technique_rows
+from workbench.latency.table import hooked_paths, with_technique_rows
 from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
 
@@ -126,7 +126,8 @@ class CostCache:
         """The plan's layer table at `seconds`: its structure's table (no latency hooks),
         rescaled, its bits, then every latency hook of its techniques applied once, at the
         requested length (a window in seconds prices a different padded length at 1 s and at
-        4 s, so a hooked row cannot be rescaled)."""
+        4 s, so a hooked row cannot be rescaled). What the host prices; the edge path prices
+        the hooked modules from it too (latency.predict.technique_ops)."""
         table = self._table(resolved)
         if seconds != table.audio_seconds:
             table = table.at_seconds(seconds)
@@ -138,7 +139,7 @@ class CostCache:
                       runtime: str | None, threads: int | None, device_file: str | None):
         from workbench.latency.graph import ops_at_scale
         from workbench.latency.predict import (ALIASES, bits_by_op, check_seconds, edge_report,
-                                               resolve_target)
+                                               resolve_target, technique_ops)
         check_seconds(seconds)
         dev, rt, n = resolve_target(ALIASES.get(device, device), runtime, threads, device_file)
         resolved = self.resolve(plan)
@@ -146,7 +147,12 @@ class CostCache:
         ops = ops_at_scale(ops, seconds / REFERENCE_SECONDS)
         bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
                 if cfg.quant is not None}
-        return edge_report(ops, bits_by_op(ops, bits, {}), dev, rt, n, seconds, roles)
+        op_bits = bits_by_op(ops, bits, {})
+        if hooked_paths(resolved):   # modules a latency hook prices: as on the host
+            hooked = self._priced_table(resolved, seconds)
+            ops, op_bits = technique_ops(ops, op_bits, hooked, resolved)
+            roles = {**roles, **{row.path: row.role for row in hooked.layers}}
+        return edge_report(ops, op_bits, dev, rt, n, seconds, roles)
 
     def _ops(self, resolved: dict[str, LayerConfig]):
         """Fused ops of the plan's structure at REFERENCE_SECONDS (cached per structure)."""

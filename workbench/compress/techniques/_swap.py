@@ -1,10 +1,14 @@
 """Helpers shared by the architecture-swap techniques (windowed / linear / Performer attention,
-grouped FFN): replace one module of a model copy, and the model's frame rate at its blocks
-(read from the whole model, also when the engine compresses one block)."""
+grouped FFN): replace one module of a model copy, the model's frame rate at its blocks (read
+from the whole model, also when the engine compresses one block), a per-module seed, and the
+latency row of a kernelized attention (linear and Performer attention: one formula, their own
+feature map)."""
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,3 +84,17 @@ def module_seed(seed: int, ctx: ApplyContext, path: str) -> int:
     depend on which other modules the same call compresses."""
     digest = hashlib.sha1(f"{seed}:{ctx.absolute(path)}".encode()).digest()
     return int.from_bytes(digest[:6], "little")
+
+
+def kernelized_attention_row(row: Any, features: int, feature_map_macs: int) -> Any:
+    """The attention-scores row of a KernelizedAttention (compress.swap_layers): per head, over
+    T positions, m = `features` features of dimension Dh: phi(k)^T v and phi(q) (.) are T m Dh
+    MACs each, the normaliser (sum_t phi(k_t), then phi(q) . it) 2 T m; `feature_map_macs` per
+    head and position is the feature map's own work (0 for elu + 1; 2 m Dh for Performer's random
+    projections of q and k). Writes the (H, T, m) features instead of an (H, T, T) matrix;
+    linear in T. Other rows pass through (the hook is applied to every row under the module)."""
+    if row.op != "attention_scores" or not row.heads:
+        return row
+    h, t, dh, m = row.heads, row.positions, row.head_dim, features
+    return replace(row, macs=2 * h * t * m * (dh + 1) + h * t * feature_map_macs,
+                   output_bytes=h * t * m * 4, linear_in_length=True)
