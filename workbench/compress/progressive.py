@@ -149,6 +149,10 @@ class _Schedule(FitHooks):
             p = max(p, (time.perf_counter() - self.start) / (60 * self.cfg.max_minutes))
         return p
 
+    def on_start(self, model: nn.Module) -> None:
+        if self.outer is not None:
+            self.outer.on_start(model)
+
     def after_backward(self, step: int) -> None:
         for g in self.gated:
             if g.gate.grad is not None:

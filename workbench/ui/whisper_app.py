@@ -155,6 +155,8 @@ class NotHereTab:
 class WhisperWorkbench(Workbench):
     """The app for a full Whisper model (WhisperASR) and an eval set (see module docstring)."""
 
+    tab_titles = TAB_TITLES
+
     def __init__(self, model, tokenizer, eval_set, *, device: str = "rpi4",
                  audio_seconds: float = 4.0, plan: CompressionPlan | None = None,
                  quick_utterances: int = 16, session=None, note: str = "") -> None:
@@ -169,8 +171,7 @@ class WhisperWorkbench(Workbench):
                  f"</span> (encoder + greedy decoder; every WER, size and latency below is this "
                  f"model's) · {html.escape(es.name)} ({len(es)} utterances, {es.seconds:.0f} s) "
                  f"· baseline WER {100 * self.session.baseline_full.wer:.2f} %")
-        self._assemble(device, audio_seconds, plan, self.session.quick_is_full, self._make_views,
-                       TAB_TITLES, title, note)
+        self._assemble(device, audio_seconds, plan, self.session.quick_is_full, title, note)
         self.widget.add_class("wb-app-whisper")
 
     def _make_views(self) -> tuple:
