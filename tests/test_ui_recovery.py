@@ -202,7 +202,7 @@ def test_recover_tab_plots_the_run_and_its_result_becomes_the_baseline(app, mode
     history = app.state.history
     assert history[: len(before)] == before
     mine = [p for p in history if p.baseline == label]
-    assert mine[0].plan.is_empty() and mine[0].label == f"baseline: {label}"
+    assert mine[0].plan == CompressionPlan() and mine[0].label == f"baseline: {label}"
     assert mine[0].wer == pytest.approx(fresh.baseline_full.wer, abs=1e-12)
     app.tabs.selected_index = list(app.tabs.titles).index("Trade-offs")
     assert app.errors.errors == [], _errors(app)

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from workbench.sensitivity import pareto_front
 from workbench.errors import WorkbenchError
+from workbench.plan import CompressionPlan
 from workbench.engine.session import plan_key
 from workbench.ui import figures
 from workbench.ui.controller import Controller
@@ -84,7 +85,8 @@ class TradeoffsTab(LazyView):
         wers = [p.wer for p in points]
         labels = [f"#{i} {p.label}" + ("" if p.baseline == here else f" [on the {p.baseline}]")
                   for i, p in enumerate(points)]
-        baselines = [p.plan.is_empty() for p in points]
+        no_plan = plan_key(CompressionPlan())
+        baselines = [p.key == no_plan for p in points]     # a baseline model itself
         elsewhere = [p.baseline != here for p in points]
         measured = [p.kind == "full" for p in points]
         errs = [p.stderr for p in points]
