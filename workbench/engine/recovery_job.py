@@ -189,12 +189,13 @@ def watch_recovery(plan: CompressionPlan, teacher: torch.nn.Module, probe: EvalS
 
     def run(job: Job) -> Watched:
         hooks = _Watch(job, cfg.steps, probe, recipe.every, on_estimate, RUN_LOCK, BACKGROUND)
-        with RUN_LOCK.hold(BACKGROUND):   # the hooks release it between two training steps
-            result = recover_plan(plan, teacher, out_dir=out_dir, config=cfg,
-                                  manifests=manifests, teacher_name=teacher_name,
-                                  progress=False, evaluate_sets=False, log=on_step,
-                                  qat=recipe.kind == "qat", progressive=progressive,
-                                  hooks=hooks)
+        # The run lock around model runs only (training: the hooks release it between two
+        # steps), not around building the training data.
+        result = recover_plan(plan, teacher, out_dir=out_dir, config=cfg,
+                              manifests=manifests, teacher_name=teacher_name,
+                              progress=False, evaluate_sets=False, log=on_step,
+                              qat=recipe.kind == "qat", progressive=progressive,
+                              hooks=hooks, run_lock=lambda: RUN_LOCK.hold(BACKGROUND))
         job.check()
         model = load_checkpoint(result.checkpoint)
         with RUN_LOCK.hold(BACKGROUND):
