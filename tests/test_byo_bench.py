@@ -2,7 +2,7 @@
 Torch-Pruning's column when torch-pruning (requirements-test.txt) is installed."""
 import pytest
 
-from workbench.byo.bench import MODELS, run_torch_pruning, run_workbench
+from workbench.bench.byo import MODELS, run_torch_pruning, run_workbench
 
 
 @pytest.fixture(scope="module")

@@ -113,7 +113,7 @@ def _tiny_model():
 
 
 def test_grid_runs_twice_with_identical_numbers_and_the_second_reads_the_cache(tmp_path) -> None:
-    from workbench.compress.presets import int8_everywhere
+    from workbench.presets import int8_everywhere
 
     manifest = _tiny_set(tmp_path)
     model = _tiny_model()
@@ -136,7 +136,7 @@ def test_grid_runs_twice_with_identical_numbers_and_the_second_reads_the_cache(t
 def test_a_run_for_another_plan_reuses_the_baseline_transcripts(tmp_path) -> None:
     """Kept per (weights, features): same numbers as a fresh transcription, and a model whose
     weights changed is transcribed again."""
-    from workbench.compress.presets import int4_everywhere, int8_everywhere
+    from workbench.presets import int4_everywhere, int8_everywhere
 
     kw = dict(grid="clean,white:0", manifest=_tiny_set(tmp_path), voice_manifest=None,
               progress=False, cache_root=tmp_path / "c")
@@ -159,7 +159,7 @@ def test_a_run_for_another_plan_reuses_the_baseline_transcripts(tmp_path) -> Non
 
 def test_plan_wer_equals_a_fresh_compress_and_evaluate(tmp_path) -> None:
     from workbench.compress import compress
-    from workbench.compress.presets import int8_everywhere
+    from workbench.presets import int8_everywhere
     from workbench.conditions import condition_sets
     from workbench.evaluate import evaluate
 
@@ -202,7 +202,7 @@ def test_cli_plan_without_conditions_is_refused(tmp_path, capsys) -> None:
 
 def test_export_report_and_card_give_the_grid_from_the_onnx_model(tmp_path, monkeypatch) -> None:
     pytest.importorskip("onnxruntime")
-    from workbench.compress.presets import int8_everywhere
+    from workbench.presets import int8_everywhere
     from workbench.export.apply import ApplyOptions, apply_plan
 
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))

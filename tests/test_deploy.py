@@ -88,3 +88,17 @@ def test_verify_arm64_refuses_a_zero_limit(capsys):
 def test_verify_arm64_refuses_a_missing_plan(tmp_path, capsys):
     assert main(["verify-arm64", "--plan", str(tmp_path / "nope.json")]) == 2
     assert "nope.json" in capsys.readouterr().err
+
+
+def test_bench_drift_runs_from_the_bench_package():
+    """`workbench bench drift` (workbench.bench.drift) on 5 utterances per set: the monitor is
+    fitted on the calibration set and checked on both held-out sets under every condition."""
+    from types import SimpleNamespace
+
+    from workbench import bench
+    out = bench.run("drift", SimpleNamespace(limit=5))
+    assert out["reference"]["utterances"] == 5
+    assert set(out["sets"]) == {f"{s}/{c}" for s in ("real_test", "synth_test")
+                                for c in ("clean", "noise_5db", "noise_0db", "telephone")}
+    assert all(v["utterances"] == 5 for v in out["sets"].values())
+    assert 0.0 <= out["false_alarm_rate"] <= 1.0

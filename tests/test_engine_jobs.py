@@ -38,6 +38,20 @@ def test_jobs_run_by_priority_then_fifo() -> None:
     assert [j.state for j in jobs] == ["done"] * 4
 
 
+def test_an_interactive_job_does_not_wait_for_a_busy_worker() -> None:
+    """Every worker on a long job: a slider's evaluation (INTERACTIVE) still runs at once, on a
+    thread that serves INTERACTIVE jobs only (the queued USER job waits for a worker)."""
+    queue = JobQueue("test-interactive", workers=1)
+    blocker, release = _blocker(queue)
+    user = queue.submit(lambda j: threading.current_thread(), name="user", priority=USER)
+    live = queue.submit(lambda j: threading.current_thread(), name="live", priority=INTERACTIVE)
+    assert live.wait(WAIT) and live.state == "done"        # the blocker still holds the worker
+    assert user.state == "queued" and blocker.state == "running"
+    release.set()
+    assert user.wait(WAIT) and user.state == "done"
+    assert user.result is not live.result                  # the worker, not the extra thread
+
+
 def test_a_cancelled_queued_job_never_starts_and_a_running_one_stops() -> None:
     queue = JobQueue("test-cancel")
     ran: list[str] = []

@@ -87,6 +87,42 @@ def test_submit_delivers_only_the_newest(setup):
     assert all(r.plan_key == plan_key(plans[-1]) for r in delivered if r.kind == "full")
 
 
+def test_submit_runs_as_an_interactive_job_and_a_stale_queued_one_never_starts(setup,
+                                                                                monkeypatch):
+    """Requests are jobs of the engine's queue at INTERACTIVE priority (no thread of the
+    session's own): while the queue's threads are busy, a request made stale by a newer one is
+    cancelled in the queue and never runs; the newest delivers quick then full on a queue thread."""
+    from workbench.engine.jobs import INTERACTIVE, USER, JobQueue
+    from workbench.engine.session import plan_key
+    _, _, session = setup
+    queue = JobQueue("test-session-queue", workers=1)
+    monkeypatch.setattr(session, "jobs", queue)
+    release = threading.Event()
+    blockers = []
+    for priority in (USER, INTERACTIVE):   # the worker, then the queue's INTERACTIVE-only thread
+        started = threading.Event()
+        blockers.append(queue.submit(lambda j, s=started: (s.set(), release.wait(60)),
+                                     priority=priority))
+        assert started.wait(60)
+    got, threads = [], []
+
+    def on_result(r):
+        got.append(r)
+        threads.append(threading.current_thread().name)
+
+    old, new = (CompressionPlan().with_layer("blocks.0.ffn1", LayerConfig(
+        prune=PruneConfig(amount=a, structure="neurons"))) for a in (0.15, 0.35))
+    session.submit(old, on_result, got.append)
+    first = queue.pending()[0]
+    session.submit(new, on_result, got.append)
+    assert first.cancelled and first.state == "queued" and first.priority == INTERACTIVE
+    release.set()
+    session.wait(60)
+    assert all(b.wait(60) for b in blockers) and first.wait(60) and first.state == "cancelled"
+    assert [(r.kind, r.plan_key) for r in got] == [("quick", plan_key(new)), ("full", plan_key(new))]
+    assert set(threads) == {"test-session-queue"}
+
+
 def test_errors_are_delivered_not_swallowed(setup):
     _, _, session = setup
     errors, done = [], threading.Event()

@@ -112,6 +112,26 @@ def test_onnx_step_chunk_by_chunk_equals_the_simulation(tmp_path) -> None:
     assert len(step_ms) == n_steps(int(t_len), cfg.chunk) and min(step_ms) >= 0
 
 
+def test_onnx_step_times_on_the_toolbox_clock(tmp_path, monkeypatch) -> None:
+    """Each chunk step is timed by the ONNX toolbox's one clock (onnx_tools.runtime.timed_run:
+    wall time), not a clock of its own: with the toolbox's perf_counter advancing exactly 2 ms
+    per reading, every step reads 2 ms (the real ORT runs happen in between)."""
+    pytest.importorskip("onnxruntime")
+    import itertools
+
+    from workbench.onnx_tools import runtime
+    from workbench.streaming.onnx_step import export_step, ort_session, run_onnx_stream
+
+    model = tiny()
+    cfg = StreamConfig(chunk=12, lookahead=3, left=20)
+    session = ort_session(export_step(model, cfg, tmp_path / "step.onnx"))
+    ticks = itertools.count()
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: 0.002 * next(ticks))
+    _, step_ms = run_onnx_stream(session, cfg, batch((90,))[0][0])
+    assert step_ms and step_ms == pytest.approx([2.0] * len(step_ms))
+    assert "wall time" in runtime.WALL
+
+
 def test_streaming_table_reports_every_chunk_and_device() -> None:
     from workbench.evaluate import EvalSet
     from workbench.streaming.report import cache_bytes, streaming_table

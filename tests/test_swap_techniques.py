@@ -95,6 +95,24 @@ def test_windowed_scores_are_priced_linear_in_length(model) -> None:
     assert layer_table(model, 8.0, plan).macs == table.at_seconds(8.0).macs
 
 
+def test_linear_and_performer_attention_are_one_kernelized_attention(model) -> None:
+    """One base, two feature maps: both swaps are a KernelizedAttention and are priced by one
+    formula, 2 H T m (Dh + 1) + H T x (feature-map MACs per position), linear in T: linear
+    attention m = Dh with a free map (elu + 1), Performer m random features projected from q and
+    k (2 m Dh)."""
+    from workbench.compress.swap_layers import KernelizedAttention
+    dense = _scores(layer_table(model, 4.0))
+    h, t, dh, m = dense.heads, dense.positions, dense.head_dim, 16
+    linear = _scores(layer_table(model, 4.0, _plan("linear_attention")))
+    performer = _scores(layer_table(model, 4.0, _plan("performer_attention", {"features": m})))
+    assert linear.macs == 2 * h * t * dh * (dh + 1) and linear.output_bytes == h * t * dh * 4
+    assert performer.macs == 2 * h * t * m * (dh + 1) + h * t * 2 * m * dh
+    assert performer.output_bytes == h * t * m * 4
+    assert linear.linear_in_length and performer.linear_in_length
+    for name in ("linear_attention", "performer_attention"):
+        assert isinstance(compress(model, _plan(name)).blocks[0].attn, KernelizedAttention)
+
+
 @pytest.mark.parametrize("name", sorted(SWAPS))
 def test_engine_arithmetic_table_equals_the_shape_pass(model, name) -> None:
     """table_for_plan (the sliders' path: arithmetic on the dense table) prices a swap like a

@@ -159,6 +159,50 @@ def test_a_shape_changing_hook_counts_once_in_the_engine_as_in_predict_latency(m
         unregister("toy")
 
 
+def test_the_edge_path_applies_the_toy_hook_as_the_host_does(toy, model) -> None:
+    """An edge device prices the traced graph; the module the toy's latency hook changes (FC1:
+    stored as 8-bit) is priced from the hooked table row, as on the host: int8 on the Pi 4,
+    every other op as traced. The dashboard's (CostCache) and the search's (LatencyPricer) edge
+    paths give the same report."""
+    from workbench.engine.costs import CostCache
+    from workbench.latency import predict_latency
+    plan = _plan(factor=0.5, bits=8)
+    base = predict_latency(model, "rpi4", 1.0, CompressionPlan())
+    got = predict_latency(model, "rpi4", 1.0, plan)
+    fc1 = {r.path: r for r in got.layers}[FC1]
+    assert {r.path: r for r in base.layers}[FC1].precision == "fp32"
+    assert fc1.precision == "int8" and got.total_ms != base.total_ms
+    assert [(r.path, r.time_ms) for r in got.layers if r.path != FC1] == \
+        [(r.path, r.time_ms) for r in base.layers if r.path != FC1]
+    host_row = next(r for r in layer_table(model, 1.0, plan).layers if r.path == FC1)
+    assert fc1.macs == host_row.macs and host_row.weight_bits == 8
+    ui = CostCache(model).latency(plan, "rpi4", 1.0)
+    assert [(r.path, r.precision) for r in ui.layers] == [(r.path, r.precision) for r in got.layers]
+    assert ui.total_ms == pytest.approx(got.total_ms, rel=1e-9)
+    from workbench.search.objective import LatencyPricer     # the search's edge path too
+    assert LatencyPricer(model, "rpi4", 1.0)(plan).total_ms == pytest.approx(got.total_ms,
+                                                                             rel=1e-9)
+
+
+def test_a_shape_changing_hook_changes_the_edge_macs_once(model) -> None:
+    """The MAC-halving hook on a shape-changing technique: predict_latency on an edge device and
+    the dashboard's edge path count it once, like the host."""
+    from workbench.engine.costs import CostCache
+    from workbench.latency import predict_latency
+    halving = replace(TOY, changes_shape=lambda s: True,
+                      latency_row=lambda row, s: replace(row, macs=row.macs // 2))
+    base = {r.path: r.macs for r in predict_latency(model, "rpi5", 2.0).layers}
+    register(halving)
+    try:
+        plan = _plan()
+        got = predict_latency(model, "rpi5", 2.0, plan)
+        ui = CostCache(model).latency(plan, "rpi5", 2.0)
+        assert {r.path: r.macs for r in got.layers}[FC1] == base[FC1] // 2
+        assert [(r.path, r.macs) for r in ui.layers] == [(r.path, r.macs) for r in got.layers]
+    finally:
+        unregister("toy")
+
+
 def test_ui_control_list_has_the_toy(toy, model) -> None:
     from workbench.compress.targets import find_targets
     from workbench.ui.edits import controls_for, set_technique

@@ -28,7 +28,7 @@ def test_heatmap_has_one_row_per_condition_and_colours_the_change() -> None:
 
 
 def test_conditions_tab_runs_the_grid_in_the_background_and_draws(app) -> None:
-    from workbench.compress.presets import int8_everywhere
+    from workbench.presets import int8_everywhere
 
     app.set_plan(int8_everywhere())
     app.wait()

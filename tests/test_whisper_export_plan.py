@@ -240,7 +240,7 @@ def test_bench_ort_figures_use_the_per_layer_export(model):
     (three graphs, stored bytes = size()), ORT vs simulated WER per set."""
     from types import SimpleNamespace
 
-    from workbench.export.whisper_onnx import bench_figures
+    from workbench.bench.whisper import bench_figures
     torch.manual_seed(5)
     feats = tuple(torch.randn(80, n) for n in (60, 45))
     es = EvalSet("synth_test", Path("/nonexistent/m.jsonl"), ("a", "b"), ("aa bb",) * 2, feats)

@@ -20,7 +20,8 @@ The UI lives in `workbench.ui`, the ONNX export in `workbench.export`.
 from workbench import _threads  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 from workbench._version import __version__
 from workbench.byo import adapt
-from workbench.compress import compress, presets
+from workbench import presets
+from workbench.compress import compress
 from workbench.compress.recover import RecoverConfig, recover
 from workbench.compress.resolution import plan_for_model, resolve
 from workbench.errors import (ArgumentError, CheckpointError, DataError, DeviceError, PlanError,

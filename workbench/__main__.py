@@ -262,14 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--qat", action="store_true", help="also train for the plan's weight bits "
                                                       "(quantization-aware, straight-through)")
     r.add_argument("--progressive", choices=("magnitude", "taylor", "activation"), default=None,
-                   help="prune the plan's heads / neurons in steps while distilling (cubic "
-                        "schedule), re-scoring importance this way before each step")
+                   help="prune the plan's heads / neurons / channels / unstructured weights "
+                        "in steps while distilling (cubic schedule), re-scoring importance this "
+                        "way before each step; the result has the one-shot shapes and sparsity")
     r.add_argument("--threads", type=ck.threads, default=2)
     r.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     r.set_defaults(func=cmd_recover)
 
     from workbench.search.cli import add_parsers as add_search_parsers  # search, sweep
     add_search_parsers(sub)
+    from workbench.search.recipe_cli import add_parser as add_recipe_parser  # recipe-search
+    add_recipe_parser(sub)
     from workbench.latency.cli import add_parser as add_latency_parser
     add_latency_parser(sub)
     from workbench.deploy.arm64 import add_parser as add_arm64_parser  # verify-arm64

@@ -13,6 +13,7 @@ from torch import nn
 
 from workbench.errors import ArgumentError, PlanError
 from workbench.plan import CompressionPlan
+from workbench.presets import PRESETS
 
 #: Longest audio a verb prices or profiles, for models without a fixed context: 10 minutes.
 MAX_AUDIO_SECONDS = 600.0
@@ -39,7 +40,6 @@ def check_plan(plan: Any, verb: str, arg: str = "plan"):
         return CompressionPlan.model_validate(dict(plan))
     hint = ""
     if isinstance(plan, str):
-        from workbench.compress.presets import PRESETS
         close = difflib.get_close_matches(plan, list(PRESETS), n=1, cutoff=0.3)
         hint = (f" For a preset use workbench.presets.{close[0]}()" if close else
                 " For a preset use workbench.presets.<name>()")

@@ -27,3 +27,10 @@ class DeviceError(WorkbenchError):
 
 class ArgumentError(WorkbenchError):
     """A Python API verb called with an argument of the wrong type or out of range."""
+
+
+class Cancelled(Exception):
+    """The one cancellation of the package (not a bad input): raised inside a job (job.check())
+    when it was cancelled, by a Session run made stale by a newer request, and by
+    evaluate_conditions when its cancel() returns True. Here, at the bottom layer, so any layer
+    can raise it; workbench.engine.jobs, engine.session and conditions re-export it."""

@@ -11,9 +11,11 @@ One module per benchmark, all here at the top layer (a benchmark may use any par
     whisper       the full Whisper tiny.en model: WER, session latency, simulated RTF
     recover       progressive vs one-shot pruning, QAT, windowed / linear attention swaps:
                   WER before / after recovery at equal minutes, ORT WER and ms vs the baseline
+    drift         the deployment drift monitor on clean vs noisy / telephone audio
+    byo           graph-found structured pruning vs Torch-Pruning on foreign encoders
 
 Benchmarks that live with their feature: lessons (workbench.lesson_timing), conditions
-(workbench.conditions.cli), drift (workbench.deploy.bench_drift), byo (workbench.byo.bench).
+(workbench.conditions.cli).
 """
 from __future__ import annotations
 
@@ -44,13 +46,13 @@ def run(what: str, args) -> dict[str, Any]:
         from workbench.conditions.cli import bench_conditions
         return bench_conditions(args)
     if what == "drift":
-        from workbench.deploy.bench_drift import bench_drift
+        from workbench.bench.drift import bench_drift
         return bench_drift(args)
     if what == "whisper":
         from workbench.bench.whisper import bench_whisper
         return bench_whisper(args)
     if what == "byo":
-        from workbench.byo.bench import bench_byo
+        from workbench.bench.byo import bench_byo
         return bench_byo(args)
     if what == "recover":
         from pathlib import Path

@@ -85,7 +85,7 @@ def bench_latency(n_plans: int = 30, seed: int = 0, *, model: nn.Module | None =
     change in the machine's load between the two phases cannot bias the comparison; the fit
     sees only the calibration variants.
     """
-    from workbench.compress import presets
+    from workbench import presets
 
     start = time.perf_counter()
     model = model if model is not None else default_model()

@@ -10,15 +10,18 @@ Reports (every figure says measured or simulated):
 - simulated latency / RTF per device (fp32 and int8) for 2.5 s and 8 s utterances;
 - ORT WER vs simulated WER per set, ORT decoder ms per token and the graphs' bytes (initializers
   vs size()) of the int8-everywhere plan, built by the per-layer export of `workbench apply
-  --model whisper` (`whisper_onnx.bench_figures`).
+  --model whisper` (`bench_figures`).
 """
 from __future__ import annotations
 
 import os
 import random
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from workbench.bench.stats import percentile
@@ -131,15 +134,51 @@ def bench_whisper(args) -> dict:
     int8 = compress(model, CompressionPlan().with_default(
         LayerConfig(quant=QuantConfig(weight_bits=8))))
     out["latency_simulated"] = {"fp32": rtf_by_device(model), "int8": rtf_by_device(int8)}
-    out["ort"] = _ort_figures(model, tok, sets, args)
+    out["ort"] = bench_figures(model, tok, sets, args)
     out["load_average_end"] = _load()
     return out
 
 
-def _ort_figures(model, tok, sets, args) -> dict:
-    try:
-        from workbench.export.whisper_onnx import bench_figures
-    except ImportError:
-        return {"status": "not built: the ONNX export of the full Whisper model is not on main "
-                          "(workbench.export.whisper_onnx)"}
-    return bench_figures(model, tok, sets, args)
+def bench_figures(model, tokenizer, sets, args) -> dict:
+    """ORT int8 WER vs simulated int8 WER per set, decoder ms per token, file sizes: the plan
+    "int8 everywhere" through the same per-layer path as `workbench apply --model whisper`
+    (`whisper_apply.build_whisper_export`)."""
+    from workbench.evaluate import score
+    from workbench.export.whisper_apply import build_whisper_export, stored_bytes
+    from workbench.export.whisper_onnx import OrtWhisper, ort_transcribe
+    from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
+    from workbench.size import size
+    from workbench.whisper_eval import evaluate_whisper, ort_dynamic_activations
+
+    out: dict = {}
+    plan = CompressionPlan().with_default(LayerConfig(quant=QuantConfig(weight_bits=8)))
+    with tempfile.TemporaryDirectory() as tmp:
+        ex = build_whisper_export(model, plan, Path(tmp))
+        out["bytes_fp32"] = {k: p.stat().st_size for k, p in ex["fp32"].items()}
+        out["bytes_int8"] = {k: p.stat().st_size for k, p in ex["model"].items()}
+        out["int8_stored"] = stored_bytes(ex["model"])
+        out["int8_size_prediction_bytes"] = size(model, plan).total_bytes
+        sim = ex["sim"]
+        dynamic = {d.path for d in ex["decisions"] if d.dynamic_activations}
+        ort_model = OrtWhisper(ex["model"], model.rules, len(model.decoder.blocks),
+                               threads=torch.get_num_threads())
+        for name, es in sets.items():
+            secs = [f.shape[-1] / 100 for f in es.features]
+            hyps = ort_transcribe(ort_model, tokenizer, es.features, secs)
+            ort_wer = score(es.texts, hyps)[0]
+            weight_only = evaluate_whisper(sim, tokenizer, es).wer
+            with ort_dynamic_activations(sim, dynamic):
+                sim_wer = evaluate_whisper(sim, tokenizer, es).wer
+            out[name] = {"ort_int8_wer": round(ort_wer, 4),
+                         "simulated_int8_wer": round(sim_wer, 4),
+                         "simulated_int8_weight_only_wer": round(weight_only, 4),
+                         "difference": round(ort_wer - sim_wer, 4),
+                         "within_0.005": abs(ort_wer - sim_wer) <= 0.005,
+                         "simulation": "int8 per-channel weights + ORT's dynamic uint8 "
+                                       "activation rounding per item (whisper_eval."
+                                       "ort_dynamic_activations)"}
+        steps = ort_model.step_seconds
+        out["ort_int8_decoder_ms_per_token_p50"] = round(1e3 * float(np.median(steps)), 3)
+        out["source"] = ("measured: ONNX Runtime int8 (dynamic, per channel; per-layer export "
+                         "of `workbench apply --model whisper`), batch 1, greedy")
+    return out

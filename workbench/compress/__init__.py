@@ -9,11 +9,12 @@
     quantize.py     fake-quantized weights (b bits) and activations (8 bits, observed ranges)
     importance.py   scores per head / neuron / channel / weight (magnitude, Taylor)
     calibration.py  calibration batches, Taylor gradients, activation range observation
-    presets.py      named starting plans
     targets.py      which modules a plan may name (Linear/Conv, attention, FFN, conv modules)
     recover.py      recovery training after compression: layer-wise distillation from the original
 """
-from workbench.compress import presets
+# Named plans are plain data at the plan layer (workbench.presets); kept here as an attribute
+# so `from workbench.compress import presets` still works.
+from workbench import presets
 from workbench.compress.apply import (Compressed, compress, compress_detailed, compress_module,
                                       under)
 from workbench.compress.calibration_stats import (CalibrationBatch, calibrate_activations,

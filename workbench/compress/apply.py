@@ -12,6 +12,7 @@ are computed once on the uncompressed model and sliced along with the pruned sha
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -25,6 +26,8 @@ from workbench.compress.techniques import ApplyContext, techniques
 from workbench.compress.techniques import needs as techniques_needs
 from workbench.plan import CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
+from workbench.errors import PlanError
+from workbench.models.checkpoint import register_structure_loader
 
 V = TypeVar("V")
 
@@ -106,3 +109,18 @@ def apply_entries_(root: nn.Module, entries: Mapping[str, LayerConfig],
         if mine:
             root = tech.apply_(root, mine, ctx)
     return root, ctx.notes
+
+
+def apply_stored_structure(model: nn.Module, structure: dict, source_name: str) -> nn.Module:
+    """`model` reshaped by a checkpoint's stored structure (a structural CompressionPlan as JSON
+    data: pruned heads / neurons / channels, explicit ranks); which units go does not matter,
+    the checkpoint's tensors overwrite every weight next (workbench.models.checkpoint)."""
+    plan = CompressionPlan.from_json(json.dumps(structure), source_name=source_name)
+    if any(c.quant is not None or c.energy is not None for c in plan.layers.values()):
+        raise PlanError("structure: holds quantization or an energy rank; a stored structure "
+                        "has only pruning and explicit ranks.")
+    return compress(model, plan, force=True)
+
+
+# The models layer loads checkpoints but cannot import compress (a layer above it): it calls this.
+register_structure_loader(apply_stored_structure)

@@ -10,6 +10,14 @@ towards the teacher block's output, and the student's CTC posteriors towards the
          + kd_weight     * KL(p_t || p_s) per valid frame             (CTC posteriors, T = 1)
          + ctc_weight    * CTC(labels)                                 (when items carry labels)
 
+Recipe knobs beyond the loss weights (searched by workbench.search.recipe): `block_weights`
+weights the hidden term per block (mean 1: which blocks get the most of the loss), and `train`
+picks what trains — "all" (blocks, final norm, head), "changed_blocks" (the blocks the
+compression changed), "changed_layers" (only the layers it changed) or "changed_layers+norms".
+With the changed_* choices, leading blocks that did not change are frozen copies of the
+teacher's, so a step starts at the first changed block from the teacher's cached output there
+(fp16, like the cached stem) instead of running them: train only what changed, and skip it.
+
 Hidden-state matching follows TinyBERT (Jiao et al. 2020, arXiv:1909.10351) and DistilHuBERT
 (Chang et al. 2022, arXiv:2110.01900) for speech; normalising by the teacher's variance keeps
 blocks with large activations from dominating. Only the student's blocks, final norm and head
@@ -37,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.compress.quantize import fake_quant_weight
+from workbench.compress.trainable import changed_parameters, first_trained_block
 from workbench.errors import WorkbenchError
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.train import FitHooks, Item, collate, fit
@@ -57,6 +66,8 @@ class RecoverConfig:
     grad_clip: float = 1.0
     max_minutes: float | None = None  # stop early when the wall-clock budget is spent
     seed: int = 0
+    train: str = "all"                       # what trains: one of TRAIN_CHOICES (module docstring)
+    block_weights: tuple[float, ...] | None = None  # hidden term per block (None: all equal)
 
     def __post_init__(self) -> None:
         import math
@@ -75,6 +86,20 @@ class RecoverConfig:
                                      f"{value!r:.30}.")
         if not self.lr > 0 or (self.max_minutes is not None and not self.max_minutes > 0):
             raise WorkbenchError("RecoverConfig: lr and max_minutes must be > 0.")
+        if self.train not in TRAIN_CHOICES:
+            raise WorkbenchError(f"RecoverConfig.train: one of {', '.join(TRAIN_CHOICES)}, got "
+                                 f"{self.train!r:.40}.")
+        if self.block_weights is not None:
+            w = self.block_weights
+            if not isinstance(w, tuple) or not w or any(
+                    isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+                    or v < 0 for v in w) or not sum(w) > 0:
+                raise WorkbenchError(f"RecoverConfig.block_weights: a tuple of finite numbers "
+                                     f">= 0 (one per block, not all 0), or None; got {w!r:.60}.")
+
+
+#: RecoverConfig.train: what recovery trains (module docstring).
+TRAIN_CHOICES = ("all", "changed_blocks", "changed_layers", "changed_layers+norms")
 
 
 @dataclass(frozen=True)
@@ -151,6 +176,8 @@ class Distiller:
     and its CTC log-posteriors, in fp16, computed the first time an item is batched and reused
     afterwards (recovery sees each item ~10x; the teacher's forward is ~1/3 of a student step).
     The cache stops growing at `cache_mb`; items beyond it are recomputed every time.
+    `with_config(cfg)` gives the same teacher and items with another recipe's loss weights,
+    sharing this cache (a recipe search runs many recoveries on one teacher and corpus).
 
     Shapes per item: stem (T', D), blocks k x (T', D), log-posteriors (T', vocab).
     """
@@ -159,7 +186,21 @@ class Distiller:
                  cache_mb: float = 1500.0) -> None:
         self.teacher, self.items, self.cfg = teacher, items, cfg
         self.cache: dict[int, tuple[torch.Tensor, ...]] = {}
-        self.cache_bytes, self.cache_limit = 0, int(cache_mb * 1e6)
+        self._bytes = [0, int(cache_mb * 1e6)]    # [used, limit], shared with with_config copies
+        self.start = 0     # first block the student runs (earlier ones: the teacher's cache)
+
+    def with_config(self, cfg: RecoverConfig) -> Distiller:
+        other = copy.copy(self)                   # shares teacher, items, cache and its budget
+        other.cfg, other.start = cfg, 0
+        return other
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._bytes[0]
+
+    def warm(self, indices: Sequence[int]) -> None:
+        """Compute (and cache, within the limit) the teacher's outputs of these items now."""
+        self._teacher(list(indices))
 
     @torch.no_grad()
     def _teacher(self, indices: list[int]) -> list[tuple[torch.Tensor, ...]]:
@@ -179,9 +220,9 @@ class Distiller:
                 entry = tuple(a[j, :n].to(torch.float16).clone() for a in (h, *outs, logp))
                 fresh[i] = entry
                 size = sum(a.numel() * 2 for a in entry)
-                if self.cache_bytes + size <= self.cache_limit:
+                if self._bytes[0] + size <= self._bytes[1]:
                     self.cache[i] = entry
-                    self.cache_bytes += size
+                    self._bytes[0] += size
         return [self.cache[i] if i in self.cache else fresh[i] for i in indices]
 
     def loss(self, model: torch.nn.Module, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -203,13 +244,20 @@ class Distiller:
         t_logp = pad(n_blocks + 1)
         valid = ~lengths_to_pad_mask(lengths, t_max)
         pad_mask = ~valid
-        s = h
+        # Blocks before self.start are frozen, unchanged copies of the teacher's: their output
+        # is the teacher's (cached), and their hidden term is 0.
+        s = targets[self.start - 1] if self.start > 0 else h
+        weights = cfg.block_weights or (1.0,) * n_blocks
+        if len(weights) != n_blocks:
+            raise WorkbenchError(f"RecoverConfig.block_weights: {len(weights)} weights for a "
+                                 f"model of {n_blocks} blocks; give one per block.")
         hidden = h.new_zeros(())
-        for block, target in zip(model.blocks, targets):
-            s = block(s, pad_mask)
+        for k in range(self.start, n_blocks):
+            s = model.blocks[k](s, pad_mask)
+            target = targets[k]
             var = _masked_mean((target - _masked_mean(target, valid)) ** 2, valid).clamp_min(1e-6)
-            hidden = hidden + _masked_mean((s - target) ** 2, valid) / var
-        hidden = hidden / len(targets)
+            hidden = hidden + weights[k] * _masked_mean((s - target) ** 2, valid) / var
+        hidden = hidden / sum(weights)
         s_logp = model.head(s, lengths).log_softmax(-1)
         kd = _masked_mean((t_logp.exp() * (t_logp - s_logp)).sum(-1, keepdim=True), valid)
         ctc = h.new_zeros(())
@@ -235,7 +283,13 @@ def check_recovery_inputs(student, teacher, items, config) -> RecoverConfig:
         raise WorkbenchError("recover: no training items.")
     if any(not it.time_last for it in items):
         raise WorkbenchError("recover: items must be log-mel features (time_last=True).")
-    return config or RecoverConfig()
+    cfg = config or RecoverConfig()
+    if cfg.train != "all" and student is teacher:
+        raise WorkbenchError(f"RecoverConfig.train={cfg.train!r}: only for the one-shot recovery "
+                             f"of a compressed student (progressive pruning and QAT without "
+                             f"structure start from the teacher itself: nothing has changed "
+                             f"yet); use train='all'.")
+    return cfg
 
 
 def frozen_teacher(teacher: torch.nn.Module) -> torch.nn.Module:
@@ -245,11 +299,14 @@ def frozen_teacher(teacher: torch.nn.Module) -> torch.nn.Module:
     return teacher
 
 
-def trainable_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Everything but the front-end trains (module docstring); sets requires_grad."""
+def trainable_params(model: torch.nn.Module, teacher: torch.nn.Module | None = None,
+                     train: str = "all") -> list[torch.nn.Parameter]:
+    """What trains (RecoverConfig.train, module docstring); sets requires_grad. "all":
+    everything but the front-end; the changed_* choices compare `model` with `teacher`."""
+    chosen = None if train == "all" else changed_parameters(model, teacher, train)
     params = []
     for name, p in model.named_parameters():
-        p.requires_grad_(not _front_end(model, name))
+        p.requires_grad_(not _front_end(model, name) and (chosen is None or name in chosen))
         if p.requires_grad:
             params.append(p)
     return params
@@ -258,14 +315,16 @@ def trainable_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[Item],
             config: RecoverConfig | None = None, progress: bool = True,
             log: Callable[[dict], None] | None = None, quant=None,
-            hooks: FitHooks | None = None) -> Recovered:
+            hooks: FitHooks | None = None, distiller: Distiller | None = None) -> Recovered:
     """Train a copy of `student` (a compressed `teacher`) to reproduce `teacher`.
 
     Neither argument is modified. Both are CTC models with stem / blocks / head (workbench
     models). `quant`: a plan whose weight bits are trained for (QAT, see the module docstring);
     `student` itself must then be unquantized. Returns the trained copy in eval mode (latent
     full-precision weights) and the per-step loss log. The loop is workbench.train.fit
-    (`hooks`: its callbacks, e.g. a cancel check).
+    (`hooks`: its callbacks, e.g. a cancel check). `distiller`: a Distiller of this same
+    teacher and `items` whose teacher-output cache to reuse (its loss weights are replaced by
+    `config`'s).
     """
     cfg = check_recovery_inputs(student, teacher, items, config)
     if quant is not None and any(hasattr(m, "weight_bits") for m in student.modules()):
@@ -274,26 +333,53 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[
     _check_pair(student, teacher)
     model = copy.deepcopy(student)
     fake_quantized = _add_fake_quant(model, quant) if quant is not None else []
-    distiller = Distiller(frozen_teacher(teacher), items, cfg)
-    params = trainable_params(model)
-    torch.manual_seed(cfg.seed)
-    history = fit(model, params, len(items), cfg, lambda idx, step: distiller.loss(model, idx),
-                  frames=[it.frames for it in items], desc="recover", progress=progress,
-                  log=log, hooks=hooks)
+    history = distill(model, teacher, items, cfg, desc="recover", progress=progress, log=log,
+                      hooks=hooks, distiller=distiller)
     from torch.nn.utils import parametrize
     for layer in fake_quantized:  # keep the latent weights; the plan quantizes them again
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+    return finish_recovery(model, history)
+
+
+def distill(model: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[Item],
+            cfg: RecoverConfig, *, desc: str, progress: bool,
+            log: Callable[[dict], None] | None, hooks: FitHooks | None,
+            distiller: Distiller | None = None) -> list[dict]:
+    """Train `model` in place towards `teacher` with the recovery loss (`Distiller`: teacher
+    outputs cached, front-end frozen, cfg.train choosing what trains) in workbench.train.fit;
+    returns the per-step log. The one training setup of recovery, QAT and progressive pruning.
+    `distiller`: one of this teacher and `items` whose cache to reuse."""
+    if distiller is not None and distiller.items is not items:
+        raise WorkbenchError("recover(distiller=...): that Distiller was built on other items; "
+                             "its cached teacher outputs would not match.")
+    distiller = (distiller.with_config(cfg) if distiller is not None
+                 else Distiller(frozen_teacher(teacher), items, cfg))
+    params = trainable_params(model, teacher, cfg.train)
+    # Leading blocks nothing trains in are the teacher's: start from its cached output there.
+    distiller.start = 0 if cfg.train == "all" else first_trained_block(model)
+    torch.manual_seed(cfg.seed)
+    return fit(model, params, len(items), cfg, lambda idx, step: distiller.loss(model, idx),
+               frames=[it.frames for it in items], desc=desc, progress=progress, log=log,
+               hooks=hooks)
+
+
+def finish_recovery(model: torch.nn.Module, history: Sequence[dict],
+                    events: Sequence[dict] = ()) -> Recovered:
+    """What every recovery returns: the trained copy in eval mode with all its parameters
+    trainable again (training froze the front-end; a caller may fine-tune or take gradients
+    next), and its logs."""
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    return Recovered(model, tuple(history))
+    return Recovered(model, tuple(history), tuple(events))
 
 
-def split_plan(plan, teacher: torch.nn.Module, compressed: torch.nn.Module):
+def split_plan(plan, teacher: torch.nn.Module, compressed: torch.nn.Module | None):
     """(structure, rest) of `plan` resolved on `teacher`: `structure` holds the entries that
     change shapes (pruning; low rank with the rank `compressed` actually got, so an energy
-    setting becomes an explicit rank) as explicit per-layer entries; `rest` holds the
-    quantization entries, to apply after recovery (export time). Layers kept dense are left out.
+    setting becomes an explicit rank; with `compressed` None energy settings stay as given)
+    as explicit per-layer entries; `rest` holds the quantization entries, to apply after
+    recovery (export time). Layers kept dense are left out.
     """
     from workbench.compress.lowrank import LowRankLinear
     from workbench.plan import CompressionPlan, LayerConfig
@@ -301,11 +387,11 @@ def split_plan(plan, teacher: torch.nn.Module, compressed: torch.nn.Module):
     structure: dict[str, LayerConfig] = {}
     rest: dict[str, LayerConfig] = {}
     for path, cfg in resolve(plan, teacher).items():
-        rank = None
-        if cfg.sets("low_rank"):
+        entry = structure_only(cfg)
+        if compressed is not None and cfg.sets("low_rank"):
             layer = compressed.get_submodule(path)
             rank = layer.rank if isinstance(layer, LowRankLinear) else None
-        entry = LayerConfig(**{**structure_only(cfg).values(), "rank": rank, "energy": None})
+            entry = LayerConfig(**{**entry.values(), "rank": rank, "energy": None})
         if not entry.is_empty():
             structure[path] = entry
         runtime = runtime_only(cfg)             # what the runtime applies (quantization)

@@ -8,11 +8,13 @@
                             arXiv:2007.14062), without their global tokens.
     LinearSelfAttention     softmax(q k^T) v replaced by phi(q) (phi(k)^T v) / phi(q) sum phi(k),
                             phi = elu + 1 (Katharopoulos et al. 2020, arXiv:2006.16236): the
-                            (Dh, Dh) summary costs 2 * H * T * Dh^2 MACs, no (T, T) matrix.
+                            (Dh, Dh) summary costs 2 * H * T * Dh (Dh + 1) MACs, no (T, T)
+                            matrix.
     PerformerSelfAttention  the same with FAVOR+ positive random features that approximate the
                             softmax kernel exp(q.k / sqrt(Dh)) (Choromanski et al. 2021,
                             arXiv:2009.14794): phi(x) = exp(w x - |x|^2 / 2) / sqrt(m), m
-                            orthogonal Gaussian rows w; 4 * H * T * m * Dh MACs.
+                            orthogonal Gaussian rows w; 2 * H * T * m * (2 Dh + 1) MACs.
+                            Both are a KernelizedAttention with their own feature map.
     GroupedFeedForward      fc1 / fc2 as G block-diagonal groups (G times fewer weights and MACs):
                             hidden neurons are assigned to the input group that holds most of
                             their fc1 weight energy (balanced), and fc2 keeps the matching block.
@@ -96,20 +98,35 @@ class WindowedSelfAttention(_SwappedAttention):
         return y.reshape(b, h, n * w, dh)[:, :, :t]
 
 
-class LinearSelfAttention(_SwappedAttention):
-    """Kernelized attention with phi = elu + 1 (module docstring)."""
+class KernelizedAttention(_SwappedAttention):
+    """softmax(q k^T) v replaced by phi(q) (phi(k)^T v) / (phi(q) . sum_t phi(k_t)): linear in T,
+    no (T, T) matrix. The one base of linear and Performer attention; a subclass gives its
+    feature map phi (`feature_map`). Per head with m features of dimension Dh: phi(k)^T v and
+    phi(q) (.) are T * m * Dh MACs each, the normaliser 2 * T * m (`kernelized_attention_row`
+    in compress/techniques/_swap.py prices it, plus the feature map's own MACs)."""
 
     eps: float = 1e-6
 
+    def feature_map(self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(phi(q), phi(k)), each (B, H, T, m), with the padded keys' features zero."""
+        raise NotImplementedError
+
     def mix(self, q, k, v, valid):
-        m = valid[:, None, :, None].to(q.dtype)                 # (B, 1, T, 1)
-        fq = F.elu(q) + 1.0
-        fk = (F.elu(k) + 1.0) * m                               # padded keys contribute 0
-        kv = torch.matmul(fk.transpose(-1, -2), v)              # (B, H, Dh, Dh)
-        z = fk.sum(dim=2, keepdim=True)                         # (B, H, 1, Dh)
+        fq, fk = self.feature_map(q, k, valid)
+        kv = torch.matmul(fk.transpose(-1, -2), v)              # (B, H, m, Dh)
+        z = fk.sum(dim=2, keepdim=True)                         # (B, H, 1, m)
         num = torch.matmul(fq, kv)                              # (B, H, T, Dh)
         den = (fq * z).sum(-1, keepdim=True)                    # (B, H, T, 1)
         return num / (den + self.eps)
+
+
+class LinearSelfAttention(KernelizedAttention):
+    """Kernelized attention with phi = elu + 1 (module docstring): m = Dh features."""
+
+    def feature_map(self, q, k, valid):
+        m = valid[:, None, :, None].to(q.dtype)                 # (B, 1, T, 1)
+        return F.elu(q) + 1.0, (F.elu(k) + 1.0) * m             # padded keys contribute 0
 
 
 def orthogonal_features(m: int, d: int, seed: int) -> torch.Tensor:
@@ -125,33 +142,27 @@ def orthogonal_features(m: int, d: int, seed: int) -> torch.Tensor:
     return (w * norms).float()
 
 
-class PerformerSelfAttention(_SwappedAttention):
+class PerformerSelfAttention(KernelizedAttention):
     """FAVOR+ random-feature attention (module docstring); `features` random features per head."""
-
-    eps: float = 1e-6
 
     def __init__(self, source: MultiHeadSelfAttention, features: int, seed: int = 0) -> None:
         super().__init__(source)
         # persistent: a checkpoint carries the features, so a reload computes the same function
         self.register_buffer("projection", orthogonal_features(features, self.head_dim, seed))
 
-    def mix(self, q, k, v, valid):
+    def feature_map(self, q, k, valid):
         scale = self.head_dim ** -0.25
         q, k = q * scale, k * scale
         m = valid[:, None, :, None]                                        # (B, 1, T, 1)
         # Stabilizers cancel between numerator and denominator: per query its own max; for the
         # keys one max per (item, head) over real frames only, so padding cannot change it.
-        q_proj = torch.matmul(q, self.projection.T)
+        q_proj = torch.matmul(q, self.projection.T)                         # (B, H, T, m)
         k_proj = torch.matmul(k, self.projection.T)
         q_c = q_proj.amax(-1, keepdim=True).detach()
         k_c = k_proj.masked_fill(~m, _MASKED).amax(dim=(-1, -2), keepdim=True).detach()
         fq = torch.exp(q_proj - 0.5 * (q * q).sum(-1, keepdim=True) - q_c)
         fk = torch.exp(k_proj - 0.5 * (k * k).sum(-1, keepdim=True) - k_c) * m.to(q.dtype)
-        kv = torch.matmul(fk.transpose(-1, -2), v)                          # (B, H, m, Dh)
-        z = fk.sum(dim=2, keepdim=True)                                     # (B, H, 1, m)
-        num = torch.matmul(fq, kv)
-        den = (fq * z).sum(-1, keepdim=True)
-        return num / (den + self.eps)
+        return fq, fk
 
 
 class GroupedLinear(nn.Module):

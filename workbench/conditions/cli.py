@@ -44,7 +44,7 @@ def bench_conditions(args=None) -> dict:
     includes degrading the audio and computing features; the second reads that cache."""
     import torch
 
-    from workbench.compress.presets import int8_everywhere
+    from workbench.presets import int8_everywhere
     from workbench.conditions import evaluate_conditions
     from workbench.models import load_demo
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from workbench.conditions.grid import Condition, degrade, resolve_grid
-from workbench.engine.jobs import Cancelled  # raised when cancel() returns True; re-exported
+from workbench.errors import Cancelled  # raised when cancel() returns True; re-exported
 from workbench.evaluate import EvalSet, score
 
 #: Bump when degrade() or the features change, so old cached features are not reused.

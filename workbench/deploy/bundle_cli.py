@@ -18,7 +18,7 @@ from workbench import cli_checks as ck
 def cmd_bundle(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench.compress import presets
+    from workbench import presets
     from workbench.deploy.bundle import Budget, build_bundle
     from workbench.export.apply import (ApplyOptions, check_output_dir, check_plan_fits,
                                         read_plan)

@@ -25,7 +25,7 @@ from torch import nn
 
 from workbench.compress.targets import find_targets
 from workbench.compress.techniques import settings, shape_only, technique
-from workbench.latency.table import with_technique_rows
+from workbench.latency.table import hooked_paths, with_technique_rows
 from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
 
@@ -117,23 +117,28 @@ class CostCache:
             return self._edge_latency(plan, device, float(audio_seconds), runtime, threads,
                                       device_file)
         from workbench.latency import load_device, price_table
-        resolved = self.resolve(plan)
+        return price_table(self._priced_table(self.resolve(plan), float(audio_seconds)),
+                           load_device(device))
+
+    def _priced_table(self, resolved: dict[str, LayerConfig], seconds: float):
+        """The plan's layer table at `seconds`: its structure's table, its bits, every latency
+        hook of its techniques applied once (what the host prices; the edge path prices the
+        hooked modules from it too, latency.predict.technique_ops)."""
         table = self._table(resolved)
-        if float(audio_seconds) != table.audio_seconds:
-            table = table.at_seconds(float(audio_seconds))
+        if seconds != table.audio_seconds:
+            table = table.at_seconds(seconds)
         bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
                 if cfg.quant is not None}
         # the structure table already has the hooks of shape-changing settings (table_for_plan
         # applied them); apply only the others here, so no hook counts twice
-        table = with_technique_rows(table.with_bits(bits), {
+        return with_technique_rows(table.with_bits(bits), {
             path: _without_shape(cfg) for path, cfg in resolved.items()})
-        return price_table(table, load_device(device))
 
     def _edge_latency(self, plan: CompressionPlan, device: str, seconds: float,
                       runtime: str | None, threads: int | None, device_file: str | None):
         from workbench.latency.graph import ops_at_scale
         from workbench.latency.predict import (ALIASES, bits_by_op, check_seconds, edge_report,
-                                               resolve_target)
+                                               resolve_target, technique_ops)
         check_seconds(seconds)
         dev, rt, n = resolve_target(ALIASES.get(device, device), runtime, threads, device_file)
         resolved = self.resolve(plan)
@@ -141,7 +146,12 @@ class CostCache:
         ops = ops_at_scale(ops, seconds / REFERENCE_SECONDS)
         bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
                 if cfg.quant is not None}
-        return edge_report(ops, bits_by_op(ops, bits, {}), dev, rt, n, seconds, roles)
+        op_bits = bits_by_op(ops, bits, {})
+        if hooked_paths(resolved):   # modules a latency hook prices: as on the host
+            hooked = self._priced_table(resolved, seconds)
+            ops, op_bits = technique_ops(ops, op_bits, hooked, resolved)
+            roles = {**roles, **{row.path: row.role for row in hooked.layers}}
+        return edge_report(ops, op_bits, dev, rt, n, seconds, roles)
 
     def _ops(self, resolved: dict[str, LayerConfig]):
         """Fused ops of the plan's structure at REFERENCE_SECONDS (cached per structure)."""

@@ -26,14 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from workbench.errors import Cancelled  # also re-exported from here
+
 #: Priorities (higher runs first): a slider's evaluation, a user-started job, a long background job.
 INTERACTIVE, USER, BACKGROUND = 30, 20, 10
-
-
-class Cancelled(Exception):
-    """The one cancellation of the package: raised inside a job (job.check()) when it was
-    cancelled, by a Session run made stale by a newer request, and by evaluate_conditions when
-    its cancel() returns True (engine.session and conditions re-export it)."""
 
 
 class PriorityLock:
@@ -131,7 +127,12 @@ class JobQueue:
 
     The app's queue has a few workers so a long sweep does not hold back an export or a
     streaming measurement: their model runs still go one at a time, through RUN_LOCK, by
-    priority. Workers are started on demand and end when the queue is empty."""
+    priority. Workers are started on demand and end when the queue is empty.
+
+    A slider's evaluation (INTERACTIVE) does not wait for long jobs: when every worker is busy
+    (e.g. a sweep, an export, a search), one more thread starts (at most one) that runs
+    INTERACTIVE jobs only, in order, and ends when none is queued. INTERACTIVE jobs still queue
+    behind each other, so a stale one cancelled while queued never starts."""
 
     def __init__(self, name: str = "workbench-jobs", workers: int = 1) -> None:
         self.name = name
@@ -139,7 +140,8 @@ class JobQueue:
         self._cond = threading.Condition()
         self._heap: list[tuple[int, int, Job]] = []
         self._tickets = itertools.count()
-        self._threads: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []     # workers (at most `workers`)
+        self._extra: list[threading.Thread] = []       # the INTERACTIVE-only thread, if any
 
     def submit(self, fn: Callable[[Job], Any], *, name: str = "job", priority: int = USER,
                on_done: Callable[[Any], None] | None = None,
@@ -148,26 +150,35 @@ class JobQueue:
         job = Job(name, priority, fn, on_done, on_error, on_progress)
         with self._cond:
             heapq.heappush(self._heap, (-priority, next(self._tickets), job))
-            self._threads = [w for w in self._threads if w.is_alive()]
-            if len(self._threads) < min(self.workers, len(self._heap) + self._busy()):
-                worker = threading.Thread(target=self._work, name=self.name, daemon=True)
-                self._threads.append(worker)
-                worker.start()
+            self._threads[:] = [w for w in self._threads if w.is_alive()]   # in place: workers hold them
+            self._extra[:] = [w for w in self._extra if w.is_alive()]
+            busy = self._busy(self._threads)
+            if len(self._threads) < min(self.workers, len(self._heap) + busy):
+                self._start(self._threads, interactive_only=False)
+            elif priority >= INTERACTIVE and not self._extra and len(self._threads) == busy:
+                self._start(self._extra, interactive_only=True)
         return job
 
-    def _busy(self) -> int:
-        return sum(1 for w in self._threads if getattr(w, "busy", False))
+    def _start(self, pool: list[threading.Thread], interactive_only: bool) -> None:
+        worker = threading.Thread(target=self._work, args=(pool, interactive_only),
+                                  name=self.name, daemon=True)
+        pool.append(worker)
+        worker.start()
+
+    @staticmethod
+    def _busy(pool: list[threading.Thread]) -> int:
+        return sum(1 for w in pool if getattr(w, "busy", False))
 
     def pending(self) -> list[Job]:
         with self._cond:
             return [job for _, _, job in sorted(self._heap)]
 
-    def _work(self) -> None:
+    def _work(self, pool: list[threading.Thread], interactive_only: bool) -> None:
         me = threading.current_thread()
         while True:
             with self._cond:
-                if not self._heap:
-                    self._threads = [w for w in self._threads if w is not me]
+                if not self._heap or (interactive_only and -self._heap[0][0] < INTERACTIVE):
+                    pool[:] = [w for w in pool if w is not me]
                     return
                 _, _, job = heapq.heappop(self._heap)
                 me.busy = True

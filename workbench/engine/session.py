@@ -10,8 +10,9 @@ How it is fast (DESIGN.md section 4):
   full set follows, which is that subset plus the rest, so the subset's work is reused;
 - batches are length-sorted with little padding (`evaluate.batches`), and low-rank settings reuse
   cached SVDs (`compress.lowrank.svd`);
-- `submit` runs quick-then-full on one worker thread; a newer submit cancels stale work between
-  blocks and batches, and a stale result is never delivered.
+- `submit` runs quick-then-full as one job of the engine's queue (JOBS, INTERACTIVE priority);
+  a newer submit cancels stale work between blocks and batches (a stale job still queued never
+  starts), and a stale result is never delivered.
 Size and latency need no model run: they are arithmetic over cached per-layer tables.
 
 Numbers: the engine and a from-scratch run use the same fixed batches, so its WER equals the WER
@@ -38,8 +39,8 @@ from workbench.features import collate_features
 from workbench.models.base import CTCModel
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.compress.resolution import resolve
-from workbench.engine.jobs import (INTERACTIVE, RUN_LOCK,  # noqa: F401 (re-exported)
-                                   Cancelled)
+from workbench.engine.jobs import (INTERACTIVE, JOBS, RUN_LOCK,  # noqa: F401 (re-exported)
+                                   Cancelled, Job, JobQueue)
 
 
 @dataclass(frozen=True)
@@ -76,20 +77,24 @@ class _Batches:
 
 class BackgroundEval:
     """submit / wait / cancel for a session (Session, WhisperSession) whose
-    `evaluate(plan, kind, cancel=)` raises Cancelled when `cancel()` turns True. The session's
-    __init__ sets `_lock` (which also guards its results), `_generation` = 0, `_worker` = None."""
+    `evaluate(plan, kind, cancel=)` raises Cancelled when `cancel()` turns True. The work runs as
+    a job of the engine's queue (`JOBS`, INTERACTIVE priority, so it goes before any queued
+    user or background job and gets the run lock between two cells of a sweep). The session's
+    __init__ sets `_lock` (which also guards its results) and `_generation` = 0."""
 
     _lock: threading.RLock
     _generation: int
-    _worker: threading.Thread | None
+    _job: Job | None = None          # the newest request's job
+    jobs: JobQueue = JOBS            # the queue requests go to (a test may give its own)
 
     def submit(self, plan, on_result: Callable[[WerEstimate], None],
                on_error: Callable[[BaseException], None] | None = None,
                kinds: tuple[str, ...] = ("quick", "full")) -> int:
-        """Evaluate quick then full on a worker thread; a newer submit cancels this one.
+        """Evaluate quick then full as one INTERACTIVE job; a newer submit cancels this one.
 
-        Callbacks run on the worker thread; a result is delivered only while it is the newest.
-        Returns the request's generation number.
+        A stale job still queued never starts; a running one stops between blocks and batches.
+        Callbacks run on the queue's worker thread; a result (or error) is delivered only while
+        its request is the newest. Returns the request's generation number.
         """
         from workbench.checks import check_choice, check_plan
         from workbench.errors import ArgumentError
@@ -103,12 +108,9 @@ class BackgroundEval:
                                 f"'quick' / 'full'.")
         for kind in kinds:
             check_choice(kind, ("quick", "full"), name, "kinds")
-        with self._lock:
-            self._generation += 1
-            gen = self._generation
-        stale = lambda: gen != self._generation  # noqa: E731
 
-        def work() -> None:
+        def work(job: Job) -> None:
+            stale = lambda: job.cancelled or gen != self._generation  # noqa: E731
             # One model run at a time (two torch runs on 2 cores are ~10x slower); a slider's
             # evaluation goes before any queued background run (engine.jobs).
             with RUN_LOCK.hold(INTERACTIVE):
@@ -126,18 +128,27 @@ class BackgroundEval:
                     if not stale():
                         on_result(result)
 
-        self._worker = threading.Thread(target=work, name=f"workbench-eval-{gen}", daemon=True)
-        self._worker.start()
+        with self._lock:   # generation, cancel and the new job together: no request in between
+            self._generation += 1
+            gen = self._generation
+            if self._job is not None:
+                self._job.cancel()
+            self._job = self.jobs.submit(work, name=f"{type(self).__name__} evaluation {gen}",
+                                         priority=INTERACTIVE)
         return gen
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the latest submitted work is done (for tests and scripts)."""
-        if self._worker is not None:
-            self._worker.join(timeout)
+        job = self._job
+        if job is not None:
+            job.wait(timeout)
 
     def cancel(self) -> None:
+        """Drop the newest request: its job stops (or never starts), its callbacks never run."""
         with self._lock:
             self._generation += 1
+            if self._job is not None:
+                self._job.cancel()
 
     def _remember(self, key: tuple, result: WerEstimate) -> WerEstimate:
         """Keep `result` in the per-plan result cache (the 512 most recent plans) and return it."""
@@ -193,7 +204,6 @@ class Session(BackgroundEval):
         self._results: OrderedDict[tuple, WerEstimate] = OrderedDict()
         self._cache_entries = cache_entries
         self._generation = 0
-        self._worker: threading.Thread | None = None
         from workbench.plan import CompressionPlan
         self._empty_plan = CompressionPlan()
         self._empty_sigs = self._signatures(self._empty_plan)

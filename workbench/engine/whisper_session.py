@@ -15,9 +15,9 @@ change is added to the full baseline WER, with its standard error; the full set 
 subset plus the rest, so the subset's work is reused.
 
 `submit` / `wait` / `cancel` come from `BackgroundEval`, as the CTC Session's (quick then full
-on one worker thread, a newer submit cancels stale work between encoder blocks and decoder
-batches), so the dashboard's
-controller drives both engines the same way. Only that worker runs models; the caches are its own.
+as one INTERACTIVE job of the engine's queue JOBS; a newer submit cancels stale work between
+encoder blocks and decoder batches), so the dashboard's controller drives both engines the same
+way. Model runs hold the engine's RUN_LOCK; the caches are the session's own.
 """
 from __future__ import annotations
 
@@ -91,7 +91,6 @@ class WhisperSession(BackgroundEval):
         self._results: OrderedDict[tuple, WerEstimate] = OrderedDict()
         self._lock = threading.RLock()      # guards _results and the worker's generation
         self._generation = 0
-        self._worker: threading.Thread | None = None
         from workbench.plan import CompressionPlan
         empty = CompressionPlan()
         self._baseline_hyps = {k: self._hyps(empty, k)[0] for k in self._kinds}

@@ -30,6 +30,7 @@ from workbench.export.model_card import render
 from workbench.onnx_tools.exporter import OPSET
 from workbench.export.pipeline import Export, build_export, needs_calibration
 from workbench.export.positions import bytes_priced_elsewhere
+from workbench.export.verify import conditions_report
 from workbench.export.report import (DELIVERABLE, FORMAT, accuracy_section, host_description,
                                      latency_section, layer_rows, ops_section, parity_section,
                                      sessions, sha256, simulated_devices, size_section)
@@ -141,7 +142,6 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
         "notes": list(export.notes),
     }
     if options.conditions and eval_sets:
-        from workbench.conditions.export_report import conditions_report
         report["conditions"] = conditions_report(ort_model, export.sim, model, options.conditions,
                                                  eval_sets[0].manifest)
     if calib is not None:

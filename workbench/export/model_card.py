@@ -216,9 +216,28 @@ def data_readme() -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
-def _conditions_section(report: Mapping[str, Any]) -> str:
-    from workbench.conditions.export_report import card_section
-    return card_section(dict(report))
+def conditions_section(report: Mapping[str, Any]) -> str:
+    """The "Accuracy by condition" table (report["conditions"], export.verify.conditions_report),
+    or how to get it."""
+    cond = report.get("conditions")
+    if not cond:
+        return ("Not measured in this export: run `workbench apply ... --conditions` (default "
+                "grid: noise at several SNRs incl. babble and music on hold, rooms, speed, "
+                "telephone band, 8 kHz mu-law), or `workbench eval --conditions --plan plan.json`.")
+    lines = [f"WER / CER (%) on `{cond['set']}` under each condition (seed {cond['seed']}; "
+             f"{cond['source']}).", "",
+             "| condition | utterances | WER (ONNX) | CER (ONNX) | WER simulated | "
+             "WER uncompressed | change vs uncompressed (pp) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in cond["rows"]:
+        lines.append(f"| {r['condition']} | {r['utterances']} | {100 * r['wer_ort']:.1f} | "
+                     f"{100 * r['cer_ort']:.1f} | {100 * r['wer_sim']:.1f} | "
+                     f"{100 * r['wer_uncompressed']:.1f} | "
+                     f"{100 * (r['wer_ort'] - r['wer_uncompressed']):+.1f} |")
+    if cond.get("skipped"):
+        lines += ["", f"Skipped (source missing on the export machine): "
+                      f"{', '.join(cond['skipped'])}."]
+    return "\n".join(lines)
 
 
 def render(report: Mapping[str, Any], resolved: Mapping[str, Any], plan_json: str,
@@ -241,7 +260,7 @@ def render(report: Mapping[str, Any], resolved: Mapping[str, Any], plan_json: st
                  f"{report['parity']['argmax_agreement']:.2%}, max |Δ probability| "
                  f"{report['parity']['max_abs_diff_probs']}, max |Δ log-probability| "
                  f"{report['parity']['max_abs_diff_log_probs']} (largest on unlikely tokens).",
-                 "", "## Accuracy by condition", "", _conditions_section(report), "",
+                 "", "## Accuracy by condition", "", conditions_section(report), "",
                  "## Size and latency", "",
                  size_sentence(size), "", latency_section(report), "",
                  "## Calibration data", "", report.get("calibration", {}).get(

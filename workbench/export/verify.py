@@ -3,19 +3,22 @@
 Everything runs ORT's CPU provider, one utterance at a time (batch 1, the production case),
 with explicit thread counts. Sessions, op counts and latency come from the ONNX toolbox
 (workbench.onnx_tools.runtime: one timing harness and one clock, shared with the host latency
-calibration).
+calibration). `conditions_report`: the same WER under the conditions grid (noise, rooms, speed,
+telephone band) on degraded copies of a set (workbench.conditions).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from workbench.conditions import condition_sets
 from workbench.decode import greedy_decode
-from workbench.evaluate import EvalSet, UtteranceResult, score
+from workbench.evaluate import EvalSet, UtteranceResult, evaluate, score
 from workbench.features import FRAMES_PER_SECOND
 from workbench.onnx_tools.runtime import feature_feeds
 
@@ -58,6 +61,31 @@ def evaluate_ort(session: onnxruntime.InferenceSession, eval_set: EvalSet) -> Or
     wer, cer, per = score(eval_set.texts, hyps, eval_set.ids)
     return OrtEval(eval_set.name, wer, cer, len(eval_set), per,
                    tuple(f.shape[-1] / FRAMES_PER_SECOND for f in eval_set.features))
+
+
+def conditions_report(ort_session: onnxruntime.InferenceSession, sim: torch.nn.Module,
+                      original: torch.nn.Module, grid: str, manifest: Path,
+                      seed: int = 0) -> dict[str, Any]:
+    """The conditions grid measured on the exported model (`workbench apply --conditions`): per
+    condition, WER / CER of the ONNX Runtime session beside the PyTorch simulation of the plan
+    and the uncompressed model, on the same degraded features as `evaluate_conditions` (the
+    shared feature cache). report["conditions"]; the model card's "Accuracy by condition"."""
+    sets, stats = condition_sets(grid, manifest, seed=seed, progress=False)
+    rows = []
+    for cond, es in sets:
+        ort_eval = evaluate_ort(ort_session, es)
+        sim_eval = evaluate(sim, es)
+        base = evaluate(original, es)
+        rows.append({"condition": cond.name, "utterances": len(es),
+                     "wer_ort": round(ort_eval.wer, 4), "cer_ort": round(ort_eval.cer, 4),
+                     "wer_sim": round(sim_eval.wer, 4),
+                     "wer_uncompressed": round(base.wer, 4),
+                     "cer_uncompressed": round(base.cer, 4)})
+    return {"grid": grid, "set": Path(manifest).parent.name, "seed": seed, "rows": rows,
+            "skipped": list(stats["skipped"]),
+            "source": "measured: greedy CTC of the ONNX model (onnxruntime), the PyTorch "
+                      "simulation and the uncompressed model on seeded degraded copies of the "
+                      "set (workbench.conditions)"}
 
 
 def by_length(per: Sequence[UtteranceResult], seconds: Sequence[float]) -> list[dict[str, Any]]:

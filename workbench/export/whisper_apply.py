@@ -39,7 +39,7 @@ from torch import nn
 from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
 from workbench.errors import PlanError
 from workbench.export.errors import ExportError
-from workbench.export.whisper_onnx import GRAPHS
+from workbench.export.whisper_onnx import GRAPHS, OrtWhisper, export_whisper, ort_transcribe
 
 FORMAT = "workbench-whisper-export-report/1"
 
@@ -257,7 +257,6 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
     from workbench.onnx_tools.exporter import to_bytes
     from workbench.export.ort_quantize import plan_decisions, quantize_graph
     from workbench.export.structural import structural_plan
-    from workbench.export.whisper_onnx import export_whisper
 
     layers = check_exportable(model, plan)
     plan_decisions(layers, strict)                     # refuse early, before the slow part
@@ -306,7 +305,6 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
 
 
 def _transcripts(ort_model, tokenizer, eval_set) -> list[str]:
-    from workbench.export.whisper_onnx import ort_transcribe
     secs = [f.shape[-1] / 100 for f in eval_set.features]
     return ort_transcribe(ort_model, tokenizer, eval_set.features, secs)
 
@@ -376,7 +374,6 @@ def parity(ort_model, sim: nn.Module, features: Sequence[torch.Tensor],
 
 def _ms_per_token(paths, rules, n_layers: int, features, threads: int = 1) -> tuple[float, float]:
     """(encoder ms on the first utterance, decoder ms per token p50) measured in ORT."""
-    from workbench.export.whisper_onnx import OrtWhisper
     from workbench.whisper_eval import MARGIN_FRAMES, max_new_tokens, with_margin
     m = OrtWhisper(paths, rules, n_layers, threads=threads)
     x = with_margin(features[0], MARGIN_FRAMES).numpy()
@@ -447,7 +444,6 @@ def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Seque
     from workbench.export.apply import check_output_dir
     from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_atomic
     from workbench.export.report import host_description, layer_rows, sha256
-    from workbench.export.whisper_onnx import OrtWhisper
     from workbench.size import size
     from workbench.whisper_latency import rtf_by_device
 

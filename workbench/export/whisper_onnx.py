@@ -1,5 +1,5 @@
 """ONNX export of the full Whisper model: encoder + KV-cached decoder, a greedy loop over ONNX
-Runtime, and the ORT-vs-simulation figures of `workbench bench whisper`.
+Runtime (the ORT-vs-simulation figures of `workbench bench whisper` are workbench.bench.whisper's).
 
 Three graphs (batch 1, dynamic lengths), each weight stored in exactly one of them:
     encoder.onnx    mel (1, 80, T) -> enc (1, T', D)
@@ -229,49 +229,3 @@ def ort_transcribe(ort_model: OrtWhisper, tokenizer, features, seconds) -> list[
     return [normalize_text(tokenizer.decode(ort_model.transcribe_ids(f.numpy(),
                                                                      max_new_tokens(s))))
             for f, s in zip(features, seconds)]
-
-
-def bench_figures(model, tokenizer, sets, args) -> dict:
-    """ORT int8 WER vs simulated int8 WER per set, decoder ms per token, file sizes: the plan
-    "int8 everywhere" through the same per-layer path as `workbench apply --model whisper`
-    (`whisper_apply.build_whisper_export`)."""
-    import tempfile
-
-    from workbench.evaluate import score
-    from workbench.export.whisper_apply import build_whisper_export, stored_bytes
-    from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
-    from workbench.size import size
-    from workbench.whisper_eval import evaluate_whisper, ort_dynamic_activations
-
-    out: dict = {}
-    plan = CompressionPlan().with_default(LayerConfig(quant=QuantConfig(weight_bits=8)))
-    with tempfile.TemporaryDirectory() as tmp:
-        ex = build_whisper_export(model, plan, Path(tmp))
-        out["bytes_fp32"] = {k: p.stat().st_size for k, p in ex["fp32"].items()}
-        out["bytes_int8"] = {k: p.stat().st_size for k, p in ex["model"].items()}
-        out["int8_stored"] = stored_bytes(ex["model"])
-        out["int8_size_prediction_bytes"] = size(model, plan).total_bytes
-        sim = ex["sim"]
-        dynamic = {d.path for d in ex["decisions"] if d.dynamic_activations}
-        ort_model = OrtWhisper(ex["model"], model.rules, len(model.decoder.blocks),
-                               threads=torch.get_num_threads())
-        for name, es in sets.items():
-            secs = [f.shape[-1] / 100 for f in es.features]
-            hyps = ort_transcribe(ort_model, tokenizer, es.features, secs)
-            ort_wer = score(es.texts, hyps)[0]
-            weight_only = evaluate_whisper(sim, tokenizer, es).wer
-            with ort_dynamic_activations(sim, dynamic):
-                sim_wer = evaluate_whisper(sim, tokenizer, es).wer
-            out[name] = {"ort_int8_wer": round(ort_wer, 4),
-                         "simulated_int8_wer": round(sim_wer, 4),
-                         "simulated_int8_weight_only_wer": round(weight_only, 4),
-                         "difference": round(ort_wer - sim_wer, 4),
-                         "within_0.005": abs(ort_wer - sim_wer) <= 0.005,
-                         "simulation": "int8 per-channel weights + ORT's dynamic uint8 "
-                                       "activation rounding per item (whisper_eval."
-                                       "ort_dynamic_activations)"}
-        steps = ort_model.step_seconds
-        out["ort_int8_decoder_ms_per_token_p50"] = round(1e3 * float(np.median(steps)), 3)
-        out["source"] = ("measured: ONNX Runtime int8 (dynamic, per channel; per-layer export "
-                         "of `workbench apply --model whisper`), batch 1, greedy")
-    return out

@@ -18,65 +18,12 @@ conv's output channels, else "neurons". The path is the deepest module holding a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from workbench.graph.structure import Axis, Group, Refusal, Structure
+from workbench.graph.surgery import check_groups
 from workbench.graph.units import Member, Units, eval_mode, record_units
-
-Axis = tuple[str, int]  # (parameter name, dim)
-_ROLE = {"heads": "attention", "neurons": "ffn", "channels": "conv"}
-
-
-@dataclass(frozen=True)
-class Group:
-    """Prunable units of one module: kind, path, and per unit its slices on each axis."""
-
-    path: str
-    kind: str                                    # heads | neurons | channels
-    axes: tuple[Axis, ...]
-    units: tuple[dict[Axis, tuple[int, ...]], ...]
-
-    @property
-    def role(self) -> str:
-        return _ROLE[self.kind]
-
-    @property
-    def size(self) -> int:
-        return len(self.units)
-
-    def consumers(self) -> tuple[Axis, ...]:
-        return tuple(a for a in self.axes if a[1] == 1)
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A candidate the tracer could not prove: where, and why."""
-
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Structure:
-    """Everything `discover` found on one model."""
-
-    groups: tuple[Group, ...]
-    refusals: tuple[Refusal, ...]
-    ops: int
-
-    def group(self, path: str) -> Group:
-        for g in self.groups:
-            if g.path == path:
-                return g
-        known = ", ".join(g.path for g in self.groups) or "none"
-        refused = [r.reason for r in self.refusals if r.path == path]
-        why = f" It was refused: {refused[0]}" if refused else ""
-        raise KeyError(f"{path!r} is not a prunable group.{why} Groups: {known}.")
-
-    def by_kind(self, kind: str) -> tuple[Group, ...]:
-        return tuple(g for g in self.groups if g.kind == kind)
 
 
 def _common_module(names: list[str]) -> str:
@@ -105,7 +52,6 @@ def discover(model: nn.Module, example: tuple, verify: bool = True) -> Structure
 
 def structure_from_units(model: nn.Module, example: tuple, units: Units,
                          verify: bool = True) -> Structure:
-    from workbench.graph.surgery import check_groups
     families: dict[tuple[Axis, ...], list[int]] = {}
     for root, members in units.members.items():
         axes = tuple(sorted({(n, d) for n, d, _ in members}))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from workbench.graph.groups import Group, Structure
+from workbench.graph.structure import Group, Structure
 
 #: Relative tolerance of the pruned-vs-masked check (float reassociation is ~1e-6).
 CHECK_RTOL = 1e-4

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from workbench.plan import CompressionPlan
 from workbench.latency.edge import BYTES, OpTime, price_ops
 from workbench.latency.graph import FusedOp, fused_ops
 from workbench.latency.report import LatencyReport, LayerLatency, MemoryFit
+from workbench.compress.resolution import resolve
+from workbench.latency.table import (_check_bits, bits_for, compressed_for_pricing, hooked_paths,
+                                     layer_table, with_technique_rows)
 from workbench.latency.hardware import (EdgeDevice, Runtime, UnknownDeviceError,
                                         edge_device_names, load_edge_device, load_runtime)
 
@@ -134,7 +138,6 @@ def unknown_device_error(device: Any, known: Sequence[str]) -> UnknownDeviceErro
 
 def bits_by_op(ops: Sequence[FusedOp], bits: Mapping[str, int],
                carried: Mapping[str, int]) -> dict[str, int | None]:
-    from workbench.latency.table import bits_for
     out: dict[str, int | None] = {}
     for op in ops:
         if op.path in out:
@@ -147,14 +150,16 @@ def bits_by_op(ops: Sequence[FusedOp], bits: Mapping[str, int],
 def trace_model(model: nn.Module, seconds: float, weight_bits: Any,
                 make_inputs: Callable[[float], tuple[Any, ...]] | None
                 ) -> tuple[list[FusedOp], dict[str, int | None], nn.Module]:
-    """Fused ops of `model` (a plan applied to a copy first) and weight bits per op path."""
-    from workbench.latency.table import _check_bits, compressed_for_pricing
+    """Fused ops of `model` (a plan applied to a copy first) and weight bits per op path; the
+    modules a technique's latency hook prices come from the hooked table (technique_ops)."""
     from workbench.layer_profile import default_inputs
     if not isinstance(model, nn.Module):
         raise LatencyInputError(f"model: expected a torch.nn.Module or a LayerTable, got "
                                 f"{type(model).__name__}.")
     bits: dict[str, int] = {}
+    resolved: dict[str, Any] = {}
     if weight_bits is not None and isinstance(weight_bits, CompressionPlan):
+        resolved = resolve(weight_bits, model)
         model = compressed_for_pricing(model, weight_bits)
     elif weight_bits is not None:
         if not isinstance(weight_bits, Mapping):
@@ -173,7 +178,45 @@ def trace_model(model: nn.Module, seconds: float, weight_bits: Any,
     ops = fused_ops(model, inputs)
     carried = {path: int(m.weight_bits) for path, m in model.named_modules()
                if isinstance(getattr(m, "weight_bits", None), int)}
-    return ops, bits_by_op(ops, bits, carried), model
+    op_bits = bits_by_op(ops, bits, carried)
+    if hooked_paths(resolved):   # the hooks, as the host path applies them (technique_ops)
+        table = with_technique_rows(layer_table(model, seconds, make_inputs=make), resolved)
+        ops, op_bits = technique_ops(ops, op_bits, table, resolved)
+    return ops, op_bits, model
+
+
+def technique_ops(ops: Sequence[FusedOp], bits: Mapping[str, int | None], hooked: Any,
+                  resolved: Mapping[str, Any]) -> tuple[list[FusedOp], dict[str, int | None]]:
+    """The modules a technique with a latency hook sets (`latency_row` / `latency_row_at`),
+    priced as the host path prices them. `hooked`: the LayerTable of the same compressed model
+    and audio length after `with_technique_rows(table, resolved)` (the one place hooks are
+    applied). The ops under each such entry are replaced by the ops of its rows, converted like
+    the UI's arithmetic path (`ops_from_table`), where the module ran; the other ops stay as
+    traced. Idempotent: ops already replaced are replaced again. E.g. a windowed attention runs
+    as a full (T, T) product masked in PyTorch; its hook prices the windowed kernel a runtime
+    runs, on the host and on every edge device alike."""
+    found = hooked_paths(resolved)
+    roots = tuple(r for r in found if not any(r.startswith(o + ".") for o in found))
+    if not roots:
+        return list(ops), dict(bits)
+
+    def root_of(path: str) -> str | None:
+        return next((r for r in roots if path == r or path.startswith(r + ".")), None)
+
+    rows = {r: tuple(row for row in hooked.layers if root_of(row.path) == r) for r in roots}
+    out: list[FusedOp] = []
+    for op in ops:
+        root = root_of(op.path)
+        if root is None:
+            out.append(op)
+        elif root in rows:                      # the module's first op: its rows' ops instead
+            out += ops_from_table(replace(hooked, layers=rows.pop(root)))
+    for left in rows.values():                  # a hooked module the trace did not see run
+        out += ops_from_table(replace(hooked, layers=left))
+    out_bits = {p: b for p, b in bits.items() if root_of(p) is None}
+    out_bits.update({row.path: (None if row.weight_bits >= 32 else row.weight_bits)
+                     for row in hooked.layers if root_of(row.path) is not None})
+    return out, out_bits
 
 
 def ops_from_table(table: Any) -> list[FusedOp]:

@@ -211,6 +211,14 @@ def with_technique_rows(table: LayerTable, resolved: Mapping[str, Any]) -> Layer
     return replace(table, layers=tuple(layers))
 
 
+def hooked_paths(resolved: Mapping[str, Any]) -> tuple[str, ...]:
+    """Paths of the entries that set a technique with a latency hook: with_technique_rows
+    changes the rows at and under them (the edge path prices those modules from these rows)."""
+    hooked = [t for t in techniques() if t.latency_row is not None or t.latency_row_at is not None]
+    return tuple(path for path, cfg in resolved.items()
+                 if any(t.setting(cfg) is not None for t in hooked))
+
+
 def _nearest_setting(tech: Any, path: str, resolved: Mapping[str, Any]) -> Any:
     probe = path
     while probe:

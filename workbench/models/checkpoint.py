@@ -220,17 +220,26 @@ def _check_tensors(path: Path, found: str, config: Any,
                               f"{config}: " + "; ".join(parts) + ".")
 
 
+#: (family's model, stored structure as JSON data, source name for errors) -> the model reshaped.
+#: Reshaping is compress's work, a layer above this one: workbench.compress registers it when it
+#: is imported (which `import workbench` does), so this layer never imports compress.
+StructureLoader = Callable[[CTCModel, dict[str, Any], str], CTCModel]
+_structure_loader: StructureLoader | None = None
+
+
+def register_structure_loader(loader: StructureLoader) -> None:
+    """Set how a stored structure reshapes a model (workbench.compress.apply calls this)."""
+    global _structure_loader
+    _structure_loader = loader
+
+
 def _with_structure(model: CTCModel, structure: dict[str, Any], path: Path) -> CTCModel:
     """The family's model reshaped by a structural plan (weights are overwritten next)."""
-    from workbench.compress import compress
-    from workbench.plan import CompressionPlan
-    from workbench.errors import PlanError
+    if _structure_loader is None:
+        raise CheckpointError(f"{path}: holds a pruned structure, which workbench.compress "
+                              f"applies; `import workbench` (or workbench.compress) first.")
     try:
-        plan = CompressionPlan.from_json(json.dumps(structure), source_name=f"{path} structure")
-        if any(c.quant is not None or c.energy is not None for c in plan.layers.values()):
-            raise PlanError("structure: holds quantization or an energy rank; a stored structure "
-                            "has only pruning and explicit ranks.")
-        return compress(model, plan, force=True)
+        return _structure_loader(model, structure, f"{path} structure")
     except WorkbenchError as err:
         raise CheckpointError(f"{path}: its stored structure cannot be applied: {err}") from None
 

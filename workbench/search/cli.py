@@ -132,7 +132,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench.compress.presets import PRESETS
+    from workbench.presets import PRESETS
     from workbench.plan import CompressionPlan
     from workbench.search.executors import RayExecutor, RayStartError
     from workbench.search.sweep import sweep

@@ -25,6 +25,7 @@ from torch import nn
 
 from workbench.errors import WorkbenchError
 from workbench.compress.resolution import resolve
+from workbench.latency.table import hooked_paths
 
 
 @dataclass(frozen=True)
@@ -190,9 +191,14 @@ class LatencyPricer:
         ops, roles = self._ops[key]
         bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
                 if cfg.quant is not None}
+        op_bits = edge.bits_by_op(ops, bits, {})
+        if hooked_paths(resolved):   # modules a latency hook prices: as predict_latency does
+            from workbench.latency import layer_table
+            hooked = layer_table(self.model, self.seconds, plan)
+            ops, op_bits = edge.technique_ops(ops, op_bits, hooked, resolved)
+            roles = {**roles, **{row.path: row.role for row in hooked.layers}}
         dev, rt, n = self.target
-        return edge.edge_report(ops, edge.bits_by_op(ops, bits, {}), dev, rt, n, self.seconds,
-                                roles)
+        return edge.edge_report(ops, op_bits, dev, rt, n, self.seconds, roles)
 
 
 _CACHE: dict[str, PlanEvaluator] = {}

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from workbench.compress.presets import INT4, INT8, int8_everywhere
+from workbench.presets import INT4, INT8, int8_everywhere
 from workbench.compress.targets import find_targets
 from workbench.errors import WorkbenchError
 from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig, PruneConfig, QuantConfig

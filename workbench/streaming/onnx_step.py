@@ -1,7 +1,8 @@
 """The streaming ONNX model: one chunk + cached context in, the chunk's logits + new cache out.
 
     path = export_step(model, cfg, "step.onnx")
-    logits, step_ms = run_onnx_stream(path, cfg, features)   # chunk by chunk in onnxruntime
+    logits, step_ms = run_onnx_stream(path, cfg, features)   # chunk by chunk in onnxruntime,
+                                                             # each step's wall ms (toolbox clock)
 
 Inputs / outputs are those of `StreamingStep` (batch 1, fixed chunk shape); the caller keeps the
 rolling mel window and feeds back the caches. onnxruntime is imported inside the functions.
@@ -12,14 +13,13 @@ import contextlib
 import copy
 import io
 import logging
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from workbench.onnx_tools.runtime import make_session
+from workbench.onnx_tools.runtime import make_session, timed_run
 from workbench.streaming.step import (HEAD_DELAY, StreamConfig, StreamingError, StreamingStep,
                                       mel_window, n_steps)
 
@@ -68,11 +68,12 @@ def ort_session(path: Path | str, threads: int = 1):
 def run_onnx_stream(session_or_path, cfg: StreamConfig, features: torch.Tensor,
                     state_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
                     ) -> tuple[torch.Tensor, list[float]]:
-    """Run one utterance (80, T) chunk by chunk: (T', V) logits and per-step thread-CPU ms.
+    """Run one utterance (80, T) chunk by chunk: (T', V) logits and per-step ms.
 
-    Each step's time is the calling thread's CPU time of `session.run` (with 1 intra-op thread
-    ONNX Runtime computes on the calling thread), so other processes on a shared machine do not
-    inflate it.
+    Each step is timed on the ONNX toolbox's one clock (`onnx_tools.runtime.timed_run`: wall
+    time of `session.run`, the clock the export report and the host latency calibration use),
+    so measured and predicted step times compare like for like. A busy machine inflates wall
+    times: read them with the load average.
     """
     sess = ort_session(session_or_path) if isinstance(session_or_path, (str, Path)) \
         else session_or_path
@@ -88,9 +89,8 @@ def run_onnx_stream(session_or_path, cfg: StreamConfig, features: torch.Tensor,
         s = j * cfg.chunk
         feed = {"mel": mel_window(feats, s, cfg).numpy(), "offset": np.array(s, dtype=np.int64),
                 "mel_len": mel_len, "k_cache": k, "v_cache": v, "head_cache": hc}
-        c = time.thread_time()
-        logits, k, v, hc = sess.run(None, feed)
-        times.append((time.thread_time() - c) * 1e3)
+        (logits, k, v, hc), ms = timed_run(sess, feed)
+        times.append(ms)
         outs.append(logits)
     out = np.concatenate(outs, axis=1)[0, HEAD_DELAY: HEAD_DELAY + t_len]
     return torch.from_numpy(out), times

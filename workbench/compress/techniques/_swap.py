@@ -1,8 +1,12 @@
 """Helpers shared by the architecture-swap techniques (windowed / linear / Performer attention,
-grouped FFN): replace one module of a model copy, and the model's frame rate at its blocks."""
+grouped FFN): replace one module of a model copy, the model's frame rate at its blocks, and the
+latency row of a kernelized attention (linear and Performer attention: one formula, their own
+feature map)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,3 +44,17 @@ def frames_per_second(model: nn.Module) -> float:
     with torch.no_grad():
         _, lengths = stem(torch.zeros(1, int(n_mels), 1000), torch.tensor([1000]))
     return float(lengths[0]) / 10.0
+
+
+def kernelized_attention_row(row: Any, features: int, feature_map_macs: int) -> Any:
+    """The attention-scores row of a KernelizedAttention (compress.swap_layers): per head, over
+    T positions, m = `features` features of dimension Dh: phi(k)^T v and phi(q) (.) are T m Dh
+    MACs each, the normaliser (sum_t phi(k_t), then phi(q) . it) 2 T m; `feature_map_macs` per
+    head and position is the feature map's own work (0 for elu + 1; 2 m Dh for Performer's random
+    projections of q and k). Writes the (H, T, m) features instead of an (H, T, T) matrix;
+    linear in T. Other rows pass through (the hook is applied to every row under the module)."""
+    if row.op != "attention_scores" or not row.heads:
+        return row
+    h, t, dh, m = row.heads, row.positions, row.head_dim, features
+    return replace(row, macs=2 * h * t * m * (dh + 1) + h * t * feature_map_macs,
+                   output_bytes=h * t * m * 4, linear_in_length=True)

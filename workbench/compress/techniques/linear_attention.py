@@ -4,19 +4,20 @@ with the feature map elu + 1 (workbench.compress.swap_layers.LinearSelfAttention
     LayerConfig(linear_attention={})          {"feature_map": "elu+1"} is the only map so far
 
 Initialised from the attention's projections; the kernel is not the softmax's, so the swap needs
-recovery (distillation). Priced as 2 * H * T * Dh * (Dh + 1) MACs: linear in T, no (T, T) matrix.
+recovery (distillation). Priced as 2 * H * T * Dh * (Dh + 1) MACs (_swap.kernelized_attention_row,
+m = Dh): linear in T, no (T, T) matrix.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from workbench.compress.swap_layers import LinearSelfAttention
-from workbench.compress.techniques._swap import ATTENTION_WHY_NOT, replace_attention
+from workbench.compress.techniques._swap import (ATTENTION_WHY_NOT, kernelized_attention_row,
+                                                 replace_attention)
 from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
 
 
@@ -34,12 +35,8 @@ def apply_(root: nn.Module, entries: Mapping[str, LinearAttentionConfig], ctx: A
 
 
 def latency_row(row, s: LinearAttentionConfig):
-    """phi(k)^T v and phi(q) (.) per head: (Dh, Dh) products; the feature maps as activations."""
-    if row.op != "attention_scores" or not row.heads:
-        return row
-    h, t, dh = row.heads, row.positions, row.head_dim
-    return replace(row, macs=2 * h * t * dh * (dh + 1), output_bytes=h * t * dh * 4,
-                   linear_in_length=True)
+    """m = Dh features from elu + 1: no MACs for the feature map (an activation)."""
+    return kernelized_attention_row(row, row.head_dim, feature_map_macs=0)
 
 
 LINEAR_ATTENTION = register(Technique(

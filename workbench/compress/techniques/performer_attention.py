@@ -6,19 +6,20 @@ positive orthogonal random features (workbench.compress.swap_layers.PerformerSel
 The random features are drawn from `seed` and stored in the model (a buffer), so a checkpoint
 reloads the same function. Unbiased for the softmax kernel, so it starts closer to the original
 attention than linear attention; its variance grows with |q|, |k| (recovery helps). Priced as
-4 * H * T * m * Dh MACs: linear in T.
+2 * H * T * m * (2 Dh + 1) MACs (_swap.kernelized_attention_row: the random projections of q and
+k, phi(k)^T v, phi(q) (.) and the normaliser): linear in T.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from functools import partial
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from workbench.compress.swap_layers import PerformerSelfAttention
-from workbench.compress.techniques._swap import ATTENTION_WHY_NOT, replace_attention
+from workbench.compress.techniques._swap import (ATTENTION_WHY_NOT, kernelized_attention_row,
+                                                 replace_attention)
 from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
 
 
@@ -39,12 +40,8 @@ def apply_(root: nn.Module, entries: Mapping[str, PerformerAttentionConfig], ctx
 
 
 def latency_row(row, s: PerformerAttentionConfig):
-    """Features of q and k (T x m x Dh each), phi(k)^T v and phi(q) (.) (T x m x Dh each)."""
-    if row.op != "attention_scores" or not row.heads:
-        return row
-    h, t, dh, m = row.heads, row.positions, row.head_dim, s.features
-    return replace(row, macs=4 * h * t * m * dh, output_bytes=h * t * m * 4,
-                   linear_in_length=True)
+    """m random features; the feature map projects q and k on them: 2 m Dh MACs per position."""
+    return kernelized_attention_row(row, s.features, feature_map_macs=2 * s.features * row.head_dim)
 
 
 PERFORMER_ATTENTION = register(Technique(

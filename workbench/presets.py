@@ -1,6 +1,7 @@
 """Named starting plans, as data. Each returns a CompressionPlan built only from role groups and
 a default, so it fits any model whose layers carry the usual roles (Whisper CTC, Conformer CTC,
-or any module whose attention / FFN / conv modules are found by kind).
+or any module whose attention / FFN / conv modules are found by kind). Plain data at the plan
+layer (below checks, which suggests a preset's name for a mistyped string).
 
 4-bit presets use granularity "per_block" (32 inputs per scale): the layout ONNX Runtime's
 MatMulNBits runs, so what is simulated is what can be exported.
