@@ -267,7 +267,8 @@ class Session(BackgroundEval):
                 with self._lock:
                     cached = self._blocks.get(sig)
                 if cached is None:
-                    cached = compress_module(block, entries).model.eval()
+                    cached = compress_module(block, entries, model=self.baseline,
+                                             prefix=f"blocks.{i}").model.eval()
                     with self._lock:
                         self._blocks[sig] = cached
                         while len(self._blocks) > 256:
