@@ -214,13 +214,24 @@ def test_quantized_model_batched_equals_per_item(model: nn.Module, calib: list) 
     plan = presets.int8_everywhere().with_default(LayerConfig(
         quant=QuantConfig(weight_bits=8, act_bits=8)))
     q = compress(model, plan, calib)
-    feats = torch.randn(3, 80, 100)
+    # A fixed input: the module-scoped model leaves the global RNG wherever earlier tests left it.
+    feats = torch.randn(3, 80, 100, generator=torch.Generator().manual_seed(7))
     lengths = torch.tensor([100, 61, 33])
     with torch.no_grad():
         batched, out_len = q(feats, lengths)
         for i in range(3):
             alone, _ = q(feats[i:i + 1, :, : lengths[i]], lengths[i:i + 1])
-            torch.testing.assert_close(batched[i, : out_len[i]], alone[0], atol=1e-4, rtol=0)
+            # Not bit-equal: a batched GEMM sums in another order, so a value within one float ulp
+            # of an 8-bit rounding boundary can land one step apart, and that step then spreads
+            # through every later layer (seen: 714 of 725 logits off by up to 0.018, relative
+            # 0.6 %, on one CPU and not another). Padding leaking into an item is far louder
+            # (wrong frames differ by O(1)), so bound the error by SQNR instead: with seed 7 the
+            # items measure 340 / 55 / 154 dB, and with the padding left unmasked (lengths all
+            # 100) items 1 and 2 fall to 31 / 27 dB.
+            ref, got = alone[0], batched[i, : out_len[i]]
+            assert got.shape == ref.shape
+            if not torch.equal(got, ref):
+                assert sqnr_db(ref, got) >= 40.0, f"item {i}: SQNR {sqnr_db(ref, got):.1f} dB"
     with pytest.raises(PlanError, match="act_bits"):
         compress(model, plan)
 

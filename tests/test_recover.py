@@ -10,7 +10,8 @@ from workbench.compress.recover import RecoverConfig, recover, split_plan
 from workbench.errors import WorkbenchError
 from workbench.models import load_checkpoint, model_fingerprint, save_checkpoint
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
-from workbench.train import Item
+
+from toys import random_items
 
 PRUNE = (CompressionPlan()
          .with_group("ffn", LayerConfig(prune=PruneConfig(amount=0.5, structure="neurons")))
@@ -22,16 +23,6 @@ PRUNE = (CompressionPlan()
 #: 0.15 / 0.08 for the small Whisper vs the 0.7 asserted; QAT 0.50 after 10 vs the 0.8 asserted),
 #: at ~40 % of the CPU time.
 STEPS = 15
-
-
-def _items(n: int = 12, seed: int = 0) -> list[Item]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        t = int(torch.randint(60, 120, (), generator=g))
-        labels = torch.randint(1, 20, (int(torch.randint(3, 10, (), generator=g)),), generator=g)
-        out.append(Item(torch.randn(80, t, generator=g), labels))
-    return out
 
 
 @torch.no_grad()
@@ -54,7 +45,7 @@ def test_recovery_moves_the_student_towards_the_teacher(family, request):
     student = compress(teacher, PRUNE)
     before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
     before_s = {k: v.clone() for k, v in student.state_dict().items()}
-    items, held_out = _items(12), _items(6, seed=1)
+    items, held_out = random_items(12), random_items(6, seed=1)
     result = recover(student, teacher, items, RecoverConfig(steps=STEPS, lr=3e-3, warmup=5,
                                                             max_batch_frames=600, ctc_weight=0.0),
                      progress=False)
@@ -75,7 +66,7 @@ def test_recovery_refuses_a_changed_front_end(whisper_small):
     student = compress(whisper_small, CompressionPlan().with_layer(
         "conv1", LayerConfig(quant=QuantConfig(weight_bits=4))))
     with pytest.raises(WorkbenchError, match="front-end"):
-        recover(student, whisper_small, _items(2), RecoverConfig(steps=1), progress=False)
+        recover(student, whisper_small, random_items(2), RecoverConfig(steps=1), progress=False)
     with pytest.raises(WorkbenchError, match="no training items"):
         recover(whisper_small, whisper_small, [], progress=False)
 
@@ -123,7 +114,7 @@ def test_quantization_aware_recovery_repairs_low_bit_damage(whisper_small):
     weights updated through the rounding) brings the quantized model closer to the teacher."""
     teacher = whisper_small
     quant = CompressionPlan(default=LayerConfig(quant=QuantConfig(weight_bits=3)))
-    items, held_out = _items(12), _items(6, seed=1)
+    items, held_out = random_items(12), random_items(6, seed=1)
     naive = compress(teacher, quant)
     result = recover(teacher, teacher, items, RecoverConfig(steps=STEPS, lr=2e-3, warmup=5,
                                                             max_batch_frames=600, ctc_weight=0.0),

@@ -83,11 +83,13 @@ def test_recover_qat_on_a_quantization_only_plan(tmp_path: Path, capsys):
 
 
 def test_recover_progressive_prunes_in_steps(tmp_path: Path, capsys):
-    """--progressive: the same shapes as one-shot, reached through pruning events."""
+    """--progressive: the same shapes and sparsity as one-shot, reached through pruning events;
+    the unstructured masks survive the checkpoint."""
     from workbench.plan import LayerConfig, PruneConfig
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(CompressionPlan().with_group("ffn", LayerConfig(prune=PruneConfig(
-        amount=0.5, structure="neurons"))).to_json())
+        amount=0.5, structure="neurons"))).with_layer("blocks.*.attn.out_proj", LayerConfig(
+            prune=PruneConfig(amount=0.5, structure="unstructured"))).to_json())
     code = main(["recover", "--plan", str(plan_file), "--out", str(tmp_path / "o"), "--steps",
                  "3", "--progressive", "magnitude", "--manifest", str(CALIB)])
     captured = capsys.readouterr()
@@ -96,5 +98,10 @@ def test_recover_progressive_prunes_in_steps(tmp_path: Path, capsys):
     assert report["progressive"]["importance"] == "magnitude"
     assert len(report["pruning_events"]) == 8 and report["steps"] == 3
     assert sum(e["removed"] for e in report["pruning_events"]) == 4 * 768
+    assert sum(e["masked"] for e in report["pruning_events"]) == 4 * 384 * 384 // 2
     model = load_checkpoint(report["checkpoint"])
     assert all(b.mlp.fc1.out_features == 768 for b in model.blocks)
+    for b in model.blocks:
+        mask = b.attn.out_proj.weight_mask
+        assert int((~mask).sum()) == 384 * 384 // 2
+        assert bool((b.attn.out_proj.weight[~mask] == 0).all())

@@ -30,17 +30,30 @@ def teacher():
 CFG = RecoverConfig(steps=3, lr=1e-3, warmup=1, max_batch_frames=3000)
 
 
-def test_recovery_job_reports_each_step_and_saves(teacher, tmp_path: Path) -> None:
-    steps, progress, done = [], [], []
+def test_recovery_job_reports_each_step_and_saves(teacher, tmp_path: Path, monkeypatch) -> None:
+    """... and holds the run lock for model runs only: training steps, not data building."""
+    import workbench.recovery as recovery
+    steps, progress, done, locked = [], [], [], {}
+    real_items = recovery.recovery_items
+
+    def items(*args, **kwargs):
+        locked["data"] = RUN_LOCK.locked()
+        return real_items(*args, **kwargs)
+    monkeypatch.setattr(recovery, "recovery_items", items)
+
+    def on_step(entry: dict) -> None:
+        steps.append(entry)
+        locked.setdefault("steps", []).append(RUN_LOCK.locked())
     job = submit_recovery(PLAN, teacher=teacher, config=CFG, manifests=[CALIB],
                           out_dir=tmp_path / "r", evaluate_sets=False,
-                          on_step=steps.append, on_progress=lambda d, t: progress.append((d, t)),
+                          on_step=on_step, on_progress=lambda d, t: progress.append((d, t)),
                           on_done=done.append, queue=JobQueue(workers=1))
     assert job.wait(600)
     assert job.state == "done", job.error
     assert [e["step"] for e in steps] == [1, 2, 3] and all("loss" in e for e in steps)
     assert progress == [(1, 3), (2, 3), (3, 3)]
     assert done[0].checkpoint.is_file()
+    assert locked == {"data": False, "steps": [True, True, True]}
     assert not RUN_LOCK.locked()
 
 

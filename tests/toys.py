@@ -25,6 +25,19 @@ def random_eval_set(n: int = 6, *, first: int = 120, step: int = 40,
                    tuple(f"u{i}" for i in range(n)), texts, feats)
 
 
+def random_items(n: int, seed: int = 0) -> list:
+    """`n` seeded training items (workbench.train.Item): random (80, 60..119) log-mel features
+    and 3..9 labels in 1..19, for recovery / progressive pruning tests."""
+    from workbench.train import Item
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        t = int(torch.randint(60, 120, (), generator=g))
+        labels = torch.randint(1, 20, (int(torch.randint(3, 10, (), generator=g)),), generator=g)
+        out.append(Item(torch.randn(80, t, generator=g), labels))
+    return out
+
+
 class Letters:
     """Stub Whisper tokenizer: token t -> a doubled letter, so transcripts are words a scorer
     can compare."""

@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks that print one JSON object")
     b.add_argument("what", choices=["interactive", "latency", "export", "conditions",
                                     "streaming", "search", "whisper", "drift", "lessons",
-                                    "byo", "recover"])
+                                    "byo", "recover", "linear-blocks"])
     b.add_argument("--json", action="store_true")
     b.add_argument("--n-plans", type=ck.count, default=30)
     b.add_argument("--changes", type=ck.count, default=30)
@@ -221,9 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--minutes", type=ck.minutes, default=20.0,
                    help="bench recover: recovery budget per case")
     b.add_argument("--steps", type=ck.steps, default=None,
-                   help="bench recover: optimizer steps per case (default 400)")
+                   help="bench recover: optimizer steps per case (default 400); "
+                   "bench linear-blocks: per recovered set (default 90)")
     b.add_argument("--manifest", action="append", default=[], type=ck.existing_file("--manifest"),
-                   help="bench recover: training manifest(s) (default: the demo corpus)")
+                   help="bench recover / linear-blocks: training manifest(s) (default: the demo "
+                   "corpus)")
     lesson_timing.add_arguments(b)
     b.set_defaults(func=cmd_bench)
 
@@ -262,8 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--qat", action="store_true", help="also train for the plan's weight bits "
                                                       "(quantization-aware, straight-through)")
     r.add_argument("--progressive", choices=("magnitude", "taylor", "activation"), default=None,
-                   help="prune the plan's heads / neurons in steps while distilling (cubic "
-                        "schedule), re-scoring importance this way before each step")
+                   help="prune the plan's heads / neurons / channels / unstructured weights "
+                        "in steps while distilling (cubic schedule), re-scoring importance this "
+                        "way before each step; the result has the one-shot shapes and sparsity")
     r.add_argument("--threads", type=ck.threads, default=2)
     r.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     r.set_defaults(func=cmd_recover)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,15 @@ def _held_out_sets() -> dict[str, Any]:
             for name, m in (("real_test", REAL_TEST), ("synth_test", SYNTH_TEST))}
 
 
-def _wers(model: torch.nn.Module, sets: dict[str, Any]) -> dict[str, float]:
+def _wers(model: torch.nn.Module, sets: dict[str, Any],
+          hold: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, float]:
+    """Greedy WER per set, each evaluation inside `hold()` (a run lock, or nothing)."""
     from workbench.evaluate import evaluate
-    return {name: round(evaluate(model, eval_set).wer, 4) for name, eval_set in sets.items()}
+    out = {}
+    for name, eval_set in sets.items():
+        with hold():
+            out[name] = round(evaluate(model, eval_set).wer, 4)
+    return out
 
 
 def removes_structure(plan: CompressionPlan, model: torch.nn.Module) -> bool:
@@ -86,29 +93,31 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
                  manifests: list[Path] | None = None, teacher_name: str = "demo",
                  progress: bool = True, evaluate_sets: bool = True,
                  log: Callable[[dict], None] | None = None, qat: bool = False,
-                 progressive: ProgressiveConfig | None = None, hooks: FitHooks | None = None
+                 progressive: ProgressiveConfig | None = None, hooks: FitHooks | None = None,
+                 run_lock: Callable[[], AbstractContextManager] | None = None
                  ) -> RecoveryResult:
     """Prune / factorize `teacher` (default: the demo) by `plan`, recover it, save it.
 
     With `out_dir` None the result lives in the user cache, keyed by plan + teacher weights +
     recipe, and a second call returns it without training (so does an `out_dir` holding the
-    result of the same call). `log` gets every training step's losses (for progress bars).
-    `progressive`: prune the plan's heads / neurons in steps while distilling
+    result of the same call; the key is computed before anything is built or trained). `log`
+    gets every training step's losses (for progress bars). `progressive`: prune the plan's
+    heads / neurons / channels / unstructured weights in steps while distilling
     (workbench.compress.progressive) instead of one-shot before recovery. `hooks`: callbacks
     of the training loop (workbench.train.FitHooks, e.g. a cancel check of an engine job).
+    `run_lock()`: a context held around each model run (the training, each held-out
+    evaluation), not around data building; an engine job passes its run lock.
     """
     from workbench.compress import compress
     from workbench.models import load_demo, save_checkpoint
     from workbench.paths import cache_dir
 
     cfg = config or DEFAULT_CONFIG
+    hold = run_lock or nullcontext
     teacher = teacher if teacher is not None else load_demo()
-    # The student: the plan's structure without its quantization (which is applied at export,
-    # or trained for with qat); split_plan reads the ranks it got.
-    shapes = {path: structure_only(c) for path, c in resolve(plan, teacher).items()}
-    student = compress(teacher, CompressionPlan(layers={p: c for p, c in shapes.items()
-                                                        if not c.is_empty()}))
-    structure, rest = split_plan(plan, teacher, student)
+    # The plan's structure (energy settings as given) without its quantization, which is
+    # applied at export or trained for with qat: enough for the cache key.
+    structure, rest = split_plan(plan, teacher, None)
     if not structure.layers and not (qat and rest.layers):
         from workbench.errors import PlanError
         raise PlanError("recover: the plan removes no structure (no pruning, no low rank); a "
@@ -140,20 +149,28 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         report = json.loads(report_file.read_text())
         if report.get("tag") == tag:
             return RecoveryResult(checkpoint, export_plan, report)
+    # The one-shot student; split_plan reads the ranks an energy setting got.
+    student = compress(teacher, structure)
+    structure, _ = split_plan(plan, teacher, student)
     start = time.perf_counter()
     items = recovery_items(manifests, seed=cfg.seed, progress=progress)
     t_data = time.perf_counter() - start
     sets = _held_out_sets() if evaluate_sets else {}
-    before = _wers(student, sets)
-    if progressive is not None:
-        result = progressive_recover(teacher, structure, items, cfg, progressive,
-                                     progress=progress, log=log, hooks=hooks)
-    else:
-        result = recover(student, teacher, items, cfg, progress=progress, log=log,
-                         quant=rest if qat else None, hooks=hooks)
-    after = _wers(result.model, sets)
-    quantized = _wers(compress(result.model, rest, force=True), sets) if rest.layers else {}
-    quantized_before = _wers(compress(student, rest, force=True), sets) if rest.layers else {}
+
+    def wers(model: torch.nn.Module) -> dict[str, float]:
+        return _wers(model, sets, hold)
+
+    before = wers(student)
+    with hold():   # an engine job's hooks release it between two steps
+        if progressive is not None:
+            result = progressive_recover(teacher, structure, items, cfg, progressive,
+                                         progress=progress, log=log, hooks=hooks)
+        else:
+            result = recover(student, teacher, items, cfg, progress=progress, log=log,
+                             quant=rest if qat else None, hooks=hooks)
+    after = wers(result.model)
+    quantized = wers(compress(result.model, rest, force=True)) if rest.layers else {}
+    quantized_before = wers(compress(student, rest, force=True)) if rest.layers else {}
     report = {
         "tag": tag, "teacher": teacher_name,
         "structure": json.loads(structure.to_json()),
@@ -162,7 +179,7 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         "greedy_wer_before": before, "greedy_wer_after": after,
         "greedy_wer_before_quantized": quantized_before,
         "greedy_wer_after_quantized": quantized, "qat": qat,
-        "teacher_greedy_wer": _wers(teacher, sets),
+        "teacher_greedy_wer": wers(teacher),
         "training_items": len(items), "steps": len(result.history),
         "progressive": asdict(progressive) if progressive is not None else None,
         "pruning_events": list(result.events),
@@ -222,14 +239,13 @@ def submit_recovery(plan: CompressionPlan, *, teacher: torch.nn.Module | None = 
     cfg = config or DEFAULT_CONFIG
 
     def run(job) -> RecoveryResult:
-        RUN_LOCK.acquire(BACKGROUND)
-        try:
-            return recover_plan(plan, teacher, out_dir=out_dir, config=cfg, manifests=manifests,
-                                progress=False, evaluate_sets=evaluate_sets, log=on_step,
-                                qat=qat, progressive=progressive,
-                                hooks=_JobHooks(job, cfg.steps, RUN_LOCK, BACKGROUND))
-        finally:
-            RUN_LOCK.release()
+        # the run lock only around model runs (recover_plan's run_lock), released between
+        # two training steps (_JobHooks): corpus building and features leave it free
+        return recover_plan(plan, teacher, out_dir=out_dir, config=cfg, manifests=manifests,
+                            progress=False, evaluate_sets=evaluate_sets, log=on_step,
+                            qat=qat, progressive=progressive,
+                            hooks=_JobHooks(job, cfg.steps, RUN_LOCK, BACKGROUND),
+                            run_lock=lambda: RUN_LOCK.hold(BACKGROUND))
 
     return (queue or JOBS).submit(run, name="recovery", priority=BACKGROUND, on_done=on_done,
                                   on_error=on_error, on_progress=on_progress)

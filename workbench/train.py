@@ -111,12 +111,20 @@ StepLoss = Callable[[list[int], int], dict[str, torch.Tensor]]
 class FitHooks:
     """Optional callbacks of `fit` (all no-ops here; subclass what you need).
 
+    on_start(model): once, before the first step, with the model being trained (e.g. a job
+        that evaluates it every k steps);
     after_backward(step): gradients are there (e.g. accumulate Taylor importance);
-    after_step(step): the optimizer has stepped (e.g. a pruning schedule updates its masks);
+    on_progress(step, fraction): the optimizer has stepped; how far the run is, 0..1, by
+        `budget_progress` (the number the lr schedule follows; a pruning schedule's events);
+    after_step(step): right after on_progress (e.g. report progress, yield a lock);
     should_stop(): True ends training after the current step (a cancelled job).
     """
 
+    def on_start(self, model: torch.nn.Module) -> None: ...
+
     def after_backward(self, step: int) -> None: ...
+
+    def on_progress(self, step: int, fraction: float) -> None: ...
 
     def after_step(self, step: int) -> None: ...
 
@@ -154,6 +162,7 @@ def fit(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], n_items: i
     rng = random.Random(cfg.seed * 1000 + step)
     sized = [_Sized(n) for n in frames]
     model.train()
+    hooks.on_start(model)
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, leave=False)
     batches: list[list[int]] = []
@@ -174,6 +183,7 @@ def fit(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], n_items: i
         entry = {"step": step, **{k: float(v.detach()) for k, v in terms.items()}, "lr": lr,
                  "seconds": round(time.perf_counter() - start, 3)}
         history.append(entry)
+        hooks.on_progress(step, budget_progress(step, cfg, time.perf_counter() - start))
         hooks.after_step(step)
         bar.update(1)
         bar.set_postfix(loss=f"{entry['loss']:.3f}")
@@ -192,13 +202,22 @@ def fit(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], n_items: i
     return history
 
 
+def budget_progress(step: int, cfg: Any, elapsed_s: float) -> float:
+    """How far a run is, 0..1: steps done / cfg.steps or, with a wall-clock budget
+    (cfg.max_minutes), the further along of that and the share of the budget spent."""
+    p = step / cfg.steps
+    if cfg.max_minutes is not None:
+        p = max(p, elapsed_s / (60 * cfg.max_minutes))
+    return min(p, 1.0)
+
+
 def _schedule_step(step: int, cfg: Any, elapsed_s: float) -> int:
     """The step the lr schedule is at: with a wall-clock budget, the further along of steps and
-    time, so a run the budget ends early still decays its learning rate (and equal-minute
-    comparisons give every recipe a full schedule)."""
+    time (`budget_progress`), so a run the budget ends early still decays its learning rate
+    (and equal-minute comparisons give every recipe a full schedule)."""
     if cfg.max_minutes is None:
         return step
-    return max(step, min(cfg.steps, int(elapsed_s / (60 * cfg.max_minutes) * cfg.steps)))
+    return max(step, min(cfg.steps, int(budget_progress(0, cfg, elapsed_s) * cfg.steps)))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ One module per benchmark, all here at the top layer (a benchmark may use any par
                   WER before / after recovery at equal minutes, ORT WER and ms vs the baseline
     drift         the deployment drift monitor on clean vs noisy / telephone audio
     byo           graph-found structured pruning vs Torch-Pruning on foreign encoders
+    linear-blocks which blocks take linear attention: chosen on a validation split of the
+                  recovery corpus, then recovered for fixed steps and scored on the held-out sets
 
 Benchmarks that live with their feature: lessons (workbench.lesson_timing), conditions
 (workbench.conditions.cli).
@@ -61,6 +63,12 @@ def run(what: str, args) -> dict[str, Any]:
         return bench_recover(minutes=args.minutes, steps=args.steps,
                              cases=tuple(args.case) or CASES,
                              manifests=[Path(m) for m in args.manifest] or None)
+    if what == "linear-blocks":
+        from pathlib import Path
+
+        from workbench.bench.linear_blocks import bench_linear_blocks
+        return bench_linear_blocks(steps=args.steps or 90, seed=args.seed,
+                                   manifests=[Path(m) for m in args.manifest] or None)
     if what == "streaming":
         from workbench.bench.streaming import bench_streaming
         return bench_streaming(args)

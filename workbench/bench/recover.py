@@ -13,12 +13,13 @@ Cases (issue 14), each recovered by distillation from the demo for the same wall
 Per case: greedy WER of the baseline, of the compressed model before and after recovery on both
 held-out sets (real_test, synth_test), minutes and steps, parameters, the ORT export's WER next to
 the simulated one, and ORT ms (1 thread, median of interleaved rounds) at 5 s and 30 s of audio
-next to the unswapped fp32 export, with the host latency model's predicted ratio. Recovery
-results are cached by plan + recipe (workbench.recovery), so a re-run only re-measures.
+next to the unswapped fp32 export, with the host latency model's predicted ratio for the plan as
+exported (structure, swaps and the quantization ORT applies; its source and band; null with the
+reason where it cannot price a setting). Recovery results are cached by plan + recipe
+(workbench.recovery), so a re-run only re-measures.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -60,13 +61,29 @@ def _log(msg: str) -> None:
     print(f"[bench recover] {msg}", file=sys.stderr, flush=True)
 
 
+def _predicted(teacher, plan: CompressionPlan, seconds: float, measured: float) -> dict[str, Any]:
+    """The host latency model's speed-up for the plan as exported (structure, swaps and the
+    quantization the export applies), next to the measured one; null with the reason when
+    the model cannot price a setting as the runtime runs it (simulated, not measured)."""
+    from workbench.latency import predict_latency
+    base = predict_latency(teacher, "host", seconds)
+    case = predict_latency(teacher, "host", seconds, plan)
+    out: dict[str, Any] = {"predicted_source": case.source,
+                           "predicted_band_pct": round(case.error_band_pct, 1)}
+    if case.unsupported:
+        return {**out, "predicted_speedup": None, "prediction_error_pct": None,
+                "predicted_null_reason": "; ".join(case.unsupported)}
+    pred = base.total_ms / case.total_ms
+    return {**out, "predicted_speedup": round(pred, 3),
+            "prediction_error_pct": round(100 * (pred / measured - 1), 1)}
+
+
 def bench_recover(minutes: float = 20.0, steps: int | None = None,
                   cases: tuple[str, ...] = CASES, manifests: list[Path] | None = None,
                   time_repeats: int = 5) -> dict[str, Any]:
     from workbench.evaluate import evaluate
     from workbench.export.pipeline import build_export
     from workbench.export.verify import evaluate_ort
-    from workbench.latency import predict_latency
     from workbench.models import load_checkpoint, load_demo
     from workbench.onnx_tools.exporter import export_fp32, to_bytes
     from workbench.onnx_tools.runtime import make_session, time_interleaved
@@ -96,17 +113,12 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
                                                       ("case", export.model))
                 for s in SECONDS]
         times = time_interleaved(jobs, repeats=time_repeats)
-        structure = CompressionPlan.from_json(json.dumps(r["structure"]))
         timing = {}
         for s in SECONDS:
             base_ms, case_ms = times.by_job[("base", s)].ms, times.by_job[("case", s)].ms
-            pred = (predict_latency(teacher, "host", s).total_ms
-                    / predict_latency(teacher, "host", s, structure).total_ms)
             timing[f"{s:g}s"] = {"base_ms": round(base_ms, 2), "case_ms": round(case_ms, 2),
                                  "speedup": round(base_ms / case_ms, 3),
-                                 "predicted_speedup": round(pred, 3),
-                                 "prediction_error_pct": round(100 * (pred / (base_ms / case_ms)
-                                                                      - 1), 1)}
+                                 **_predicted(teacher, plan, s, base_ms / case_ms)}
         out["cases"][name] = {
             "baseline_wer": r["teacher_greedy_wer"], "wer_before": r["greedy_wer_before"],
             "wer_after": r["greedy_wer_after"],

@@ -1,46 +1,46 @@
-"""Progressive structured pruning while distilling: heads and FFN neurons are removed in steps,
-with importance re-scored on the trained weights before each step.
+"""Progressive pruning while distilling: attention heads, FFN neurons, conv channels and single
+weights (unstructured) are removed in steps, with importance re-scored on the trained weights
+before each step.
 
     progressive_recover(teacher, plan, items, RecoverConfig(...), ProgressiveConfig(...))
-        -> Recovered(model with the plan's shapes, history)
+        -> Recovered(model exactly as the one-shot path shapes it, history, events)
 
 The schedule is the cubic one of Zhu & Gupta 2017 ("To prune, or not to prune", arXiv:1710.01878,
 eq. 1): at pruning event k of n the removed fraction is s_f * (1 - (1 - k/n)^3), so most units
 go early, while the network is still redundant, and the last ones slowly. Events are spread over
 the first `end_fraction` of training (measured in steps or in the wall-clock budget, whichever is
-further along, like the lr schedule of workbench.train.fit); the rest fine-tunes the final shape.
+further along: workbench.train.budget_progress, which fit's lr schedule follows too); the rest
+fine-tunes the final shape.
+Every entry of the plan follows the same schedule: heads / neurons / channels counted in units,
+unstructured entries in weights.
 
-Units are masked, not cut, while training: a gate (one per head / neuron) multiplies the input of
-out_proj / fc2, which is exactly what removing the unit does (its q/k/v rows or fc1 row then only
-feed a zero). At the end the masked units are cut (the model gets the plan's shapes; outputs do
-not change). Importance of the units still alive, between events:
-    magnitude   L2 norm of the unit's weights (workbench.compress.importance), trained weights
-    taylor      sum over the steps since the last event of (dL/dgate)^2: the first-order
-                estimate of the loss change when the unit is removed (Molchanov et al. 2019,
-                arXiv:1906.10771, their gate formulation)
-    activation  mean |unit output| on the training batches x norm of its out_proj / fc2
-                columns: how much the unit writes into the residual stream
-The loss is the distillation loss of workbench.compress.recover (teacher outputs cached).
+While training, units are gated and weights masked (workbench.compress.progressive_units: how
+a mask is made exact, and the importance methods magnitude / taylor / activation). At the end
+the masked units are cut and the weight masks kept, so the model has the shapes, `weight_mask`
+buffers and sparsity the one-shot `compress(teacher, plan)` gives (same size(), export and
+latency), only with other units / weights chosen and trained weights. As one-shot does, an
+unstructured entry inside a pruned module (e.g. fc1 of an FFN losing neurons) masks its amount
+of the weights that remain after the cut.
+The loss is the distillation loss of workbench.compress.recover (teacher outputs cached); the
+front-end is frozen there, so the plan may not prune it here.
 """
 from __future__ import annotations
 
 import copy
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import nn
 
-from workbench.compress import importance as imp
-from workbench.compress.prune import count_to_remove, shrink_inputs_, shrink_outputs_
-from workbench.compress.recover import (Distiller, RecoverConfig, Recovered,
-                                        check_recovery_inputs, frozen_teacher, trainable_params)
+from workbench.compress.progressive_units import GatedUnits, MaskedWeights, unit_count
+from workbench.compress.prune import count_to_remove
+from workbench.compress.recover import (RecoverConfig, Recovered, _front_end,
+                                        check_recovery_inputs, distill, finish_recovery)
 from workbench.compress.resolution import resolve
+from workbench.compress.targets import graph_groups
 from workbench.errors import PlanError, WorkbenchError
-from workbench.train import FitHooks, Item, fit
+from workbench.train import FitHooks, Item
 
 Importance = Literal["magnitude", "taylor", "activation"]
 
@@ -58,7 +58,8 @@ class ProgressiveConfig:
         if isinstance(self.events, bool) or not isinstance(self.events, int) or self.events < 1:
             raise WorkbenchError(f"ProgressiveConfig.events: an integer >= 1, got "
                                  f"{self.events!r:.30}.")
-        if not isinstance(self.end_fraction, int | float) or not 0 < self.end_fraction <= 1:
+        if isinstance(self.end_fraction, bool) or not isinstance(self.end_fraction, int | float) \
+                or not 0 < self.end_fraction <= 1:
             raise WorkbenchError(f"ProgressiveConfig.end_fraction: in (0, 1], got "
                                  f"{self.end_fraction!r:.30}.")
 
@@ -68,118 +69,86 @@ def cubic_fraction(k: int, n: int) -> float:
     return 1.0 - (1.0 - k / n) ** 3
 
 
-class _Gated:
-    """One prunable module (attention heads or FFN neurons) with its gate and statistics."""
-
-    def __init__(self, path: str, module: nn.Module, kind: str, final: int) -> None:
-        self.path, self.module, self.kind, self.final = path, module, kind, final
-        self.n = module.n_heads if kind == "heads" else module.fc1.out_features
-        self.width = module.head_dim if kind == "heads" else 1
-        self.gate = torch.ones(self.n, requires_grad=True)
-        self.alive = torch.ones(self.n, dtype=torch.bool)
-        self.taylor = torch.zeros(self.n)
-        self.act = torch.zeros(self.n)
-        self.act_count = 0
-        consumer = module.out_proj if kind == "heads" else module.fc2
-        self.handle = consumer.register_forward_pre_hook(self._pre)
-
-    def _pre(self, _module: nn.Module, args: tuple) -> tuple:
-        x = args[0]                                       # (B, T, n * width)
-        if torch.is_grad_enabled():
-            with torch.no_grad():
-                per = x.detach().abs().reshape(-1, self.n, self.width).mean(dim=(0, 2))
-                self.act += per
-                self.act_count += 1
-        gate = self.gate.repeat_interleave(self.width) if self.width > 1 else self.gate
-        return (x * gate,) + tuple(args[1:])
-
-    def scores(self, method: str) -> torch.Tensor:
-        if method == "magnitude":
-            return (imp.head_importance(self.module) if self.kind == "heads"
-                    else imp.neuron_importance(self.module))
-        if method == "taylor":
-            return self.taylor.clone()
-        consumer = self.module.out_proj if self.kind == "heads" else self.module.fc2
-        cols = consumer.weight.detach().pow(2).reshape(-1, self.n, self.width).sum(dim=(0, 2))
-        return self.act / max(self.act_count, 1) * cols.sqrt()
-
-    def prune_to(self, count: int, method: str) -> list[int]:
-        """Mask the lowest-scored live units until `count` are masked; returns the new ones."""
-        todo = count - int((~self.alive).sum())
-        if todo <= 0:
-            return []
-        s = self.scores(method).double()
-        s[~self.alive] = math.inf
-        drop = torch.argsort(s, stable=True)[:todo].tolist()
-        with torch.no_grad():
-            for i in drop:
-                self.alive[i] = False
-                self.gate[i] = 0.0
-        self.taylor.zero_()
-        self.act.zero_()
-        self.act_count = 0
-        return drop
-
-    def cut(self) -> None:
-        """Remove the masked units for real (shapes shrink; the function does not change)."""
-        self.handle.remove()
-        keep = torch.nonzero(self.alive).flatten()
-        if self.kind == "heads":
-            dh = self.module.head_dim
-            rows = (keep[:, None] * dh + torch.arange(dh)[None, :]).flatten()
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                shrink_outputs_(getattr(self.module, proj), rows)
-            shrink_inputs_(self.module.out_proj, rows)
-            self.module.n_heads = len(keep)
-        else:
-            shrink_outputs_(self.module.fc1, keep)
-            shrink_inputs_(self.module.fc2, keep)
-
-
 class _Schedule(FitHooks):
-    def __init__(self, gated: list[_Gated], cfg: RecoverConfig, sched: ProgressiveConfig,
-                 log: list[dict], outer: FitHooks | None) -> None:
-        self.gated, self.cfg, self.sched, self.log, self.outer = gated, cfg, sched, log, outer
+    def __init__(self, gated: list[GatedUnits], masked: list[MaskedWeights],
+                 sched: ProgressiveConfig, log: list[dict], outer: FitHooks | None) -> None:
+        self.gated, self.masked, self.sched = gated, masked, sched
+        self.log, self.outer = log, outer
         self.done = 0
-        self.start = time.perf_counter()
 
-    def progress(self, step: int) -> float:
-        p = step / self.cfg.steps
-        if self.cfg.max_minutes is not None:
-            p = max(p, (time.perf_counter() - self.start) / (60 * self.cfg.max_minutes))
-        return p
+    def on_start(self, model: nn.Module) -> None:
+        if self.outer is not None:
+            self.outer.on_start(model)
 
     def after_backward(self, step: int) -> None:
-        for g in self.gated:
-            if g.gate.grad is not None:
-                g.taylor += g.gate.grad.detach().pow(2)
-                g.gate.grad = None
+        for unit in (*self.gated, *self.masked):
+            unit.accumulate()
         if self.outer is not None:
             self.outer.after_backward(step)
 
-    def after_step(self, step: int) -> None:
+    def on_progress(self, step: int, fraction: float) -> None:
+        """Event k of n fires once training is k/n of end_fraction along (fit's progress)."""
         n = self.sched.events
-        while self.done < n and self.progress(step) >= (self.done + 1) / n * self.sched.end_fraction:
+        while self.done < n and fraction >= (self.done + 1) / n * self.sched.end_fraction:
             self.prune_event(step)
+        if self.outer is not None:
+            self.outer.on_progress(step, fraction)
+
+    def after_step(self, step: int) -> None:
         if self.outer is not None:
             self.outer.after_step(step)
 
     def prune_event(self, step: int) -> None:
+        """Structured units first, then weights (which only count inside live units), as the
+        one-shot path orders them; the last event reaches every entry's final amount."""
         self.done += 1
         frac = cubic_fraction(self.done, self.sched.events)
-        removed = 0
-        for g in self.gated:
-            target = g.final if self.done == self.sched.events else round(g.final * frac)
-            removed += len(g.prune_to(target, self.sched.importance))
+        last = self.done == self.sched.events
+        removed = sum(len(g.prune_to(g.final if last else round(g.final * frac)))
+                      for g in self.gated)
+        masked = sum(m.prune_to(m.final if last else round(m.final * frac)) for m in self.masked)
         self.log.append({"step": step, "event": self.done, "fraction": round(frac, 4),
-                         "removed": removed})
+                         "removed": removed, "masked": masked})
 
     def finish(self) -> None:
-        while self.done < self.sched.events:      # a budget that ended early: prune the rest
+        """Fire the events left (step -1) when a caller's should_stop() ended training early,
+        so the result still has the plan's shapes. (The step and wall-clock budgets cannot
+        leave any: they end at progress 1 >= end_fraction.)"""
+        while self.done < self.sched.events:
             self.prune_event(-1)
 
     def should_stop(self) -> bool:
         return self.outer.should_stop() if self.outer is not None else False
+
+
+def _prunable(plan, teacher: nn.Module) -> list[tuple[str, str, float]]:
+    """(path, structure, amount) of every pruning entry of `plan` on `teacher`; PlanError for
+    anything progressive pruning cannot do (with what to do instead)."""
+    groups = graph_groups(teacher)
+    out = []
+    for path, entry in resolve(plan, teacher).items():
+        p, others = entry.prune, entry.without(("prune",))
+        if p is None and others.is_empty():
+            continue
+        where = f"layers[{path!r}]"
+        if p is None or not others.is_empty():
+            raise PlanError(f"{where}: progressive pruning takes pruning only (heads, neurons, "
+                            f"channels, unstructured); quantize after recovery, factorize "
+                            f"one-shot; got {entry.model_dump(exclude_none=True)}.")
+        if path in groups:
+            raise PlanError(f"{where}: a group found from the recorded graph; progressive "
+                            f"pruning needs attention / FFN / conv modules by name, so prune "
+                            f"this group one-shot.")
+        if _front_end(teacher, f"{path}.weight"):
+            raise PlanError(f"{where}: part of the front-end, which recovery keeps frozen (the "
+                            f"student runs on the teacher's front-end output); prune it one-shot "
+                            f"after recovery, or leave it dense.")
+        if p.amount > 0:
+            out.append((path, p.structure, p.amount))
+    if not out:
+        raise PlanError("progressive pruning: the plan prunes nothing (no heads, neurons, "
+                        "channels or unstructured weights with an amount > 0).")
+    return out
 
 
 def progressive_recover(teacher: nn.Module, plan, items: Sequence[Item],
@@ -187,39 +156,36 @@ def progressive_recover(teacher: nn.Module, plan, items: Sequence[Item],
                         schedule: ProgressiveConfig | None = None, progress: bool = True,
                         log: Callable[[dict], None] | None = None,
                         hooks: FitHooks | None = None) -> Recovered:
-    """Prune `teacher` (not modified) to the heads / neurons amounts of `plan` progressively
-    while distilling from it (module docstring). Returns the pruned, trained model (eval mode);
-    its history has one entry per step, its `events` one per pruning event."""
+    """Prune `teacher` (not modified) to the pruning amounts of `plan` progressively while
+    distilling from it (module docstring). The plan's own `prune.importance` is not used: the
+    schedule's importance re-scores at every event. Returns the pruned, trained model (eval
+    mode); its history has one entry per step, its `events` one per pruning event (structured
+    units `removed`, weights `masked`)."""
     cfg = check_recovery_inputs(teacher, teacher, items, config)
     sched = schedule or ProgressiveConfig()
+    if not isinstance(sched, ProgressiveConfig):
+        raise WorkbenchError(f"progressive_recover(schedule=...): expected a ProgressiveConfig, "
+                             f"got {type(sched).__name__}.")
+    entries = _prunable(plan, teacher)
     model = copy.deepcopy(teacher)
-    gated = []
-    for path, entry in resolve(plan, teacher).items():
-        p = entry.prune
-        others = entry.without(("prune",))
-        if p is None and others.is_empty():
-            continue
-        if p is None or p.structure not in ("heads", "neurons") or not others.is_empty():
-            raise PlanError(f"layers[{path!r}]: progressive pruning takes structured 'heads' / "
-                            f"'neurons' pruning only (prune the rest one-shot, or quantize after "
-                            f"recovery); got {entry.model_dump(exclude_none=True)}.")
-        module = model.get_submodule(path)
-        n = module.n_heads if p.structure == "heads" else module.fc1.out_features
-        gated.append(_Gated(path, module, p.structure, count_to_remove(n, p.amount)))
-    if not gated:
-        raise PlanError("progressive pruning: the plan prunes no heads or neurons.")
+    gated = [GatedUnits(path, module, kind, count_to_remove(unit_count(module, kind), amount),
+                        sched.importance)
+             for path, kind, amount in entries if kind != "unstructured"
+             for module in [model.get_submodule(path)]]
+    masked = []
+    for path, kind, amount in entries:
+        if kind == "unstructured":
+            layer = model.get_submodule(path)
+            slicers = [(g, dim, units) for g in gated for part, dim, units in g.weight_units()
+                       if part is layer]
+            masked.append(MaskedWeights(path, layer, amount, slicers, sched.importance))
     events: list[dict] = []
-    schedule_hooks = _Schedule(gated, cfg, sched, events, hooks)
-    distiller = Distiller(frozen_teacher(teacher), items, cfg)
-    params = trainable_params(model)
-    torch.manual_seed(cfg.seed)
-    history = fit(model, params, len(items), cfg, lambda idx, step: distiller.loss(model, idx),
-                  frames=[it.frames for it in items], desc="progressive", progress=progress,
-                  log=log, hooks=schedule_hooks)
+    schedule_hooks = _Schedule(gated, masked, sched, events, hooks)
+    history = distill(model, teacher, items, cfg, desc="progressive", progress=progress,
+                      log=log, hooks=schedule_hooks)
     schedule_hooks.finish()
+    for m in masked:            # plain layers with weight_mask first: the cut slices the masks
+        m.finish()
     for g in gated:
         g.cut()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return Recovered(model, tuple(history), tuple(events))
+    return finish_recovery(model, history, events)

@@ -97,14 +97,21 @@ def prune_heads_(attn: nn.Module, amount: float, method: str = "magnitude",
     """
     scores = imp.head_importance(attn, method, _relative(grads, prefix))
     keep = keep_indices(scores, amount)
+    removed = sorted(set(range(attn.n_heads)) - set(keep.tolist()))
+    remove_heads_(attn, keep, grads, prefix)
+    return removed
+
+
+def remove_heads_(attn: nn.Module, keep: torch.Tensor, grads: Grads | None = None,
+                  prefix: str = "") -> None:
+    """Keep heads `keep` (sorted indices) of `attn` in place: the surgery of prune_heads_ (and
+    of progressive pruning, which chooses the heads itself)."""
     dh = attn.head_dim
     rows = (keep[:, None] * dh + torch.arange(dh)[None, :]).flatten()
     for proj in ("q_proj", "k_proj", "v_proj"):
         shrink_outputs_(getattr(attn, proj), rows, _sub(prefix, proj), grads)
     shrink_inputs_(attn.out_proj, rows, _sub(prefix, "out_proj"), grads)
-    removed = sorted(set(range(attn.n_heads)) - set(keep.tolist()))
     attn.n_heads = len(keep)
-    return removed
 
 
 def prune_neurons_(ffn: nn.Module, amount: float, method: str = "magnitude",
@@ -112,17 +119,30 @@ def prune_neurons_(ffn: nn.Module, amount: float, method: str = "magnitude",
     """Remove the least important hidden neurons of an FFN in place; returns removed indices."""
     scores = imp.neuron_importance(ffn, method, _relative(grads, prefix))
     keep = keep_indices(scores, amount)
+    remove_neurons_(ffn, keep, grads, prefix)
+    return sorted(set(range(len(scores))) - set(keep.tolist()))
+
+
+def remove_neurons_(ffn: nn.Module, keep: torch.Tensor, grads: Grads | None = None,
+                    prefix: str = "") -> None:
+    """Keep hidden neurons `keep` (sorted indices) of an FFN in place."""
     shrink_outputs_(ffn.fc1, keep, _sub(prefix, "fc1"), grads)
     shrink_inputs_(ffn.fc2, keep, _sub(prefix, "fc2"), grads)
-    return sorted(set(range(len(scores))) - set(keep.tolist()))
 
 
 def prune_channels_(conv_module: nn.Module, amount: float, method: str = "magnitude",
                     grads: Grads | None = None, prefix: str = "") -> list[int]:
     """Remove the least important channels of a conformer conv module in place."""
     scores = imp.channel_importance(conv_module, method, _relative(grads, prefix))
-    c = len(scores)
     keep = keep_indices(scores, amount)
+    remove_channels_(conv_module, keep, grads, prefix)
+    return sorted(set(range(len(scores))) - set(keep.tolist()))
+
+
+def remove_channels_(conv_module: nn.Module, keep: torch.Tensor, grads: Grads | None = None,
+                     prefix: str = "") -> None:
+    """Keep channels `keep` (sorted indices) of a conformer conv module in place."""
+    c = conv_module.depthwise.in_channels
     rows = torch.cat([keep, keep + c]) if imp.has_glu(conv_module) else keep
     shrink_outputs_(conv_module.pointwise1, rows, _sub(prefix, "pointwise1"), grads)
     depthwise = conv_module.depthwise
@@ -139,7 +159,6 @@ def prune_channels_(conv_module: nn.Module, amount: float, method: str = "magnit
         elif hasattr(norm, "num_features"):
             norm.num_features = len(keep)
     shrink_inputs_(conv_module.pointwise2, keep, _sub(prefix, "pointwise2"), grads)
-    return sorted(set(range(c)) - set(keep.tolist()))
 
 
 def prune_unstructured_(layer: nn.Module, amount: float, method: str = "magnitude",
@@ -156,7 +175,12 @@ def prune_unstructured_(layer: nn.Module, amount: float, method: str = "magnitud
     mask[drop] = False
     if old_mask is not None:
         mask &= old_mask.flatten()
-    mask = mask.reshape(layer.weight.shape)
+    return mask_weights_(layer, mask.reshape(layer.weight.shape))
+
+
+def mask_weights_(layer: nn.Module, mask: torch.Tensor) -> int:
+    """Zero the weights of `layer` where the bool `mask` (weight's shape) is False and keep it
+    as buffer `weight_mask` (what size / export read); returns how many weights it zeroes."""
     layer.weight = nn.Parameter(layer.weight.detach() * mask,
                                 requires_grad=layer.weight.requires_grad)
     layer.register_buffer("weight_mask", mask)

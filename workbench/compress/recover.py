@@ -333,6 +333,22 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[
     _check_pair(student, teacher)
     model = copy.deepcopy(student)
     fake_quantized = _add_fake_quant(model, quant) if quant is not None else []
+    history = distill(model, teacher, items, cfg, desc="recover", progress=progress, log=log,
+                      hooks=hooks, distiller=distiller)
+    from torch.nn.utils import parametrize
+    for layer in fake_quantized:  # keep the latent weights; the plan quantizes them again
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+    return finish_recovery(model, history)
+
+
+def distill(model: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[Item],
+            cfg: RecoverConfig, *, desc: str, progress: bool,
+            log: Callable[[dict], None] | None, hooks: FitHooks | None,
+            distiller: Distiller | None = None) -> list[dict]:
+    """Train `model` in place towards `teacher` with the recovery loss (`Distiller`: teacher
+    outputs cached, front-end frozen, cfg.train choosing what trains) in workbench.train.fit;
+    returns the per-step log. The one training setup of recovery, QAT and progressive pruning.
+    `distiller`: one of this teacher and `items` whose cache to reuse."""
     if distiller is not None and distiller.items is not items:
         raise WorkbenchError("recover(distiller=...): that Distiller was built on other items; "
                              "its cached teacher outputs would not match.")
@@ -342,23 +358,28 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[
     # Leading blocks nothing trains in are the teacher's: start from its cached output there.
     distiller.start = 0 if cfg.train == "all" else first_trained_block(model)
     torch.manual_seed(cfg.seed)
-    history = fit(model, params, len(items), cfg, lambda idx, step: distiller.loss(model, idx),
-                  frames=[it.frames for it in items], desc="recover", progress=progress,
-                  log=log, hooks=hooks)
-    from torch.nn.utils import parametrize
-    for layer in fake_quantized:  # keep the latent weights; the plan quantizes them again
-        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+    return fit(model, params, len(items), cfg, lambda idx, step: distiller.loss(model, idx),
+               frames=[it.frames for it in items], desc=desc, progress=progress, log=log,
+               hooks=hooks)
+
+
+def finish_recovery(model: torch.nn.Module, history: Sequence[dict],
+                    events: Sequence[dict] = ()) -> Recovered:
+    """What every recovery returns: the trained copy in eval mode with all its parameters
+    trainable again (training froze the front-end; a caller may fine-tune or take gradients
+    next), and its logs."""
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    return Recovered(model, tuple(history))
+    return Recovered(model, tuple(history), tuple(events))
 
 
-def split_plan(plan, teacher: torch.nn.Module, compressed: torch.nn.Module):
+def split_plan(plan, teacher: torch.nn.Module, compressed: torch.nn.Module | None):
     """(structure, rest) of `plan` resolved on `teacher`: `structure` holds the entries that
     change shapes (pruning; low rank with the rank `compressed` actually got, so an energy
-    setting becomes an explicit rank) as explicit per-layer entries; `rest` holds the
-    quantization entries, to apply after recovery (export time). Layers kept dense are left out.
+    setting becomes an explicit rank; with `compressed` None energy settings stay as given)
+    as explicit per-layer entries; `rest` holds the quantization entries, to apply after
+    recovery (export time). Layers kept dense are left out.
     """
     from workbench.compress.lowrank import LowRankLinear
     from workbench.plan import CompressionPlan, LayerConfig
@@ -366,11 +387,11 @@ def split_plan(plan, teacher: torch.nn.Module, compressed: torch.nn.Module):
     structure: dict[str, LayerConfig] = {}
     rest: dict[str, LayerConfig] = {}
     for path, cfg in resolve(plan, teacher).items():
-        rank = None
-        if cfg.sets("low_rank"):
+        entry = structure_only(cfg)
+        if compressed is not None and cfg.sets("low_rank"):
             layer = compressed.get_submodule(path)
             rank = layer.rank if isinstance(layer, LowRankLinear) else None
-        entry = LayerConfig(**{**structure_only(cfg).values(), "rank": rank, "energy": None})
+            entry = LayerConfig(**{**entry.values(), "rank": rank, "energy": None})
         if not entry.is_empty():
             structure[path] = entry
         runtime = runtime_only(cfg)             # what the runtime applies (quantization)
