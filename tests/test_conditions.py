@@ -134,27 +134,25 @@ def test_grid_runs_twice_with_identical_numbers_and_the_second_reads_the_cache(t
 
 
 def test_a_run_for_another_plan_reuses_the_baseline_transcripts(tmp_path) -> None:
-    """Kept per (weights, features): same numbers as a fresh transcription, and a model whose
-    weights changed is transcribed again."""
+    """Through a BaselineCache the caller keeps (review 7, finding 29: it was a process-global
+    cache that leaked between callers and tests): same numbers as a fresh transcription, nothing
+    kept without one, and a cache made for another model is refused."""
+    from workbench.conditions import BaselineCache
+    from workbench.errors import ArgumentError
     from workbench.presets import int4_everywhere, int8_everywhere
 
     kw = dict(grid="clean,white:0", manifest=_tiny_set(tmp_path), voice_manifest=None,
               progress=False, cache_root=tmp_path / "c")
     model = _tiny_model()
-    with torch.no_grad():  # weights no other test uses (the cache is per process)
-        model.ctc_head.proj_in.weight.mul_(1.5)
-    first = evaluate_conditions(model, int8_everywhere(), **kw)
-    other = evaluate_conditions(model, int4_everywhere(), **kw)
-    fresh = evaluate_conditions(model, int4_everywhere(), cache=False, **kw)
+    baselines = BaselineCache(model)
+    first = evaluate_conditions(model, int8_everywhere(), baseline_cache=baselines, **kw)
+    other = evaluate_conditions(model, int4_everywhere(), baseline_cache=baselines, **kw)
+    fresh = evaluate_conditions(model, int4_everywhere(), **kw)
     assert (first.baselines_from_cache, other.baselines_from_cache) == (0, 2)
     assert fresh.baselines_from_cache == 0 and other.numbers() == fresh.numbers()
     assert other.hypotheses == fresh.hypotheses
-    with torch.no_grad():
-        model.ctc_head.proj_in.weight.mul_(2.0)
-    changed = evaluate_conditions(model, int8_everywhere(), **kw)
-    assert changed.baselines_from_cache == 0
-    assert changed.hypotheses == evaluate_conditions(model, int8_everywhere(), cache=False,
-                                                     **kw).hypotheses
+    with pytest.raises(ArgumentError, match="another model"):
+        evaluate_conditions(_tiny_model(), None, baseline_cache=baselines, **kw)
 
 
 def test_plan_wer_equals_a_fresh_compress_and_evaluate(tmp_path) -> None:

@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from workbench.compress.quantize import fake_quant_weight
 from workbench.export.positions import (compute_sinusoid_tables, graph_table,
                                         whisper_sinusoid_table)
-from workbench.export.weight_grids import (drop_unused_initializers, matmul_nbits_arrays,
+from workbench.onnx_tools.graph_map import drop_unused_initializers
+from workbench.export.weight_grids import (matmul_nbits_arrays,
                                            plan_grid, replace_with_dq_weights,
                                            replace_with_fp16_weights, replace_with_matmul_nbits)
 from workbench.models.whisper_ctc import whisper_sinusoids

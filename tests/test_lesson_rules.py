@@ -29,8 +29,8 @@ NOTEBOOK_DIR = REPO / "notebooks"
 LAB_NAMES = ("00_workbench", "01_where_the_cost_is", "02a_pruning_granularity",
              "02b_pruning_importance_recovery", "03_quantization", "04_low_rank",
              "05_edge_latency", "06_export_to_production",
-             "07_bring_your_own_model", "08_capstone", "10_robustness", "11_streaming",
-             "12_full_whisper")
+             "07_bring_your_own_model", "08_capstone", "09_efficient_attention",
+             "10_robustness", "11_streaming", "12_full_whisper")
 LABS = [NOTEBOOK_DIR / f"{name}.ipynb" for name in LAB_NAMES]
 
 #: Markdown that states a measured result: "WER 0.74", "1.10 -> 0.74", "Measured here: 12 ms",

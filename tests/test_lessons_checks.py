@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from workbench.lessons import checks, solutions
-from workbench.lessons.checks import CHECKS, CheckResult, LessonCheckError
+from workbench.lessons.checks import CHECKS, CheckResult, LessonCheckError, core, lesson03
 from workbench.lessons.predict import Gap
 
 
@@ -125,6 +125,23 @@ def _crossover_d_model(d_model, d_ff):
     return d_model
 
 
+def _windowed_macs_unpadded(frames, window, heads, head_dim):   # forgets the partial last block
+    return 2 * heads * frames * 3 * window * head_dim
+
+
+def _local_attention_band(q, k, v, window):          # a sliding band |i - j| <= W, not blocks
+    t = q.shape[-2]
+    i = torch.arange(t)
+    allowed = (i[:, None] - i[None, :]).abs() <= window
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+
+
+def _linear_attention_unnormalised(q, k, v):          # forgets the denominator
+    fq, fk = nn.functional.elu(q) + 1, nn.functional.elu(k) + 1
+    return fq @ (fk.transpose(-1, -2) @ v)
+
+
 WRONG = {
     "wer": (_wer_capped, "upper bound"),
     "block_macs": (_macs_no_av, "scores"),
@@ -147,6 +164,9 @@ WRONG = {
     "first_partial_ms": (_first_partial_no_stem, "expected"),
     "bits_by_role": (_bits_strict, "boundary included"),
     "whisper_ms": (_whisper_cross_kv_per_step, "once per utterance"),
+    "windowed_scores_macs": (_windowed_macs_unpadded, "whole blocks"),
+    "local_attention": (_local_attention_band, "neighbours"),
+    "linear_attention": (_linear_attention_unnormalised, "normaliser"),
 }
 
 
@@ -210,7 +230,7 @@ def test_a_check_that_fails_its_own_reference_raises() -> None:
         f(1.0)
         return ["always wrong"]
     with pytest.raises(LessonCheckError, match="own reference"):
-        checks._run("sqnr_db", stub, lambda x: x, compare)
+        core._run("sqnr_db", stub, lambda x: x, compare)
 
 
 def test_check_result_is_falsy_unless_passed() -> None:
@@ -266,7 +286,7 @@ def test_crossover_is_where_scores_overtake_the_ffn() -> None:
 
 
 def test_integer_linear_approximates_the_float_product() -> None:
-    case = checks._gemm_case(3, zp_w=0)
+    case = lesson03._gemm_case(3, zp_w=0)
     y_q = solutions.integer_linear(**case)
     x = case["s_x"] * (case["x_q"].double() - case["zp_x"])
     w = case["s_w"] * (case["w_q"].double() - case["zp_w"])
@@ -278,7 +298,7 @@ def test_integer_linear_approximates_the_float_product() -> None:
 
 
 def test_kmeans_beats_the_linear_grid_it_starts_from() -> None:
-    w = checks._weights((24, 40), seed=2)
+    w = core._weights((24, 40), seed=2)
     km, _, _ = solutions.kmeans_quantize(w, 3)
     start, _, _ = solutions.kmeans_quantize(w, 3, iters=0)
     assert solutions.sqnr_db(w, km) > solutions.sqnr_db(w, start)
@@ -339,3 +359,69 @@ def test_whisper_ms_equals_the_whisper_latency_model() -> None:
         wrong = _whisper_cross_kv_per_step(lat.encoder.total_ms, lat.cross_kv.total_ms,
                                            lat.per_token_ms, tables[3])
         assert wrong > 1.01 * lat.total_ms
+
+
+# ---- lesson 09: the attention swaps against the workbench's swap layers ------------------------
+
+def _attention(seed: int, d: int = 24, heads: int = 3):
+    from workbench.models.layers import MultiHeadSelfAttention
+
+    torch.manual_seed(seed)
+    return MultiHeadSelfAttention(d, heads).eval()
+
+
+@pytest.mark.parametrize("t, window", [(23, 5), (20, 4), (7, 10), (50, 50)])
+def test_local_attention_equals_the_windowed_swap_layer(t: int, window: int) -> None:
+    from workbench.compress.swap_layers import WindowedSelfAttention
+
+    layer = WindowedSelfAttention(_attention(3), window)
+    q, k, v = (torch.randn(2, 3, t, 8, generator=torch.Generator().manual_seed(i))
+               for i in range(3))
+    valid = torch.ones(2, t, dtype=torch.bool)
+    assert torch.allclose(solutions.local_attention(q, k, v, window), layer.mix(q, k, v, valid),
+                          atol=1e-5)
+
+
+def test_linear_attention_equals_the_linear_swap_layer() -> None:
+    from workbench.compress.swap_layers import LinearSelfAttention
+
+    layer = LinearSelfAttention(_attention(4))
+    q, k, v = (torch.randn(2, 3, 19, 8, generator=torch.Generator().manual_seed(10 + i))
+               for i in range(3))
+    valid = torch.ones(2, 19, dtype=torch.bool)
+    assert torch.allclose(solutions.linear_attention(q, k, v), layer.mix(q, k, v, valid),
+                          atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seconds, window_s", [(5.0, 1.0), (3.02, 1.0), (30.0, 0.5)])
+def test_windowed_scores_macs_equal_the_latency_row_of_the_swap(seconds: float,
+                                                                window_s: float) -> None:
+    # the scores row the latency model prices for the windowed plan on the demo model
+    import workbench as wb
+    from workbench import CompressionPlan, LayerConfig
+    from workbench.latency import layer_table
+
+    model = wb.load_demo()
+    plan = CompressionPlan().with_group("attention", LayerConfig(
+        windowed_attention={"window_s": window_s}))
+    row = next(r for r in layer_table(model, seconds, plan).layers
+               if r.path == "blocks.0.attn.scores")
+    full = next(r for r in layer_table(model, seconds).layers if r.path == "blocks.0.attn.scores")
+    window = round(window_s * 50)                   # 50 frames / s at the Whisper blocks
+    assert row.macs == solutions.windowed_scores_macs(full.positions, window, full.heads,
+                                                      full.head_dim)
+
+
+def test_every_check_of_every_lesson_module_is_in_the_table() -> None:
+    # one module per lesson (review7 #33): a check written there but left out of CHECKS would
+    # escape the tests above
+    import importlib
+    import pkgutil
+
+    found = set()
+    for info in pkgutil.iter_modules(checks.__path__):
+        module = importlib.import_module(f"{checks.__name__}.{info.name}")
+        found |= {name.removeprefix("check_") for name, value in vars(module).items()
+                  if name.startswith("check_") and getattr(value, "__module__", "") ==
+                  module.__name__}
+    assert found == set(CHECKS)

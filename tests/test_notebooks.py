@@ -22,7 +22,8 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 LESSONS = ("01_where_the_cost_is", "02a_pruning_granularity", "02b_pruning_importance_recovery",
            "03_quantization", "04_low_rank",
            "05_edge_latency", "06_export_to_production", "07_bring_your_own_model",
-           "08_capstone", "10_robustness", "11_streaming", "12_full_whisper")
+           "08_capstone", "09_efficient_attention", "10_robustness", "11_streaming",
+           "12_full_whisper")
 DEMO_CHECKPOINT = REPO / "data" / "models" / "demo" / "model.safetensors"
 #: Notebook-level metadata a clean notebook may carry.
 ALLOWED_METADATA = {"kernelspec", "language_info"}

@@ -238,10 +238,11 @@ def test_export_saves_the_current_plan_for_this_model(wb, model, tmp_path):
     assert wb.export.json.value == saved.to_json()
 
 
-def test_export_recovers_a_pruned_plan_first(wb, model, tmp_path):
-    """Tick 'recover first': the pruned model is distilled (2 steps on the shipped calibration
-    set), saved next to the export, and the recovered model is what the ONNX export holds."""
-    from workbench.compress.recover import RecoverConfig
+def test_export_after_recovery_holds_the_recovered_model(wb, model, tmp_path):
+    """The Export tab sends a structure-removing plan to the Recover tab; recovered there (2
+    steps on the shipped calibration set) and used as the baseline, the ONNX export holds the
+    recovered model with the plan's int8 (the pruning is baked in, so nothing is left to
+    recover). Replaces the export's old 'recover first', which held the run lock throughout."""
     from workbench.models import load_checkpoint, model_fingerprint
     from workbench.paths import CALIB
 
@@ -250,23 +251,30 @@ def test_export_recovers_a_pruned_plan_first(wb, model, tmp_path):
     wb.set_plan(pruned)
     wb.tabs.selected_index = len(wb.tabs.children) - 1
     assert "removes structure" in wb.export.recover_hint.value
-    wb.export.recover.value = True
-    wb.export.recover_config = RecoverConfig(steps=2, warmup=1)
-    wb.export.recover_manifests = [CALIB]
+    assert "Recover" in wb.export.recover_hint.value
+    tab = wb.recovery
+    tab.manifests, tab.out_dir = [CALIB], tmp_path / "recovered"
+    tab.steps.value, tab.minutes.value, tab.every.value = 2, 0.0, 1
+    tab.start_button.click()
+    tab.wait(600)
+    assert wb.errors.errors == [], wb.errors.errors[-1].traceback if wb.errors.errors else ""
+    tab.use().wait(600)
+    assert wb.errors.errors == [], wb.errors.errors[-1].traceback if wb.errors.errors else ""
+    recovered = load_checkpoint(tmp_path / "recovered" / "model.safetensors")
+    wb.tabs.selected_index = len(wb.tabs.children) - 1
+    assert "Nothing to recover" in wb.export.recover_hint.value
+    rest = resolve(wb.plan, recovered)          # what is left on top: the int8, no pruning
+    assert rest and all(c.prune is None and c.quant.weight_bits == 8 for c in rest.values())
     out = tmp_path / "export"
     wb.export.out_dir.value = str(out)
     wb.export.onnx.click()
     wb.export.worker.wait(600)
     assert wb.errors.errors == [], wb.errors.errors[-1].traceback if wb.errors.errors else ""
-    recovered = load_checkpoint(tmp_path / "export-recovered" / "model.safetensors")
-    assert wb.export.progress.value == wb.export.progress.max == 2
     assert (out / "model.onnx").is_file() and "exported to" in wb.export.onnx_status.value
     import json
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["fingerprint"] == model_fingerprint(recovered)
     assert model_fingerprint(recovered) != model_fingerprint(model)
-    wb.set_plan(CompressionPlan())
-    assert "Nothing to recover" in wb.export.recover_hint.value
 
 
 def test_device_file_upload_and_settings_the_runtime_cannot_run(wb, model):

@@ -46,9 +46,8 @@ def test_conditions_tab_runs_the_grid_in_the_background_and_draws(app) -> None:
 def test_conditions_tab_cancel_stops_the_job(app) -> None:
     tab = app.conditions
     tab.grid.options = [("test", "clean,white:0,white:5,pink:0")]
-    tab._cancel.set()
     tab.start()
-    tab._cancel.set()
+    tab.cancel.click()          # Job.cancel: before the job starts, or at its next condition
     tab.wait(300)
     assert "cancelled" in tab.status.value and not tab.run.disabled
 

@@ -53,9 +53,9 @@ def panel_evaluator(app):
 def test_search_panel_cancel_keeps_finished_trials(app):
     panel = app.sensitivity.search
     panel.trials.value = 8
-    panel._cancel.set()       # cancelled before the first evaluation
-    panel.start()             # start() clears the flag; cancel right away
-    panel._cancel.set()
+    # the cancel button (Job.cancel) pressed once the first trials are in
+    panel.progress.observe(lambda c: c["new"] >= 1 and panel.cancel.click(), names=["value"])
+    panel.start()
     panel.wait(1800)
     r = panel.result
     assert r is not None and not r.complete

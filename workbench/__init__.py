@@ -17,7 +17,7 @@ The verbs, in pipeline order (DESIGN.md section 1):
 `import workbench` loads the computational core only (torch; no ipywidgets / plotly / onnxruntime).
 The UI lives in `workbench.ui`, the ONNX export in `workbench.export`.
 """
-from workbench import _threads  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+from workbench import _threads  # noqa: F401  (warns once if OMP_WAIT_POLICY is unset)
 from workbench._version import __version__
 from workbench.byo import adapt
 from workbench import presets

@@ -41,12 +41,8 @@ import torch
 from torch import nn
 
 from workbench.errors import WorkbenchError
-from workbench.models.base import ROLE_NAMES, role_of
+from workbench.models.base import ROLE_NAMES, example_input, role_of
 
-#: Mel frames per second of the CTC models' input features (hop 10 ms).
-FEATURE_FRAMES_PER_SECOND = 100
-#: Sample rate of raw-waveform models (wav2vec2).
-SAMPLE_RATE = 16_000
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm,
           nn.modules.instancenorm._InstanceNorm, nn.RMSNorm)
@@ -199,17 +195,12 @@ def profile(model: nn.Module, audio_seconds: float = 4.0, measure: bool = True, 
 def default_inputs(model: nn.Module) -> MakeInputs:
     """Example-input factory for a CTC model: log-mel features at 100 frames/s, batch 1 (or
     the 16 kHz waveform (1, 1, samples) for a model adapted with features="waveform")."""
-    n_mels = getattr(getattr(model, "config", None), "n_mels", None)
-    if n_mels is None:
+    if not callable(getattr(model, "input_spec", None)):
         raise WorkbenchError(f"{type(model).__name__}: not a workbench CTC model; pass "
                              f"make_inputs=lambda seconds: (example inputs of its forward,).")
-    waveform = getattr(model.config, "features", "log_mel") == "waveform"   # workbench.byo
-    rate = 16_000 if waveform else FEATURE_FRAMES_PER_SECOND
 
     def make(seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
-        frames = max(1, round(seconds * rate))
-        gen = torch.Generator().manual_seed(0)
-        return (torch.randn(1, n_mels, frames, generator=gen), torch.tensor([frames]))
+        return example_input(model, seconds)
     return make
 
 

@@ -111,6 +111,15 @@ class _Frozen(BaseModel, metaclass=_RaisesPlanError):
         except ValidationError as err:
             raise PlanError(_python_errors(cls.__name__, err)) from None
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Any:
+        """A copy with `update` applied, validated like construction (pydantic's own
+        model_copy(update=...) skips validation, so `QuantConfig(...).model_copy(update=
+        {"weight_bits": 9})` would build a config no plan can hold); PlanError names the field."""
+        if not update:
+            return super().model_copy(deep=deep)
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self).model_validate({**fields, **update})
+
 
 def _python_errors(name: str, err: ValidationError) -> str:
     parts = []
@@ -358,7 +367,7 @@ class CompressionPlan(_Frozen):
                             f"{short_repr(blocks)}.")
         key = GroupEntry(role=role, blocks=None if blocks is None else tuple(blocks), config=SKIP)
         kept = [g for g in self.groups if (g.role, g.blocks) != (key.role, key.blocks)]
-        if config is not None:  # validated again: model_copy(update=...) would not check it
+        if config is not None:
             kept.append(GroupEntry(role=key.role, blocks=key.blocks, config=config))
         return self.model_validate({**self._fields(), "groups": tuple(kept)})
 

@@ -118,10 +118,9 @@ def with_setting(plan: CompressionPlan, model: nn.Module, path: str, knob: Knob,
             amount=float(value), structure=STRUCTURE_FOR_KIND[target.kind])})
     else:
         old = base.quant or QuantConfig()
-        # Built through validation (model_copy(update=...) does not check), so a width no plan
-        # can hold (0, 9) is a PlanError here, before any model run, for every caller.
-        cfg = base.model_copy(update={"quant": QuantConfig(
-            **{**old.model_dump(), "weight_bits": int(value)})})
+        # a width no plan can hold (0, 9) is a PlanError here, before any model run
+        cfg = base.model_copy(update={"quant": old.model_copy(
+            update={"weight_bits": int(value)})})
     return plan.with_layer(path, cfg)
 
 

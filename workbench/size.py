@@ -335,13 +335,14 @@ def _shrink_structured(model: nn.Module, path: str, cfg: LayerConfig, shapes: Sh
 def _shrink_graph_group(model: nn.Module, group, cfg: LayerConfig,  # noqa: ANN001
                         shapes: Shapes, calib: Calibration | None) -> None:
     """Shape changes of pruning a group found from the graph (workbench.graph): every axis
-    loses the slices of the units `compress` would remove (same choice: graph.surgery.choose).
-    Taylor importance needs gradients only when the group's units differ in size (otherwise
-    any choice of that many units removes the same number of slices)."""
+    loses the slices of the units `compress` would remove. When every unit owns the same number
+    of slices on each axis (heads, neurons, channels: the usual case), any choice of that many
+    units gives the same shapes, so no importance is computed; a group of units of different
+    sizes needs the choice compress makes (graph.surgery.choose, with gradients for Taylor)."""
     from workbench.graph.surgery import choose, count_to_remove
     p = cfg.prune
     same_size = all(len({len(u[axis]) for u in group.units}) == 1 for axis in group.axes)
-    if p.importance == "taylor" and same_size:
+    if same_size:
         removed = list(range(count_to_remove(group.size, p.amount)))
     else:
         grads = taylor_gradients(model, calib or ()) if p.importance == "taylor" else None

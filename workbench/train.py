@@ -111,12 +111,16 @@ StepLoss = Callable[[list[int], int], dict[str, torch.Tensor]]
 class FitHooks:
     """Optional callbacks of `fit` (all no-ops here; subclass what you need).
 
+    on_start(model): once, before the first step, with the model being trained (e.g. a job
+        that evaluates it every k steps);
     after_backward(step): gradients are there (e.g. accumulate Taylor importance);
     on_progress(step, fraction): the optimizer has stepped; how far the run is, 0..1, by
         `budget_progress` (the number the lr schedule follows; a pruning schedule's events);
     after_step(step): right after on_progress (e.g. report progress, yield a lock);
     should_stop(): True ends training after the current step (a cancelled job).
     """
+
+    def on_start(self, model: torch.nn.Module) -> None: ...
 
     def after_backward(self, step: int) -> None: ...
 
@@ -158,6 +162,7 @@ def fit(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], n_items: i
     rng = random.Random(cfg.seed * 1000 + step)
     sized = [_Sized(n) for n in frames]
     model.train()
+    hooks.on_start(model)
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, leave=False)
     batches: list[list[int]] = []

@@ -17,6 +17,7 @@ import torch
 from workbench.evaluate import EvalSet, evaluate, score
 from workbench.export.emulation import emulate_xnnpack_dynamic, evaluate_batch1
 from workbench.export.executorch import PteSession, build_pte, pte_latency_ms, set_threads
+from workbench.onnx_tools.runtime import CLOCK
 from workbench.export.verify import evaluate_ort
 from workbench.plan import CompressionPlan
 from workbench.size import size
@@ -58,6 +59,7 @@ def pte_figures(model: torch.nn.Module, plan: CompressionPlan, eval_sets: list[E
             "pte_wer_abs_diff_emulated_max_per_set": max(
                 v["abs_diff_emulated"] for k, v in by_set.items() if k != "all"),
             "pte_int8_ms": pte_latency_ms(export.model, 1, 5.0, repeats),
+            "pte_clock": CLOCK,
             "pte_latency_load_average_1min_before": load,
             "pte_export_seconds": export.seconds,
             "pte_notes": list(export.notes) + [

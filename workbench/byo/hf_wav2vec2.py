@@ -23,7 +23,9 @@ With a `vocab.json` beside it that names every symbol of workbench.models.VOCAB 
 facebook/wav2vec2-base-960h does: "<pad>" is the CTC blank, "|" the word separator, letters
 upper case), the CTC head keeps exactly those rows, in VOCAB's order, so `adapt` reuses it as a
 trained head; the other symbols ("<s>", "</s>", "<unk>") are dropped - a frame whose best symbol
-was one of them now decodes to its best VOCAB symbol. Anything else is refused with the reason.
+was one of them now decodes to its best VOCAB symbol. Without a vocab.json the head cannot be
+mapped, and `adapt` starts from a fresh one (config.untrained says so). Anything else, a
+vocab.json that is unreadable or lacks a symbol included, is refused with the reason.
 """
 from __future__ import annotations
 
@@ -105,15 +107,38 @@ def torchaudio_name(hf_name: str) -> str | None:
                           f"Face layout (expected names under wav2vec2. or lm_head.).")
 
 
-def _vocab_rows(folder: Path) -> list[int] | None:
-    """Rows of lm_head for VOCAB's symbols, in VOCAB's order, from vocab.json (or None)."""
+def _vocab_rows(folder: Path, head_rows: int) -> list[int] | None:
+    """Rows of lm_head for VOCAB's symbols, in VOCAB's order, from vocab.json; None without a
+    vocab.json (the head cannot be mapped: `adapt` installs a fresh one and says untrained).
+    A vocab.json that cannot be read, or lacks a symbol, is refused: a head silently replaced
+    by a random one would give WER ~1 with nothing to say why. Letters may be upper case (as
+    facebook/wav2vec2-base-960h writes them) or lower case."""
     path = folder / "vocab.json"
     if not path.is_file():
         return None
-    table = json.loads(path.read_text())
-    if not all(_HF_SYMBOL[s] in table for s in VOCAB):
-        return None
-    return [int(table[_HF_SYMBOL[s]]) for s in VOCAB]
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}).") from None
+    if not isinstance(table, dict):
+        raise CheckpointError(f"{path}: expected an object symbol -> row of lm_head, got "
+                              f"{type(table).__name__}.")
+    upper = sum(_HF_SYMBOL[c] in table for c in VOCAB[3:])
+    lower = sum(c in table for c in VOCAB[3:])
+    spell = dict(_HF_SYMBOL, **({c: c for c in VOCAB[3:]} if lower > upper else {}))
+    missing = [spell[s] for s in VOCAB if spell[s] not in table]
+    if missing:
+        raise CheckpointError(f"{path}: no row for {', '.join(map(repr, missing))}; the CTC "
+                              f"head is kept only when vocab.json names every symbol of "
+                              f"{''.join(VOCAB[3:])}, ' ', \"'\" and the blank (as '<pad>', '|', "
+                              f"\"'\"). Remove vocab.json to start from a fresh, untrained head.")
+    rows = [table[spell[s]] for s in VOCAB]
+    bad = [f"{spell[s]!r}: {r!r}" for s, r in zip(VOCAB, rows)
+           if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < head_rows]
+    if bad:
+        raise CheckpointError(f"{path}: rows must be integers 0..{head_rows - 1} (lm_head has "
+                              f"{head_rows}); got {', '.join(bad[:3])}.")
+    return rows
 
 
 def load_wav2vec2_hf(folder: str | Path) -> nn.Module:
@@ -125,7 +150,7 @@ def load_wav2vec2_hf(folder: str | Path) -> nn.Module:
     tensors = _tensors(folder)
     state = {name: t for k, t in tensors.items() if (name := torchaudio_name(k)) is not None}
     aux_out = state["aux.weight"].shape[0] if "aux.weight" in state else None
-    rows = _vocab_rows(folder) if aux_out is not None else None
+    rows = _vocab_rows(folder, aux_out) if aux_out is not None else None
     if rows is not None:
         state["aux.weight"], state["aux.bias"] = state["aux.weight"][rows], state["aux.bias"][rows]
         aux_out = len(VOCAB)

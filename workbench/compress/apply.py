@@ -2,7 +2,7 @@
 
     compress(model, plan, calib=None) -> new model            (the input is never changed)
     compress_detailed(...) -> Compressed(model, notes)        (notes: what was removed, kept dense)
-    compress_module(block, entries, grads=None) -> Compressed (one block, for the engine)
+    compress_module(block, entries, model=, prefix=) -> Compressed (one block, for the engine)
 
 Order, and why: structured pruning first (importance is measured on the original weights and
 the later steps work on the smaller shapes), then low rank on what is left, then quantization of
@@ -24,6 +24,7 @@ from workbench.compress.calibration_stats import (Calibration, as_calibration, c
                                             taylor_gradients)
 from workbench.compress.techniques import ApplyContext, techniques
 from workbench.compress.techniques import needs as techniques_needs
+from workbench.errors import ArgumentError
 from workbench.plan import CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
 from workbench.errors import PlanError
@@ -62,22 +63,33 @@ def compress_detailed(model: nn.Module, plan: CompressionPlan,
     batches = as_calibration(calib)
     if grads is None and needs_gradients(resolved):
         grads = taylor_gradients(model, batches)
-    new, notes = apply_entries_(copy.deepcopy(model), resolved, grads)
+    new, notes = apply_entries_(copy.deepcopy(model), resolved, grads, model=model)
     if needs_activation_calibration(resolved):
         calibrate_activations(new, batches)
     return Compressed(new, tuple(notes))
 
 
 def compress_module(module: nn.Module, entries: Mapping[str, LayerConfig],
-                    grads: Mapping[str, torch.Tensor] | None = None) -> Compressed:
+                    grads: Mapping[str, torch.Tensor] | None = None, *,
+                    model: nn.Module | None = None, prefix: str = "") -> Compressed:
     """Apply resolved entries (paths relative to `module`, e.g. from
     `under(resolve(plan, model), "blocks.3")`) to a deep copy of one module.
 
-    `grads` (relative parameter names, `under(taylor_gradients(model, calib), "blocks.3")`) is
-    needed for 'taylor' importance. Activation quantizers come back unobserved: run the new
-    module on its inputs inside `workbench.compress.quantize.observing(new)` before use.
+    `model` is the whole model `module` belongs to and `prefix` its path there ("blocks.3"):
+    techniques that read model-level facts (a window in seconds needs the frame rate at the
+    blocks) or seed per module (Performer features) need them to build exactly what
+    `compress(model, plan)` builds. `grads` (relative parameter names,
+    `under(taylor_gradients(model, calib), "blocks.3")`) is needed for 'taylor' importance.
+    Activation quantizers come back unobserved: run the new module on its inputs inside
+    `workbench.compress.quantize.observing(new)` before use.
     """
-    new, notes = apply_entries_(copy.deepcopy(module), entries, grads)
+    if model is not None and model.get_submodule(prefix) is not module:
+        raise ArgumentError(f"compress_module(prefix={prefix!r}): the module at that path of "
+                            f"`model` is not the module given.")
+    if model is None and prefix:
+        raise ArgumentError("compress_module(prefix=...): give the whole model too (model=...).")
+    new, notes = apply_entries_(copy.deepcopy(module), entries, grads, model=model,
+                                prefix=prefix)
     return Compressed(new, tuple(notes))
 
 
@@ -96,13 +108,16 @@ def needs_activation_calibration(resolved: Mapping[str, LayerConfig]) -> bool:
 
 
 def apply_entries_(root: nn.Module, entries: Mapping[str, LayerConfig],
-                   grads: Mapping[str, torch.Tensor] | None = None
+                   grads: Mapping[str, torch.Tensor] | None = None, *,
+                   model: nn.Module | None = None, prefix: str = ""
                    ) -> tuple[nn.Module, list[str]]:
-    """Compress `root` in place (call it on a copy you own); returns (root, notes).
+    """Compress `root` in place (call it on a copy you own); returns (root, notes). `model`:
+    the uncompressed whole model, `prefix`: the root's path in it (ApplyContext).
 
     Each registered technique (workbench.compress.techniques) applies all of its entries in
     turn, in the registry's order: structured then unstructured pruning, low rank, quantization."""
-    ctx = ApplyContext(grads=dict(grads) if grads is not None else None)  # sliced as shapes shrink
+    ctx = ApplyContext(grads=dict(grads) if grads is not None else None,  # sliced as shapes shrink
+                       prefix=prefix, model=model)
     for tech in techniques():
         mine = {path: s for path, cfg in entries.items() for s in [tech.setting(cfg)]
                 if s is not None}

@@ -76,6 +76,10 @@ class _Schedule(FitHooks):
         self.log, self.outer = log, outer
         self.done = 0
 
+    def on_start(self, model: nn.Module) -> None:
+        if self.outer is not None:
+            self.outer.on_start(model)
+
     def after_backward(self, step: int) -> None:
         for unit in (*self.gated, *self.masked):
             unit.accumulate()

@@ -10,9 +10,9 @@ bench: `workbench bench conditions --json`.
 """
 from workbench.conditions.grid import (DEFAULT_GRID, FULL_GRID, GRIDS, NOISE_TYPES, Condition,
                                        ConditionError, degrade, resolve_grid)
-from workbench.conditions.run import (BreakdownRow, Cancelled, ConditionRow, ConditionsResult,
-                                      condition_sets, evaluate_conditions)
+from workbench.conditions.run import (BaselineCache, BreakdownRow, Cancelled, ConditionRow,
+                                      ConditionsResult, condition_sets, evaluate_conditions)
 
-__all__ = ["DEFAULT_GRID", "FULL_GRID", "GRIDS", "NOISE_TYPES", "BreakdownRow", "Cancelled",
-           "Condition", "ConditionError", "ConditionRow", "ConditionsResult", "condition_sets",
-           "degrade", "evaluate_conditions", "resolve_grid"]
+__all__ = ["DEFAULT_GRID", "FULL_GRID", "GRIDS", "NOISE_TYPES", "BaselineCache", "BreakdownRow",
+           "Cancelled", "Condition", "ConditionError", "ConditionRow", "ConditionsResult",
+           "condition_sets", "degrade", "evaluate_conditions", "resolve_grid"]

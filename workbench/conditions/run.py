@@ -9,9 +9,9 @@ How it is fast and repeatable:
   condition, the seed and the manifest's content), so a second run reads features, not audio;
 - the plan is applied once, and the baseline and the compressed model each transcribe every
   condition once (batched greedy CTC); each hypothesis list is scored once;
-- the baseline's transcripts depend only on its weights and the features: they are kept in
-  memory per (weights digest, features digest), so a run for another plan (the Conditions tab)
-  transcribes only the plan's model;
+- the baseline's transcripts depend only on its weights and the features: a caller that runs
+  several plans on one model (the Conditions tab) passes a `BaselineCache(model)` it keeps, and
+  a run for another plan transcribes only the plan's model;
 - all randomness is seeded per (seed, condition, utterance id): the same audio on every run, so
   the same numbers (checked by a test and by `workbench bench conditions`).
 """
@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import torch
 from workbench.conditions.grid import Condition, degrade, resolve_grid
 from workbench.errors import Cancelled  # raised when cancel() returns True; re-exported
 from workbench.evaluate import EvalSet, score
+from workbench.models.digest import weights_digest
 
 #: Bump when degrade() or the features change, so old cached features are not reused.
 CACHE_VERSION = "2"  # 2: reverberation by a power-of-two FFT (differences <= 3e-6)
@@ -40,21 +41,28 @@ CACHE_VERSION = "2"  # 2: reverberation by a power-of-two FFT (differences <= 3e
 LENGTH_BINS = ((0.0, 2.0, "< 2 s"), (2.0, 4.0, "2-4 s"), (4.0, 1e9, ">= 4 s"))
 
 
-#: Baseline transcripts per (weights digest, features digest), this process only (a few kB per
-#: condition; `cache=False` neither reads nor fills it).
-_BASELINE_KEPT = 128
-_baseline_hyps: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
-_baseline_lock = threading.Lock()
+class BaselineCache:
+    """Baseline transcripts of one model per condition set, kept by the caller across runs of
+    evaluate_conditions (a few kB per condition set). Keyed by the digest of the model's
+    weights, taken once here (the model must not change while the cache is used: the
+    Conditions tab's model is its Session's private baseline), and of each set's features."""
 
+    def __init__(self, model: torch.nn.Module, kept: int = 128) -> None:
+        self.model = model
+        self.weights = weights_digest(model)
+        self.kept = kept
+        self._hyps: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
+        self._lock = threading.Lock()
 
-def _digest(tensors: Iterable[torch.Tensor]) -> str:
-    """sha1 over dtype, shape and bytes of each tensor, in order."""
-    h = hashlib.sha1()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
+    def get(self, key: tuple[str, str]) -> tuple[str, ...] | None:
+        with self._lock:
+            return self._hyps.get(key)
+
+    def put(self, key: tuple[str, str], hyps: tuple[str, ...]) -> None:
+        with self._lock:
+            self._hyps[key] = hyps
+            while len(self._hyps) > self.kept:
+                self._hyps.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -284,18 +292,20 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
                         on_progress: Callable[[int, int, str], None] | None = None,
                         plan_name: str | None = None,
                         cache_root: Path | None = None, run_lock=None,
-                        limit: int | None = None) -> ConditionsResult:
+                        limit: int | None = None,
+                        baseline_cache: BaselineCache | None = None) -> ConditionsResult:
     """WER / CER of `model` (and of `plan` applied to it) under every condition of `grid`.
 
     grid: "default" (16 conditions), "full" (24), a comma list ("white:10,reverb:0.6") or
     Condition objects. manifest: the set degraded (default: the shipped real test set).
     voice_manifest: a clean set split by synthetic voice (default: the shipped synthetic test
     set; None to skip). limit: the first N utterances of each set. cache_root: folder of the
-    feature cache (default: the user cache's conditions/). cache=False: features recomputed and
-    baseline transcripts not taken from (nor put in) this process's cache. run_lock: a lock taken around each
-    condition's model runs (the UI passes the Session's RUN_LOCK, so a live slider evaluation
-    gets in between two conditions). The caller's model is not modified (the plan is applied
-    to a new model).
+    feature cache (default: the user cache's conditions/). cache=False: features recomputed.
+    baseline_cache: a BaselineCache(model) the caller keeps across runs (the baseline is then
+    transcribed once per condition set); None: transcribed on every run. run_lock: a lock taken
+    around each condition's model runs (the UI passes the Session's RUN_LOCK, so a live slider
+    evaluation gets in between two conditions). The caller's model is not modified (the plan
+    is applied to a new model).
     """
     from tqdm import tqdm
 
@@ -306,6 +316,10 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
     from workbench.paths import SYNTH_TEST
 
     check_model(model, "evaluate_conditions")
+    if baseline_cache is not None and baseline_cache.model is not model:
+        from workbench.errors import ArgumentError
+        raise ArgumentError("evaluate_conditions(baseline_cache=...): a cache made for another "
+                            "model; make one per model: BaselineCache(model).")
     if plan is not None:
         plan = check_plan(plan, "evaluate_conditions")
     t0 = time.perf_counter()
@@ -331,7 +345,6 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
     if plan is not None:
         with lock:
             small = compress(model, plan).eval()
-    weights = _digest(model.state_dict().values()) if cache else None
     base_kept = 0
     rows, by_voice, by_length, hyps_out = [], [], [], {}
     total = len(jobs)
@@ -341,19 +354,17 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
             raise Cancelled()
         if on_progress is not None:
             on_progress(k, total, es.name)
-        key = (weights, _digest(es.features)) if cache else None
-        with _baseline_lock:
-            base_hyps = _baseline_hyps.get(key) if cache else None
+        key = base_hyps = None
+        if baseline_cache is not None:
+            key = (baseline_cache.weights, weights_digest(es.features))
+            base_hyps = baseline_cache.get(key)
         if base_hyps is not None:
             base_kept += 1
         else:
             with lock:  # one model run at a time; a live slider evaluation can get in between
                 base_hyps = tuple(transcribe(model, es.features))
-            if cache:
-                with _baseline_lock:
-                    _baseline_hyps[key] = base_hyps
-                    while len(_baseline_hyps) > _BASELINE_KEPT:
-                        _baseline_hyps.popitem(last=False)
+            if baseline_cache is not None:
+                baseline_cache.put(key, base_hyps)
         base_hyps = list(base_hyps)  # jiwer takes lists
         if cancel is not None and cancel():
             raise Cancelled()

@@ -32,6 +32,7 @@ from torch import nn
 
 from workbench.deploy.selector import BUNDLE_FORMAT, MANIFEST
 from workbench.errors import WorkbenchError
+from workbench.models.base import input_spec
 from workbench.plan import CompressionPlan
 
 SELECTOR_NAME = "select_runtime.py"
@@ -113,7 +114,8 @@ def simulate(model: nn.Module, plan: CompressionPlan, budget: Budget, *,
 
 
 def measure_memory_bytes(model_path: Path, n_mels: int, frames: int, threads: int) -> int:
-    """Peak RSS growth of a fresh process loading `model_path` in ORT and running it once."""
+    """Peak RSS growth of a fresh process loading `model_path` in ORT and running it once on
+    zero features (1, n_mels, frames) (a waveform model: n_mels 1, frames = samples)."""
     run = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(model_path), str(n_mels),
                           str(frames), str(threads)], capture_output=True, text=True)
     if run.returncode != 0:
@@ -123,7 +125,7 @@ def measure_memory_bytes(model_path: Path, n_mels: int, frames: int, threads: in
 
 
 def _variant(name: str, folder: Path, report: dict[str, Any], sim: dict[str, Any],
-             memory: int, budget: Budget) -> dict[str, Any]:
+             memory: int, budget: Budget, probe: tuple[int, int]) -> dict[str, Any]:
     from workbench.export.report import DELIVERABLE
     accuracy = [{"set": r["set"], "wer_ort": r["wer_ort"], "wer_sim": r["wer_sim"],
                  "abs_diff": r["wer_abs_diff"],
@@ -135,8 +137,9 @@ def _variant(name: str, folder: Path, report: dict[str, Any], sim: dict[str, Any
             "bytes": report["files"][DELIVERABLE]["bytes"],
             "sha256": report["files"][DELIVERABLE]["sha256"],
             "memory_bytes": memory,
-            "memory_source": "measured here: peak RSS growth of a fresh process that loads the "
-                             "model in ONNX Runtime and runs one warm-up input",
+            "memory_source": f"measured here: peak RSS growth of a fresh process that loads "
+                             f"the model in ONNX Runtime and runs one warm-up input of "
+                             f"{budget.seconds:g} s, features (1, {probe[0]}, {probe[1]})",
             "meets_memory_budget_measured": memory <= budget.memory_mb * 1e6,
             "simulated": sim,
             "host_latency_ms": host["model_ms"],
@@ -183,17 +186,17 @@ def build_bundle(model: nn.Module, out: Path, budget: Budget, primary: Compressi
             f"budget or choose a smaller / faster fallback plan.")
     p = simulate(model, primary, budget, size_bytes=p_bytes)
     sims = {"primary": p, "fallback": f}
-    n_mels = int(getattr(getattr(model, "config", None), "n_mels", 80))
-    frames = round(budget.seconds * 100)
+    spec = input_spec(model)      # log-mel frames at 100/s, or 16 kHz samples
+    probe = (spec.channels, spec.length(budget.seconds))
     variants = []
     with staged_dir(out) as stage:
         for name, m, plan in (("primary", model, primary), ("fallback", fallback_model,
                                                            fallback)):
             log(f"export and verify the {name} plan")
             report = apply_plan(m, plan, stage / name, options)
-            memory = measure_memory_bytes(stage / name / DELIVERABLE, n_mels, frames,
-                                          budget.threads)
-            variants.append(_variant(name, stage / name, report, sims[name], memory, budget))
+            memory = measure_memory_bytes(stage / name / DELIVERABLE, *probe, budget.threads)
+            variants.append(_variant(name, stage / name, report, sims[name], memory, budget,
+                                     probe))
         if variants[1]["bytes"] >= variants[0]["bytes"]:
             raise BundleInputError(f"fallback: its exported file ({variants[1]['bytes']:,} "
                                    f"bytes) is not smaller than the primary's "
@@ -202,8 +205,9 @@ def build_bundle(model: nn.Module, out: Path, budget: Budget, primary: Compressi
             "format": BUNDLE_FORMAT,
             "device": budget.device, "memory_budget_mb": budget.memory_mb,
             "latency_budget_ms": budget.latency_ms, "threads": budget.threads,
-            "input": {"n_mels": n_mels, "warmup_frames": frames,
-                      "warmup_seconds": budget.seconds},
+            "input": {"n_mels": probe[0], "warmup_frames": probe[1],
+                      "warmup_seconds": budget.seconds, "kind": spec.kind,
+                      "per_second": spec.per_second},
             "selection": "first variant (primary, then fallback) whose memory_bytes fits the "
                          "available memory and whose measured warm-up median meets "
                          "latency_budget_ms (select_runtime.py)",

@@ -10,8 +10,10 @@ runs a shape pass (~150 ms on Whisper tiny), too slow for every slider step. Onl
 (structured pruning, low rank) changes shapes; bits only change the price of each row, and the
 audio length only rescales the rows (`LayerTable.at_seconds`: work and activations grow with T,
 attention scores with T^2). So the shape pass runs once per structure, on a short reference
-clip, and every other change re-prices the cached table (`at_seconds` + `with_bits` +
-`price_table`, ~5 ms). That equals `predict_latency` exactly at whole multiples of the reference
+clip, and every other change re-prices the cached table (`at_seconds` + `with_bits` + the
+techniques' latency hooks + `price_table`, ~5 ms). The hooks (architecture swaps) run last, at
+the requested length: a window in seconds pads T to a whole number of windows, which no rescale
+of a 1 s row can give. That equals `predict_latency` exactly at whole multiples of the reference
 length and within a frame of rounding elsewhere (<1 % on Conformer at 2.5 s; tested).
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 
 from workbench.compress.targets import find_targets
-from workbench.compress.techniques import settings, shape_only, technique
+from workbench.compress.techniques import shape_only, techniques
 from workbench.latency.table import hooked_paths, with_technique_rows
 from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
@@ -121,18 +123,17 @@ class CostCache:
                            load_device(device))
 
     def _priced_table(self, resolved: dict[str, LayerConfig], seconds: float):
-        """The plan's layer table at `seconds`: its structure's table, its bits, every latency
-        hook of its techniques applied once (what the host prices; the edge path prices the
-        hooked modules from it too, latency.predict.technique_ops)."""
+        """The plan's layer table at `seconds`: its structure's table (no latency hooks),
+        rescaled, its bits, then every latency hook of its techniques applied once, at the
+        requested length (a window in seconds prices a different padded length at 1 s and at
+        4 s, so a hooked row cannot be rescaled). What the host prices; the edge path prices
+        the hooked modules from it too (latency.predict.technique_ops)."""
         table = self._table(resolved)
         if seconds != table.audio_seconds:
             table = table.at_seconds(seconds)
         bits = {path: (cfg.quant.weight_bits or 32) for path, cfg in resolved.items()
                 if cfg.quant is not None}
-        # the structure table already has the hooks of shape-changing settings (table_for_plan
-        # applied them); apply only the others here, so no hook counts twice
-        return with_technique_rows(table.with_bits(bits), {
-            path: _without_shape(cfg) for path, cfg in resolved.items()})
+        return with_technique_rows(table.with_bits(bits), resolved)
 
     def _edge_latency(self, plan: CompressionPlan, device: str, seconds: float,
                       runtime: str | None, threads: int | None, device_file: str | None):
@@ -193,10 +194,14 @@ class CostCache:
                 self.latency(plan, device, audio_seconds)
 
     def _table(self, resolved: dict[str, LayerConfig]):
-        """The shape-pass table of the plan's structure (structured pruning + low rank only)."""
+        """The table of the plan's structure at REFERENCE_SECONDS, without latency hooks: the
+        shapes of structured pruning and low rank. A technique priced by a latency hook (the
+        architecture swaps) is left out here and hooked in `_priced_table`, once, at the
+        length asked for."""
         from workbench.latency.table import table_from_profile
         from workbench.layer_profile import profile
-        structure = self._structure(resolved)
+        structure = {path: kept for path, cfg in self._structure(resolved).items()
+                     for kept in [_without_hooked(cfg)] if not kept.is_empty()}
         # The fp32 model's table comes from one shape pass, kept apart from the LRU (evicting it
         # would re-profile the model); a structural plan is then priced by arithmetic on it
         # (table_for_plan: ~2 ms, equal to a shape pass of the compressed model, tested in the
@@ -249,10 +254,11 @@ class CostCache:
         return scores
 
 
-def _without_shape(cfg: LayerConfig) -> LayerConfig:
-    """`cfg` without its shape-changing settings (the complement of shape_only)."""
-    return cfg.without(tuple(f for name in settings(shape_only(cfg))
-                             for f in technique(name).fields))
+def _without_hooked(cfg: LayerConfig) -> LayerConfig:
+    """`cfg` without the settings of techniques priced by a latency hook."""
+    return cfg.without(tuple(f for t in techniques()
+                             if t.latency_row is not None or t.latency_row_at is not None
+                             for f in t.fields))
 
 
 def _importance(model: nn.Module, path: str, kind: str) -> torch.Tensor:

@@ -179,6 +179,10 @@ class Session(BackgroundEval):
                                 f"the session needs a workbench CTC model (load_demo(), "
                                 f"conformer_ctc(), load_checkpoint()).")
         self.baseline = copy.deepcopy(model).eval()
+        # what `rebased` needs to build the same session on another model
+        self._settings = dict(quick_utterances=quick_utterances, max_frames=max_frames,
+                              cache_entries=cache_entries, calib=calib, seed=seed,
+                              warm_svd=warm_svd)
         if warm_svd:  # ~1 s once on the demo, so the first move of any rank slider needs no SVD
             from workbench.compress import lowrank
             linears = [m for m in self.baseline.blocks.modules() if isinstance(m, torch.nn.Linear)]
@@ -263,7 +267,8 @@ class Session(BackgroundEval):
                 with self._lock:
                     cached = self._blocks.get(sig)
                 if cached is None:
-                    cached = compress_module(block, entries).model.eval()
+                    cached = compress_module(block, entries, model=self.baseline,
+                                             prefix=f"blocks.{i}").model.eval()
                     with self._lock:
                         self._blocks[sig] = cached
                         while len(self._blocks) > 256:
@@ -382,6 +387,12 @@ class Session(BackgroundEval):
                              if kind == "quick" else
                              f"measured: greedy CTC on all {len(order)} utterances (jiwer)")
         return self._remember(key, result)
+
+    def rebased(self, model: CTCModel) -> Session:
+        """A new Session on `model` (e.g. a recovered model) with this one's eval set, quick
+        subset and settings, so its numbers compare with this one's utterance for utterance.
+        Runs the new baseline on the full set (a model run: call it from a job)."""
+        return Session(model, self.eval_set, **self._settings)
 
     @property
     def quick_indices(self) -> list[int]:

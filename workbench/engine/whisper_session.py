@@ -124,7 +124,8 @@ class WhisperSession(BackgroundEval):
         key = (unit, _sig(entries))
         if key not in self._units:
             from workbench.compress import compress_module
-            self._units[key] = compress_module(base, entries).model.eval()
+            self._units[key] = compress_module(base, entries, model=self.baseline,
+                                               prefix=unit).model.eval()
             while len(self._units) > 256:
                 self._units.popitem(last=False)
         return self._units[key]

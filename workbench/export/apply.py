@@ -31,9 +31,11 @@ from workbench.onnx_tools.exporter import OPSET
 from workbench.export.pipeline import Export, build_export, needs_calibration
 from workbench.export.positions import bytes_priced_elsewhere
 from workbench.export.verify import conditions_report
+from workbench.models.base import input_spec
 from workbench.export.report import (DELIVERABLE, FORMAT, accuracy_section, host_description,
                                      latency_section, layer_rows, ops_section, parity_section,
-                                     sessions, sha256, simulated_devices, size_section)
+                                     reference_models, sessions, sha256, simulated_devices,
+                                     size_section)
 from workbench.paths import CALIB, DEMO_DIR, REAL_TEST, SYNTH_TEST
 from workbench.plan import CompressionPlan, plan_from_file
 from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
@@ -89,24 +91,20 @@ def read_plan(path: Path) -> CompressionPlan:
     return plan_from_file(path)
 
 
-def _feature_kind(model: nn.Module) -> str:
-    """"waveform" for a model adapted to take audio samples (workbench.byo), else "log_mel"."""
-    return getattr(getattr(model, "config", None), "features", "log_mel")
-
-
 def _eval_sets(options: ApplyOptions, model: nn.Module) -> list[EvalSet]:
     return [load_eval_set(m, limit=options.eval_limit, progress=False,
-                          features=_feature_kind(model)) for m in options.eval_manifests]
+                          features=input_spec(model).kind) for m in options.eval_manifests]
 
 
 def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_sets: list[EvalSet],
-                 calib: EvalSet | None, options: ApplyOptions) -> dict[str, Any]:
+                 calib: EvalSet | None, options: ApplyOptions,
+                 original: nn.Module | None = None) -> dict[str, Any]:
     """Verify `export` (see workbench.export.report) and collect everything into one dict."""
     import onnx
     import onnxruntime
 
     ort_model, ort_fp32 = sessions(export.model, export.fp32)
-    accuracy, overall = accuracy_section(ort_model, export.sim, model, eval_sets)
+    accuracy, overall = accuracy_section(ort_model, export.sim, model, eval_sets, original)
     from workbench.export.emulation import add_emulated   # ORT's run-time input quantization
     add_emulated(accuracy, overall, export.sim, export.decisions, eval_sets)
     parity_feats = list(eval_sets[0].features[:options.parity_utterances]) if eval_sets else []
@@ -125,12 +123,11 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
         "host": host_description(),
         "accuracy": accuracy,
         "accuracy_all_sets": overall,
+        "reference_models": reference_models(original is not None),
         "parity": parity_section(ort_model, ort_fp32, export.sim, export.structural, parity_feats),
         "latency_ms": latency_section(export.model, export.fp32, options.latency_seconds,
                                       options.latency_repeats, options.threads,
-                                      *((1, 16_000) if _feature_kind(model) == "waveform"
-                                        else (int(getattr(getattr(model, "config", None),
-                                                          "n_mels", 80)), 100))),
+                                      input_spec(model).channels, input_spec(model).per_second),
         "simulated_latency": (simulated_devices(export.sim, options.latency_seconds)
                               if options.simulate_devices else {"unavailable": "not requested"}),
         "size": size_section(export.proto, len(export.model), len(export.fp32), predicted,
@@ -154,11 +151,14 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
 
 
 def apply_plan(model: nn.Module, plan: CompressionPlan, out: Path,
-               options: ApplyOptions = ApplyOptions()) -> dict[str, Any]:
+               options: ApplyOptions = ApplyOptions(), *,
+               original: nn.Module | None = None) -> dict[str, Any]:
     """Export `model` compressed by `plan` to folder `out` and verify it; returns the report.
 
-    `model` is not changed. Raises PlanError / ExportError / DataError (WorkbenchError) on bad
-    input, before anything is written.
+    `original`: the model `model` was recovered from (the recovery's teacher), when it was;
+    the report and card then give its WER next to `model`'s (`wer_original`), the baseline a
+    compression is judged against. `model` is not changed. Raises PlanError / ExportError /
+    DataError (WorkbenchError) on bad input, before anything is written.
     """
     out = Path(out)
     start = time.perf_counter()
@@ -172,7 +172,8 @@ def apply_plan(model: nn.Module, plan: CompressionPlan, out: Path,
     with staged_dir(out) as stage:
         write_text_atomic(stage / "plan.json", stamped.to_json())
         write_bytes_atomic(stage / DELIVERABLE, export.model)
-        report = build_report(model, plan, export, _eval_sets(options, model), calib, options)
+        report = build_report(model, plan, export, _eval_sets(options, model), calib, options,
+                              original)
         report["seconds"] = round(time.perf_counter() - start, 1)
         write_text_atomic(stage / "report.json", json.dumps(report, indent=2) + "\n")
         metadata = None
@@ -202,6 +203,21 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def recovery_teacher(checkpoint: str | None) -> nn.Module | None:
+    """The original model of a checkpoint `workbench recover` wrote (its metadata names the
+    teacher: "demo" or a checkpoint path), loaded; None for any other checkpoint, or when the
+    teacher's file is gone (the report then says no original was measured)."""
+    if not checkpoint or not Path(checkpoint).is_file():
+        return None
+    from workbench.models import load_checkpoint, load_demo, read_checkpoint_metadata
+    teacher = (read_checkpoint_metadata(checkpoint).get("recovery") or {}).get("teacher")
+    if teacher == "demo":
+        return load_demo()
+    if isinstance(teacher, str) and Path(teacher).is_file():
+        return load_checkpoint(teacher)
+    return None
+
+
 def apply_cli(args: argparse.Namespace) -> int:
     """`workbench apply --plan P [--checkpoint C] --out DIR [--force] [--strict]`.
 
@@ -223,7 +239,7 @@ def apply_cli(args: argparse.Namespace) -> int:
                            conditions=getattr(args, "conditions", None))
     # Ctrl-C / SIGTERM propagate (KeyboardInterrupt): the staging folder is removed on the way
     # out and `workbench` prints one line (see workbench.cli_checks.report_error).
-    report = apply_plan(model, plan, out, options)
+    report = apply_plan(model, plan, out, options, original=recovery_teacher(args.checkpoint))
     for line in summary_lines(report):
         print(line, file=sys.stderr)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")

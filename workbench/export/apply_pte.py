@@ -21,30 +21,36 @@ import torch
 from torch import nn
 
 from workbench.evaluate import EvalSet, evaluate, load_eval_set
-from workbench.export.apply import ApplyOptions, check_output_dir, check_plan_fits, read_plan
+from workbench.export.apply import (ApplyOptions, check_output_dir, check_plan_fits, read_plan,
+                                    recovery_teacher)
 from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_atomic
 from workbench.export.calibration_set import load_calibration_set
 from workbench.export.executorch import (DELIVERABLE_PTE, PteExport, PteSession, build_pte,
                                          delegated_ops, load_average, pte_latency_ms, runs_as,
                                          set_threads)
-from workbench.export.model_card import SET_TITLES, SOURCES, _table, front_matter, plan_table
+from workbench.export.model_card import (SET_TITLES, SOURCES, _table, front_matter, plan_table,
+                                         reference_columns, reference_note)
 from workbench.export.pipeline import needs_calibration
-from workbench.export.report import host_description, pooled_wer, sha256, worst
+from workbench.export.report import (host_description, original_wers, pooled_wer,
+                                     reference_models, sha256, worst)
 from workbench.export.verify import by_length, evaluate_ort, parity_stats
+from workbench.onnx_tools.runtime import CLOCK
 from workbench.plan import CompressionPlan
 from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
 
 FORMAT = "workbench-export-report/1"
 
 
-def accuracy_rows(session: PteSession, export: PteExport, original: nn.Module,
-                  eval_sets: list[EvalSet]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Per set: ExecuTorch WER / CER vs the simulation and the uncompressed model; then pooled."""
+def accuracy_rows(session: PteSession, export: PteExport, model: nn.Module,
+                  eval_sets: list[EvalSet], original: nn.Module | None = None
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per set: ExecuTorch WER / CER vs the simulation, the model handed to the export without
+    the plan and the original model when given (report.reference_models); then pooled."""
     rows, refs, rt_h, sim_h = [], [], [], []
     for eval_set in eval_sets:
         rt = evaluate_ort(session, eval_set)        # PteSession has ORT's run(None, feeds)
         sim = evaluate(export.sim, eval_set)
-        base = evaluate(original, eval_set)
+        base = evaluate(model, eval_set)
         refs += list(eval_set.texts)
         rt_h += [r.hypothesis for r in rt.per_utterance]
         sim_h += [r.hypothesis for r in sim.per_utterance]
@@ -54,6 +60,7 @@ def accuracy_rows(session: PteSession, export: PteExport, original: nn.Module,
                      "wer_sim": round(sim.wer, 4), "cer_sim": round(sim.cer, 4),
                      "wer_abs_diff": round(abs(rt.wer - sim.wer), 4),
                      "wer_uncompressed": round(base.wer, 4),
+                     **original_wers(original, eval_set),
                      "by_length": by_length(rt.per_utterance, rt.seconds),
                      "utterances_transcribed_differently": sum(
                          a.hypothesis != b.hypothesis
@@ -63,14 +70,15 @@ def accuracy_rows(session: PteSession, export: PteExport, original: nn.Module,
 
 
 def pte_report(model: nn.Module, plan: CompressionPlan, export: PteExport,
-               eval_sets: list[EvalSet], options: ApplyOptions) -> dict[str, Any]:
+               eval_sets: list[EvalSet], options: ApplyOptions,
+               original: nn.Module | None = None) -> dict[str, Any]:
     import executorch
     import torchao
 
     from workbench.size import size
     set_threads(1)
     session = PteSession(export.model)
-    accuracy, overall = accuracy_rows(session, export, model, eval_sets)
+    accuracy, overall = accuracy_rows(session, export, model, eval_sets, original)
     from workbench.export.emulation import add_emulated   # XNNPACK's run-time input quantization
     add_emulated(accuracy, overall, export.sim, export.decisions, eval_sets,
                  runtime_key="wer_runtime", runtime="executorch")
@@ -80,6 +88,7 @@ def pte_report(model: nn.Module, plan: CompressionPlan, export: PteExport,
     latency: dict[str, Any] = {"input_seconds": options.latency_seconds,
                                "repeats": options.latency_repeats,
                                "statistic": "median of Method.execute wall time",
+                               "clock": CLOCK,
                                "load_average_1min_before": load_average()}
     for threads in options.threads:
         latency[f"threads_{threads}"] = {"model_ms": pte_latency_ms(
@@ -94,6 +103,7 @@ def pte_report(model: nn.Module, plan: CompressionPlan, export: PteExport,
                      "backend": "XNNPACK (XnnpackPartitioner)"},
         "host": host_description(),
         "accuracy": accuracy, "accuracy_all_sets": overall,
+        "reference_models": reference_models(original is not None),
         "parity": {"utterances": len(feats), **parity_stats(session, export.sim, feats),
                    "reference": "compress(model, plan) in PyTorch (the simulation)"},
         "latency_ms": latency,
@@ -127,11 +137,12 @@ def render_pte_card(report: Mapping[str, Any], resolved: Mapping[str, Any], plan
     head = front_matter(_card_view(report), model["family"])
     head = head.replace("library_name: onnxruntime", "library_name: executorch").replace(
         "- onnx\n", "- executorch\n- xnnpack\n").replace("ONNX Runtime CPU", "ExecuTorch XNNPACK")
+    titles, keys = reference_columns(report)
     acc = _table(("test set", "utterances", "WER (ExecuTorch)", "CER (ExecuTorch)",
-                  "WER (simulated)", "|diff|", "WER uncompressed"),
+                  "WER (simulated)", "|diff|", *titles),
                  [(SET_TITLES.get(r["set"], r["set"]), r["utterances"], r["wer_runtime"],
-                   r["cer_runtime"], r["wer_sim"], r["wer_abs_diff"], r["wer_uncompressed"])
-                  for r in report["accuracy"]])
+                   r["cer_runtime"], r["wer_sim"], r["wer_abs_diff"], *(r.get(k) for k in keys))
+                  for r in report["accuracy"]]) + reference_note(report)
     lat_rows = [(k.split("_")[1], v["model_ms"]) for k, v in lat.items()
                 if k.startswith("threads_")]
     parity = report["parity"]
@@ -178,9 +189,11 @@ def render_pte_card(report: Mapping[str, Any], resolved: Mapping[str, Any], plan
 
 
 def apply_pte(model: nn.Module, plan: CompressionPlan, out: Path,
-              options: ApplyOptions = ApplyOptions()) -> dict[str, Any]:
+              options: ApplyOptions = ApplyOptions(), *,
+              original: nn.Module | None = None) -> dict[str, Any]:
     """Export `model` compressed by `plan` to `out`/model.pte and verify it; returns the report.
-    `model` is not changed; nothing is written on bad input (WorkbenchError)."""
+    `original`: the model `model` was recovered from, if it was (as in apply_plan). `model` is
+    not changed; nothing is written on bad input (WorkbenchError)."""
     out = Path(out)
     start = time.perf_counter()
     check_output_dir(out, options.overwrite)
@@ -195,7 +208,7 @@ def apply_pte(model: nn.Module, plan: CompressionPlan, out: Path,
     with staged_dir(out) as stage:
         write_text_atomic(stage / "plan.json", stamped.to_json())
         write_bytes_atomic(stage / DELIVERABLE_PTE, export.model)
-        report = pte_report(model, plan, export, eval_sets, options)
+        report = pte_report(model, plan, export, eval_sets, options, original)
         report["seconds"] = round(time.perf_counter() - start, 1)
         write_text_atomic(stage / "report.json", json.dumps(report, indent=2) + "\n")
         write_text_atomic(stage / "MODEL_CARD.md",
@@ -219,7 +232,7 @@ def apply_pte_cli(args: argparse.Namespace) -> int:
                            model_name=(Path(args.checkpoint).stem if args.checkpoint else
                                        "workbench-demo-whisper-ctc") + "-executorch",
                            checkpoint=args.checkpoint or str(DEMO_DIR / DEMO_FILE))
-    report = apply_pte(model, plan, out, options)
+    report = apply_pte(model, plan, out, options, original=recovery_teacher(args.checkpoint))
     print(f"wrote {DELIVERABLE_PTE} ({report['size']['model_bytes']:,} bytes, size() "
           f"{report['size']['size_prediction_bytes']:,})", file=sys.stderr)
     for row in report["accuracy"]:

@@ -31,7 +31,6 @@ import copy
 import io
 import logging
 import os
-import statistics
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.models.base import input_spec
 from workbench.compress import compress
 from workbench.errors import PlanError
 from workbench.evaluate import EvalSet
@@ -289,7 +289,7 @@ def build_pte(model: nn.Module, plan: CompressionPlan, calib: EvalSet | None = N
     _simulated_weights(work, sim, decisions)
     computed = _with_computed_positions(work)
     _convs_as_2d(work, {d.path for d in decisions if d.kind == "conv" and d.method != "fp32"})
-    n_mels = int(getattr(work.config, "n_mels", 80))
+    n_mels = input_spec(work).channels        # 1 for a waveform model (workbench.byo)
     t_max = max_input_frames(work)
     frames = min(example_frames, t_max) if t_max else example_frames
     example = (torch.zeros(1, n_mels, frames), torch.tensor([frames], dtype=torch.long))
@@ -339,20 +339,15 @@ class PteSession:
 
 
 def pte_latency_ms(blob: bytes, threads: int = 1, seconds: float = 5.0, repeats: int = 15,
-                   warmup: int = 3, n_mels: int = 80) -> float:
-    """Median run time (ms) of the .pte on a fixed `seconds` input with `threads` threads."""
-    from workbench.onnx_tools.runtime import feature_feeds
+                   warmup: int = 3, n_mels: int = 80, rate: int = FRAMES_PER_SECOND) -> float:
+    """Median run time (ms) of the .pte on a `seconds` input with `threads` threads: the ORT
+    timing harness and its clock (onnx_tools.runtime.time_interleaved, CLOCK), seeded normal
+    features (zeros would give XNNPACK's dynamic int8 convert an empty range)."""
+    from workbench.onnx_tools.runtime import time_interleaved
     set_threads(threads)
-    session = PteSession(blob)
-    feeds = feature_feeds(torch.zeros(n_mels, int(round(seconds * FRAMES_PER_SECOND))))
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    return round(statistics.median(times), 3)
+    timings = time_interleaved([("pte", blob, seconds)], threads, repeats, warmup, n_mels, rate,
+                               make=lambda model, _threads: PteSession(model))
+    return round(timings.by_job["pte"].ms, 3)
 
 
 def delegated_ops(blob: bytes) -> dict[str, Any]:

@@ -119,15 +119,41 @@ def methods(resolved: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) ->
     return out or ["No compression: fp32 export of the model as it is."]
 
 
+def reference_columns(report: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(column titles, report keys) of the accuracy table's reference WERs: the model handed to
+    the export without the plan, and the original model before recovery when the report has it
+    (report["reference_models"] says what each is)."""
+    if any("wer_original" in r for r in report["accuracy"]):
+        return (("WER input model, no plan", "WER original model"),
+                ("wer_uncompressed", "wer_original"))
+    return ("WER uncompressed",), ("wer_uncompressed",)
+
+
+def reference_note(report: Mapping[str, Any]) -> str:
+    """One sentence saying what the reference WER columns measure."""
+    refs = report.get("reference_models")
+    if not refs:
+        return ""
+    if any("wer_original" in r for r in report["accuracy"]):
+        return (f"\n\"WER input model, no plan\": {refs['wer_uncompressed']}. \"WER original "
+                f"model\": {refs['wer_original']}; judge the compression against this one.")
+    return f"\n\"WER uncompressed\": {refs['wer_uncompressed']}; {refs['wer_original']}."
+
+
 def accuracy_section(report: Mapping[str, Any]) -> str:
+    titles, keys = reference_columns(report)
     rows = [(SET_TITLES.get(r["set"], r["set"]), r["utterances"], r["wer_ort"], r["cer_ort"],
-             r["wer_sim"], r["wer_abs_diff"], r["wer_uncompressed"]) for r in report["accuracy"]]
+             r["wer_sim"], r["wer_abs_diff"], *(r.get(k) for k in keys))
+            for r in report["accuracy"]]
     overall = report.get("accuracy_all_sets") or {}
     if overall:
         rows.append(("all of the above", overall["utterances"], overall["wer_ort"], None,
-                     overall["wer_sim"], overall["wer_abs_diff"], None))
+                     overall["wer_sim"], overall["wer_abs_diff"], *(None for _ in keys)))
     parts = [_table(("test set", "utterances", "WER (ONNX)", "CER (ONNX)", "WER simulated",
-                     "abs diff", "WER uncompressed"), rows)]
+                     "abs diff", *titles), rows)]
+    note = reference_note(report)
+    if note:
+        parts.append(note)
     for r in report["accuracy"]:
         parts.append(f"\nWER by utterance length, {SET_TITLES.get(r['set'], r['set'])}:\n")
         parts.append(_table(("seconds", "utterances", "WER"),

@@ -28,8 +28,9 @@ from workbench.export.errors import ExportError, UnsupportedBitsError
 from workbench.onnx_tools.graph_map import WeightNode, nodes_of_layer, weight_nodes
 from workbench.onnx_tools.exporter import to_bytes
 from workbench.onnx_tools.quantize import dynamic_int8, quiet_ort, unsigned_matmul_weights
-from workbench.export.weight_grids import (drop_unused_initializers, replace_with_fp16_weights,
-                                           replace_with_dq_weights, replace_with_matmul_nbits)
+from workbench.export.weight_grids import (replace_with_dq_weights, replace_with_fp16_weights,
+                                           replace_with_matmul_nbits)
+from workbench.onnx_tools.graph_map import drop_unused_initializers
 from workbench.plan import QuantConfig
 
 if TYPE_CHECKING:
@@ -150,18 +151,18 @@ def _static(proto: onnx.ModelProto, group: list[WeightNode], granularity: str, s
 
     src, dst = tmp / "static_in.onnx", tmp / "static_out.onnx"
     src.write_bytes(to_bytes(proto))
-    with quiet_ort():
-        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=sorted({n.op_type for n in group}),
-                        per_channel=granularity != "per_tensor",
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_quantize=[n.name for n in group],
-                        extra_options={"ActivationSymmetric": False,
-                                       "WeightSymmetric": symmetric,
-                                       "MatMulConstBOnly": True,
-                                       # the plan quantizes a layer's input, not its output
-                                       "OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"],
-                                       "TensorQuantOverrides": overrides})
+    quiet_ort()
+    quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=sorted({n.op_type for n in group}),
+                    per_channel=granularity != "per_tensor",
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_quantize=[n.name for n in group],
+                    extra_options={"ActivationSymmetric": False,
+                                   "WeightSymmetric": symmetric,
+                                   "MatMulConstBOnly": True,
+                                   # the plan quantizes a layer's input, not its output
+                                   "OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"],
+                                   "TensorQuantOverrides": overrides})
     quantized = _load(dst)
     unsigned_matmul_weights(quantized)          # U8U8 kernels: no saturation on AVX2 CPUs
     return quantized

@@ -44,12 +44,37 @@ def layer_rows(decisions: Sequence[Decision], layer_nodes: Mapping[str, Sequence
             for d in decisions]
 
 
-def accuracy_section(ort_session: Any, sim: nn.Module, original: nn.Module,
-                     eval_sets: Sequence[EvalSet]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Per eval set: ORT WER/CER, simulated WER/CER, |difference|, the uncompressed model's WER
-    (PyTorch), and the ORT model's WER by utterance length; then one corpus WER over all sets
-    (more words: greedy CTC flips near-tie characters under tiny perturbations, so a single
-    set of ~700 words moves by a few words either way)."""
+def reference_models(original_given: bool) -> dict[str, str]:
+    """What the report's reference WERs are (report["reference_models"]): after a recovery the
+    model handed to the export is the *recovered* float model, not the one the user started
+    from, so a recovery that hurt the float model would hide its damage in `wer_uncompressed`."""
+    return {
+        "wer_uncompressed": "the model handed to the export, without this plan (after a "
+                            "recovery: the recovered float model)",
+        "wer_original": ("the original model, before any recovery or compression (given to "
+                         "the export as `original`)" if original_given else
+                         "not measured: no original model was given (apply_plan(..., "
+                         "original=model); `workbench apply --checkpoint` finds the teacher a "
+                         "recovery checkpoint names), so the model handed to the export is the "
+                         "reference")}
+
+
+def original_wers(original: nn.Module | None, eval_set: EvalSet) -> dict[str, float]:
+    """{"wer_original", "cer_original"} of the original model on `eval_set` ({} without one)."""
+    if original is None:
+        return {}
+    r = evaluate(original, eval_set)
+    return {"wer_original": round(r.wer, 4), "cer_original": round(r.cer, 4)}
+
+
+def accuracy_section(ort_session: Any, sim: nn.Module, model: nn.Module,
+                     eval_sets: Sequence[EvalSet], original: nn.Module | None = None
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per eval set: ORT WER/CER, simulated WER/CER, |difference|, the WER of `model` (the one
+    handed to the export) without the plan, of `original` (before recovery) when given
+    (`reference_models`), and the ORT model's WER by utterance length; then one corpus WER over
+    all sets (more words: greedy CTC flips near-tie characters under tiny perturbations, so a
+    single set of ~700 words moves by a few words either way)."""
     rows = []
     refs: list[str] = []
     ort_hyps: list[str] = []
@@ -57,7 +82,7 @@ def accuracy_section(ort_session: Any, sim: nn.Module, original: nn.Module,
     for eval_set in eval_sets:
         ort_eval = evaluate_ort(ort_session, eval_set)
         sim_eval = evaluate(sim, eval_set)
-        base = evaluate(original, eval_set)
+        base = evaluate(model, eval_set)
         refs += list(eval_set.texts)
         ort_hyps += [r.hypothesis for r in ort_eval.per_utterance]
         sim_hyps += [r.hypothesis for r in sim_eval.per_utterance]
@@ -67,6 +92,7 @@ def accuracy_section(ort_session: Any, sim: nn.Module, original: nn.Module,
                      "wer_sim": round(sim_eval.wer, 4), "cer_sim": round(sim_eval.cer, 4),
                      "wer_abs_diff": round(abs(ort_eval.wer - sim_eval.wer), 4),
                      "wer_uncompressed": round(base.wer, 4), "cer_uncompressed": round(base.cer, 4),
+                     **original_wers(original, eval_set),
                      "by_length": by_length(ort_eval.per_utterance, ort_eval.seconds),
                      "utterances_transcribed_differently": sum(
                          a.hypothesis != b.hypothesis

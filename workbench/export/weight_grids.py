@@ -217,12 +217,3 @@ def _swap_node(proto: onnx.ModelProto, old: onnx.NodeProto, new: list[onnx.NodeP
 
 def _insert_before(proto: onnx.ModelProto, node: onnx.NodeProto, new: onnx.NodeProto) -> None:
     proto.graph.node.insert(_index(proto, node), new)
-
-
-def drop_unused_initializers(proto: onnx.ModelProto) -> None:
-    """Remove initializers no node reads (the fp32 weights we replaced)."""
-    used = {name for node in proto.graph.node for name in node.input}
-    used |= {o.name for o in proto.graph.output}
-    keep = [i for i in proto.graph.initializer if i.name in used]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(keep)

@@ -48,13 +48,9 @@ class _Encoder(nn.Module):
         from workbench.models.whisper_ctc import whisper_sinusoids
         enc = self.encoder
         lengths = torch.full((1,), mel.shape[-1], dtype=torch.long)
-        stored = enc._buffers["positional_embedding"]
-        enc._buffers["positional_embedding"] = whisper_sinusoids((mel.shape[-1] - 1) // 2 + 1,
-                                                                 stored.shape[1])
-        try:
-            h, _ = enc.stem(mel, lengths)
-        finally:
-            enc._buffers["positional_embedding"] = stored
+        table = whisper_sinusoids((mel.shape[-1] - 1) // 2 + 1,
+                                  enc.positional_embedding.shape[1])
+        h, _ = enc.stem(mel, lengths, positions=table)   # the module's buffer is not touched
         for block in self.encoder.blocks:
             h = block(h, None)
         return self.encoder.ln_post(h)
@@ -105,11 +101,14 @@ def export_whisper(model, out_dir: str | Path) -> dict[str, Path]:
 
     The decoder is traced with 2 new tokens after 3 cached ones, so the causal mask (built from
     the run-time lengths) and the position offset are in the graph; with one new token the mask
-    keeps everything, so the same graph serves the prompt pass (P = 0) and each step."""
+    keeps everything, so the same graph serves the prompt pass (P = 0) and each step.
+    A deep copy in eval mode is traced: `model` (whose modules a WhisperSession may share with
+    running evaluations) is neither changed nor switched to eval mode."""
+    import copy
     import warnings
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    model = copy.deepcopy(model).eval()
     n = len(model.decoder.blocks)
     d = model.decoder.config.d_model
     paths = {k: out_dir / f"{k}.onnx" for k in GRAPHS}

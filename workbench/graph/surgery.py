@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-import weakref
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
@@ -112,13 +111,6 @@ def _unit_index(group: Group, axis: tuple[str, int]) -> tuple[torch.Tensor, torc
     return torch.tensor(idx, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
 
 
-#: Magnitude scores per model (weakly held: no id reuse), then by (group path, axes), with the
-#: in-place versions of the tensors they were read from: size() runs once per slider move on
-#: an adapted model and the baseline weights do not change; a tensor changed in place
-#: (training) bumps its version and misses. Inference tensors carry no version: not cached.
-_SCORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def scores(model: nn.Module, group: Group, method: str = "magnitude",
            grads: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Importance of each unit of `group` (float64, (units,)).
@@ -132,15 +124,7 @@ def scores(model: nn.Module, group: Group, method: str = "magnitude",
     from workbench.errors import PlanError
     if method not in ("magnitude", "taylor"):
         raise PlanError(f"prune.importance: unknown method {method!r} (magnitude | taylor).")
-    params = [_get(model, name) for name, _ in group.axes]
-    tensors = [t.detach() for t in params]
-    cache = versions = None
-    if method == "magnitude" and not any(t.is_inference() for t in params):
-        cache = _SCORES.setdefault(model, {})
-        versions = tuple((id(t), t._version, tuple(t.shape)) for t in params)  # live tensors
-        hit = cache.get((group.path, group.axes))
-        if hit is not None and hit[0] == versions:
-            return hit[1].clone()
+    tensors = [_get(model, name).detach() for name, _ in group.axes]
     out = torch.zeros(group.size, dtype=torch.float64)
     for axis, tensor in zip(group.axes, tensors, strict=True):
         value = tensor.double()
@@ -156,8 +140,6 @@ def scores(model: nn.Module, group: Group, method: str = "magnitude",
         per_index = value.movedim(axis[1], 0).reshape(tensor.shape[axis[1]], -1).sum(dim=1)
         idx, owner = _unit_index(group, axis)
         out.index_add_(0, owner, per_index[idx])
-    if cache is not None:
-        cache[(group.path, group.axes)] = (versions, out.clone())
     return out
 
 

@@ -5,8 +5,9 @@
 
 Everything is read from the report `workbench apply` (or `apply_plan`) wrote, so the grade is of
 the file that would ship, not of a simulation: the size is model.onnx's bytes, the accuracy is
-ONNX Runtime's WER on the eval set against the uncompressed model's WER on the same utterances,
-the real-time factor is the report's simulated latency on the budget's device (needs
+ONNX Runtime's WER on the eval set against the original model's WER on the same utterances
+(`wer_original`; a report without it: the model handed to the export), the real-time factor
+is the report's simulated latency on the budget's device (needs
 ApplyOptions(simulate_devices=True), the default). A criterion the report cannot answer fails
 and says why.
 """
@@ -90,12 +91,15 @@ def grade_report(report: dict | str | Path, budget: Budget,
                  reference_wer: float | None = None) -> Grade:
     """Grade an export's report (a path to report.json, or its parsed dict) against `budget`.
 
-    The WER increase is the file's ONNX Runtime WER minus the report's `wer_uncompressed`: the
-    WER of the model handed to the export without its plan. After a recovery (QAT, distillation)
-    that is the *recovered* float model, not the one you started from, so a recovery that made
-    the float model worse would hide its damage. `reference_wer`: the WER of the original model
-    on the same utterances (e.g. `Session(model, ...).baseline_full.wer` on the same set); when
-    given, the increase is measured against it instead."""
+    The WER increase is the file's ONNX Runtime WER minus the original model's WER on the same
+    utterances: the report's `wer_original`, measured when the export was given the model you
+    started from (`apply_plan(recovered, plan, out, options, original=model)`; `workbench apply
+    --checkpoint` finds a recovery's teacher itself). A report without it has only
+    `wer_uncompressed`, the model handed to the export without its plan: after a recovery (QAT,
+    distillation) that is the *recovered* float model, so a recovery that made the float model
+    worse would hide its damage; the criterion then says it compares against that model.
+    `reference_wer`: the original model's WER measured elsewhere on the same utterances; it
+    overrides the report's."""
     if reference_wer is not None and (isinstance(reference_wer, bool) or not isinstance(
             reference_wer, int | float) or not 0 <= reference_wer < float("inf")):
         raise WorkbenchError(f"grade_report: reference_wer must be a WER >= 0 (the original "
@@ -117,7 +121,9 @@ def grade_report(report: dict | str | Path, budget: Budget,
                               budget.max_rtf, rtf is not None and rtf < budget.max_rtf, why))
     acc = _get(data, "accuracy", 0) or {}
     ort, base = acc.get("wer_ort"), acc.get("wer_uncompressed")
-    against = "uncompressed"
+    against = "the model handed to the export (no original model in the report)"
+    if acc.get("wer_original") is not None:
+        base, against = acc["wer_original"], "the original model"
     if reference_wer is not None:
         base, against = float(reference_wer), "the original model"
     delta = None if ort is None or base is None else ort - base

@@ -16,6 +16,10 @@ overhead) over plain numbers: that function takes a table row and a device profi
 (WER by edit distance, k-means palettization, an integer GEMM, MACs of one block, noise at a
 given SNR) are written out, each with its source; whisper_ms is the total of
 whisper_latency.price_whisper (encoder + cross K/V + steps x one decoder step).
+Lesson 09's windowed_scores_macs is the latency row of compress.techniques.windowed_attention;
+local_attention (with a (T, T) mask) and linear_attention compute what the swap layers
+WindowedSelfAttention (block by block) and LinearSelfAttention do (tests/test_lessons_checks.py
+compares them).
 Pure: no widgets, nothing mutated.
 Shapes: a Linear weight is (out, in); activations are (rows, features).
 """
@@ -246,6 +250,44 @@ def linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
     """{module path: (out_features, in_features)} of every nn.Linear in `model`."""
     return {path: (m.out_features, m.in_features) for path, m in model.named_modules()
             if isinstance(m, nn.Linear)}
+
+
+# ---- lesson 09: efficient attention ----------------------------------------------------------------
+
+def windowed_scores_macs(frames: int, window: int, heads: int, head_dim: int) -> int:
+    """MACs of Q K^T and A V in blocked local attention (compress.swap_layers.WindowedSelfAttention):
+    T is padded up to whole blocks of W frames (T_pad), and each block of W queries meets its own
+    and both neighbouring blocks, 3W keys: 2 * H * T_pad * 3W * Dh, the latency row of
+    compress.techniques.windowed_attention. Linear in T, where full attention is 2 * H * T^2 * Dh.
+    """
+    t_pad = -(-frames // window) * window          # ceil(T / W) * W
+    return 2 * heads * t_pad * 3 * window * head_dim
+
+
+def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int
+                    ) -> torch.Tensor:
+    """(B, H, T, Dh) each -> (B, H, T, Dh): softmax attention in which frame i attends to frame j
+    only when their blocks of `window` frames are the same or neighbours, |i//W - j//W| <= 1.
+
+    Written with a (T, T) mask it still costs T^2 (it computes the masked scores too); the
+    workbench's WindowedSelfAttention computes the same numbers block by block, 3W keys per query.
+    """
+    t = q.shape[-2]
+    block = torch.arange(t) // window
+    allowed = (block[:, None] - block[None, :]).abs() <= 1            # (T, T)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return torch.matmul(scores.masked_fill(~allowed, float("-inf")).softmax(-1), v)
+
+
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, Dh) each -> (B, H, T, Dh): phi(q_i) . (sum_j phi(k_j) v_j^T) / (phi(q_i) . sum_j
+    phi(k_j)), phi = elu + 1 (Katharopoulos et al. 2020, arXiv:2006.16236). The (Dh, Dh) summary
+    is computed once, so the cost is linear in T; no (T, T) matrix is ever formed."""
+    fq = torch.nn.functional.elu(q) + 1.0
+    fk = torch.nn.functional.elu(k) + 1.0
+    kv = torch.matmul(fk.transpose(-1, -2), v)                  # (B, H, Dh, Dh)
+    z = fk.sum(dim=-2, keepdim=True)                            # (B, H, 1, Dh)
+    return torch.matmul(fq, kv) / ((fq * z).sum(-1, keepdim=True) + 1e-6)
 
 
 # ---- lesson 10: noise at a chosen SNR ------------------------------------------------------------

@@ -7,6 +7,8 @@
     load_demo()                                   the trained demo model in data/models/demo/
     save_checkpoint / load_checkpoint             safetensors (or weights-only .pt) + config JSON
     model_fingerprint(model)                      architecture id for compression plans
+    input_spec(model) / example_input(model, s)   what `features` is (log-mel or waveform, rate)
+    weights_digest(model)                         one key for caches keyed on weights
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import CheckpointError
-from workbench.models.base import ROLE_NAMES, VOCAB, CTCModel, module_roles, role_of
+from workbench.models.base import (ROLE_NAMES, VOCAB, CTCModel, InputSpec, example_input,
+                                   input_spec, module_roles, role_of)
 from workbench.models.checkpoint import (load_checkpoint, model_fingerprint,
                                          read_checkpoint_metadata, save_checkpoint)
 from workbench.models.conformer_ctc import PRESETS, ConformerCTC, ConformerCTCConfig
+from workbench.models.digest import weights_digest
 from workbench.models.registry import FAMILIES, build_model
 from workbench.models.whisper_ctc import WhisperCTC, WhisperCTCConfig
 from workbench.models.whisper_pretrained import load_whisper_ct2, load_whisper_hf
@@ -27,10 +31,11 @@ from workbench.models.whisper_pretrained import load_whisper_ct2, load_whisper_h
 DEMO_FILE = "model.safetensors"
 
 __all__ = [
-    "CTCModel", "ConformerCTC", "ConformerCTCConfig", "FAMILIES", "PRESETS", "ROLE_NAMES", "VOCAB",
-    "WhisperCTC", "WhisperCTCConfig", "build_model", "conformer_ctc", "load_checkpoint",
-    "load_demo", "load_whisper_ct2", "load_whisper_hf", "model_fingerprint", "module_roles",
-    "read_checkpoint_metadata", "role_of", "save_checkpoint", "whisper_ctc_pretrained",
+    "CTCModel", "ConformerCTC", "ConformerCTCConfig", "FAMILIES", "InputSpec", "PRESETS",
+    "ROLE_NAMES", "VOCAB", "WhisperCTC", "WhisperCTCConfig", "build_model", "conformer_ctc",
+    "example_input", "input_spec", "load_checkpoint", "load_demo", "load_whisper_ct2",
+    "load_whisper_hf", "model_fingerprint", "module_roles", "read_checkpoint_metadata",
+    "role_of", "save_checkpoint", "weights_digest", "whisper_ctc_pretrained",
 ]
 
 

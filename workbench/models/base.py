@@ -9,12 +9,15 @@ can cache the input of any block and restart from there:
 
 `forward` chains them and returns `(log_probs (B, T', V), lengths (B,))`.
 `ROLES` maps module-path patterns (fnmatch) to roles; `role_of(model, path)` resolves a path.
+`input_spec()` says what `features` is: n_mels log-mel channels at 100 frames/s, or, for a
+model adapted to take audio samples (workbench.byo, features="waveform"), 1 channel at 16 kHz;
+`example_input(model, seconds)` builds such an input.
 """
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -24,6 +27,50 @@ from workbench.roles import ROLE_NAMES as ROLE_NAMES  # the roles profiles and p
 
 #: Character vocabulary for CTC: index 0 is the blank, 1 the word separator (space).
 VOCAB = ("<blank>", " ", "'", *"abcdefghijklmnopqrstuvwxyz")
+
+
+#: Values per second of audio the workbench feeds: log-mel frames (10 ms hop), waveform samples
+#: (workbench.features.FRAMES_PER_SECOND / SAMPLE_RATE, a layer above the models).
+LOG_MEL_PER_SECOND = 100
+WAVEFORM_PER_SECOND = 16_000
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model's `features` input is: (B, channels, T) with `per_second` values of T per
+    second of audio."""
+
+    kind: Literal["log_mel", "waveform"]
+    channels: int
+    per_second: int
+
+    def length(self, seconds: float) -> int:
+        """T for `seconds` of audio (at least 1)."""
+        return max(1, round(seconds * self.per_second))
+
+
+def input_spec(model: nn.Module) -> InputSpec:
+    """The input of a workbench model (CTCModel.input_spec); WorkbenchError for another module
+    (a foreign model is adapted first: workbench.byo.adapt)."""
+    spec = getattr(model, "input_spec", None)
+    if not callable(spec):
+        from workbench.errors import WorkbenchError
+        raise WorkbenchError(f"{type(model).__name__}: not a workbench CTC model (no "
+                             f"input_spec); adapt it first (workbench.byo.adapt).")
+    return spec()
+
+
+def example_input(model: nn.Module, seconds: float, *, seed: int | None = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (1, channels, T), feat_lengths (1,)) for `seconds` of audio: seeded standard
+    normal values (`seed`), or zeros (seed=None)."""
+    spec = input_spec(model)
+    t = spec.length(seconds)
+    if seed is None:
+        x = torch.zeros(1, spec.channels, t)
+    else:
+        x = torch.randn(1, spec.channels, t, generator=torch.Generator().manual_seed(seed))
+    return x, torch.tensor([t])
 
 
 class CTCModel(nn.Module):
@@ -72,6 +119,14 @@ class CTCModel(nn.Module):
         for block in self.blocks[:stop]:
             h = block(h, pad_mask)
         return h, lengths
+
+    def input_spec(self) -> InputSpec:
+        """What `features` is, from the config: `n_mels` log-mel channels at 100 frames/s, or a
+        16 kHz waveform for a config with features="waveform" (workbench.byo)."""
+        channels = int(getattr(self.config, "n_mels", 80))
+        if getattr(self.config, "features", "log_mel") == "waveform":
+            return InputSpec("waveform", channels, WAVEFORM_PER_SECOND)
+        return InputSpec("log_mel", channels, LOG_MEL_PER_SECOND)
 
     def describe(self) -> dict[str, Any]:
         """Family and config as plain data (stored in checkpoints)."""

@@ -135,9 +135,11 @@ class WhisperCTC(CTCModel):
             torch.manual_seed(HEAD_SEED)
             self.ctc_head = CTCHead(c.d_model, c.head_dim, c.head_kernel, c.vocab)
 
-    def stem(self, features: torch.Tensor, feat_lengths: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n_mels, T) mel at 100 Hz, (B,) lengths -> (B, T', d_model) at 50 Hz, (B,) lengths."""
+    def stem(self, features: torch.Tensor, feat_lengths: torch.Tensor,
+             positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, n_mels, T) mel at 100 Hz, (B,) lengths -> (B, T', d_model) at 50 Hz, (B,) lengths.
+        `positions` (T', d_model): the sinusoid table to add instead of the stored buffer's first
+        T' rows (an ONNX export computes it in the graph for the run-time length)."""
         if features.dim() != 3 or features.shape[1] != self.config.n_mels:
             raise WorkbenchError(f"features: expected shape (batch, {self.config.n_mels}, frames), "
                                  f"got {tuple(features.shape)}.")
@@ -158,7 +160,8 @@ class WhisperCTC(CTCModel):
         x = F.gelu(self.conv1(x))
         x = x.masked_fill(lengths_to_pad_mask(feat_lengths, t_in)[:, None, :], 0.0)
         x = F.gelu(self.conv2(x))                                  # (B, D, T')
-        h = x.transpose(1, 2) + self.positional_embedding[:t_out].to(x.dtype)
+        table = self.positional_embedding[:t_out] if positions is None else positions
+        h = x.transpose(1, 2) + table.to(x.dtype)
         return h, stem_lengths(feat_lengths)
 
     def head(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from workbench.models.base import input_spec
 from workbench.errors import ExportError
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def export_fp32(model: nn.Module, example_frames: int = EXAMPLE_FRAMES) -> onnx.
     """
     work = copy.deepcopy(model).float().eval()
     fold_parametrizations_(work)
-    n_mels = int(getattr(work.config, "n_mels", 80))
+    n_mels = input_spec(work).channels        # 1 for a waveform model (workbench.byo)
     t_max = max_input_frames(work)
     frames = min(example_frames, t_max) if t_max else example_frames
     features = torch.zeros(1, n_mels, frames)

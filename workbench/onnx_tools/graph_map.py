@@ -62,3 +62,12 @@ def nodes_of_layer(nodes: list[WeightNode], path: str, kind: str) -> list[Weight
 def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
     """How many nodes of each op type the graph holds (sorted by op; before ORT's fusions)."""
     return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
+
+
+def drop_unused_initializers(proto: onnx.ModelProto) -> None:
+    """Remove initializers no node reads (weights a rewrite replaced)."""
+    used = {name for node in proto.graph.node for name in node.input}
+    used |= {o.name for o in proto.graph.output}
+    keep = [i for i in proto.graph.initializer if i.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)

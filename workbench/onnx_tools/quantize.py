@@ -10,10 +10,9 @@ the input; `nodes` are found by module path
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,16 +23,33 @@ if TYPE_CHECKING:
     import onnx
 
 
-@contextlib.contextmanager
-def quiet_ort() -> Iterator[None]:
-    """ORT's quantizers log advice (pre-processing) on the root logger; keep the CLI quiet."""
+#: Where ORT's quantization code lives (records logged from there are its advice).
+_ORT_QUANTIZATION = "onnxruntime/quantization/"
+
+
+class _OrtQuantizationAdvice(logging.Filter):
+    """Drops the info / warning records ORT's quantizers log on the root logger (advice such as
+    "consider pre-processing before quantization"), by the file that logged them; their errors,
+    and every other module's records, pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.levelno >= logging.ERROR
+                or _ORT_QUANTIZATION not in record.pathname.replace("\\", "/"))
+
+
+_ADVICE_FILTER = _OrtQuantizationAdvice()
+
+
+def quiet_ort() -> None:
+    """Keep the CLI quiet while ORT quantizes, without touching anyone else's logging: once per
+    process, a filter on the root logger for the records ORT's quantization modules log there,
+    and the level of ORT's own `onnxruntime.quantization` loggers set to ERROR. (It set the
+    root logger's level around each call: from job threads that dropped every other thread's
+    records meanwhile, and two overlapping exports could restore the wrong level.)"""
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
+    if _ADVICE_FILTER not in root.filters:
+        root.addFilter(_ADVICE_FILTER)
+        logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
 
 
 def dynamic_int8(proto: onnx.ModelProto, nodes: Sequence[WeightNode], per_channel: bool = True,
@@ -45,12 +61,12 @@ def dynamic_int8(proto: onnx.ModelProto, nodes: Sequence[WeightNode], per_channe
     with tempfile.TemporaryDirectory(prefix="workbench-int8-") as tmp:
         src, dst = Path(tmp) / "dynamic_in.onnx", Path(tmp) / "dynamic_out.onnx"
         src.write_bytes(to_bytes(proto))
-        with quiet_ort():
-            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
-                             per_channel=per_channel, weight_type=QuantType.QInt8,
-                             nodes_to_quantize=[n.name for n in nodes],
-                             extra_options={"MatMulConstBOnly": True,
-                                            "WeightSymmetric": symmetric})
+        quiet_ort()
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
+                         per_channel=per_channel, weight_type=QuantType.QInt8,
+                         nodes_to_quantize=[n.name for n in nodes],
+                         extra_options={"MatMulConstBOnly": True,
+                                        "WeightSymmetric": symmetric})
         quantized = onnx.load(str(dst))
     unsigned_matmul_weights(quantized)
     return quantized

@@ -1,7 +1,8 @@
 """Run and time exported models in ONNX Runtime (CPU execution provider).
 
 One timing harness and one clock for every ORT latency the workbench reports or fits on (the
-export report, `workbench bench export`, the host latency calibration, `workbench bench latency`):
+export report, `workbench bench export`, the host latency calibration, `workbench bench latency`),
+and for the ExecuTorch export's .pte (its session has ORT's run signature):
 
     CLOCK: wall time (time.perf_counter) of one InferenceSession.run on a fixed input, median
     over `repeats` interleaved rounds after `warmup` runs of every job.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,18 +116,21 @@ def _load() -> float:
         return float("nan")
 
 
-def time_interleaved(jobs: Sequence[tuple[Hashable, ModelSource, float]], threads: int = 1,
+def time_interleaved(jobs: Sequence[tuple[Hashable, Any, float]], threads: int = 1,
                      repeats: int = 7, warmup: int = 2, n_mels: int = 80,
-                     rate: int = FRAMES_PER_SECOND) -> Timings:
+                     rate: int = FRAMES_PER_SECOND,
+                     make: Callable[[Any, int], Any] = make_session) -> Timings:
     """Time every job (key, model, audio seconds) on CLOCK: `warmup` runs each, then `repeats`
-    rounds that run every job once. One session per distinct model. Inputs: (n_mels, seconds x
-    rate) - log-mel at 100 frames/s, or (1, samples) at 16 kHz for a waveform model."""
+    rounds that run every job once. One session per distinct model, `make(model, threads)`:
+    ONNX Runtime by default; any object with ORT's `run(None, feeds)` works (the ExecuTorch
+    export's PteSession). Inputs: (n_mels, seconds x rate) - log-mel at 100 frames/s, or (1,
+    samples) at 16 kHz for a waveform model."""
     sessions: dict[Any, Any] = {}
     feeds: dict[Hashable, dict[str, np.ndarray]] = {}
     gen = torch.Generator().manual_seed(0)
     for key, model, seconds in jobs:
         if id(model) not in sessions:
-            sessions[id(model)] = make_session(model, threads)
+            sessions[id(model)] = make(model, threads)
         frames = int(round(seconds * rate))
         feeds[key] = feature_feeds(torch.randn(n_mels, frames, generator=gen))
     before = _load()

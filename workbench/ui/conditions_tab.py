@@ -8,7 +8,6 @@ in between two conditions (two torch runs at once on 2 cores are ~10x slower).
 from __future__ import annotations
 
 import html
-import threading
 import time
 
 import ipywidgets as widgets
@@ -55,7 +54,6 @@ class ConditionsTab:
         self.errors = controller.errors
         g = self.errors.guard
         self.result = None
-        self._cancel = threading.Event()
         self._job: Job | None = None
         self.grid = widgets.Dropdown(options=[("default (16 conditions)", "default"),
                                               ("full (24 conditions)", "full")],
@@ -76,7 +74,8 @@ class ConditionsTab:
         self.table = widgets.HTML()
         self.table.add_class("wb-conditions-table")
         self.run.on_click(g("starting the conditions grid", lambda _b: self.start()))
-        self.cancel.on_click(g("cancelling the conditions grid", lambda _b: self._cancel.set()))
+        self.cancel.on_click(g("cancelling the conditions grid",
+                               lambda _b: self._job is not None and self._job.cancel()))
         self.widget = widgets.VBox([widgets.HBox([self.grid, self.run, self.cancel,
                                                   self.progress]),
                                     self.status, self.figure.widget, self.table])
@@ -85,18 +84,25 @@ class ConditionsTab:
     def start(self) -> None:
         if self._job is not None and self._job.running:
             raise WorkbenchError("conditions: a run is in progress; cancel it first.")
-        self._cancel.clear()
         self.run.disabled, self.cancel.disabled = True, False
         self.status.value = "computing degraded features…"
         work = self.errors.guard("running the conditions grid", self._work)
         plan, grid = self.state.plan, self.grid.value
-        self._job = JOBS.submit(lambda job: work(plan, grid), name="conditions", priority=USER)
+        self._job = JOBS.submit(lambda job: work(job, plan, grid), name="conditions",
+                                priority=USER,
+                                on_done=self.errors.guard("ending the conditions grid", self._ended))
 
     def wait(self, timeout: float | None = None) -> None:
         if self._job is not None:
             self._job.wait(timeout)
 
-    def _work(self, plan, grid) -> None:
+    def _ended(self, _result) -> None:
+        """Runs when the job ends, also when it was cancelled before it started."""
+        self.run.disabled, self.cancel.disabled = False, True
+        if self._job is not None and self._job.cancelled and "cancelled" not in self.status.value:
+            self.status.value = "cancelled before it started."
+
+    def _work(self, job, plan, grid) -> None:
         from workbench.conditions import Cancelled, evaluate_conditions
         from workbench.engine.session import RUN_LOCK
 
@@ -113,7 +119,7 @@ class ConditionsTab:
             self.result = evaluate_conditions(
                 model, plan if changes else None, grid=grid,
                 manifest=self.session.eval_set.manifest, progress=False,
-                cancel=self._cancel.is_set, on_progress=progress, run_lock=RUN_LOCK)
+                cancel=lambda: job.cancelled, on_progress=progress, run_lock=RUN_LOCK)
         except Cancelled:
             self.status.value = "cancelled."
             return

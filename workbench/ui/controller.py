@@ -12,21 +12,27 @@ Every callback here runs under the error area's guard; the worker's errors are s
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from workbench.plan import CompressionPlan
 from workbench.engine.session import Session, WerEstimate, plan_key
 from workbench.engine.costs import CostCache
 from workbench.ui.error_area import ErrorArea
-from workbench.ui.state import AppState, HistoryPoint
+from workbench.ui.state import ORIGINAL, AppState, HistoryPoint
 
 
 class Controller:
     """Connects an AppState to the engine (CostCache + Session)."""
 
     def __init__(self, state: AppState, core: CostCache, session: Session, errors: ErrorArea,
-                 kinds: tuple[str, ...] = ("quick", "full")) -> None:
+                 kinds: tuple[str, ...] = ("quick", "full"), baseline: str = ORIGINAL,
+                 cores: Mapping[str, CostCache] | None = None) -> None:
         self.state = state
+        #: The name of the model the plan applies to (the app can change it: Recover tab) and
+        #: the cost cache of every baseline the history has points of (to price them).
+        self.baseline = baseline
+        self.cores = dict(cores or {})
+        self.cores[baseline] = core
         self.kinds = kinds
         self.core = core
         self.session = session
@@ -97,7 +103,8 @@ class Controller:
             s.record(HistoryPoint(
                 plan=s.plan, key=result.plan_key, label=s.last_label, wer=result.wer,
                 wer_delta=result.wer_delta, cer=result.cer, stderr=result.stderr,
-                kind=result.kind, size_bytes=size.total_bytes, size_ratio=size.ratio))
+                kind=result.kind, size_bytes=size.total_bytes, size_ratio=size.ratio,
+                baseline=self.baseline))
         for listener in self._listeners:
             listener(result)
 

@@ -2,9 +2,10 @@
 and build the ONNX model with its verification report (`workbench.export.apply_plan`, what
 `workbench apply` runs), on a background thread.
 
-A plan that removes structure (pruning, low rank) can be recovered first — distillation from the
-uncompressed model (`workbench.recovery.recover_plan`, what `workbench recover` runs), with a
-progress bar — and the recovered model is exported with the plan's quantization.
+A plan that removes structure (pruning, low rank) is best recovered first: in the Recover tab
+(a cancellable job with a live plot), then "use as baseline"; the export then holds the recovered
+model with the plan's quantization. (It used to recover inside the export, holding the run lock
+for up to 10 minutes: review7 finding 3.)
 """
 from __future__ import annotations
 
@@ -54,18 +55,8 @@ class ExportTab(LazyView):
         self.out_dir.add_class("wb-export-dir")
         self.force = widgets.Checkbox(False, description="replace the folder if it exists")
         self.force.add_class("wb-export-force")
-        self.recover = widgets.Checkbox(False, description="recover first (distillation from "
-                                        "the uncompressed model, ~10 min on 2 cores)",
-                                        indent=False, layout=widgets.Layout(width="auto"))
-        self.recover.add_class("wb-export-recover")
         self.recover_hint = widgets.HTML()
         self.recover_hint.add_class("wb-export-recover-hint")
-        self.progress = widgets.IntProgress(0, min=0, max=1, description="recovery",
-                                            layout=widgets.Layout(display="none"))
-        self.progress.add_class("wb-export-progress")
-        #: Recovery recipe and data (None: the demo corpus); tests and scripts may change them.
-        self.recover_config = None
-        self.recover_manifests = None
         self.worker: Job | None = None
         self.onnx = widgets.Button(description="export ONNX + report")
         self.onnx.add_class("wb-export-onnx")
@@ -78,7 +69,7 @@ class ExportTab(LazyView):
         self.widget = widgets.VBox([widgets.HBox([self.path, save]), self.status, self.download,
                                     self.json,
                                     widgets.HBox([self.out_dir, self.force, self.onnx]),
-                                    self.recover, self.recover_hint, self.progress,
+                                    self.recover_hint,
                                     self.onnx_status])
         self.widget.add_class("wb-export")
 
@@ -96,7 +87,8 @@ class ExportTab(LazyView):
             self.recover_hint.value = (
                 "<span class='wb-muted'>This plan removes structure. Without recovery the "
                 "exported model keeps the accuracy shown above (often much worse than the "
-                "original); tick <i>recover first</i>, or run <code>workbench recover</code>."
+                "original); recover it in the <i>Recover</i> tab and press <i>use as "
+                "baseline</i> first, or run <code>workbench recover</code>."
                 "</span>")
         else:
             self.recover_hint.value = ("<span class='wb-muted'>Nothing to recover: this plan "
@@ -128,14 +120,8 @@ class ExportTab(LazyView):
         self.onnx_status.value = ("exporting and verifying in the background (ONNX Runtime "
                                   "measurements; WER updates are slower meanwhile)…")
 
-        from workbench.recovery import removes_structure
-        recover = self.recover.value and removes_structure(plan, model)
-
         def work() -> None:
-            nonlocal model, plan
             try:
-                if recover:
-                    model, plan = self.recover_first(model, plan, out)
                 report = apply_plan(model, plan, out, options)
                 from workbench.export.apply import summary_lines
                 lines = "\n".join(summary_lines(report))
@@ -151,34 +137,3 @@ class ExportTab(LazyView):
         guarded = self.controller.errors.guard("exporting", work)
         self.worker = JOBS.submit(lambda job: guarded(), name="export", priority=USER)
 
-    def recover_first(self, model, plan, out: Path):
-        """Recover `plan`'s structure into `<out>-recovered`; returns (recovered model, the
-        plan's quantization part) for the export. Runs on the export thread."""
-        from workbench.models import load_checkpoint
-        from workbench.plan import CompressionPlan
-        from workbench.recovery import DEFAULT_CONFIG, recover_plan
-        from workbench.engine.session import RUN_LOCK
-
-        config = self.recover_config or DEFAULT_CONFIG
-        self.progress.max, self.progress.value = config.steps, 0
-        self.progress.layout.display = None
-        self.onnx_status.value = ("recovering: distilling the pruned model from the original "
-                                  "(WER updates wait until it is done)…")
-
-        def on_step(entry: dict) -> None:
-            self.progress.value = entry["step"]
-            self.progress.description = f"loss {entry['loss']:.2f}"
-
-        with RUN_LOCK:  # one model run at a time: the dashboard's WER updates queue behind it
-            result = recover_plan(plan, model, out_dir=out.with_name(out.name + "-recovered"),
-                                  config=config, manifests=self.recover_manifests,
-                                  teacher_name="the dashboard's model", progress=False,
-                                  log=on_step)
-        self.progress.value = self.progress.max
-        after = result.report.get("greedy_wer_after") or {}
-        wers = ", ".join(f"{html.escape(name)} {wer:.3f}" for name, wer in after.items())
-        self.onnx_status.value = (f"recovered in {result.report['steps']} steps (greedy WER "
-                                  f"measured after recovery, before quantization: {wers}); "
-                                  f"exporting…")
-        return (load_checkpoint(result.checkpoint),
-                CompressionPlan.from_json(result.export_plan.read_text()))

@@ -75,15 +75,24 @@ def shares_vs_length(shares: Mapping[float, Mapping[str, float]], current: float
 
 def tradeoff(xs: Sequence[float], ys: Sequence[float], labels: Sequence[str],
              measured: Sequence[bool], front: Sequence[int], current: int | None,
-             x_title: str, title: str, error_y: Sequence[float] | None = None) -> go.Figure:
+             x_title: str, title: str, error_y: Sequence[float] | None = None,
+             baselines: Sequence[bool] | None = None,
+             elsewhere: Sequence[bool] | None = None) -> go.Figure:
     """Every evaluated plan as a point (filled: measured, hollow: quick estimate), the Pareto
     front as a line, the current plan as a star. Trace 0 holds the points, in history order, so
-    a click's point index is the history index."""
-    symbols = ["circle" if m else "circle-open" for m in measured]
+    a click's point index is the history index. `baselines[i]`: point i is a baseline model
+    itself (a diamond); `elsewhere[i]`: it was measured on another baseline than the current
+    one (grey)."""
+    n = len(xs)
+    base = baselines if baselines is not None else [False] * n
+    other = elsewhere if elsewhere is not None else [False] * n
+    symbols = [("diamond" if b else "circle") + ("" if m else "-open")
+               for m, b in zip(measured, base)]
+    colors = ["#bab0ac" if o else "#4e79a7" for o in other]
     fig = new_figure()
     fig.add_trace(go.Scatter(
         x=list(xs), y=list(ys), mode="markers", name="evaluated plans", text=list(labels),
-        marker=dict(size=10, symbol=symbols, color="#4e79a7"),
+        marker=dict(size=[14 if b else 10 for b in base], symbol=symbols, color=colors),
         error_y=dict(type="data", array=list(error_y), visible=True, thickness=1)
         if error_y is not None else None,
         hovertemplate="%{text}<br>%{x:.4g}, WER %{y:.4f}<extra>click to restore</extra>"))
@@ -98,6 +107,32 @@ def tradeoff(xs: Sequence[float], ys: Sequence[float], labels: Sequence[str],
                              hoverinfo="skip"))
     return _layout(fig, title, xaxis_title=x_title, yaxis_title="WER", clickmode="event",
                    legend=dict(orientation="h", y=-0.25))
+
+
+def recovery_curve(steps: Sequence[int], losses: Sequence[float], est_steps: Sequence[int],
+                   est_wers: Sequence[float], est_label: str,
+                   measured: tuple[int, float, str] | None = None,
+                   title: str = "recovery") -> go.Figure:
+    """Training loss per step (left axis) and WER per estimate (right axis: the estimates on a
+    small held-out subset as a line with markers; `measured` = (step, WER, label) of the result
+    on the whole set as a star)."""
+    fig = new_figure(
+        go.Scatter(x=list(steps), y=list(losses), mode="lines", name="training loss",
+                   line=dict(color="#4e79a7", width=1.5),
+                   hovertemplate="step %{x}: loss %{y:.4f}<extra></extra>"),
+        go.Scatter(x=list(est_steps), y=list(est_wers), mode="lines+markers", name=est_label,
+                   yaxis="y2", line=dict(color=HOT_COLOR), marker=dict(size=7),
+                   hovertemplate="step %{x}: WER %{y:.4f}<extra>" + est_label + "</extra>"))
+    if measured is not None:
+        step, wer, label = measured
+        fig.add_trace(go.Scatter(x=[step], y=[wer], mode="markers", name=label, yaxis="y2",
+                                 marker=dict(symbol="star", size=15, color="#f28e2b"),
+                                 hovertemplate="WER %{y:.4f}<extra>" + label + "</extra>"))
+    return _layout(fig, title, xaxis_title="training step",
+                   yaxis=dict(title="loss", gridcolor="#eee", automargin=True, rangemode="tozero"),
+                   yaxis2=dict(title="WER", overlaying="y", side="right", automargin=True,
+                               rangemode="tozero", showgrid=False),
+                   legend=dict(orientation="h", y=-0.3))
 
 
 def heatmap(rows: Sequence[str], columns: Sequence[str], grid: Sequence[Sequence[float | None]],

@@ -8,7 +8,6 @@ search too), taking the run lock one evaluation at a time so a slider's live WER
 from __future__ import annotations
 
 import html
-import threading
 
 import ipywidgets as widgets
 
@@ -28,8 +27,8 @@ class SearchPanel:
         self.errors = controller.errors
         g = self.errors.guard
         self.result = None
-        self._cancel = threading.Event()
         self._job: Job | None = None
+        self._ran = False
         self.trials = widgets.BoundedIntText(24, min=2, max=10_000, description="trials")
         self.max_dwer = widgets.FloatText(1.0, description="max ΔWER pp")
         self.max_ms = widgets.FloatText(0.0, description="max ms")
@@ -55,7 +54,8 @@ class SearchPanel:
         on_click = g("restoring a plan from the front", self._clicked)
         self.figure = FigureSlot(on_create=lambda fig: fig.data and fig.data[0].on_click(on_click))
         self.run.on_click(g("starting the search", lambda _b: self.start()))
-        self.cancel.on_click(g("cancelling the search", lambda _b: self._cancel.set()))
+        self.cancel.on_click(g("cancelling the search",
+                               lambda _b: self._job is not None and self._job.cancel()))
         self.restore_button.on_click(g("restoring a plan", lambda _b: self.restore(
             self.front.value)))
         self.widget = widgets.VBox([
@@ -79,22 +79,30 @@ class SearchPanel:
         if self._job is not None and self._job.running:
             raise WorkbenchError("search: one is already running; cancel it first.")
         config = self.config()
-        self._cancel.clear()
+        self._ran = False
         self.run.disabled, self.cancel.disabled = True, False
         self.status.value = "searching…"
         run = self.errors.guard("running the search", self._search)
         args = (config, self.state.device, self.state.audio_seconds,
                 self.state.runtime or None, self.state.threads or None)
-        # A job of the engine's queue; `_cancel` is what the search polls between trials.
-        self._job = JOBS.submit(lambda job: run(*args), name="search", priority=USER)
+        # A job of the engine's queue; the search polls its cancel flag between trials.
+        self._job = JOBS.submit(lambda job: run(job, *args), name="search", priority=USER,
+                                on_done=self.errors.guard("ending the search", self._ended))
 
     def wait(self, timeout: float | None = None) -> None:
         if self._job is not None:
             self._job.wait(timeout)
 
-    def _search(self, config, device: str, seconds: float, runtime: str | None,
+    def _ended(self, _result) -> None:
+        """Runs when the search job ends, also when it was cancelled before it started."""
+        self.run.disabled, self.cancel.disabled = False, True
+        if self._job is not None and self._job.cancelled and not self._ran:
+            self.status.value = "cancelled before the first trial"
+
+    def _search(self, job: Job, config, device: str, seconds: float, runtime: str | None,
                 threads: int | None) -> None:
         from workbench.search import EvaluatorSpec, PlanEvaluator, search
+        self._ran = True
         try:
             evaluator = PlanEvaluator(self.core.model, self.session, device, seconds,
                                       lock=RUN_LOCK, runtime=runtime, latency_threads=threads)
@@ -107,7 +115,8 @@ class SearchPanel:
                 self.progress.value = min(done, total)
                 self.status.value = f"searching… {html.escape(note)} ({done}/{total})"
 
-            self.result = search(spec, config, evaluator=evaluator, cancel=self._cancel.is_set,
+            self.result = search(spec, config, evaluator=evaluator,
+                                 cancel=lambda: job.cancelled,
                                  progress=progress)
             self.draw(device)
         finally:

@@ -21,6 +21,9 @@ from workbench.plan import CompressionPlan
 
 #: Undo depth; older edits are dropped.
 MAX_UNDO = 100
+#: The name of the model an app starts from (HistoryPoint.baseline); a recovered model used as
+#: the new baseline gets its own name.
+ORIGINAL = "original model"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class HistoryPoint:
     kind: str                  # "quick" (estimate) or "full" (measured)
     size_bytes: int
     size_ratio: float
+    baseline: str = ORIGINAL   # the model the plan was applied to (points of an earlier
+                               # baseline stay in the history, marked)
 
 
 class AppState(traitlets.HasTraits):
@@ -113,11 +118,12 @@ class AppState(traitlets.HasTraits):
     # ---- outputs -----------------------------------------------------------------------------
     def record(self, point: HistoryPoint) -> None:
         """Add an evaluated plan to the history, or update its point (a full result replaces a
-        quick estimate of the same plan; the first label stays). Latency is not stored: it
+        quick estimate of the same plan; the first label stays). The same plan on another
+        baseline is another point. Latency is not stored: it
         depends on the device and audio length, so the trade-off view prices each point."""
         points = list(self.history)
         for i, p in enumerate(points):
-            if p.key == point.key:
+            if p.key == point.key and p.baseline == point.baseline:
                 if p.kind == "full" and point.kind == "quick":
                     return
                 points[i] = replace(point, label=p.label)

@@ -11,6 +11,8 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from workbench.sensitivity import pareto_front
+from workbench.errors import WorkbenchError
+from workbench.plan import CompressionPlan
 from workbench.engine.session import plan_key
 from workbench.ui import figures
 from workbench.ui.controller import Controller
@@ -45,7 +47,9 @@ class TradeoffsTab(LazyView):
                            names=["history", "plan", "device", "audio_seconds"])
         self.widget = widgets.VBox([
             widgets.HTML("Filled points: measured on the full set; hollow: quick estimate "
-                         "(± 1 standard error). Click a point to restore its plan."),
+                         "(± 1 standard error). Diamonds: a baseline model itself (no plan); grey: "
+                         "measured on an earlier baseline (a recovered model replaced it). Click "
+                         "a point to restore its plan."),
             widgets.HBox([self.history, restore]), self.summary,
             widgets.HBox([self.size_fig.widget, self.latency_fig.widget])])
         self.widget.add_class("wb-tradeoffs")
@@ -54,6 +58,11 @@ class TradeoffsTab(LazyView):
         if index is None:
             return
         point = self.state.history[index]
+        if point.baseline != self.controller.baseline:
+            raise WorkbenchError(
+                f"restore: point #{index} was measured on the {point.baseline}; the plan now "
+                f"applies to the {self.controller.baseline}, where it would mean another model. "
+                f"Restore points measured on the {self.controller.baseline} (blue).")
         self.controller.propose(point.plan, f"restore: {point.label}")
 
     def _clicked(self, trace, points, selector) -> None:
@@ -63,25 +72,33 @@ class TradeoffsTab(LazyView):
     def draw(self) -> None:
         s = self.state
         points = s.history
-        current_key = plan_key(s.plan)
-        current = next((i for i, p in enumerate(points) if p.key == current_key), None)
+        current_key, here = plan_key(s.plan), self.controller.baseline
+        current = next((i for i, p in enumerate(points)
+                        if p.key == current_key and p.baseline == here), None)
+        # each point is priced on the model it was measured on
+        cores = [self.controller.cores.get(p.baseline, self.core) for p in points]
         sizes = [p.size_bytes / 1e6 for p in points]
-        lats = [self.core.latency(p.plan, s.device, s.audio_seconds, runtime=s.runtime or None,
-                                  threads=s.threads or None,
-                                  device_file=s.device_file or None).total_ms for p in points]
+        lats = [core.latency(p.plan, s.device, s.audio_seconds, runtime=s.runtime or None,
+                             threads=s.threads or None,
+                             device_file=s.device_file or None).total_ms
+                for core, p in zip(cores, points)]
         wers = [p.wer for p in points]
-        labels = [f"#{i} {p.label}" for i, p in enumerate(points)]
+        labels = [f"#{i} {p.label}" + ("" if p.baseline == here else f" [on the {p.baseline}]")
+                  for i, p in enumerate(points)]
+        no_plan = plan_key(CompressionPlan())
+        baselines = [p.key == no_plan for p in points]     # a baseline model itself
+        elsewhere = [p.baseline != here for p in points]
         measured = [p.kind == "full" for p in points]
         errs = [p.stderr for p in points]
         front_size = pareto_front(list(zip(sizes, wers)))
         front_lat = pareto_front(list(zip(lats, wers)))
         self.size_fig.show(figures.tradeoff(
             sizes, wers, labels, measured, front_size, current, "size (MB)", "WER vs size",
-            error_y=errs))
+            error_y=errs, baselines=baselines, elsewhere=elsewhere))
         self.latency_fig.show(figures.tradeoff(
             lats, wers, labels, measured, front_lat, current,
             f"simulated latency on {s.device}, {s.audio_seconds:g} s audio (ms)",
-            "WER vs latency", error_y=errs))
+            "WER vs latency", error_y=errs, baselines=baselines, elsewhere=elsewhere))
         self.history.options = [(label, i) for i, label in enumerate(labels)]
         if current is not None:
             self.history.value = current

@@ -10,6 +10,7 @@ kernel (scripts, tests) the draw happens at once.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from workbench.ui.error_area import ErrorArea
@@ -72,3 +73,13 @@ class LazyView:
 
     def draw(self) -> None:
         raise NotImplementedError
+
+
+def run_in_kernel(fn: Callable[[], Any]) -> None:
+    """Run `fn` on the kernel's event loop (as if from a cell: how a worker thread hands over
+    building new widgets), or at once outside a kernel (scripts, tests)."""
+    loop = kernel_loop()
+    if loop is None:
+        fn()
+    else:
+        loop.add_callback(fn)

@@ -1,5 +1,5 @@
 """Grouped (block-diagonal) FFN as a registered technique: fc1 and fc2 split into G groups
-(workbench.compress.swap_layers.GroupedFeedForward), G times fewer weights and MACs.
+(workbench.compress.swap_layers.grouped_from), G times fewer weights and MACs.
 
     LayerConfig(grouped_ffn={"groups": 2})
 
@@ -49,12 +49,13 @@ def apply_(root: nn.Module, entries: Mapping[str, GroupedFFNConfig], ctx: ApplyC
 
 
 def latency_row(row, s: GroupedFFNConfig):
-    """A dense fc1 / fc2 row of the FFN (from a cached table) -> its grouped work; idempotent.
-    A shape pass of the grouped model has rows for its parts (`fc1.parts.0`): left as they are."""
+    """A dense fc1 / fc2 row of the FFN (a table of the model before grouping) -> its grouped
+    work. A shape pass of the grouped model has rows for its parts (`fc1.parts.0`): left as
+    they are."""
     if row.op != "matmul" or not row.path.endswith((".fc1", ".fc2")) or not row.in_width:
         return row
     dense = row.in_width * row.out_width
-    bias = row.params - dense if row.params >= dense else row.params - dense // s.groups
+    bias = row.params - dense
     return replace(row, macs=row.positions * dense // s.groups, params=dense // s.groups + bias)
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from workbench.compress.swap_layers import PerformerSelfAttention
 from workbench.compress.techniques._swap import (ATTENTION_WHY_NOT, kernelized_attention_row,
-                                                 replace_attention)
+                                                 module_seed, replace_attention)
 from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
 
 
@@ -31,10 +31,11 @@ class PerformerAttentionConfig(BaseModel):
 
 def apply_(root: nn.Module, entries: Mapping[str, PerformerAttentionConfig], ctx: ApplyContext
            ) -> nn.Module:
-    for i, (path, s) in enumerate(entries.items()):
+    for path, s in entries.items():
+        # seed per module, from its path in the whole model: independent random features in
+        # every block, and the same ones whether compress or the engine (one block) builds it
         root = replace_attention(root, path, partial(
-            PerformerSelfAttention, features=s.features, seed=s.seed * 1000 + i))
-        # seed per module: independent random features in every block
+            PerformerSelfAttention, features=s.features, seed=module_seed(s.seed, ctx, path)))
         ctx.notes.append(f"{path}: Performer attention, {s.features} random features")
     return root
 

@@ -32,10 +32,29 @@ ExportPath = Literal["pytorch", "runtime", "simulated"]
 @dataclass
 class ApplyContext:
     """What `apply_` may read or update while compress runs: Taylor gradients by parameter name
-    (sliced by structured pruning as shapes shrink), and notes for the user."""
+    (sliced by structured pruning as shapes shrink), notes for the user, and where the module
+    being compressed sits in the whole model.
+
+    The engine compresses one block at a time (`compress_module(block, entries, model=baseline,
+    prefix="blocks.3")`); a technique that needs a model-level fact (the frame rate at the
+    blocks) or a per-module identity (a random seed) reads it from `model` and `absolute(path)`,
+    never from the root it is given, so both paths build the same model."""
 
     grads: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    #: path of the root `apply_` gets, in the whole model: "" when compress runs on the whole
+    #: model, "blocks.3" on the engine's per-block path; entry paths are relative to it
+    prefix: str = ""
+    #: the whole uncompressed model (read only); None: the root is the whole model
+    model: nn.Module | None = None
+
+    def absolute(self, path: str) -> str:
+        """`path` (relative to the root) as a path in the whole model."""
+        return ".".join(p for p in (self.prefix, path) if p)
+
+    def whole(self, root: nn.Module) -> nn.Module:
+        """The whole model: `model`, or the root when compress runs on the whole model."""
+        return self.model if self.model is not None else root
 
 
 @dataclass(frozen=True)
@@ -87,8 +106,9 @@ class Technique:
     #: size.py: (list of WeightSpec of one Linear/Conv, setting) -> new list (None: no change)
     size_specs: Callable[[list, Any], list] | None = None
     #: latency: (EffectiveLayer row, setting) -> row (None: bits/shape hooks of the built-ins).
-    #: Applied to the rows of the target and of its sub-modules, possibly more than once (a
-    #: cached table is re-hooked after a rescale), so it must be idempotent.
+    #: Applied once to the rows of the target and of its sub-modules, in a table of the model
+    #: without this technique (the engine's cached tables are never hooked before a rescale)
+    #: or of the compressed model (a shape pass: e.g. a grouped FFN's parts, left as they are).
     latency_row: Callable[[Any, Any], Any] | None = None
     #: the same for a setting that depends on the audio length (e.g. a window in seconds):
     #: (row, setting, audio seconds of the table) -> row

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from workbench.compress.swap_layers import WindowedSelfAttention
-from workbench.compress.techniques._swap import (ATTENTION_WHY_NOT, frames_per_second,
+from workbench.compress.techniques._swap import (ATTENTION_WHY_NOT, frame_rates,
                                                  replace_attention)
 from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
 
@@ -38,16 +38,16 @@ def window_frames(setting: WindowedAttentionConfig, fps: float) -> int:
 
 def apply_(root: nn.Module, entries: Mapping[str, WindowedAttentionConfig], ctx: ApplyContext
            ) -> nn.Module:
-    fps = frames_per_second(root)
+    fps = frame_rates(root, entries, ctx)      # from the whole model, also on one block
     for path, s in entries.items():
-        w = window_frames(s, fps)
+        w = window_frames(s, fps[path])
         root = replace_attention(root, path, partial(WindowedSelfAttention, window=w))
         ctx.notes.append(f"{path}: windowed attention, blocks of {w} frames ({s.window_s:g} s)")
     return root
 
 
 def latency_row_at(row, s: WindowedAttentionConfig, seconds: float):
-    """The scores row of a windowed attention (idempotent: computed from heads, Dh, T)."""
+    """The scores row of a windowed attention at the table's length (from heads, Dh, T)."""
     if row.op != "attention_scores" or not row.heads:
         return row
     t = row.positions
