@@ -1,6 +1,7 @@
 """Benchmarks behind `workbench bench WHAT --json`: each returns one JSON-able dict (printed on stdout).
 
-One module per benchmark, all here at the top layer (a benchmark may use any part of the package):
+One module per benchmark here, at the top layer (a benchmark may use any part of the package),
+except the two listed last, which live with their feature:
 
     interactive   the Session (quick / full WER readouts) vs copy + compress + evaluate
     latency       host latency prediction vs fresh ONNX Runtime measurements (`--published`:
@@ -15,61 +16,57 @@ One module per benchmark, all here at the top layer (a benchmark may use any par
     byo           graph-found structured pruning vs Torch-Pruning on foreign encoders
     linear-blocks which blocks take linear attention: chosen on a validation split of the
                   recovery corpus, then recovered for fixed steps and scored on the held-out sets
+    lessons       every lab's run time (workbench.lesson_timing)
+    conditions    the conditions grid twice: time and identical numbers (workbench.conditions.cli)
 
-Benchmarks that live with their feature: lessons (workbench.lesson_timing), conditions
-(workbench.conditions.cli).
+`run(what, args)` looks the name up in BENCHES and imports the module only then: `workbench
+--help` and the other commands must not pay for torch models, onnxruntime, ray or executorch they
+do not use (import speed).
 """
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-def run(what: str, args) -> dict[str, Any]:
-    # Each benchmark is imported when asked for: `workbench --help` and the other commands must not
-    # pay for torch models, onnxruntime, ray or executorch they do not use (import speed).
-    if what == "interactive":
-        from workbench.bench.interactive import bench_interactive
-        return bench_interactive(changes=args.changes, seed=args.seed)
+
+def _paths(args: Any) -> list[Path] | None:
+    return [Path(m) for m in args.manifest] or None
+
+
+#: `workbench bench WHAT` -> (module, function, the function's keyword arguments from the CLI's
+#: parsed arguments). A benchmark that reads the namespace itself takes {"args": args}.
+BENCHES: dict[str, tuple[str, str, Callable[[Any], dict[str, Any]]]] = {
+    "interactive": ("workbench.bench.interactive", "bench_interactive",
+                    lambda a: {"changes": a.changes, "seed": a.seed}),
+    "latency": ("workbench.bench.latency", "bench_latency",
+                lambda a: {"n_plans": a.n_plans, "seed": a.seed}),
+    "latency --published": ("workbench.latency.published", "bench_published", lambda a: {}),
+    "search": ("workbench.bench.search", "bench_search",
+               lambda a: {"trials": a.trials, "seed": a.seed, "ray": not a.no_ray}),
+    "export": ("workbench.bench.export", "bench_export", lambda a: {"args": a}),
+    "streaming": ("workbench.bench.streaming", "bench_streaming", lambda a: {"args": a}),
+    "whisper": ("workbench.bench.whisper", "bench_whisper", lambda a: {"args": a}),
+    "recover": ("workbench.bench.recover", "bench_recover",
+                lambda a: {"minutes": a.minutes, "steps": a.steps, "manifests": _paths(a),
+                           **({"cases": tuple(a.case)} if a.case else {})}),
+    "drift": ("workbench.bench.drift", "bench_drift", lambda a: {"args": a}),
+    "byo": ("workbench.bench.byo", "bench_byo", lambda a: {"args": a}),
+    "linear-blocks": ("workbench.bench.linear_blocks", "bench_linear_blocks",
+                      lambda a: {"steps": a.steps or 90, "seed": a.seed,
+                                 "manifests": _paths(a)}),
+    "lessons": ("workbench.lesson_timing", "bench_lessons",
+                lambda a: {"only": a.only, "budget_s": a.budget}),
+    "conditions": ("workbench.conditions.cli", "bench_conditions", lambda a: {"args": a}),
+}
+
+
+def run(what: str, args: Any) -> dict[str, Any]:
+    """Run benchmark `what` (a BENCHES key; `latency` with --published: the published check)."""
     if what == "latency" and getattr(args, "published", False):
-        from workbench.latency.published import bench_published
-        return bench_published()
-    if what == "latency":
-        from workbench.bench.latency import bench_latency
-        return bench_latency(n_plans=args.n_plans, seed=args.seed)
-    if what == "search":
-        from workbench.bench.search import bench_search
-        return bench_search(trials=args.trials, seed=args.seed, ray=not args.no_ray)
-    if what == "export":
-        from workbench.bench.export import bench_export
-        return bench_export(args)
-    if what == "lessons":
-        from workbench.lesson_timing import bench_lessons
-        return bench_lessons(only=args.only, budget_s=args.budget)
-    if what == "conditions":
-        from workbench.conditions.cli import bench_conditions
-        return bench_conditions(args)
-    if what == "drift":
-        from workbench.bench.drift import bench_drift
-        return bench_drift(args)
-    if what == "whisper":
-        from workbench.bench.whisper import bench_whisper
-        return bench_whisper(args)
-    if what == "byo":
-        from workbench.bench.byo import bench_byo
-        return bench_byo(args)
-    if what == "recover":
-        from pathlib import Path
-
-        from workbench.bench.recover import CASES, bench_recover
-        return bench_recover(minutes=args.minutes, steps=args.steps,
-                             cases=tuple(args.case) or CASES,
-                             manifests=[Path(m) for m in args.manifest] or None)
-    if what == "linear-blocks":
-        from pathlib import Path
-
-        from workbench.bench.linear_blocks import bench_linear_blocks
-        return bench_linear_blocks(steps=args.steps or 90, seed=args.seed,
-                                   manifests=[Path(m) for m in args.manifest] or None)
-    if what == "streaming":
-        from workbench.bench.streaming import bench_streaming
-        return bench_streaming(args)
-    raise ValueError(what)
+        what = "latency --published"
+    if what not in BENCHES:
+        raise ValueError(what)
+    module, name, kwargs = BENCHES[what]
+    return getattr(importlib.import_module(module), name)(**kwargs(args))

@@ -7,9 +7,9 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
-from workbench.bench.stats import percentile
 
 
 def scripted_changes(model, n: int, seed: int) -> list:
@@ -94,21 +94,22 @@ def bench_interactive(changes: int = 30, seed: int = 0) -> dict:
         naive_ms.append((time.perf_counter() - t) * 1e3)
         check.append(abs(res.wer - session.evaluate(plan, "full").wer))
     naive = statistics.median(naive_ms)
-    first_readout = percentile(quick_ms, 0.5)
+    first_readout = float(np.percentile(quick_ms, 50))
     return {
         "changes": len(plans), "eval_utterances": len(eval_set),
-        "size_p50_ms": round(percentile(size_ms, 0.5), 2), "size_p95_ms": round(percentile(size_ms, 0.95), 2),
+        "size_p50_ms": round(float(np.percentile(size_ms, 50)), 2),
+        "size_p95_ms": round(float(np.percentile(size_ms, 95)), 2),
         "quick_wer_p50_ms": round(first_readout, 1),
-        "quick_wer_p95_ms": round(percentile(quick_ms, 0.95), 1),
-        "full_wer_p50_ms": round(percentile(full_ms, 0.5), 1),
-        "full_wer_p95_ms": round(percentile(full_ms, 0.95), 1),
+        "quick_wer_p95_ms": round(float(np.percentile(quick_ms, 95)), 1),
+        "full_wer_p50_ms": round(float(np.percentile(full_ms, 50)), 1),
+        "full_wer_p95_ms": round(float(np.percentile(full_ms, 95)), 1),
         "naive_full_ms": round(naive, 1),
         "speedup_vs_naive": round(naive / first_readout, 2),
-        "speedup_full_vs_naive": round(naive / percentile(full_ms, 0.5), 2),
+        "speedup_full_vs_naive": round(naive / float(np.percentile(full_ms, 50)), 2),
         "engine_vs_naive_max_wer_diff": round(max(check), 5),
         "repeated_plans": repeats,
         "quick_utterances": len(session.quick_indices),
-        "quick_abs_error_p50": round(percentile(quick_errors, 0.5), 4),
+        "quick_abs_error_p50": round(float(np.percentile(quick_errors, 50)), 4),
         "quick_abs_error_max": round(max(quick_errors), 4),
         "quick_within_2_stderr": f"{covered}/{len(plans)}",
         "session_setup_s": round(setup_s, 2),

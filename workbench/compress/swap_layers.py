@@ -15,7 +15,7 @@
                             arXiv:2009.14794): phi(x) = exp(w x - |x|^2 / 2) / sqrt(m), m
                             orthogonal Gaussian rows w; 2 * H * T * m * (2 Dh + 1) MACs.
                             Both are a KernelizedAttention with their own feature map.
-    GroupedFeedForward      fc1 / fc2 as G block-diagonal groups (G times fewer weights and MACs):
+    grouped_from(ffn, G)    fc1 / fc2 as G block-diagonal groups (G times fewer weights and MACs):
                             hidden neurons are assigned to the input group that holds most of
                             their fc1 weight energy (balanced), and fc2 keeps the matching block.
 
@@ -28,6 +28,7 @@ exports it with a dynamic time axis.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -48,10 +49,9 @@ class _SwappedAttention(MultiHeadSelfAttention):
         nn.Module.__init__(self)
         self.n_heads, self.head_dim = source.n_heads, source.head_dim
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            layer = getattr(source, name)
-            new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-            new.load_state_dict(layer.state_dict())
-            setattr(self, name, new)
+            # copies of the modules themselves: a projection that is already low rank or
+            # quantized (a compressed or recovered checkpoint swapped afterwards) keeps its form
+            setattr(self, name, copy.deepcopy(getattr(source, name)))
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = x.shape
@@ -189,23 +189,6 @@ class GroupedLinear(nn.Module):
         return torch.cat([p(xi) for p, xi in zip(self.parts, xs)], dim=-1)
 
 
-class GroupedFeedForward(nn.Module):
-    """fc1 (D -> F) and fc2 (F -> D) as G-group block-diagonal Linears (module docstring)."""
-
-    def __init__(self, fc1: GroupedLinear, fc2: GroupedLinear, activation: str) -> None:
-        super().__init__()
-        self.fc1, self.fc2, self.activation = fc1, fc2, activation
-
-    @property
-    def groups(self) -> int:
-        return self.fc1.groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        h = F.gelu(h) if self.activation == "gelu" else F.silu(h)
-        return self.fc2(h)
-
-
 def assign_neurons(fc1_weight: torch.Tensor, groups: int) -> torch.Tensor:
     """(F, D) fc1 weight -> (G, F/G) neuron indices per input group, balanced: neurons in order
     of how concentrated their energy is take the group holding most of it that still has room.
@@ -225,9 +208,11 @@ def assign_neurons(fc1_weight: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.tensor([sorted(o) for o in out])
 
 
-def grouped_from(ffn: nn.Module, groups: int) -> GroupedFeedForward:
-    """A GroupedFeedForward initialised from a dense FFN's fc1 / fc2 (module docstring): the
-    block-diagonal part of the weights after assigning hidden neurons to input groups."""
+def grouped_from(ffn: nn.Module, groups: int) -> nn.Module:
+    """A copy of the dense FFN `ffn` whose fc1 / fc2 are G-group GroupedLinears (module
+    docstring): the block-diagonal part of the weights after assigning hidden neurons to input
+    groups. Everything else is the FFN's own (its forward, activation, dropout): FeedForward
+    works unchanged with any fc1 / fc2 modules."""
     fc1, fc2 = ffn.fc1, ffn.fc2
     d, f = fc1.in_features, fc1.out_features
     if fc2.out_features != d:
@@ -251,5 +236,7 @@ def grouped_from(ffn: nn.Module, groups: int) -> GroupedFeedForward:
                 c.bias.copy_(fc2.bias[cols])
             parts1.append(a)
             parts2.append(c)
-    return GroupedFeedForward(GroupedLinear(parts1), GroupedLinear(parts2),
-                              getattr(ffn, "activation", "gelu"))
+    # deepcopy with fc1 / fc2 mapped to themselves: their weights are not copied, only replaced
+    out = copy.deepcopy(ffn, memo={id(fc1): fc1, id(fc2): fc2})
+    out.fc1, out.fc2 = GroupedLinear(parts1), GroupedLinear(parts2)
+    return out

@@ -1,5 +1,5 @@
 """Grouped (block-diagonal) FFN as a registered technique: fc1 and fc2 split into G groups
-(workbench.compress.swap_layers.GroupedFeedForward), G times fewer weights and MACs.
+(workbench.compress.swap_layers.grouped_from), G times fewer weights and MACs.
 
     LayerConfig(grouped_ffn={"groups": 2})
 
