@@ -20,9 +20,12 @@ from workbench.models.ct2_reader import CT2File, default_whisper_dir, read_ct2
 from workbench.models.whisper_weights import ct2_to_state_dict
 
 # Parity tolerance vs CTranslate2 (both run in float32 from the same fp16-stored weights; the
-# differences are summation order in GEMMs/attention). Measured here: max |diff| 8.9e-4 on
-# encoder outputs up to |12.6|, per-frame cosine >= 0.9999997.
-PARITY_MAX_ABS = 1e-2
+# differences are summation order and kernels in GEMMs/attention, which depend on the CPU).
+# Measured: max |diff| 8.9e-4 on encoder outputs up to |12.6| on a VNNI / AVX-512 CPU, 0.0104 on
+# an AVX2-only CPU (2026-12-02), per-frame cosine >= 0.9999997. So the bound is relative to the
+# output's range: 0.2 % of max |output| (~0.025 here); one mis-mapped tensor moves outputs by O(1)
+# and the cosine far below 0.9999.
+PARITY_MAX_REL = 2e-3
 PARITY_MIN_COS = 0.9999
 BATCH_TOL = 1e-4
 
@@ -113,7 +116,7 @@ def test_encoder_matches_ctranslate2(pretrained: WhisperCTC) -> None:
     assert theirs.shape == ours.shape == (1500, 384)
     max_abs = (ours - theirs).abs().max().item()
     cos = torch.nn.functional.cosine_similarity(ours, theirs, dim=-1).min().item()
-    assert max_abs < PARITY_MAX_ABS, max_abs
+    assert max_abs < PARITY_MAX_REL * theirs.abs().max().item(), (max_abs, theirs.abs().max())
     assert cos > PARITY_MIN_COS, cos
 
 
