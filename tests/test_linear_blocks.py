@@ -10,16 +10,11 @@ from workbench.compress import compress
 from workbench.compress.swap_layers import KernelizedAttention
 from workbench.train import Item
 
+from toys import random_items
+
 
 def _items(n: int = 16, seed: int = 0) -> list[Item]:
-    """Seeded random log-mel items, 60-120 frames, labels 3-10 characters (ids 1-19)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        t = int(torch.randint(60, 120, (), generator=g))
-        labels = torch.randint(1, 20, (int(torch.randint(3, 10, (), generator=g)),), generator=g)
-        out.append(Item(torch.randn(80, t, generator=g), labels))
-    return out
+    return random_items(n, seed)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from workbench.search.recipe import (Recipe, RecipeSearchConfig, search_recipe,
                                      search_recipe_for_plan, split_items)
 from workbench.train import Item
 
+from toys import random_items
+
 PRUNE = (CompressionPlan()
          .with_group("ffn", LayerConfig(prune=PruneConfig(amount=0.5, structure="neurons")))
          .with_group("attention", LayerConfig(prune=PruneConfig(amount=0.5, structure="heads"))))
@@ -25,14 +27,7 @@ FAST = RecipeSearchConfig(trials=4, trial_steps=3, val_items=6, objective="kd", 
 
 
 def _items(n: int = 24, seed: int = 0) -> list[Item]:
-    """Seeded random log-mel items, 60-120 frames, labels 3-10 characters (ids 1-19)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        t = int(torch.randint(60, 120, (), generator=g))
-        labels = torch.randint(1, 20, (int(torch.randint(3, 10, (), generator=g)),), generator=g)
-        out.append(Item(torch.randn(80, t, generator=g), labels))
-    return out
+    return random_items(n, seed)
 
 
 def _state(model):
