@@ -135,11 +135,8 @@ def _log(msg: str) -> None:
 def bench_linear_blocks(steps: int = 90, sizes: Sequence[int] = (1, 2), val_items: int = 64,
                         seed: int = 0, manifests: list[Path] | None = None,
                         ort: bool = True) -> dict[str, Any]:
-    from workbench.evaluate import evaluate
-    from workbench.export.pipeline import build_export
-    from workbench.export.verify import evaluate_ort
-    from workbench.models import load_checkpoint, load_demo
-    from workbench.onnx_tools.runtime import make_session
+    from workbench.bench.recover import export_parity
+    from workbench.models import load_demo
     from workbench.recovery import (DEFAULT_CONFIG, _held_out_sets, recover_plan,
                                     recovery_items)
     from workbench.search.recipe import WARMUP_SHARE, check_training_manifests
@@ -174,12 +171,7 @@ def bench_linear_blocks(steps: int = 90, sizes: Sequence[int] = (1, 2), val_item
             "load_before": load_before, "load_after": _load(),
             "attention": attention_macs(teacher, blocks), "checkpoint": str(result.checkpoint)}
         if ort:
-            model = load_checkpoint(result.checkpoint)
-            rest = CompressionPlan.from_json(Path(result.export_plan).read_text())
-            export = build_export(model, rest, force=True)
-            sim = {n: round(evaluate(export.sim, s).wer, 4) for n, s in sets.items()}
-            session = make_session(export.model)
-            ort_wer = {n: round(evaluate_ort(session, s).wer, 4) for n, s in sets.items()}
+            _, sim, ort_wer = export_parity(result, sets)
             row.update(wer_sim_export=sim, wer_ort=ort_wer,
                        ort_minus_sim={n: round(ort_wer[n] - sim[n], 4) for n in sim})
         out["recovered"].append(row)

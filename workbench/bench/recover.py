@@ -78,15 +78,30 @@ def _predicted(teacher, plan: CompressionPlan, seconds: float, measured: float) 
             "prediction_error_pct": round(100 * (pred / measured - 1), 1)}
 
 
-def bench_recover(minutes: float = 20.0, steps: int | None = None,
-                  cases: tuple[str, ...] = CASES, manifests: list[Path] | None = None,
-                  time_repeats: int = 5) -> dict[str, Any]:
+def export_parity(result: Any, sets: dict[str, Any]) -> tuple[Any, dict, dict]:
+    """A `recover_plan` result exported with its plan's quantization, and its greedy WER per
+    held-out set simulated (PyTorch) and in ONNX Runtime: (export, sim_wer, ort_wer)."""
     from workbench.evaluate import evaluate
     from workbench.export.pipeline import build_export
     from workbench.export.verify import evaluate_ort
-    from workbench.models import load_checkpoint, load_demo
+    from workbench.models import load_checkpoint
+    from workbench.onnx_tools.runtime import make_session
+
+    model = load_checkpoint(result.checkpoint)
+    rest = CompressionPlan.from_json(Path(result.export_plan).read_text())
+    export = build_export(model, rest, force=True)
+    sim = {k: round(evaluate(export.sim, s).wer, 4) for k, s in sets.items()}
+    session = make_session(export.model)
+    ort = {k: round(evaluate_ort(session, s).wer, 4) for k, s in sets.items()}
+    return export, sim, ort
+
+
+def bench_recover(minutes: float = 20.0, steps: int | None = None,
+                  cases: tuple[str, ...] = CASES, manifests: list[Path] | None = None,
+                  time_repeats: int = 5) -> dict[str, Any]:
+    from workbench.models import load_demo
     from workbench.onnx_tools.exporter import export_fp32, to_bytes
-    from workbench.onnx_tools.runtime import make_session, time_interleaved
+    from workbench.onnx_tools.runtime import time_interleaved
     from workbench.recovery import _held_out_sets, recover_plan
 
     teacher = load_demo()
@@ -103,12 +118,7 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
         result = recover_plan(plan, teacher, config=cfg, manifests=manifests, progress=False,
                               **kwargs)
         r = result.report
-        model = load_checkpoint(result.checkpoint)
-        rest = CompressionPlan.from_json(Path(result.export_plan).read_text())
-        export = build_export(model, rest, force=True)
-        sim_wer = {k: round(evaluate(export.sim, s).wer, 4) for k, s in sets.items()}
-        session = make_session(export.model)
-        ort_wer = {k: round(evaluate_ort(session, s).wer, 4) for k, s in sets.items()}
+        export, sim_wer, ort_wer = export_parity(result, sets)
         jobs = [((key, s), blob, s) for key, blob in (("base", base_onnx),
                                                       ("case", export.model))
                 for s in SECONDS]
