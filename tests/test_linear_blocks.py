@@ -1,6 +1,5 @@
 """The linear-attention block selection (workbench.bench.linear_blocks) on a tiny model: the
 greedy order follows the scores, and the selection never reads the held-out sets."""
-import importlib
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from workbench.compress import compress
 from workbench.compress.swap_layers import KernelizedAttention
 from workbench.train import Item
 
-from toys import random_items
+from toys import forbid_held_out, random_items
 
 
 def _items(n: int = 16, seed: int = 0) -> list[Item]:
@@ -63,17 +62,7 @@ def test_selection_never_reads_the_held_out_sets(deep, monkeypatch, tmp_path):
     """The held-out manifests point at nowhere and every eval-set / manifest loader fails the
     test if called; the selection on given items still runs, scores every greedy set, and its
     greedy path is the argmin of its own recorded scores."""
-    data, manifest, evaluate, paths, recovery = (importlib.import_module(f"workbench.{m}") for m in (
-        "data", "data.manifest", "evaluate", "paths", "recovery"))
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError(f"a held-out / manifest loader was called: {args}")
-
-    monkeypatch.setattr(paths, "REAL_TEST", tmp_path / "nowhere" / "real.jsonl")
-    monkeypatch.setattr(paths, "SYNTH_TEST", tmp_path / "nowhere" / "synth.jsonl")
-    for module, name in ((evaluate, "load_eval_set"), (data, "read_manifest"),
-                         (manifest, "read_manifest"), (recovery, "_held_out_sets")):
-        monkeypatch.setattr(module, name, forbidden)
+    forbid_held_out(monkeypatch, tmp_path)
     before = {k: v.clone() for k, v in deep.state_dict().items()}
     sel = select_blocks(deep, _items(), val_items=6, max_batch_frames=600)
     assert sel["val_items"] >= 6 and sel["train_items"] + sel["val_items"] == 16

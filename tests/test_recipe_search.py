@@ -14,7 +14,7 @@ from workbench.search.recipe import (Recipe, RecipeSearchConfig, search_recipe,
                                      search_recipe_for_plan, split_items)
 from workbench.train import Item
 
-from toys import random_items
+from toys import forbid_held_out, random_items
 
 PRUNE = (CompressionPlan()
          .with_group("ffn", LayerConfig(prune=PruneConfig(amount=0.5, structure="neurons")))
@@ -113,18 +113,7 @@ def test_search_is_deterministic_with_a_seed(searched, whisper_small):
 def test_held_out_sets_are_never_read(whisper_small, monkeypatch, tmp_path):
     """The held-out manifests point at nowhere and every eval-set / manifest loader fails the
     test if called: a search for a plan on given items still runs."""
-    import importlib
-    data, manifest, evaluate, paths, recovery = (importlib.import_module(f"workbench.{m}") for m in (
-        "data", "data.manifest", "evaluate", "paths", "recovery"))   # modules, not same-named API
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError(f"a held-out / manifest loader was called: {args}")
-
-    monkeypatch.setattr(paths, "REAL_TEST", tmp_path / "nowhere" / "real.jsonl")
-    monkeypatch.setattr(paths, "SYNTH_TEST", tmp_path / "nowhere" / "synth.jsonl")
-    for module, name in ((evaluate, "load_eval_set"), (data, "read_manifest"),
-                         (manifest, "read_manifest"), (recovery, "_held_out_sets")):
-        monkeypatch.setattr(module, name, forbidden)
+    forbid_held_out(monkeypatch, tmp_path)
     result = search_recipe_for_plan(PRUNE, whisper_small, items=_items(),
                                     config=replace(FAST, trials=2, trial_steps=1))
     assert len(result.trials) == 2 and result.best.error is None

@@ -94,3 +94,20 @@ def torchaudio_wav2vec2(aux_num_out: int):
         encoder_num_heads=4, encoder_attention_dropout=0.0, encoder_ff_interm_features=256,
         encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=False,
         encoder_layer_drop=0.0, aux_num_out=aux_num_out).eval()
+
+
+def forbid_held_out(monkeypatch, tmp_path) -> None:
+    """Make every held-out / manifest loader fail the test if called, and point the held-out
+    manifests nowhere: for code that must never read real_test / synth_test."""
+    import importlib
+    data, manifest, evaluate, paths, recovery = (importlib.import_module(f"workbench.{m}") for m in (
+        "data", "data.manifest", "evaluate", "paths", "recovery"))   # modules, not same-named API
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"a held-out / manifest loader was called: {args}")
+
+    monkeypatch.setattr(paths, "REAL_TEST", tmp_path / "nowhere" / "real.jsonl")
+    monkeypatch.setattr(paths, "SYNTH_TEST", tmp_path / "nowhere" / "synth.jsonl")
+    for module, name in ((evaluate, "load_eval_set"), (data, "read_manifest"),
+                         (manifest, "read_manifest"), (recovery, "_held_out_sets")):
+        monkeypatch.setattr(module, name, forbidden)
