@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from workbench import cli_checks as ck
 from workbench.compress import presets
 from workbench.errors import WorkbenchError
 from workbench.export import atomic
@@ -299,3 +300,43 @@ def test_apply_to_an_existing_folder_without_force_changes_nothing(apply_inputs,
     assert proc.returncode == 2 and "--force" in err and "Traceback" not in err
     assert _entries(tmp_path) == ["export"] and _entries(out) == ["model.onnx"]
     assert (out / "model.onnx").read_bytes() == b"previous export"
+
+
+# --- a signal while a native library is imported -------------------------------------------
+# CI (stop 25) saw `workbench apply` abort with SIGABRT (-6, a C++ "terminate called" traceback)
+# when SIGINT landed while torch.onnx.export imported onnx: a KeyboardInterrupt cannot cross
+# nanobind's module initialisation. The exporter now holds signals over that import.
+
+@pytest.mark.parametrize("sig, expected", [(signal.SIGINT, KeyboardInterrupt),
+                                           (signal.SIGTERM, ck.Terminated)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_held_signal_is_raised_after_the_block(sig, expected) -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    ck.install_signal_handlers()
+    finished_inside = False
+    try:
+        with pytest.raises(expected):
+            with ck.signals_deferred():
+                os.kill(os.getpid(), sig)
+                time.sleep(0.05)          # the handler has run by now (main thread)
+                finished_inside = True    # ... and did not interrupt the block
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert finished_inside
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handlers restored
+
+
+def test_the_exporter_holds_signals_while_it_loads_onnx(monkeypatch) -> None:
+    from workbench.onnx_tools import exporter
+
+    loaded = []
+
+    def load_with_a_ctrl_c() -> None:
+        os.kill(os.getpid(), signal.SIGINT)   # as if Ctrl-C came during `import onnx`
+        time.sleep(0.05)
+        loaded.append(True)
+
+    monkeypatch.setattr(exporter, "load_exporter", load_with_a_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        exporter.export_fp32(conformer_ctc("tiny", n_layers=1))
+    assert loaded == [True]    # the interrupt came after the import finished, not inside it

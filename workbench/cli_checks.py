@@ -11,6 +11,7 @@ appears at the target path, and one line says what happened (exit 130 for SIGINT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import errno
 import math
@@ -19,7 +20,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from workbench.errors import ArgumentError, WorkbenchError
@@ -220,6 +221,42 @@ def install_signal_handlers() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM until the block ends, then act on the first one that came.
+
+    For imports of native extensions (onnx is built with nanobind): a KeyboardInterrupt raised
+    while such a module initialises escapes through C++ code that cannot propagate it, and the
+    process aborts (SIGABRT, exit -6, a C++ traceback, no cleanup). Held here, the interrupt is
+    raised right after the import, in plain Python, so the usual cleanup runs. Only the main
+    thread may set handlers; elsewhere this does nothing.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    for sig in previous:
+        signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        handler = previous[caught[0]]
+        if callable(handler):
+            handler(caught[0], None)          # e.g. default_int_handler -> KeyboardInterrupt
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(caught[0])    # the default action, as if it came now
 
 
 def _fresh_line() -> None:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from workbench.models.base import input_spec
+from workbench.cli_checks import signals_deferred
 from workbench.errors import ExportError
 
 if TYPE_CHECKING:
@@ -93,11 +94,20 @@ def fold_parametrizations_(model: nn.Module) -> None:
                 module.register_parameter(name, nn.Parameter(value))
 
 
+def load_exporter() -> None:
+    """Import the ONNX exporter's libraries now (torch.onnx imports them on first use)."""
+    import onnx  # noqa: F401  (import speed: `import workbench` must not load onnx)
+    import onnxscript  # noqa: F401
+    from torch.onnx._internal.exporter import _compat  # noqa: F401  (what torch.onnx.export loads)
+
+
 def export_fp32(model: nn.Module, example_frames: int = EXAMPLE_FRAMES) -> onnx.ModelProto:
     """fp32 ONNX of `model` (a deep copy in eval mode is traced; `model` is not changed).
 
     Input checks stay with the caller: the graph itself does not validate lengths.
     """
+    with signals_deferred():   # a Ctrl-C inside onnx's native import would abort the process
+        load_exporter()
     work = copy.deepcopy(model).float().eval()
     fold_parametrizations_(work)
     n_mels = input_spec(work).channels        # 1 for a waveform model (workbench.byo)
