@@ -8,7 +8,10 @@ Cases (issue 14), each recovered by distillation from the demo for the same wall
     b_oneshot       the same shapes pruned one-shot (magnitude), then distilled
     c_qat4          4-bit weights everywhere (per-block), quantization-aware recovery
     d_windowed      windowed attention (1 s each side) in every block
-    e_linear        linear attention (elu + 1) in every block
+    e_linear        linear attention (elu + 1): in every block, and in each block set of
+                    `linear_sets` (default: block 1 alone, the set `bench linear-blocks` chose on
+                    the recovery corpus' validation split; every block at once is ~1.0 WER before
+                    recovery). One row per set: "e_linear" (every block), "e_linear_blocks_1", ...
 
 Per case: greedy WER of the baseline, of the compressed model before and after recovery on both
 held-out sets (real_test, synth_test), minutes and steps, parameters, the ORT export's WER next to
@@ -20,8 +23,10 @@ reason where it cannot price a setting). Recovery results are cached by plan + r
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +39,18 @@ from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfi
 CASES = ("a_progressive", "b_oneshot", "c_qat4", "d_windowed", "e_linear")
 #: Audio lengths of the ORT timing (seconds): a typical prompt, and Whisper's full 30 s window.
 SECONDS = (5.0, 30.0)
+#: Block sets of case e_linear besides every block (None): block 1 alone, the best set `workbench
+#: bench linear-blocks` found (chosen on the recovery corpus' validation split, never the
+#: held-out sets; README). Pass `linear_sets` to measure others.
+LINEAR_SETS: tuple[tuple[int, ...] | None, ...] = (None, (1,))
 
 
-def case_plan(name: str) -> tuple[CompressionPlan, dict[str, Any]]:
-    """(plan, recover_plan keyword arguments) of one case."""
+def case_plan(name: str, blocks: Sequence[int] | None = None
+              ) -> tuple[CompressionPlan, dict[str, Any]]:
+    """(plan, recover_plan keyword arguments) of one case; `blocks`: e_linear only, the blocks
+    whose attention is swapped (None: every block)."""
+    if blocks is not None and name != "e_linear":
+        raise ValueError(f"case {name!r} takes no block set (only e_linear does)")
     prune = (CompressionPlan()
              .with_group("ffn", LayerConfig(prune=PruneConfig(amount=0.5, structure="neurons")))
              .with_group("attention", LayerConfig(prune=PruneConfig(amount=2 / 6,
@@ -53,8 +66,33 @@ def case_plan(name: str) -> tuple[CompressionPlan, dict[str, Any]]:
         return CompressionPlan().with_group("attention", LayerConfig(
             windowed_attention={"window_s": 1.0})), {}
     if name == "e_linear":
-        return CompressionPlan().with_group("attention", LayerConfig(linear_attention={})), {}
+        return CompressionPlan().with_group(
+            "attention", LayerConfig(linear_attention={}),
+            blocks=None if blocks is None else tuple(sorted(blocks))), {}
     raise ValueError(f"unknown case {name!r}; cases: {', '.join(CASES)}")
+
+
+def case_runs(cases: Sequence[str], linear_sets: Sequence[Sequence[int] | None] = LINEAR_SETS
+              ) -> list[tuple[str, str, tuple[int, ...] | None]]:
+    """(row key, case, swapped block set or None) per run: one per case, and e_linear once per
+    entry of `linear_sets` (None: every block, key "e_linear"; (1, 2): "e_linear_blocks_1_2")."""
+    runs: list[tuple[str, str, tuple[int, ...] | None]] = []
+    for name in cases:
+        if name != "e_linear":
+            runs.append((name, name, None))
+            continue
+        for blocks in linear_sets:
+            if blocks is None:
+                runs.append((name, name, None))
+            else:
+                sb = tuple(sorted(set(blocks)))
+                runs.append((f"{name}_blocks_" + "_".join(map(str, sb)), name, sb))
+    return runs
+
+
+def _load() -> list[float]:
+    """os.getloadavg() (1, 5, 15 min), rounded: the machine is shared."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _log(msg: str) -> None:
@@ -98,7 +136,8 @@ def export_parity(result: Any, sets: dict[str, Any]) -> tuple[Any, dict, dict]:
 
 def bench_recover(minutes: float = 20.0, steps: int | None = None,
                   cases: tuple[str, ...] = CASES, manifests: list[Path] | None = None,
-                  time_repeats: int = 5) -> dict[str, Any]:
+                  time_repeats: int = 5,
+                  linear_sets: Sequence[Sequence[int] | None] = LINEAR_SETS) -> dict[str, Any]:
     from workbench.models import load_demo
     from workbench.onnx_tools.exporter import export_fp32, to_bytes
     from workbench.onnx_tools.runtime import time_interleaved
@@ -112,15 +151,17 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
     out: dict[str, Any] = {"minutes_budget": minutes, "steps_max": cfg.steps,
                            "threads": torch.get_num_threads(), "cases": {}}
     start = time.perf_counter()
-    for name in cases:
-        plan, kwargs = case_plan(name)
-        _log(f"{name}: recovering ({minutes:g} min budget)")
+    for key, name, blocks in case_runs(cases, linear_sets):
+        plan, kwargs = case_plan(name, blocks)
+        _log(f"{key}: recovering ({minutes:g} min budget)")
+        load_recovery, t0 = _load(), time.strftime("%H:%M:%S", time.gmtime())
         result = recover_plan(plan, teacher, config=cfg, manifests=manifests, progress=False,
                               **kwargs)
         r = result.report
+        load_recovery += _load()
         export, sim_wer, ort_wer = export_parity(result, sets)
-        jobs = [((key, s), blob, s) for key, blob in (("base", base_onnx),
-                                                      ("case", export.model))
+        jobs = [((which, s), blob, s) for which, blob in (("base", base_onnx),
+                                                          ("case", export.model))
                 for s in SECONDS]
         times = time_interleaved(jobs, repeats=time_repeats)
         timing = {}
@@ -129,7 +170,10 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
             timing[f"{s:g}s"] = {"base_ms": round(base_ms, 2), "case_ms": round(case_ms, 2),
                                  "speedup": round(base_ms / case_ms, 3),
                                  **_predicted(teacher, plan, s, base_ms / case_ms)}
-        out["cases"][name] = {
+        swapped = (None if name not in ("d_windowed", "e_linear") else
+                   list(blocks) if blocks is not None else list(range(len(teacher.blocks))))
+        out["cases"][key] = {
+            "swapped_blocks": swapped,
             "baseline_wer": r["teacher_greedy_wer"], "wer_before": r["greedy_wer_before"],
             "wer_after": r["greedy_wer_after"],
             "wer_after_quantized": r.get("greedy_wer_after_quantized") or None,
@@ -139,9 +183,10 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
             "wer_sim_export": sim_wer, "wer_ort": ort_wer,
             "ort_minus_sim": {k: round(ort_wer[k] - sim_wer[k], 4) for k in sim_wer},
             "ort": timing, "load": [times.load_before, times.load_after],
+            "recovery_utc_start": t0, "load_recovery": load_recovery,
             "checkpoint": str(result.checkpoint),
         }
-        _log(f"{name}: after {r['greedy_wer_after']}, ORT {ort_wer}, 30 s x"
+        _log(f"{key}: after {r['greedy_wer_after']}, ORT {ort_wer}, 30 s x"
              f"{timing['30s']['speedup']}")
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
