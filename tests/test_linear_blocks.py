@@ -110,3 +110,26 @@ def test_bench_recover_e_linear_runs_every_block_and_the_chosen_set(deep):
     assert case_plan("e_linear", (1,))[0] == swap_plan([1])
     with pytest.raises(ValueError, match="only e_linear"):
         case_plan("d_windowed", (1,))
+
+
+def test_bench_recover_qat_case_is_the_exactly_exported_int4_preset():
+    """Case c_qat4 trains for presets.int4_everywhere (front-end and CTC head int8): 4-bit
+    per-block Conv weights are exported per-channel, so ORT would not run what QAT trained for
+    (measured: ORT - simulated +0.014 / +0.036 WER). Every layer the plan quantizes exports
+    exactly."""
+    from workbench import presets
+    from workbench.bench.recover import case_plan
+    from workbench.export.decisions import decide
+    from workbench.export.pipeline import layer_quant
+    from workbench.models import build_model
+
+    plan, kwargs = case_plan("c_qat4")
+    assert plan == presets.int4_everywhere() and kwargs == {"qat": True}
+    torch.manual_seed(0)
+    model = build_model("whisper_ctc", d_model=32, n_heads=2, n_layers=2, d_ff=64, n_ctx=100,
+                        head_dim=16).eval()
+    layers = layer_quant(model, plan, False)
+    decisions = [decide(path, kind, q) for path, (kind, q) in layers.items()]
+    assert {d.kind for d in decisions} == {"linear", "conv"}
+    assert [d.path for d in decisions if d.changes] == []
+    assert {d.bits for d in decisions if d.kind == "linear"} >= {4}

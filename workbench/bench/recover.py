@@ -6,7 +6,8 @@ Cases (issue 14), each recovered by distillation from the demo for the same wall
     a_progressive   50 % FFN neurons + 2/6 heads in every block, pruned progressively while
                     distilling (cubic schedule, Taylor importance re-scored between events)
     b_oneshot       the same shapes pruned one-shot (magnitude), then distilled
-    c_qat4          4-bit weights everywhere (per-block), quantization-aware recovery
+    c_qat4          4-bit weights (per-block) everywhere but the front-end and the CTC head
+                    (int8): presets.int4_everywhere, quantization-aware recovery
     d_windowed      windowed attention (1 s each side) in every block
     e_linear        linear attention (elu + 1): in every block, and in each block set of
                     `linear_sets` (default: block 1 alone, the set `bench linear-blocks` chose on
@@ -14,9 +15,11 @@ Cases (issue 14), each recovered by distillation from the demo for the same wall
                     recovery). One row per set: "e_linear" (every block), "e_linear_blocks_1", ...
 
 Per case: greedy WER of the baseline, of the compressed model before and after recovery on both
-held-out sets (real_test, synth_test), minutes and steps, parameters, the ORT export's WER next to
-the simulated one, and ORT ms (1 thread, median of interleaved rounds) at 5 s and 30 s of audio
-next to the unswapped fp32 export, with the host latency model's predicted ratio for the plan as
+held-out sets (real_test, synth_test; with quantization, "_quantized": the model as quantized,
+the figure that counts for c_qat4), minutes and steps, parameters, the ORT export's WER next to
+the simulated one (and any layer the export runs differently from the plan, export_inexact),
+and ORT ms (1 thread, median of interleaved rounds) at 5 s and 30 s of audio next to the
+unswapped fp32 export, with the host latency model's predicted ratio for the plan as
 exported (structure, swaps and the quantization ORT applies; its source and band; null with the
 reason where it cannot price a setting). Recovery results are cached by plan + recipe
 (workbench.recovery), so a re-run only re-measures.
@@ -34,7 +37,8 @@ import torch
 
 from workbench.compress.progressive import ProgressiveConfig
 from workbench.compress.recover import RecoverConfig
-from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
+from workbench import presets
+from workbench.plan import CompressionPlan, LayerConfig, PruneConfig
 
 CASES = ("a_progressive", "b_oneshot", "c_qat4", "d_windowed", "e_linear")
 #: Audio lengths of the ORT timing (seconds): a typical prompt, and Whisper's full 30 s window.
@@ -60,8 +64,10 @@ def case_plan(name: str, blocks: Sequence[int] | None = None
     if name == "b_oneshot":
         return prune, {}
     if name == "c_qat4":
-        return CompressionPlan(default=LayerConfig(quant=QuantConfig(
-            weight_bits=4, granularity="per_block"))), {"qat": True}
+        # The preset (front-end and CTC head int8): 4-bit per-block Conv weights export
+        # per-channel (no opset-21 blocked DequantizeLinear), so ORT would not run what was
+        # simulated and trained for.
+        return presets.int4_everywhere(), {"qat": True}
     if name == "d_windowed":
         return CompressionPlan().with_group("attention", LayerConfig(
             windowed_attention={"window_s": 1.0})), {}
@@ -134,6 +140,12 @@ def export_parity(result: Any, sets: dict[str, Any]) -> tuple[Any, dict, dict]:
     return export, sim, ort
 
 
+def inexact_layers(export: Any) -> dict[str, list[str]]:
+    """Layers the export does not run as the plan (and the simulation) says: path -> changes.
+    Empty when ORT runs what was simulated."""
+    return {d.path: list(d.changes) for d in export.decisions if d.changes}
+
+
 def bench_recover(minutes: float = 20.0, steps: int | None = None,
                   cases: tuple[str, ...] = CASES, manifests: list[Path] | None = None,
                   time_repeats: int = 5,
@@ -176,12 +188,14 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
             "swapped_blocks": swapped,
             "baseline_wer": r["teacher_greedy_wer"], "wer_before": r["greedy_wer_before"],
             "wer_after": r["greedy_wer_after"],
+            "wer_before_quantized": r.get("greedy_wer_before_quantized") or None,
             "wer_after_quantized": r.get("greedy_wer_after_quantized") or None,
             "minutes": r.get("minutes"), "steps": r["steps"],
             "params": r["params"],
             "params_ratio": round(r["params"]["recovered"] / r["params"]["teacher"], 4),
             "wer_sim_export": sim_wer, "wer_ort": ort_wer,
             "ort_minus_sim": {k: round(ort_wer[k] - sim_wer[k], 4) for k in sim_wer},
+            "export_inexact": inexact_layers(export),
             "ort": timing, "load": [times.load_before, times.load_after],
             "recovery_utc_start": t0, "load_recovery": load_recovery,
             "checkpoint": str(result.checkpoint),
