@@ -24,6 +24,17 @@ from workbench.models import conformer_ctc, save_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _sigint_as_in_a_terminal():
+    """These tests send SIGINT to this process and expect KeyboardInterrupt. A test runner started
+    in the background (`make test &`, some CI shells) inherits SIGINT ignored, and Python then
+    leaves it ignored: give it Python's default handler for the test, and put back what was."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _entries(folder: Path) -> list[str]:
     return sorted(p.name for p in Path(folder).iterdir())
 
@@ -316,7 +327,7 @@ def test_a_held_signal_is_raised_after_the_block(sig, expected) -> None:
     finished_inside = False
     try:
         with pytest.raises(expected):
-            with ck.signals_deferred():
+            with ck.signals_held():
                 os.kill(os.getpid(), sig)
                 time.sleep(0.05)          # the handler has run by now (main thread)
                 finished_inside = True    # ... and did not interrupt the block

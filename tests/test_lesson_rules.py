@@ -6,7 +6,10 @@
 * at least one predict-then-run: a `Predict(...)` before the cell that calls its `.reveal(...)`;
 * the last cell, "## Try this", grades every exercise with one to three stars and gives each a
   **Check:** (an assert or an expected range);
-* no measured result typed into markdown (the code computes and prints it).
+* no measured result typed into markdown (the code computes and prints it);
+* code cells use public names only: nothing imported or read whose name starts with "_"
+  (private names, `module.__file__` paths into the package); a lesson that needs more gets a
+  public function in `workbench.lessons` (e.g. lesson 05's `trace_for_edge`, `published_fit`).
 
 Each implement-it-yourself cell is also executed here as committed: the stub raises, and the check
 then runs itself on the reference solution and raises if the reference fails it, so this proves
@@ -15,6 +18,7 @@ tests/test_notebooks.py's slow test and `workbench bench lessons`).
 """
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -124,6 +128,40 @@ def test_no_measured_result_is_typed_into_markdown(path: Path) -> None:
             found = pattern.search(cell.source)
             assert not found, (f"{path.name}, cell {i}: '{found.group(0)}' looks like a result "
                                f"typed into markdown; print it from the code instead")
+
+
+def _is_private(name: str) -> bool:
+    """'_x' is private; dunders are Python's protocol (`type(x).__name__`), except the ones that
+    lead into a package's files."""
+    if name.startswith("__") and name.endswith("__"):
+        return name in ("__file__", "__path__")
+    return name.startswith("_") and name != "_"
+
+
+def _private_names(source: str) -> list[str]:
+    """Private names (`_is_private`) a code cell imports or reads as an attribute."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            found += [f"from {node.module} import {a.name}" for a in node.names
+                      if _is_private(a.name)]
+            if any(_is_private(part) for part in (node.module or "").split(".")):
+                found.append(f"from {node.module} import ...")
+        elif isinstance(node, ast.Import):
+            found += [f"import {a.name}" for a in node.names
+                      if any(_is_private(part) for part in a.name.split("."))]
+        elif isinstance(node, ast.Attribute) and _is_private(node.attr):
+            found.append(f".{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("path", LABS, ids=[p.stem for p in LABS])
+def test_code_cells_use_public_names_only(path: Path) -> None:
+    for i, cell in enumerate(_nb(path).cells):
+        if cell.cell_type == "code":
+            private = _private_names(cell.source)
+            assert not private, (f"{path.name}, cell {i}: uses {', '.join(private)}; a lesson "
+                                 f"calls public names (add one to workbench.lessons if needed)")
 
 
 @pytest.mark.parametrize("path", LABS, ids=[p.stem for p in LABS])

@@ -89,3 +89,47 @@ def test_attention_macs_fall_with_each_swapped_block():
               for blocks in ((), (1,), (0, 1), (0, 1, 2))]
     assert shares[0] == 0 and shares[1] < shares[2] < shares[3] < 1
     assert shares[1] == pytest.approx(shares[3] / 3, abs=1e-3)   # equal blocks, equal shares
+
+
+def test_bench_recover_e_linear_runs_every_block_and_the_chosen_set(deep):
+    """Case e_linear of `bench recover` is measured twice by default, every block and block 1
+    alone (the set bench linear-blocks chose), each under its own row key and swapping exactly
+    its blocks; the other cases run once and take no block set."""
+    from workbench.bench.recover import LINEAR_SETS, case_plan, case_runs
+
+    runs = case_runs(("c_qat4", "e_linear", "d_windowed"))
+    assert runs == [("c_qat4", "c_qat4", None), ("e_linear", "e_linear", None),
+                    ("e_linear_blocks_1", "e_linear", (1,)), ("d_windowed", "d_windowed", None)]
+    assert LINEAR_SETS == (None, (1,))
+    assert case_runs(("e_linear",), [(2, 0), None]) == [
+        ("e_linear_blocks_0_2", "e_linear", (0, 2)), ("e_linear", "e_linear", None)]
+    for blocks, expected in ((None, [True, True, True]), ((1,), [False, True, False]),
+                             ((2, 0), [True, False, True])):
+        model = compress(deep, case_plan("e_linear", blocks)[0])
+        assert [isinstance(b.attn, KernelizedAttention) for b in model.blocks] == expected
+    assert case_plan("e_linear", (1,))[0] == swap_plan([1])
+    with pytest.raises(ValueError, match="only e_linear"):
+        case_plan("d_windowed", (1,))
+
+
+def test_bench_recover_qat_case_is_the_exactly_exported_int4_preset():
+    """Case c_qat4 trains for presets.int4_everywhere (front-end and CTC head int8): 4-bit
+    per-block Conv weights are exported per-channel, so ORT would not run what QAT trained for
+    (measured: ORT - simulated +0.014 / +0.036 WER). Every layer the plan quantizes exports
+    exactly."""
+    from workbench import presets
+    from workbench.bench.recover import case_plan
+    from workbench.export.decisions import decide
+    from workbench.export.pipeline import layer_quant
+    from workbench.models import build_model
+
+    plan, kwargs = case_plan("c_qat4")
+    assert plan == presets.int4_everywhere() and kwargs == {"qat": True}
+    torch.manual_seed(0)
+    model = build_model("whisper_ctc", d_model=32, n_heads=2, n_layers=2, d_ff=64, n_ctx=100,
+                        head_dim=16).eval()
+    layers = layer_quant(model, plan, False)
+    decisions = [decide(path, kind, q) for path, (kind, q) in layers.items()]
+    assert {d.kind for d in decisions} == {"linear", "conv"}
+    assert [d.path for d in decisions if d.changes] == []
+    assert {d.bits for d in decisions if d.kind == "linear"} >= {4}

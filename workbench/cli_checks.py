@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -217,46 +218,51 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def install_signal_handlers() -> None:
     """SIGTERM -> Terminated (cleanup runs). Only from the main thread (signal's rule)."""
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+#: Signals held back by `signals_held`.
+_HELD_SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None))
+                      if s is not None)
+
+
 @contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT / SIGTERM until the block ends, then act on the first one that came.
+def signals_held() -> Iterator[None]:
+    """Run the body without being interrupted by SIGINT / SIGTERM; one that arrives meanwhile is
+    raised (delivered again to its own handler) right after the body.
 
-    For imports of native extensions (onnx is built with nanobind): a KeyboardInterrupt raised
-    while such a module initialises escapes through C++ code that cannot propagate it, and the
-    process aborts (SIGABRT, exit -6, a C++ traceback, no cleanup). Held here, the interrupt is
-    raised right after the import, in plain Python, so the usual cleanup runs. Only the main
-    thread may set handlers; elsewhere this does nothing.
+    Why not `signal.pthread_sigmask`: it blocks the signal for the calling thread only, and the
+    kernel then delivers a process-directed signal to another thread (onnxruntime's and torch's
+    pools) whose C handler still trips Python's flag, so the Python handler runs in the main
+    thread anyway (checked here: KeyboardInterrupt arrives with SIGINT blocked in the main
+    thread). Python-level handlers always run in the main thread, so swapping them for a
+    recorder is what actually holds the signal. `signal.signal` runs pending handlers *before*
+    it swaps, so a signal that arrived just before is raised here, with nothing changed.
+    Outside the main thread (signal's rule) the body runs as is.
+
+    Used around staging-folder moves (workbench.export.atomic) and around the import of onnx
+    (a native nanobind module: a KeyboardInterrupt raised while it initialises cannot cross its
+    C++ code, and the process aborts with SIGABRT instead of cleaning up).
     """
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def hold(signum: int, frame: object) -> None:
-        caught.append(signum)
-
-    for sig in previous:
-        signal.signal(sig, hold)
+    previous: dict[int, object] = {}
     try:
+        for signum in _HELD_SIGNALS:
+            handler = signal.getsignal(signum)
+            if handler is None:   # installed outside Python: cannot be restored, leave it
+                continue
+            signal.signal(signum, lambda s, frame: caught.append(s))
+            previous[signum] = handler
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if caught:
-        handler = previous[caught[0]]
-        if callable(handler):
-            handler(caught[0], None)          # e.g. default_int_handler -> KeyboardInterrupt
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(caught[0])    # the default action, as if it came now
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)   # pending ones still go to the recorder first
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)   # to the restored handler: KeyboardInterrupt / Terminated
 
 
 def _fresh_line() -> None:

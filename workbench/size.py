@@ -289,12 +289,22 @@ def size(model: nn.Module, plan: CompressionPlan, calib: Calibration | None = No
                 specs = [WeightSpec(out, k, **base)]
         else:
             specs = [WeightSpec(out, k, **base)]
-        for tech in techniques():   # techniques registered with a bytes hook (module docstring)
-            setting = tech.setting(cfg) if tech.size_specs is not None else None
-            if setting is not None:
-                specs = tech.size_specs(specs, setting)
+        # techniques registered with a bytes hook (module docstring), set on this layer or on a
+        # module holding it (a grouped FFN's setting reshapes its fc1 / fc2)
+        owners = [cfg] + [resolved[p] for p in _ancestors(path) if p in resolved]
+        for tech in techniques():
+            for owner in owners:
+                setting = tech.setting(owner) if tech.size_specs is not None else None
+                if setting is not None:
+                    specs = tech.size_specs(specs, setting)
         rows.append(_row(path, kind, specs, other, baseline.get(path, 0)))
     return _report(rows, baseline_params)
+
+
+def _ancestors(path: str) -> list[str]:
+    """'a.b.c' -> ['a.b', 'a'] (the modules holding the layer at `path`, nearest first)."""
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
 
 
 def _shrink_structured(model: nn.Module, path: str, cfg: LayerConfig, shapes: Shapes) -> None:

@@ -6,22 +6,30 @@ Cases (issue 14), each recovered by distillation from the demo for the same wall
     a_progressive   50 % FFN neurons + 2/6 heads in every block, pruned progressively while
                     distilling (cubic schedule, Taylor importance re-scored between events)
     b_oneshot       the same shapes pruned one-shot (magnitude), then distilled
-    c_qat4          4-bit weights everywhere (per-block), quantization-aware recovery
+    c_qat4          4-bit weights (per-block) everywhere but the front-end and the CTC head
+                    (int8): presets.int4_everywhere, quantization-aware recovery
     d_windowed      windowed attention (1 s each side) in every block
-    e_linear        linear attention (elu + 1) in every block
+    e_linear        linear attention (elu + 1): in every block, and in each block set of
+                    `linear_sets` (default: block 1 alone, the set `bench linear-blocks` chose on
+                    the recovery corpus' validation split; every block at once is ~1.0 WER before
+                    recovery). One row per set: "e_linear" (every block), "e_linear_blocks_1", ...
 
 Per case: greedy WER of the baseline, of the compressed model before and after recovery on both
-held-out sets (real_test, synth_test), minutes and steps, parameters, the ORT export's WER next to
-the simulated one, and ORT ms (1 thread, median of interleaved rounds) at 5 s and 30 s of audio
-next to the unswapped fp32 export, with the host latency model's predicted ratio for the plan as
+held-out sets (real_test, synth_test; with quantization, "_quantized": the model as quantized,
+the figure that counts for c_qat4), minutes and steps, parameters, the ORT export's WER next to
+the simulated one (and any layer the export runs differently from the plan, export_inexact),
+and ORT ms (1 thread, median of interleaved rounds) at 5 s and 30 s of audio next to the
+unswapped fp32 export, with the host latency model's predicted ratio for the plan as
 exported (structure, swaps and the quantization ORT applies; its source and band; null with the
 reason where it cannot price a setting). Recovery results are cached by plan + recipe
 (workbench.recovery), so a re-run only re-measures.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +37,24 @@ import torch
 
 from workbench.compress.progressive import ProgressiveConfig
 from workbench.compress.recover import RecoverConfig
-from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
+from workbench import presets
+from workbench.plan import CompressionPlan, LayerConfig, PruneConfig
 
 CASES = ("a_progressive", "b_oneshot", "c_qat4", "d_windowed", "e_linear")
 #: Audio lengths of the ORT timing (seconds): a typical prompt, and Whisper's full 30 s window.
 SECONDS = (5.0, 30.0)
+#: Block sets of case e_linear besides every block (None): block 1 alone, the best set `workbench
+#: bench linear-blocks` found (chosen on the recovery corpus' validation split, never the
+#: held-out sets; README). Pass `linear_sets` to measure others.
+LINEAR_SETS: tuple[tuple[int, ...] | None, ...] = (None, (1,))
 
 
-def case_plan(name: str) -> tuple[CompressionPlan, dict[str, Any]]:
-    """(plan, recover_plan keyword arguments) of one case."""
+def case_plan(name: str, blocks: Sequence[int] | None = None
+              ) -> tuple[CompressionPlan, dict[str, Any]]:
+    """(plan, recover_plan keyword arguments) of one case; `blocks`: e_linear only, the blocks
+    whose attention is swapped (None: every block)."""
+    if blocks is not None and name != "e_linear":
+        raise ValueError(f"case {name!r} takes no block set (only e_linear does)")
     prune = (CompressionPlan()
              .with_group("ffn", LayerConfig(prune=PruneConfig(amount=0.5, structure="neurons")))
              .with_group("attention", LayerConfig(prune=PruneConfig(amount=2 / 6,
@@ -47,14 +64,41 @@ def case_plan(name: str) -> tuple[CompressionPlan, dict[str, Any]]:
     if name == "b_oneshot":
         return prune, {}
     if name == "c_qat4":
-        return CompressionPlan(default=LayerConfig(quant=QuantConfig(
-            weight_bits=4, granularity="per_block"))), {"qat": True}
+        # The preset (front-end and CTC head int8): 4-bit per-block Conv weights export
+        # per-channel (no opset-21 blocked DequantizeLinear), so ORT would not run what was
+        # simulated and trained for.
+        return presets.int4_everywhere(), {"qat": True}
     if name == "d_windowed":
         return CompressionPlan().with_group("attention", LayerConfig(
             windowed_attention={"window_s": 1.0})), {}
     if name == "e_linear":
-        return CompressionPlan().with_group("attention", LayerConfig(linear_attention={})), {}
+        return CompressionPlan().with_group(
+            "attention", LayerConfig(linear_attention={}),
+            blocks=None if blocks is None else tuple(sorted(blocks))), {}
     raise ValueError(f"unknown case {name!r}; cases: {', '.join(CASES)}")
+
+
+def case_runs(cases: Sequence[str], linear_sets: Sequence[Sequence[int] | None] = LINEAR_SETS
+              ) -> list[tuple[str, str, tuple[int, ...] | None]]:
+    """(row key, case, swapped block set or None) per run: one per case, and e_linear once per
+    entry of `linear_sets` (None: every block, key "e_linear"; (1, 2): "e_linear_blocks_1_2")."""
+    runs: list[tuple[str, str, tuple[int, ...] | None]] = []
+    for name in cases:
+        if name != "e_linear":
+            runs.append((name, name, None))
+            continue
+        for blocks in linear_sets:
+            if blocks is None:
+                runs.append((name, name, None))
+            else:
+                sb = tuple(sorted(set(blocks)))
+                runs.append((f"{name}_blocks_" + "_".join(map(str, sb)), name, sb))
+    return runs
+
+
+def _load() -> list[float]:
+    """os.getloadavg() (1, 5, 15 min), rounded: the machine is shared."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _log(msg: str) -> None:
@@ -96,9 +140,16 @@ def export_parity(result: Any, sets: dict[str, Any]) -> tuple[Any, dict, dict]:
     return export, sim, ort
 
 
+def inexact_layers(export: Any) -> dict[str, list[str]]:
+    """Layers the export does not run as the plan (and the simulation) says: path -> changes.
+    Empty when ORT runs what was simulated."""
+    return {d.path: list(d.changes) for d in export.decisions if d.changes}
+
+
 def bench_recover(minutes: float = 20.0, steps: int | None = None,
                   cases: tuple[str, ...] = CASES, manifests: list[Path] | None = None,
-                  time_repeats: int = 5) -> dict[str, Any]:
+                  time_repeats: int = 5,
+                  linear_sets: Sequence[Sequence[int] | None] = LINEAR_SETS) -> dict[str, Any]:
     from workbench.models import load_demo
     from workbench.onnx_tools.exporter import export_fp32, to_bytes
     from workbench.onnx_tools.runtime import time_interleaved
@@ -112,15 +163,17 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
     out: dict[str, Any] = {"minutes_budget": minutes, "steps_max": cfg.steps,
                            "threads": torch.get_num_threads(), "cases": {}}
     start = time.perf_counter()
-    for name in cases:
-        plan, kwargs = case_plan(name)
-        _log(f"{name}: recovering ({minutes:g} min budget)")
+    for key, name, blocks in case_runs(cases, linear_sets):
+        plan, kwargs = case_plan(name, blocks)
+        _log(f"{key}: recovering ({minutes:g} min budget)")
+        load_recovery, t0 = _load(), time.strftime("%H:%M:%S", time.gmtime())
         result = recover_plan(plan, teacher, config=cfg, manifests=manifests, progress=False,
                               **kwargs)
         r = result.report
+        load_recovery += _load()
         export, sim_wer, ort_wer = export_parity(result, sets)
-        jobs = [((key, s), blob, s) for key, blob in (("base", base_onnx),
-                                                      ("case", export.model))
+        jobs = [((which, s), blob, s) for which, blob in (("base", base_onnx),
+                                                          ("case", export.model))
                 for s in SECONDS]
         times = time_interleaved(jobs, repeats=time_repeats)
         timing = {}
@@ -129,19 +182,25 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
             timing[f"{s:g}s"] = {"base_ms": round(base_ms, 2), "case_ms": round(case_ms, 2),
                                  "speedup": round(base_ms / case_ms, 3),
                                  **_predicted(teacher, plan, s, base_ms / case_ms)}
-        out["cases"][name] = {
+        swapped = (None if name not in ("d_windowed", "e_linear") else
+                   list(blocks) if blocks is not None else list(range(len(teacher.blocks))))
+        out["cases"][key] = {
+            "swapped_blocks": swapped,
             "baseline_wer": r["teacher_greedy_wer"], "wer_before": r["greedy_wer_before"],
             "wer_after": r["greedy_wer_after"],
+            "wer_before_quantized": r.get("greedy_wer_before_quantized") or None,
             "wer_after_quantized": r.get("greedy_wer_after_quantized") or None,
             "minutes": r.get("minutes"), "steps": r["steps"],
             "params": r["params"],
             "params_ratio": round(r["params"]["recovered"] / r["params"]["teacher"], 4),
             "wer_sim_export": sim_wer, "wer_ort": ort_wer,
             "ort_minus_sim": {k: round(ort_wer[k] - sim_wer[k], 4) for k in sim_wer},
+            "export_inexact": inexact_layers(export),
             "ort": timing, "load": [times.load_before, times.load_after],
+            "recovery_utc_start": t0, "load_recovery": load_recovery,
             "checkpoint": str(result.checkpoint),
         }
-        _log(f"{name}: after {r['greedy_wer_after']}, ORT {ort_wer}, 30 s x"
+        _log(f"{key}: after {r['greedy_wer_after']}, ORT {ort_wer}, 30 s x"
              f"{timing['30s']['speedup']}")
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out

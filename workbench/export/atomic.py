@@ -12,54 +12,15 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from workbench.cli_checks import signals_held
 
 #: Permissions of what we write (mkstemp / mkdtemp create owner-only 0600 / 0700 entries).
 FILE_MODE = 0o644
 DIR_MODE = 0o755
-
-
-#: Signals held back while a staging folder is created, committed or removed (see `signals_held`).
-_HELD_SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None))
-                      if s is not None)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Run the body without being interrupted by SIGINT / SIGTERM; one that arrives meanwhile is
-    raised (delivered again to its own handler) right after the body.
-
-    Why not `signal.pthread_sigmask`: it blocks the signal for the calling thread only, and the
-    kernel then delivers a process-directed signal to another thread (onnxruntime's and torch's
-    pools) whose C handler still trips Python's flag, so the Python handler runs in the main
-    thread anyway (checked here: KeyboardInterrupt arrives with SIGINT blocked in the main
-    thread). Python-level handlers always run in the main thread, so swapping them for a
-    recorder is what actually holds the signal. `signal.signal` runs pending handlers *before*
-    it swaps, so a signal that arrived just before is raised here, with nothing changed.
-    Outside the main thread (signal's rule) the body runs as is.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous: dict[int, object] = {}
-    try:
-        for signum in _HELD_SIGNALS:
-            handler = signal.getsignal(signum)
-            if handler is None:   # installed outside Python: cannot be restored, leave it
-                continue
-            signal.signal(signum, lambda s, frame: caught.append(s))
-            previous[signum] = handler
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)   # pending ones still go to the recorder first
-        for signum in dict.fromkeys(caught):
-            signal.raise_signal(signum)   # to the restored handler: KeyboardInterrupt / Terminated
 
 
 def _remove_tree(path: Path) -> None:

@@ -87,8 +87,7 @@ def _get(data: Any, *keys: Any) -> Any:
     return data
 
 
-def grade_report(report: dict | str | Path, budget: Budget,
-                 reference_wer: float | None = None) -> Grade:
+def grade_report(report: dict | str | Path, budget: Budget) -> Grade:
     """Grade an export's report (a path to report.json, or its parsed dict) against `budget`.
 
     The WER increase is the file's ONNX Runtime WER minus the original model's WER on the same
@@ -97,13 +96,7 @@ def grade_report(report: dict | str | Path, budget: Budget,
     --checkpoint` finds a recovery's teacher itself). A report without it has only
     `wer_uncompressed`, the model handed to the export without its plan: after a recovery (QAT,
     distillation) that is the *recovered* float model, so a recovery that made the float model
-    worse would hide its damage; the criterion then says it compares against that model.
-    `reference_wer`: the original model's WER measured elsewhere on the same utterances; it
-    overrides the report's."""
-    if reference_wer is not None and (isinstance(reference_wer, bool) or not isinstance(
-            reference_wer, int | float) or not 0 <= reference_wer < float("inf")):
-        raise WorkbenchError(f"grade_report: reference_wer must be a WER >= 0 (the original "
-                             f"model's, on the report's utterances), got {reference_wer!r:.30}.")
+    worse would hide its damage; the criterion then says it compares against that model."""
     data = _load(report)
     deliverable = data.get("deliverable", "model.onnx")
     size = _get(data, "files", deliverable, "bytes")
@@ -124,8 +117,6 @@ def grade_report(report: dict | str | Path, budget: Budget,
     against = "the model handed to the export (no original model in the report)"
     if acc.get("wer_original") is not None:
         base, against = acc["wer_original"], "the original model"
-    if reference_wer is not None:
-        base, against = float(reference_wer), "the original model"
     delta = None if ort is None or base is None else ort - base
     criteria.append(Criterion(
         f"WER increase, ONNX Runtime vs {against}", delta, budget.max_delta_wer,

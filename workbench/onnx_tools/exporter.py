@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from workbench.models.base import input_spec
-from workbench.cli_checks import signals_deferred
+from workbench.cli_checks import signals_held
 from workbench.errors import ExportError
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def export_fp32(model: nn.Module, example_frames: int = EXAMPLE_FRAMES) -> onnx.
 
     Input checks stay with the caller: the graph itself does not validate lengths.
     """
-    with signals_deferred():   # a Ctrl-C inside onnx's native import would abort the process
+    with signals_held():   # a Ctrl-C inside onnx's native import would abort the process
         load_exporter()
     work = copy.deepcopy(model).float().eval()
     fold_parametrizations_(work)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from workbench.compress.swap_layers import grouped_from
+from workbench.compress.swap_layers import GroupedLinear, grouped_from
 from workbench.compress.techniques.low_rank import replace_module
 from workbench.compress.techniques.registry import ApplyContext, Control, Technique, register
 from workbench.errors import PlanError
@@ -59,11 +59,27 @@ def latency_row(row, s: GroupedFFNConfig):
     return replace(row, macs=row.positions * dense // s.groups, params=dense // s.groups + bias)
 
 
+def size_specs(specs: list, s: GroupedFFNConfig) -> list:
+    """size.py: the WeightSpec of a dense fc1 / fc2 under a grouped FFN -> G specs of the
+    (out/G, in/G) parts, at the layer's bits (each part quantized alone, its own scales)."""
+    return [replace(spec, out=spec.out // s.groups, k=spec.k // s.groups,
+                    nnz=None if spec.nnz is None else spec.nnz // s.groups)
+            for spec in specs for _ in range(s.groups)]
+
+
+def weight_parts(module: nn.Module) -> dict[str, nn.Module] | None:
+    """The Linears a grouped fc1 / fc2 is made of ({"parts.0": ..., ...}): quantization
+    quantizes each with the layer's setting (its own scales per group)."""
+    if not isinstance(module, GroupedLinear):
+        return None
+    return {f"parts.{g}": part for g, part in enumerate(module.parts)}
+
+
 GROUPED_FFN = register(Technique(
     name="grouped_ffn", fields=("grouped_ffn",), order=25, config_type=GroupedFFNConfig,
     applies_to=lambda s, kind: kind == "ffn", fits="grouped_ffn fits FFN modules (fc1 / fc2)",
     apply_=apply_, changes_shape=lambda s: True, export="pytorch", latency_row=latency_row,
-    check_module=check_module,
+    check_module=check_module, weight_parts=weight_parts, size_specs=size_specs,
     control=Control(label="FFN groups", kinds=("ffn",), values=(None, 2, 4),
                     to_setting=lambda v: None if v is None else GroupedFFNConfig(groups=v),
                     from_setting=lambda s: None if s is None else s.groups)))

@@ -7,21 +7,26 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from workbench.compress.lowrank import LowRankLinear
 from workbench.compress.quantize import quantize_layer
 from workbench.compress.techniques.low_rank import replace_module
 from workbench.compress.techniques.quantization_runtime import decide, pte_decide
-from workbench.compress.techniques.registry import ApplyContext, Technique, register
+from workbench.compress.techniques.registry import (ApplyContext, Technique, register,
+                                                      techniques)
 from workbench.plan import QuantConfig
 
 
 def apply_(root: nn.Module, entries: Mapping[str, QuantConfig], ctx: ApplyContext) -> nn.Module:
-    """Quantize the final weights (after pruning and low rank: a factorization would undo it)."""
+    """Quantize the final weights (after pruning and low rank: a factorization would undo it).
+    A layer another technique rebuilt from Linears (low rank: down / up; grouped FFN: parts.G)
+    has each of those Linears quantized with the layer's setting (the technique's
+    `weight_parts`)."""
     for path, q in entries.items():
         layer = root.get_submodule(path)
-        if isinstance(layer, LowRankLinear):
-            for child in ("down", "up"):
-                setattr(layer, child, quantize_layer(getattr(layer, child), q))
+        parts = next((found for t in techniques() if t.weight_parts is not None
+                      for found in [t.weight_parts(layer)] if found is not None), None)
+        if parts is not None:
+            for child, part in parts.items():
+                replace_module(layer, child, quantize_layer(part, q))
         else:
             root = replace_module(root, path, quantize_layer(layer, q))
     return root

@@ -10,9 +10,10 @@ from workbench.lessons.checks.core import CheckResult, _run
 def _roofline_cases() -> list[tuple[str, dict, float]]:
     """(label, kwargs, expected ms) for real layer kinds priced by `latency.cost.layer_latency`
     on the Raspberry Pi 4 profile: the workbench's own roofline is the reference."""
-    from workbench.latency.cost import OPS_PER_LAYER, bytes_moved, layer_latency
+    from workbench.latency.cost import layer_latency
     from workbench.latency.devices import load_device
     from workbench.latency.table import EffectiveLayer
+    from workbench.lessons.edge import roofline_inputs
 
     dev = load_device("rpi4")
     t, d, dff = 200, 384, 1536
@@ -27,17 +28,8 @@ def _roofline_cases() -> list[tuple[str, dict, float]]:
             "blocks.0.mlp.fc2", "ffn", "matmul", dff * d, dff * d + d, 32, 0.0,
             4 * dff, 4 * d, 1, dff, d)),
     ]
-    cases = []
-    for label, layer in layers:
-        eff = dev.efficiency
-        op_eff = eff.matmul_int8 if layer.precision == "int8" else eff.matmul_fp32
-        kwargs = dict(flops=2 * layer.macs, bytes_moved=bytes_moved(layer, dev),
-                      peak_gops=dev.peak_ops(layer.precision) / 1e9,
-                      bandwidth_gbs=dev.memory_bandwidth_gbs, compute_efficiency=op_eff,
-                      memory_efficiency=eff.memory,
-                      overhead_ms=OPS_PER_LAYER[layer.op] * dev.overhead_us_per_op * 1e-3)
-        cases.append((label, kwargs, layer_latency(layer, dev).time_ms))
-    return cases
+    return [(label, roofline_inputs(layer, dev), layer_latency(layer, dev).time_ms)
+            for label, layer in layers]
 
 def check_roofline_ms(fn: Callable[..., float]) -> CheckResult:
     """fn(flops, bytes_moved, peak_gops, bandwidth_gbs, compute_efficiency, memory_efficiency,
