@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--conditions", nargs="?", const="default", default=None, metavar="GRID",
                    help="also measure the ONNX model on a conditions grid (default grid if no "
                         "GRID): report.json 'conditions' and the card's accuracy by condition")
+    a.add_argument("--int8-weights", choices=["auto", "signed", "unsigned"], default="auto",
+                   help="int8 weight storage. signed: ONNX Runtime's U8S8 kernels (fast on "
+                        "VNNI CPUs, wrong on x86 without VNNI); unsigned: uint8 + 128 (exact "
+                        "everywhere, ~2x slower on VNNI); auto (default): signed when a probe "
+                        "finds this CPU's U8S8 kernel exact, else unsigned")
     a.set_defaults(func=cmd_apply)
 
     r = sub.add_parser("recover", help="prune / factorize by a plan, then recover accuracy by "

@@ -50,7 +50,7 @@ from workbench.errors import WorkbenchError
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.train import FitHooks, Item, collate, fit
 from workbench.compress.resolution import resolve
-from workbench.compress.techniques import runtime_only, structure_only
+from workbench.compress.techniques import runtime_only, structure_only, techniques
 
 
 @dataclass(frozen=True)
@@ -122,16 +122,19 @@ class FakeQuantSTE(torch.nn.Module):
 
 
 def _add_fake_quant(model: torch.nn.Module, quant) -> list[torch.nn.Module]:
-    """Register FakeQuantSTE on the weight of every trainable layer `quant` gives weight bits."""
+    """Register FakeQuantSTE on the weight of every trainable layer `quant` gives weight bits.
+    A layer a technique rebuilt from Linears (low rank: down / up; grouped FFN: parts.G) has
+    each of them fake-quantized with the layer's setting (the technique's `weight_parts`, as
+    compress quantizes it)."""
     from torch.nn.utils import parametrize
-
-    from workbench.compress.lowrank import LowRankLinear
     done = []
     for path, cfg in resolve(quant, model, force=True).items():
         if cfg.quant is None or cfg.quant.weight_bits is None or _front_end(model, path + ".w"):
             continue
         layer = model.get_submodule(path)
-        for target in ((layer.down, layer.up) if isinstance(layer, LowRankLinear) else (layer,)):
+        parts = next((found for t in techniques() if t.weight_parts is not None
+                      for found in [t.weight_parts(layer)] if found is not None), None)
+        for target in (parts.values() if parts is not None else (layer,)):
             parametrize.register_parametrization(target, "weight", FakeQuantSTE(
                 cfg.quant.weight_bits, cfg.quant.granularity, cfg.quant.symmetric))
             done.append(target)

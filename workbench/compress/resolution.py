@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from workbench.checks import check_model
-from workbench.compress.targets import Target, find_targets
+from workbench.compress.targets import _BLOCK_INDEX, Target, find_targets
 from workbench.errors import PlanError
 from workbench.models.checkpoint import model_fingerprint
 from workbench.compress.techniques import Technique, techniques
@@ -36,7 +36,7 @@ def resolve(plan: CompressionPlan, model: nn.Module, force: bool = False) -> dic
     check_model(model, "resolve")
     check_fingerprint(plan, model, force)
     modules = dict(model.named_modules())
-    targets = find_targets(model)
+    targets = _with_rebuilt(plan, modules, find_targets(model))
     _check_explicit(plan, modules, targets)
     _check_group_blocks(plan, targets)
     patterns = sorted((k for k in plan.layers if is_pattern(k)),
@@ -69,6 +69,45 @@ def resolve(plan: CompressionPlan, model: nn.Module, force: bool = False) -> dic
     return out
 
 
+def plan_targets(plan: CompressionPlan, model: nn.Module) -> dict[str, Target]:
+    """The targets `resolve(plan, model)` resolves over: find_targets(model), where an explicit
+    quant-only entry naming a layer a technique rebuilt makes it one linear target."""
+    return _with_rebuilt(plan, dict(model.named_modules()), find_targets(model))
+
+
+def _rebuilt(module: nn.Module) -> bool:
+    """True for a layer a technique rebuilt from Linears (its `weight_parts`: a low-rank
+    Linear's down / up, a grouped FFN's parts)."""
+    return any(t.weight_parts is not None and t.weight_parts(module) is not None
+               for t in techniques())
+
+
+def _with_rebuilt(plan: CompressionPlan, modules: Mapping[str, nn.Module],
+                  targets: dict[str, Target]) -> dict[str, Target]:
+    """`targets` where an explicit entry names a layer a technique rebuilt and sets only what
+    the runtime applies (quantization; e.g. recover's export plan on its checkpoint): that
+    layer becomes one linear target and its parts stop being targets, so quantization treats
+    it as compress does on the original model (each part with the layer's setting)."""
+    runtime = tuple(f for t in techniques() if t.export == "runtime" for f in t.fields)
+    named = [p for p, entry in plan.layers.items() if not is_pattern(p) and entry != SKIP
+             and p not in targets and p in modules and _rebuilt(modules[p])
+             and entry.without(runtime).is_empty()]
+    if not named:
+        return targets
+    out: dict[str, Target] = {}
+    for path in modules:
+        if path in named:
+            under = [t for p, t in targets.items() if p.startswith(path + ".")]
+            match = _BLOCK_INDEX.search(path)
+            out[path] = Target("linear", under[0].role if under else "other",
+                               int(match.group(1)) if match else None,
+                               type(modules[path]).__name__)
+        elif path in targets and not any(path.startswith(p + ".") for p in named):
+            out[path] = targets[path]
+    out.update({p: t for p, t in targets.items() if p not in modules})   # graph groups
+    return out
+
+
 def _check_explicit(plan: CompressionPlan, modules: Mapping[str, nn.Module], targets: Mapping[str, Target]
                     ) -> None:
     for path, entry in plan.layers.items():
@@ -81,6 +120,10 @@ def _check_explicit(plan: CompressionPlan, modules: Mapping[str, nn.Module], tar
             raise PlanError(f"{where}: the model has no module '{path}'.{hint}")
         if entry == SKIP:
             continue
+        if path not in targets and _rebuilt(modules[path]):
+            raise PlanError(f"{where}: '{path}' is a {type(modules[path]).__name__} (a layer a "
+                            f"technique already rebuilt); a plan can only quantize it now "
+                            f"(quant), or name the Linears under it.")
         if path not in targets:
             raise PlanError(f"{where}: '{path}' is a {type(modules[path]).__name__}, which a "
                             f"plan cannot compress; name a Linear/Conv layer, an attention, "

@@ -11,11 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.compress.targets import find_targets
 from workbench.export.decisions import check_runtime_techniques
 from workbench.compress.techniques import structure_only
 from workbench.plan import SKIP, CompressionPlan, GroupEntry, LayerConfig, QuantConfig
-from workbench.compress.resolution import resolve
+from workbench.compress.resolution import plan_targets, resolve
 
 
 def _without_quant(entry: LayerConfig | str) -> LayerConfig | str:
@@ -43,7 +42,7 @@ def layer_quant(model: nn.Module, plan: CompressionPlan, force: bool = False,
     registry (ExportError names the first layer otherwise)."""
     resolved = resolve(plan, model, force=force)
     check_runtime_techniques(resolved, runtime)
-    targets = find_targets(model)
+    targets = plan_targets(plan, model)
     return {path: (targets[path].kind, cfg.quant) for path, cfg in resolved.items()
             if cfg.quant is not None and targets[path].kind in ("linear", "conv")}
 
