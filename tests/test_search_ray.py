@@ -76,11 +76,31 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory, request):
+    """One 1-CPU head node on 127.0.0.1 for both tests of this module (its start-up was a large
+    part of each test); yields its port. The first test adds and kills a worker node of its own;
+    the head itself is never killed before the module ends. Its logs are kept when a test
+    failed."""
+    port = _free_port()
+    # Ray's Unix socket paths must stay under 107 bytes: a short temp dir, not tmp_path.
+    ray_tmp = tempfile.mkdtemp(prefix="wbray", dir="/tmp")
+    head = _start_node(["--head", f"--port={port}", "--include-dashboard=false",
+                        f"--temp-dir={ray_tmp}"], tmp_path_factory.mktemp("ray") / "head.log")
+    failed_before = request.session.testsfailed
+    try:
+        yield port
+    finally:
+        _kill(head)
+        if request.session.testsfailed == failed_before:  # keep the Ray logs of a failed run
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def _front(doc: dict) -> list:
     return [(r["trial"], r["wer"], r["size_bytes"], r["latency_ms"]) for r in doc["front"]]
 
 
-def test_cluster_search_matches_serial_and_survives_a_killed_worker(tmp_path):
+def test_cluster_search_matches_serial_and_survives_a_killed_worker(tmp_path, ray_head):
     serial = subprocess.run([sys.executable, "-m", "workbench", "search", "--executor", "serial",
                              "--out", str(tmp_path / "serial"), *SEARCH],
                             capture_output=True, text=True, timeout=1800)
@@ -88,12 +108,8 @@ def test_cluster_search_matches_serial_and_survives_a_killed_worker(tmp_path):
     # Read the files, not stdout: Ray may print warnings (e.g. "node ... marked dead") there.
     serial_doc = json.loads((tmp_path / "serial" / "front.json").read_text())
 
-    port = _free_port()
-    # Ray's Unix socket paths must stay under 107 bytes: a short temp dir, not tmp_path.
-    ray_tmp = tempfile.mkdtemp(prefix="wbray", dir="/tmp")
-    head = _start_node(["--head", f"--port={port}", "--include-dashboard=false",
-                        f"--temp-dir={ray_tmp}"], tmp_path / "head.log")
-    worker, passed = None, False
+    port = ray_head
+    worker = None
     try:
         worker = _start_node([f"--address=127.0.0.1:{port}"], tmp_path / "worker.log")
         out = tmp_path / "cluster"
@@ -131,16 +147,12 @@ def test_cluster_search_matches_serial_and_survives_a_killed_worker(tmp_path):
                      (r["number"], r["kind"]))
             assert {k: v for k, v in r["measures"].items() if k != "eval_ms"} == \
                    {k: v for k, v in s["measures"].items() if k != "eval_ms"}
-        passed = True
     finally:
         if worker is not None:
             _kill(worker)
-        _kill(head)
-        if passed:  # keep the Ray logs of a failed run
-            shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_sweep_on_a_ray_cluster_gives_the_serial_cells(tmp_path):
+def test_sweep_on_a_ray_cluster_gives_the_serial_cells(tmp_path, ray_head):
     """`workbench sweep --address` runs its cells as Ray tasks on a cluster (here a 1-CPU head
     node on 127.0.0.1; without --address an embedded local Ray, as `workbench search`): the
     same cells and numbers as the serial run."""
@@ -153,17 +165,9 @@ def test_sweep_on_a_ray_cluster_gives_the_serial_cells(tmp_path):
     serial = subprocess.run(args + ["--executor", "serial"], capture_output=True, text=True,
                             env=env, timeout=900, cwd=cwd)
     assert serial.returncode == 0, serial.stderr[-2000:]
-    port = _free_port()
-    ray_tmp = tempfile.mkdtemp(prefix="wbray", dir="/tmp")
-    head = _start_node(["--head", f"--port={port}", "--include-dashboard=false",
-                        f"--temp-dir={ray_tmp}"], tmp_path / "head.log")
-    try:
-        out = subprocess.run(args + ["--address", f"127.0.0.1:{port}"], capture_output=True,
-                             text=True, env=env, timeout=900, cwd=cwd)
-    finally:
-        _kill(head)
+    out = subprocess.run(args + ["--address", f"127.0.0.1:{ray_head}"], capture_output=True,
+                         text=True, env=env, timeout=900, cwd=cwd)
     assert out.returncode == 0, out.stderr[-2000:]
-    shutil.rmtree(ray_tmp, ignore_errors=True)
     docs = {}
     for name, text in (("serial", serial.stdout), ("ray", out.stdout)):
         # Ray may print warnings to stdout around the JSON object
