@@ -32,12 +32,20 @@ def folder(raw, tmp_path):
     return write_wav2vec2_hf(raw, tmp_path / "w2v", HF_VOCAB)
 
 
+@pytest.fixture(scope="module")
+def adapted(raw, tmp_path_factory):
+    """adapt() of the folder's model, once for the module: its graph discovery on the waveform
+    model was most of this file's time, and two tests adapted the same folder."""
+    return adapt(load_wav2vec2_hf(write_wav2vec2_hf(raw, tmp_path_factory.mktemp("w2v") / "w2v",
+                                                    HF_VOCAB)))
+
+
 def _rows() -> list[int]:
     hf = {"<blank>": "<pad>", " ": "|", "'": "'"}
     return [HF_VOCAB[hf.get(s, s.upper())] for s in VOCAB]
 
 
-def test_folder_reads_back_exactly_with_the_head_in_vocab_order(raw, folder):
+def test_folder_reads_back_exactly_with_the_head_in_vocab_order(raw, folder, adapted):
     names = set(__import__("safetensors.torch", fromlist=["load_file"]).load_file(
         folder / "model.safetensors"))
     assert "wav2vec2.encoder.pos_conv_embed.conv.weight_g" in names   # the hub's spelling
@@ -50,7 +58,6 @@ def test_folder_reads_back_exactly_with_the_head_in_vocab_order(raw, folder):
         got, got_len = model(wave, lengths)
     assert torch.equal(got_len, ref_len)
     assert torch.equal(got, ref[..., _rows()])   # the VOCAB rows of lm_head, nothing else
-    adapted = adapt(model)
     assert not adapted.config.untrained           # the head is reused as the CTC head
 
 
@@ -93,8 +100,8 @@ def test_parametrization_names_are_read_too(raw, folder):
         assert torch.equal(load_wav2vec2_hf(folder)(wave)[0], raw(wave)[0][..., _rows()])
 
 
-def test_one_plan_prunes_the_hf_model_exactly(folder):
-    model = adapt(load_wav2vec2_hf(folder))
+def test_one_plan_prunes_the_hf_model_exactly(adapted):
+    model = adapted
     prune = lambda s, a: LayerConfig(prune=PruneConfig(structure=s, amount=a))  # noqa: E731
     plan = (CompressionPlan().with_group("ffn", prune("neurons", 0.5))
             .with_group("attention", prune("heads", 0.25)))
