@@ -128,6 +128,30 @@ def test_apply_writes_verified_export(tiny, tmp_path):
     assert card.startswith("---\nlicense: mit\n") and "model-index:" in card
     assert card.count("---\n") >= 2 and "## Known failure modes and limits" in card
     assert "CC-BY-SA-3.0" in card and "| layer |" in card
+    # int8 weight storage: auto follows this CPU's probe, and report + card say which and why
+    from workbench.onnx_tools.quantize import u8s8_is_exact
+    int8 = report["int8_weights"]
+    assert int8["requested"] == "auto" and int8["u8s8_exact_on_this_cpu"] == u8s8_is_exact()
+    assert int8["storage"] == ("signed" if u8s8_is_exact() else "unsigned")
+    assert int8["reason"] in card and "**int8 weight storage**" in card
+    if int8["storage"] == "signed":
+        assert "--int8-weights unsigned" in int8["warning"] and int8["warning"] in card
+    else:
+        assert "warning" not in int8
+
+
+def test_bad_int8_weights_is_one_line(checkpoint, tiny, tmp_path, capsys):
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(CompressionPlan().to_json())
+    code, err = run_cli(["--plan", plan_path, "--checkpoint", checkpoint, "--out",
+                         tmp_path / "out", "--int8-weights", "unsinged"], capsys)
+    assert code == 2 and err.count("\n") == 0 and "--int8-weights" in err
+    assert "did you mean 'unsigned'?" in err
+    with pytest.raises(WorkbenchError) as bad:
+        apply_plan(tiny, presets.int8_everywhere(), tmp_path / "out",
+                   ApplyOptions(int8_weights="int8"))
+    assert "\n" not in str(bad.value) and "auto, signed, unsigned" in str(bad.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_workbench_errors_are_one_line(tmp_path, capsys):

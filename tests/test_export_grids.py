@@ -185,13 +185,9 @@ def test_a_table_that_is_not_the_formula_is_left_as_data():
     assert "table" in {i.name for i in model.graph.initializer}
 
 
-def test_int8_matmul_is_exact_where_u8s8_would_saturate():
-    """The export's int8 pass stores weights as uint8 + 128 (same integers), and ORT then computes
-    the exact integer product even for inputs near 255 times weights near +-127, where the U8S8
-    kernel of AVX2 CPUs without VNNI saturates its int16 pair sums (37 % off on these machines)."""
-    from workbench.onnx_tools.graph_map import WeightNode
-    from workbench.onnx_tools.quantize import dynamic_int8
-
+def saturating_matmul():
+    """A MatMul whose int8 product saturates VPMADDUBSW's int16 pair sums (U8S8 without VNNI):
+    weights all at +-127, inputs mostly at uint8 255. Returns (proto, x, exact output)."""
     k, n = 384, 64
     rng = np.random.default_rng(0)
     w = np.where(rng.random((k, n)) < 0.5, -1.0, 1.0).astype(np.float32)   # all at +-127
@@ -202,15 +198,30 @@ def test_int8_matmul_is_exact_where_u8s8_would_saturate():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, n])],
                               [numpy_helper.from_array(w, "W")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    q = dynamic_int8(proto, [WeightNode("mm", "MatMul", "mm", "W", "x")])
-    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
-    assert inits["W_quantized"].dtype == np.uint8 and inits["W_zero_point"].dtype == np.uint8
-    assert set(np.unique(inits["W_quantized"])) == {1, 255}          # -127 + 128, 127 + 128
-    y = ort.InferenceSession(q.SerializeToString(),
-                             providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     # The exact product on ORT's uint8 input grid (asymmetric, round half to even).
     scale = (1.0 - (-0.01)) / 255
     zp = np.round(0.01 / scale)
     xq = np.clip(np.round(x / scale) + zp, 0, 255)
-    expected = ((xq - zp) * scale) @ w
+    return proto, x, ((xq - zp) * scale) @ w
+
+
+@pytest.mark.parametrize("weights", ["unsigned", "auto"])
+def test_int8_matmul_is_exact_where_u8s8_would_saturate(weights):
+    """uint8 + 128 weights (same integers): ORT computes the exact integer product even for
+    inputs near 255 times weights near +-127, where the U8S8 kernel of AVX2 CPUs without VNNI
+    saturates its int16 pair sums (37 % off on those machines), on every CPU. auto: signed int8
+    weights only where this CPU's probe found U8S8 exact (VNNI), and exact either way."""
+    from workbench.onnx_tools.graph_map import WeightNode
+    from workbench.onnx_tools.quantize import dynamic_int8, u8s8_is_exact
+
+    proto, x, expected = saturating_matmul()
+    q = dynamic_int8(proto, [WeightNode("mm", "MatMul", "mm", "W", "x")], weights=weights)
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    signed = weights == "auto" and u8s8_is_exact()
+    stored = np.int8 if signed else np.uint8
+    assert inits["W_quantized"].dtype == stored and inits["W_zero_point"].dtype == stored
+    shift = 0 if signed else 128
+    assert set(np.unique(inits["W_quantized"])) == {-127 + shift, 127 + shift}
+    y = ort.InferenceSession(q.SerializeToString(),
+                             providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4)

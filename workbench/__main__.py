@@ -139,7 +139,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from workbench.export.apply import read_plan
     from workbench.models import load_checkpoint, load_demo
     from workbench.compress.progressive import ProgressiveConfig
-    from workbench.recovery import DEFAULT_CONFIG, recover_plan
+    from workbench.recovery import DEFAULT_CONFIG, recover_plan, validation_probe
 
     out = Path(args.out)
     ck.check_new_output_dir(out, args.force)
@@ -149,11 +149,18 @@ def cmd_recover(args: argparse.Namespace) -> int:
                   steps=args.steps or DEFAULT_CONFIG.steps)
     import torch
     torch.set_num_threads(args.threads)
-    result = recover_plan(plan, teacher, out_dir=out, config=cfg,
-                          manifests=[Path(m) for m in args.manifest] or None,
+    manifests = [Path(m) for m in args.manifest] or None
+    # the progress bar's WER estimate: a validation split, never the held-out test sets
+    probe = validation_probe(manifests, Path(args.val_manifest) if args.val_manifest else None,
+                             args.val_limit)
+    if probe is None:
+        sys.stderr.write("recover: no WER estimate in the progress bar (training on --manifest "
+                         "without --val-manifest)\n")
+    result = recover_plan(plan, teacher, out_dir=out, config=cfg, manifests=manifests,
                           teacher_name=args.checkpoint or "demo", qat=args.qat,
                           progressive=(ProgressiveConfig(importance=args.progressive)
-                                       if args.progressive else None))
+                                       if args.progressive else None),
+                          probe=probe, probe_every=args.val_every)
     _print_json({**result.report, "checkpoint": str(result.checkpoint),
                  "export_plan": str(result.export_plan),
                  "next": f"workbench apply --plan {result.export_plan} --checkpoint "
@@ -247,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--conditions", nargs="?", const="default", default=None, metavar="GRID",
                    help="also measure the ONNX model on a conditions grid (default grid if no "
                         "GRID): report.json 'conditions' and the card's accuracy by condition")
+    a.add_argument("--int8-weights", choices=["auto", "signed", "unsigned"], default="auto",
+                   help="int8 weight storage. signed: ONNX Runtime's U8S8 kernels (fast on "
+                        "VNNI CPUs, wrong on x86 without VNNI); unsigned: uint8 + 128 (exact "
+                        "everywhere, ~2x slower on VNNI); auto (default): signed when a probe "
+                        "finds this CPU's U8S8 kernel exact, else unsigned")
     a.set_defaults(func=cmd_apply)
 
     r = sub.add_parser("recover", help="prune / factorize by a plan, then recover accuracy by "
@@ -267,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune the plan's heads / neurons / channels / unstructured weights "
                         "in steps while distilling (cubic schedule), re-scoring importance this "
                         "way before each step; the result has the one-shot shapes and sparsity")
+    r.add_argument("--val-manifest", type=ck.existing_file("--val-manifest"), default=None,
+                   help="validation manifest for the progress bar's WER estimate of the model "
+                        "being trained (default: the demo corpus's synth/dev split when training "
+                        "on it; never the held-out test sets)")
+    r.add_argument("--val-limit", type=ck.limit, default=16,
+                   help="utterances of --val-manifest the estimate uses (default 16)")
+    r.add_argument("--val-every", type=ck.steps, default=10,
+                   help="a WER estimate every N steps (and before the first; default 10)")
     r.add_argument("--threads", type=ck.threads, default=2)
     r.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     r.set_defaults(func=cmd_recover)

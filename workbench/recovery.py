@@ -8,6 +8,10 @@ augmented view each), built offline if missing (`workbench data build`); or any 
 The evaluation sets are never trained on. Quantization entries of the plan are written to
 `export_plan.json`, for `workbench apply --checkpoint`; with `qat=True` recovery also trains for
 them (quantization-aware, straight-through; then a plan without structure is fine too).
+
+The progress bar (RecoveryBar) shows each step's loss and, when a `probe` set is given, the WER
+estimate of the model being trained (WerProbe: the same estimate the dashboard's Recover tab
+plots); `workbench recover` takes it from a validation split, never from the held-out sets.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch
 
 from workbench.compress.progressive import ProgressiveConfig, progressive_recover
 from workbench.compress.recover import RecoverConfig, recover, split_plan
+from workbench.evaluate import EvalSet
 from workbench.plan import CompressionPlan
 from workbench.train import FitHooks, Item
 from workbench.compress.resolution import resolve
@@ -83,6 +88,110 @@ def _wers(model: torch.nn.Module, sets: dict[str, Any],
     return out
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """Greedy WER of the model being trained at `step` (0: before training) on `utterances`
+    utterances never trained on (`source` says which)."""
+
+    step: int
+    wer: float
+    utterances: int
+    source: str
+
+
+class WerProbe(FitHooks):
+    """fit's callbacks that estimate the WER of the model being trained: at the start and every
+    `every` steps, greedy WER on `probe` (a small fixed set nobody trains on), given to
+    `on_estimate`. The dashboard's watched job (workbench.engine.recovery_job) and the CLI's
+    progress bar use this same estimate. Evaluating does not touch the random state training
+    draws from (fit's own generator; eval mode has no dropout): a probed run trains exactly as
+    an unprobed one."""
+
+    def __init__(self, probe: EvalSet, every: int,
+                 on_estimate: Callable[[Estimate], None] | None = None,
+                 source: str | None = None) -> None:
+        self.probe, self.every, self.on_estimate = probe, every, on_estimate
+        self.model: torch.nn.Module | None = None
+        self.estimates: list[Estimate] = []
+        self.source = source or (f"estimate: greedy WER of the model being trained, on "
+                                 f"{len(probe)} utterances of {probe.name}, never trained on")
+
+    def on_start(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.estimate(0)
+
+    def estimate(self, step: int) -> None:
+        from workbench.evaluate import evaluate
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            wer = evaluate(model, self.probe).wer
+        finally:
+            model.train(was_training)
+        e = Estimate(step, wer, len(self.probe), self.source)
+        self.estimates.append(e)
+        if self.on_estimate is not None:
+            self.on_estimate(e)
+
+    def after_step(self, step: int) -> None:
+        if step % self.every == 0:
+            self.estimate(step)
+
+
+class RecoveryBar:
+    """The CLI's progress bar: one line per run, `loss=` of the last step and `wer=` of the last
+    estimate with the step it was taken at (`wer=0.512@20`), updated when it is computed."""
+
+    def __init__(self, total: int, desc: str = "recover") -> None:
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
+        self.fields: dict[str, str] = {}
+
+    def step(self, entry: dict) -> None:
+        self.fields["loss"] = f"{entry['loss']:.3f}"
+        self.bar.set_postfix(self.fields, refresh=False)
+        self.bar.update(1)
+
+    def estimate(self, e: Estimate) -> None:
+        self.fields["wer"] = f"{e.wer:.3f}@{e.step}"
+        self.bar.set_postfix(self.fields)      # refreshes: shown when computed
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def validation_probe(manifests: list[Path] | None, val_manifest: Path | None,
+                     limit: int = 16) -> EvalSet | None:
+    """The set the CLI's WER estimate is computed on: `val_manifest` (first `limit`
+    utterances), else, when training on the demo corpus (no `manifests`), its synthetic `dev`
+    split (never trained on); None when training on other manifests without a validation one.
+    The held-out test sets are refused: the estimate is watched while training, and a number
+    you tune by must not come from the sets the results are reported on."""
+    from workbench.errors import ArgumentError
+    from workbench.evaluate import load_eval_set
+    from workbench.paths import REAL_TEST, SYNTH_TEST, cache_dir
+    if val_manifest is None:
+        if manifests:
+            return None
+        val_manifest = cache_dir() / "corpus" / "synth" / "dev.jsonl"
+        if not val_manifest.is_file():
+            from workbench.data import build_all
+            build_all(cache_dir() / "corpus", n_train=4000, seed=0)
+    held_out = {Path(m).resolve() for m in (REAL_TEST, SYNTH_TEST)}
+    if Path(val_manifest).resolve() in held_out:
+        raise ArgumentError(f"--val-manifest {val_manifest}: a held-out test set; the WER "
+                            f"estimate during training must come from a validation split "
+                            f"(e.g. the demo corpus's synth/dev.jsonl), never from the sets "
+                            f"the results are reported on.")
+    if manifests and Path(val_manifest).resolve() in {Path(m).resolve() for m in manifests}:
+        raise ArgumentError(f"--val-manifest {val_manifest}: also a training manifest; the "
+                            f"estimate must come from utterances never trained on.")
+    return load_eval_set(val_manifest, limit=limit, progress=False,
+                         name=f"validation ({Path(val_manifest).parent.name}/"
+                              f"{Path(val_manifest).name})")
+
+
 def removes_structure(plan: CompressionPlan, model: torch.nn.Module) -> bool:
     """True when `plan` prunes or factorizes some layer of `model` (recovery has work to do)."""
     return any(not structure_only(c).is_empty() for c in resolve(plan, model).values())
@@ -94,8 +203,8 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
                  progress: bool = True, evaluate_sets: bool = True,
                  log: Callable[[dict], None] | None = None, qat: bool = False,
                  progressive: ProgressiveConfig | None = None, hooks: FitHooks | None = None,
-                 run_lock: Callable[[], AbstractContextManager] | None = None
-                 ) -> RecoveryResult:
+                 run_lock: Callable[[], AbstractContextManager] | None = None,
+                 probe: EvalSet | None = None, probe_every: int = 10) -> RecoveryResult:
     """Prune / factorize `teacher` (default: the demo) by `plan`, recover it, save it.
 
     With `out_dir` None the result lives in the user cache, keyed by plan + teacher weights +
@@ -107,11 +216,18 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
     of the training loop (workbench.train.FitHooks, e.g. a cancel check of an engine job).
     `run_lock()`: a context held around each model run (the training, each held-out
     evaluation), not around data building; an engine job passes its run lock.
+    `probe` (an EvalSet never trained on; with `hooks` None): a WER estimate of the model being
+    trained every `probe_every` steps (WerProbe), shown in the progress bar (RecoveryBar) next
+    to the loss and kept in the report as "estimates".
     """
     from workbench.compress import compress
     from workbench.models import load_demo, save_checkpoint
     from workbench.paths import cache_dir
 
+    if probe is not None and hooks is not None:
+        from workbench.errors import ArgumentError
+        raise ArgumentError("recover_plan: give probe= or hooks=, not both (an engine job's "
+                            "hooks estimate WER themselves: workbench.engine.recovery_job).")
     cfg = config or DEFAULT_CONFIG
     hold = run_lock or nullcontext
     teacher = teacher if teacher is not None else load_demo()
@@ -161,13 +277,27 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         return _wers(model, sets, hold)
 
     before = wers(student)
-    with hold():   # an engine job's hooks release it between two steps
-        if progressive is not None:
-            result = progressive_recover(teacher, structure, items, cfg, progressive,
-                                         progress=progress, log=log, hooks=hooks)
-        else:
-            result = recover(student, teacher, items, cfg, progress=progress, log=log,
-                             quant=rest if qat else None, hooks=hooks)
+    bar = RecoveryBar(cfg.steps, "progressive" if progressive is not None else "recover") \
+        if progress else None
+    if probe is not None:
+        hooks = WerProbe(probe, probe_every, bar.estimate if bar is not None else None)
+    on_step = log
+    if bar is not None:
+        def on_step(entry: dict) -> None:
+            bar.step(entry)
+            if log is not None:
+                log(entry)
+    try:
+        with hold():   # an engine job's hooks release it between two steps
+            if progressive is not None:
+                result = progressive_recover(teacher, structure, items, cfg, progressive,
+                                             progress=False, log=on_step, hooks=hooks)
+            else:
+                result = recover(student, teacher, items, cfg, progress=False, log=on_step,
+                                 quant=rest if qat else None, hooks=hooks)
+    finally:
+        if bar is not None:
+            bar.close()
     after = wers(result.model)
     quantized = wers(compress(result.model, rest, force=True)) if rest.layers else {}
     quantized_before = wers(compress(student, rest, force=True)) if rest.layers else {}
@@ -185,6 +315,8 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         "pruning_events": list(result.events),
         "minutes": round(result.history[-1]["seconds"] / 60, 2) if result.history else 0.0,
         "final_loss": result.history[-1] if result.history else None,
+        "estimates": ([asdict(e) for e in hooks.estimates] if isinstance(hooks, WerProbe)
+                      and probe is not None else None),
         "config": asdict(cfg),
         "seconds": {"data": round(t_data, 1), "total": round(time.perf_counter() - start, 1)},
         "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}",

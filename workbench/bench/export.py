@@ -9,6 +9,11 @@ the first time, then cached in the user cache): unrecovered, that plan transcrib
 (greedy WER ~1.6), and comparing two garbage transcripts says nothing about the export.
 
     speedup             fp32_ms / int8_ms            (median, 5 s input, measured in turns)
+    int8_weights        the int8 weight storage every int8 export here uses (`auto`: signed
+                        when this CPU's U8S8 kernel is exact, else uint8 + 128) and why
+    int8_u8s8_ms        the int8 plan with signed int8 weights (U8S8 kernels) and with
+    int8_u8u8_ms        uint8 + 128 weights (U8U8), timed in the same turns: int8_ms is one of
+                        the two (the chosen storage); the other shows the trade-off
     pruned_int8_speedup fp32_ms / pruned_int8_ms
     size_ratio_int8     fp32_bytes / int8_bytes      (both files from the same exporter:
     size_ratio_int4     fp32_bytes / int4_bytes       positions computed from their formula)
@@ -124,11 +129,17 @@ def bench_export(args: argparse.Namespace | None = None) -> dict[str, Any]:
     for name, plan in plans.items():
         _log(f"export {name}")
         exports[name] = build_export(models[name], plan)
+    chosen = exports["int8"].int8
+    assert chosen is not None                    # int8_plan quantizes Linear weights to int8
+    other = "unsigned" if chosen.signed else "signed"
+    _log(f"export int8 with {other} weights (the storage not chosen: {chosen.reason})")
+    other_model = build_export(model, plans["int8"], int8_weights=other).model
     stored_table = len(to_bytes(export_fp32(model)))
     _log("latency (1 thread, 5 s input, in turns)")
     load_before = os.getloadavg()[0]
-    ms = latency_ms({name: e.model for name, e in exports.items()}, threads=1, seconds=5.0,
-                    repeats=repeats)
+    ms = latency_ms({name: e.model for name, e in exports.items()} | {"int8_other": other_model},
+                    threads=1, seconds=5.0, repeats=repeats)
+    by_storage = {chosen.storage: ms["int8"], other: ms["int8_other"]}
     wer = {name: _wers(exports[name], eval_sets) for name in ("fp32", "int8", "pruned_int8")}
     sizes = {name: _size_error(models[name], plans[name], exports[name])
              for name in ("int8", "pruned_int8", "int4")}
@@ -141,6 +152,8 @@ def bench_export(args: argparse.Namespace | None = None) -> dict[str, Any]:
                                "words": sum(len(t.split()) for t in e.texts)} for e in eval_sets},
         "fp32_ms": ms["fp32"], "int8_ms": ms["int8"],
         "speedup": round(ms["fp32"] / ms["int8"], 3),
+        "int8_weights": chosen.as_dict(),
+        "int8_u8s8_ms": by_storage["signed"], "int8_u8u8_ms": by_storage["unsigned"],
         "pruned_int8_ms": ms["pruned_int8"],
         "pruned_int8_speedup": round(ms["fp32"] / ms["pruned_int8"], 3),
         "int4_ms": ms["int4"],
@@ -172,6 +185,9 @@ def bench_export(args: argparse.Namespace | None = None) -> dict[str, Any]:
         "fp32_bytes: the fp32 export of the same exporter (positions computed from their "
         "formula, as in every export); ratios against the plain export that stores the table "
         "(fp32_stored_table_bytes) would be higher and are not used.",
+        f"int8 weights: {chosen.reason}; int8_u8s8_ms / int8_u8u8_ms time the int8 plan with "
+        f"each storage (same integers, identical outputs where U8S8 is exact); int8_ms, "
+        f"pruned_int8_ms and the WERs use the chosen one.",
         "int4: Linear weights run as MatMulNBits (fp32 compute after block dequantization on "
         "this x86 CPU), so it buys size, not speed, here.",
         f"pruned_int8: PruneConfig amount 0.25 of {model.config.n_heads} heads removes "

@@ -34,8 +34,8 @@ from workbench.errors import WorkbenchError
 from workbench.evaluate import EvalResult, EvalSet, evaluate
 from workbench.models import load_checkpoint
 from workbench.plan import CompressionPlan
-from workbench.recovery import DEFAULT_CONFIG, RecoveryResult, recover_plan
-from workbench.train import FitHooks
+from workbench.recovery import (DEFAULT_CONFIG, Estimate, RecoveryResult, WerProbe,
+                                recover_plan)
 
 #: Recipe kinds the dashboard offers: one-shot pruning + distillation, quantization-aware
 #: distillation for the plan's weight bits, progressive pruning while distilling.
@@ -86,17 +86,6 @@ class Recipe:
 
 
 @dataclass(frozen=True)
-class Estimate:
-    """Greedy WER of the model being trained at `step` (0: before training) on `utterances`
-    held-out utterances."""
-
-    step: int
-    wer: float
-    utterances: int
-    source: str
-
-
-@dataclass(frozen=True)
 class Watched:
     """A finished recovery: the saved result, the recovered model (float, eval mode), its WER
     measured on the whole `measure` set, and whether training ran now (False: a cached result
@@ -122,44 +111,25 @@ def subset(eval_set: EvalSet, indices: list[int], name: str | None = None) -> Ev
                    tuple(eval_set.features[i] for i in indices), eval_set.feature_kind)
 
 
-class _Watch(FitHooks):
-    """fit's callbacks in the job: an estimate at start and every `every` steps, progress per
-    step, the run lock released between two steps (a slider's evaluation gets in), and a
-    cancelled job stopped at the next step by raising Cancelled (nothing half-trained is saved)."""
+class _Watch(WerProbe):
+    """fit's callbacks in the job: the WER estimate at start and every `every` steps (WerProbe,
+    the same estimate the CLI's progress bar shows), progress per step, the run lock released
+    between two steps (a slider's evaluation gets in), and a cancelled job stopped at the next
+    step by raising Cancelled (nothing half-trained is saved)."""
 
     def __init__(self, job: Job, total: int, probe: EvalSet, every: int,
                  on_estimate: Callable[[Estimate], None] | None, lock: PriorityLock,
                  priority: int) -> None:
-        self.job, self.total, self.probe, self.every = job, total, probe, every
-        self.on_estimate, self.lock, self.priority = on_estimate, lock, priority
-        self.model: torch.nn.Module | None = None
-        self.estimates: list[Estimate] = []
+        super().__init__(probe, every, on_estimate, source=(
+            f"estimate: greedy WER of the model being trained, on {len(probe)} held-out "
+            f"utterances ({probe.name}), never trained on"))
+        self.job, self.total, self.lock, self.priority = job, total, lock, priority
         self.steps = 0
-        self.source = (f"estimate: greedy WER of the model being trained, on {len(probe)} "
-                       f"held-out utterances ({probe.name}), never trained on")
-
-    def on_start(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.estimate(0)
-
-    def estimate(self, step: int) -> None:
-        model = self.model
-        was_training = model.training
-        model.eval()
-        try:
-            wer = evaluate(model, self.probe).wer
-        finally:
-            model.train(was_training)
-        e = Estimate(step, wer, len(self.probe), self.source)
-        self.estimates.append(e)
-        if self.on_estimate is not None:
-            self.on_estimate(e)
 
     def after_step(self, step: int) -> None:
         self.steps = step
         self.job.progress(step, self.total)
-        if step % self.every == 0:
-            self.estimate(step)
+        super().after_step(step)
         self.lock.release()
         self.lock.acquire(self.priority)
 

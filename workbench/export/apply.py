@@ -28,6 +28,7 @@ from workbench.export.calibration_set import CALIB_UTTERANCES, load_calibration_
 from workbench.export.errors import OutputExistsError
 from workbench.export.model_card import render
 from workbench.onnx_tools.exporter import OPSET
+from workbench.onnx_tools.quantize import check_int8_weights
 from workbench.export.pipeline import Export, build_export, needs_calibration
 from workbench.export.positions import bytes_priced_elsewhere
 from workbench.export.verify import conditions_report
@@ -59,6 +60,8 @@ class ApplyOptions:
     model_name: str = "workbench-ctc"
     checkpoint: str | None = None             # shown in the card's "reproduce" line
     conditions: str | None = None             # a conditions grid ("default") measured in ORT
+    int8_weights: str = "auto"                # int8 weight storage: auto | signed | unsigned
+                                              # (workbench.onnx_tools.quantize.int8_storage)
 
 
 def check_output_dir(out: Path, force: bool) -> None:
@@ -137,6 +140,9 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
         "layers": layers,
         "rounded_up": [r["path"] for r in layers if r["changes"]],
         "notes": list(export.notes),
+        "int8_weights": (export.int8.as_dict() if export.int8 is not None else
+                         {"requested": options.int8_weights, "storage": None,
+                          "reason": "no int8 MatMul weights in this plan"}),
     }
     if options.conditions and eval_sets:
         report["conditions"] = conditions_report(ort_model, export.sim, model, options.conditions,
@@ -162,11 +168,13 @@ def apply_plan(model: nn.Module, plan: CompressionPlan, out: Path,
     """
     out = Path(out)
     start = time.perf_counter()
+    check_int8_weights(options.int8_weights)
     check_output_dir(out, options.overwrite)
     check_plan_fits(plan, model, options.checkpoint or "this model")
     calib = (load_calibration_set(options.calib_manifest, options.calib_utterances)
              if needs_calibration(model, plan) else None)
-    export = build_export(model, plan, calib, strict=options.strict)
+    export = build_export(model, plan, calib, strict=options.strict,
+                          int8_weights=options.int8_weights)
     resolved = resolve(plan, model)
     stamped = plan if plan.model_fingerprint else plan_for_model(plan, model)   # record the model
     with staged_dir(out) as stage:
@@ -200,6 +208,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"({t1['speedup_vs_fp32']}x)")
     if report["rounded_up"]:
         lines.append(f"rounded up / changed: {', '.join(report['rounded_up'])}")
+    int8 = report.get("int8_weights") or {}
+    if int8.get("storage"):
+        lines.append(f"int8 weights: {int8['reason']}")
+        if int8.get("warning"):
+            lines.append(f"warning: {int8['warning']}")
     return lines
 
 
@@ -219,7 +232,8 @@ def recovery_teacher(checkpoint: str | None) -> nn.Module | None:
 
 
 def apply_cli(args: argparse.Namespace) -> int:
-    """`workbench apply --plan P [--checkpoint C] --out DIR [--force] [--strict]`.
+    """`workbench apply --plan P [--checkpoint C] --out DIR [--force] [--strict]
+    [--int8-weights auto|signed|unsigned]`.
 
     Prints the report as one JSON object on stdout, a summary on stderr.
     """
@@ -236,7 +250,8 @@ def apply_cli(args: argparse.Namespace) -> int:
     options = ApplyOptions(strict=args.strict, overwrite=args.force,
                            model_name=Path(args.checkpoint).stem if args.checkpoint else
                            "workbench-demo-whisper-ctc", checkpoint=checkpoint,
-                           conditions=getattr(args, "conditions", None))
+                           conditions=getattr(args, "conditions", None),
+                           int8_weights=getattr(args, "int8_weights", "auto"))
     # Ctrl-C / SIGTERM propagate (KeyboardInterrupt): the staging folder is removed on the way
     # out and `workbench` prints one line (see workbench.cli_checks.report_error).
     report = apply_plan(model, plan, out, options, original=recovery_teacher(args.checkpoint))

@@ -83,7 +83,18 @@ def plan_table(resolved: Mapping[str, Any], layers: Sequence[Mapping[str, Any]])
                    "differences"), rows)
 
 
-def methods(resolved: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> list[str]:
+def int8_storage_sentence(int8: Mapping[str, Any] | None) -> str | None:
+    """The int8 weight storage bullet (report["int8_weights"]), None without int8 weights."""
+    if not int8 or not int8.get("storage"):
+        return None
+    kind = ("int8 (ONNX Runtime's U8S8 kernels)" if int8["storage"] == "signed" else
+            "uint8 + 128 with the zero point shifted (U8U8 kernels; the same integers)")
+    return (f"**int8 weight storage**: {kind}, `--int8-weights {int8['requested']}`: "
+            f"{int8['reason']}.")
+
+
+def methods(resolved: Mapping[str, Any], layers: Sequence[Mapping[str, Any]],
+            report_int8: Mapping[str, Any] | None = None) -> list[str]:
     used = set()
     for cfg in resolved.values():
         if cfg.prune is not None:
@@ -107,6 +118,9 @@ def methods(resolved: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) ->
     if any(r.startswith("int8 static") for r in runs):
         out.append("**int8 static quantization** (QDQ): input ranges observed on the calibration "
                    "set, weights int8 per channel.")
+    storage = int8_storage_sentence(report_int8)
+    if storage:
+        out.append(storage)
     if any(r.startswith("MatMulNBits") for r in runs):
         out.append("**Block-wise low-bit weights** (ONNX Runtime MatMulNBits): weights on the "
                    "plan's grid, one fp32 scale per block of K, computed in fp32.")
@@ -228,6 +242,9 @@ def failure_modes(report: Mapping[str, Any]) -> list[str]:
             out.append(f"{SET_TITLES.get(row['set'], row['set'])}: highest WER "
                        f"{hard['wer']} on {hard['seconds']} s utterances. Worst examples: " +
                        worst_examples(row.get("worst_utterances", [])) + ".")
+    warning = (report.get("int8_weights") or {}).get("warning")
+    if warning:
+        out.append(f"Target CPU: {warning}")
     rounded = rounded_sentence([r["path"] for r in report["layers"] if r["changes"]])
     if rounded:
         out.append(rounded)
@@ -279,7 +296,8 @@ def render(report: Mapping[str, Any], resolved: Mapping[str, Any], plan_json: st
                 f"is from `report.json`, measured in the same run.", "",
                 "## Compression plan", "", plan_table(resolved, report["layers"]), "",
                 "## Compression methods", ""]
-    sections += [f"- {m}" for m in methods(resolved, report["layers"])]
+    sections += [f"- {m}" for m in methods(resolved, report["layers"],
+                                           report.get("int8_weights"))]
     sections += ["", "## Accuracy", "", accuracy_section(report), "",
                  f"Parity, ONNX vs the PyTorch simulation over {report['parity']['utterances']} "
                  f"utterances ({report['parity']['frames']} frames): greedy token agreement "
@@ -306,6 +324,9 @@ def render(report: Mapping[str, Any], resolved: Mapping[str, Any], plan_json: st
     demo = str(DATA_DIR / "models" / "demo" / "model.safetensors")
     flag = (f" --checkpoint {model['checkpoint']}"
             if model.get("checkpoint") and model["checkpoint"] != demo else "")
+    int8 = report.get("int8_weights") or {}
+    if int8.get("storage") and int8.get("requested") != "auto":
+        flag += f" --int8-weights {int8['requested']}"
     sections += ["", "## Reproduce", "", "```", f"workbench apply --plan plan.json{flag} --out DIR",
                  "```", "", "```json", plan_json.strip(), "```", ""]
     return "\n".join(sections)

@@ -1,12 +1,16 @@
 """Quantize an fp32 ONNX graph layer by layer, as the plan says (see `decisions` for the table).
 
-    quantize_graph(fp32_proto, layers, act_ranges, calibration, strict) -> QuantizedGraph
+    quantize_graph(fp32_proto, layers, act_ranges, calibration, strict, int8_weights)
+        -> QuantizedGraph
 
 Order of the passes, and why: static QDQ first (its calibration runs the still-fp32 graph), then
 ONNX Runtime's dynamic int8 quantizer (`quantize_dynamic`, per channel, `nodes_to_quantize` =
 exactly the plan's layers, MatMul only), then our own weight rewrites (MatMulNBits, int8 Conv
 weights, fp16 weights), which write the plan's grid exactly (`weight_grids`). Every pass only
 touches the nodes it is given, found by module path (`workbench.onnx_tools.graph_map`).
+
+`int8_weights` ("auto" | "signed" | "unsigned", see `workbench.onnx_tools.quantize`): how the int8
+weights of both int8 passes are stored; `QuantizedGraph.int8` says what was chosen and why.
 
 Static activation ranges are the ones the simulation observed (`act_ranges`: module path ->
 (scale, zero point), read from the compressed model's activation quantizers) and are passed to
@@ -27,7 +31,8 @@ from workbench.export.decisions import Decision, decide
 from workbench.export.errors import ExportError, UnsupportedBitsError
 from workbench.onnx_tools.graph_map import WeightNode, nodes_of_layer, weight_nodes
 from workbench.onnx_tools.exporter import to_bytes
-from workbench.onnx_tools.quantize import dynamic_int8, quiet_ort, unsigned_matmul_weights
+from workbench.onnx_tools.quantize import (Int8Storage, check_int8_weights, dynamic_int8,
+                                           int8_storage, quiet_ort, unsigned_matmul_weights)
 from workbench.export.weight_grids import (replace_with_dq_weights, replace_with_fp16_weights,
                                            replace_with_matmul_nbits)
 from workbench.onnx_tools.graph_map import drop_unused_initializers
@@ -50,6 +55,7 @@ class QuantizedGraph:
     decisions: tuple[Decision, ...]
     layer_nodes: dict[str, tuple[str, ...]]
     notes: tuple[str, ...] = ()
+    int8: Int8Storage | None = None          # None: no int8 MatMul / weight DequantizeLinear
 
 
 def plan_decisions(layers: LayerQuant, strict: bool) -> list[Decision]:
@@ -66,8 +72,8 @@ def plan_decisions(layers: LayerQuant, strict: bool) -> list[Decision]:
 
 
 def quantize_graph(fp32: onnx.ModelProto, layers: LayerQuant, act_ranges: ActRanges | None = None,
-                   calibration: Callable[[], Any] | None = None, strict: bool = False
-                   ) -> QuantizedGraph:
+                   calibration: Callable[[], Any] | None = None, strict: bool = False,
+                   int8_weights: str = "auto") -> QuantizedGraph:
     """A quantized copy of `fp32` following `layers` (the input proto is not changed).
 
     `calibration()` returns a fresh onnxruntime CalibrationDataReader; needed only when a
@@ -75,6 +81,7 @@ def quantize_graph(fp32: onnx.ModelProto, layers: LayerQuant, act_ranges: ActRan
     """
     import onnx
 
+    check_int8_weights(int8_weights)
     decisions = plan_decisions(layers, strict)
     nodes = weight_nodes(fp32)
     layer_nodes: dict[str, list[WeightNode]] = {}
@@ -90,6 +97,8 @@ def quantize_graph(fp32: onnx.ModelProto, layers: LayerQuant, act_ranges: ActRan
     by_method: dict[tuple[str, str, bool], list[WeightNode]] = {}
     for d in decisions:
         by_method.setdefault((d.method, d.granularity, d.symmetric), []).extend(layer_nodes[d.path])
+    storage = (int8_storage(int8_weights) if {m for m, _, _ in by_method}
+               & {"int8_static_qdq", "int8_dynamic"} else None)
     with tempfile.TemporaryDirectory(prefix="workbench-export-") as tmp:
         for (method, granularity, symmetric), group in sorted(by_method.items()):
             if method == "int8_static_qdq":
@@ -101,17 +110,18 @@ def quantize_graph(fp32: onnx.ModelProto, layers: LayerQuant, act_ranges: ActRan
                     notes.append(f"activation ranges calibrated by ONNX Runtime (not taken from "
                                  f"the simulation) for {sorted(missing)}")
                 proto = _static(proto, group, granularity, symmetric, overrides, calibration(),
-                                Path(tmp))
+                                Path(tmp), storage is not None and storage.signed)
         for (method, granularity, symmetric), group in sorted(by_method.items()):
             if method == "int8_dynamic":
-                proto = dynamic_int8(proto, group, granularity == "per_channel", symmetric)
+                proto = dynamic_int8(proto, group, granularity == "per_channel", symmetric,
+                                     storage.storage if storage else "auto")
     _rewrite_weights(proto, decisions, layer_nodes)
     drop_unused_initializers(proto)
     _check_all_quantized(proto, decisions, layer_nodes)
     proto.producer_name, proto.producer_version = "workbench", ""
     return QuantizedGraph(proto, tuple(decisions),
                           {p: tuple(n.name for n in ns) for p, ns in layer_nodes.items()},
-                          tuple(notes))
+                          tuple(notes), storage)
 
 
 def _check_all_quantized(proto: onnx.ModelProto, decisions: list[Decision],
@@ -146,7 +156,7 @@ def _load(path: Path) -> onnx.ModelProto:
 
 
 def _static(proto: onnx.ModelProto, group: list[WeightNode], granularity: str, symmetric: bool,
-            overrides: dict[str, Any], reader: Any, tmp: Path) -> onnx.ModelProto:
+            overrides: dict[str, Any], reader: Any, tmp: Path, signed: bool) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     src, dst = tmp / "static_in.onnx", tmp / "static_out.onnx"
@@ -164,7 +174,8 @@ def _static(proto: onnx.ModelProto, group: list[WeightNode], granularity: str, s
                                    "OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"],
                                    "TensorQuantOverrides": overrides})
     quantized = _load(dst)
-    unsigned_matmul_weights(quantized)          # U8U8 kernels: no saturation on AVX2 CPUs
+    if not signed:
+        unsigned_matmul_weights(quantized)      # U8U8 kernels: no saturation on AVX2 CPUs
     return quantized
 
 

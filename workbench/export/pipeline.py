@@ -23,6 +23,7 @@ from workbench.export.calibration_set import calibration_batches, feature_reader
 from workbench.export.decisions import Decision
 from workbench.onnx_tools.exporter import export_fp32, to_bytes
 from workbench.export.ort_quantize import plan_decisions, quantize_graph
+from workbench.onnx_tools.quantize import Int8Storage, check_int8_weights
 from workbench.export.positions import ComputedTable, compute_sinusoid_tables
 from workbench.export.structural import activation_ranges, layer_quant, structural_plan
 from workbench.plan import CompressionPlan
@@ -45,6 +46,7 @@ class Export:
     structural: nn.Module                   # compress(model, plan without quant)
     sim: nn.Module                          # compress(model, plan): the simulation
     notes: tuple[str, ...]
+    int8: Int8Storage | None = None         # int8 weight storage and why (None: no int8 layer)
 
 
 def needs_calibration(model: nn.Module, plan: CompressionPlan, force: bool = False) -> bool:
@@ -54,13 +56,16 @@ def needs_calibration(model: nn.Module, plan: CompressionPlan, force: bool = Fal
 
 
 def build_export(model: nn.Module, plan: CompressionPlan, calib: EvalSet | None = None,
-                 strict: bool = False, force: bool = False) -> Export:
+                 strict: bool = False, force: bool = False, int8_weights: str = "auto"
+                 ) -> Export:
     """Export `model` compressed by `plan` (see module docstring). `model` is not changed.
 
     `calib` (utterances) is required when the plan quantizes activations or prunes by Taylor
     importance; `strict` refuses layers that cannot run as planned; `force` accepts a plan
-    made for another model fingerprint (paths are still checked).
+    made for another model fingerprint (paths are still checked); `int8_weights` ("auto" |
+    "signed" | "unsigned") is how int8 weights are stored (workbench.onnx_tools.quantize).
     """
+    check_int8_weights(int8_weights)
     layers = layer_quant(model, plan, force)          # resolves: PlanError on a bad plan
     plan_decisions(layers, strict)                    # refuse early, before the slow part
     if needs_calibration(model, plan, force) and calib is None:
@@ -76,6 +81,7 @@ def build_export(model: nn.Module, plan: CompressionPlan, calib: EvalSet | None 
         return Export(fp32, fp32, fp32_proto, (), {}, computed, structural, sim, ())
     quantized = quantize_graph(fp32_proto, layers, activation_ranges(sim),
                                (lambda: feature_reader(calib)) if calib is not None else None,
-                               strict=strict)
+                               strict=strict, int8_weights=int8_weights)
     return Export(to_bytes(quantized.proto), fp32, quantized.proto, quantized.decisions,
-                  quantized.layer_nodes, computed, structural, sim, quantized.notes)
+                  quantized.layer_nodes, computed, structural, sim, quantized.notes,
+                  quantized.int8)

@@ -1,21 +1,34 @@
 """ONNX Runtime's dynamic int8 quantizer on chosen weight nodes (the export's `int8_dynamic`
 method and the host latency calibration's int8 variants run this same pass).
 
-    dynamic_int8(proto, nodes, per_channel=True, symmetric=True) -> onnx.ModelProto
+    dynamic_int8(proto, nodes, per_channel=True, symmetric=True, weights="auto") -> ModelProto
+    int8_storage(weights="auto") -> Int8Storage      how int8 weights are stored, and why
+    u8s8_is_exact() -> bool                          the probe (cached per process)
 
 MatMulInteger with 8-bit weights (symmetric per channel: the simulation's grid, scale =
-max|w| / 127; stored as uint8 + 128, see `unsigned_matmul_weights`) and DynamicQuantizeLinear on
-the input; `nodes` are found by module path
+max|w| / 127) and DynamicQuantizeLinear on the input; `nodes` are found by module path
 (graph_map), so exactly the plan's layers are quantized.
+
+Int8 weight storage (`weights`): "signed" keeps ORT's int8 weights (its U8S8 kernels: VNNI on
+x86 CPUs that have it, about 2x faster than U8U8 there); "unsigned" stores them as uint8 + 128
+(`unsigned_matmul_weights`: U8U8 kernels, exact on every CPU); "auto" = signed when
+`u8s8_is_exact()` says this CPU's U8S8 kernel computes a saturating product exactly, else
+unsigned. The probe describes THIS machine: a model for an x86 target without VNNI (AVX2 only)
+needs "unsigned" whatever the probe says here.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from workbench.errors import ArgumentError
 from workbench.onnx_tools.exporter import to_bytes
 from workbench.onnx_tools.graph_map import WeightNode
 
@@ -52,9 +65,130 @@ def quiet_ort() -> None:
         logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
 
 
+#: The `weights` / `--int8-weights` choices.
+INT8_WEIGHTS = ("auto", "signed", "unsigned")
+
+#: The warning every signed export carries (the probe can only speak for this machine).
+SIGNED_WARNING = ("signed int8 weights run ORT's U8S8 kernels, which saturate on x86 CPUs "
+                  "without VNNI (AVX2 only: wrong outputs, 37 % off on a test MatMul); a model "
+                  "for such a target needs --int8-weights unsigned (uint8 + 128, exact "
+                  "everywhere).")
+
+
+class Int8WeightsError(ArgumentError):
+    """An unknown int8 weight storage choice."""
+
+
+@dataclass(frozen=True)
+class Int8Storage:
+    """How int8 MatMul / weight DequantizeLinear weights are stored, and why."""
+
+    requested: str                  # "auto" | "signed" | "unsigned"
+    signed: bool                    # True: int8 (U8S8 kernels); False: uint8 + 128 (U8U8)
+    u8s8_exact: bool                # the probe's answer on this CPU
+    reason: str
+
+    @property
+    def storage(self) -> str:
+        return "signed" if self.signed else "unsigned"
+
+    def as_dict(self) -> dict[str, object]:
+        """The report's `int8_weights` section."""
+        out: dict[str, object] = {"requested": self.requested, "storage": self.storage,
+                                  "u8s8_exact_on_this_cpu": self.u8s8_exact,
+                                  "reason": self.reason}
+        if self.signed:
+            out["warning"] = SIGNED_WARNING
+        return out
+
+
+def check_int8_weights(weights: str) -> str:
+    """`weights` if it is one of INT8_WEIGHTS, else Int8WeightsError (one line)."""
+    if weights not in INT8_WEIGHTS:
+        raise Int8WeightsError(f"int8_weights {weights!r}: unknown; choose one of "
+                               f"{', '.join(INT8_WEIGHTS)} (auto: signed when this CPU's U8S8 "
+                               f"kernel is exact, else uint8 + 128).")
+    return weights
+
+
+#: The probe's MatMulInteger: 4 x 384 by 384 x 64, the shape seen 37 % off on AVX2 machines.
+_PROBE_SHAPE = (4, 384, 64)
+
+
+def probe_inputs() -> tuple[np.ndarray, np.ndarray]:
+    """uint8 inputs at 255 (a few at 0) and int8 weights at +-127 (seeded): most int16 pair sums
+    of VPMADDUBSW (255 * 127 * 2 = 64,770 > 32,767) saturate on a U8S8 kernel without VNNI."""
+    m, k, n = _PROBE_SHAPE
+    rng = np.random.default_rng(0)
+    a = np.full((m, k), 255, dtype=np.uint8)
+    a[:, ::97] = 0
+    b = np.where(rng.random((k, n)) < 0.5, -127, 127).astype(np.int8)
+    return a, b
+
+
+def matmul_integer_model(b: np.ndarray, b_zero_point: np.ndarray) -> onnx.ModelProto:
+    """y = MatMulInteger(a, b, 0, b_zero_point), int32 out; b and its zero point as initializers
+    (int8 -> U8S8 kernel, uint8 -> U8U8)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, k, n = _PROBE_SHAPE
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b", "a_zp", "b_zp"], ["y"], name="mm")],
+        "u8s8_probe", [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])],
+        [numpy_helper.from_array(b, "b"), numpy_helper.from_array(b_zero_point, "b_zp"),
+         numpy_helper.from_array(np.array(0, dtype=np.uint8), "a_zp")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run_int32(model: onnx.ModelProto, a: np.ndarray) -> np.ndarray:
+    """`model` run once in ONNX Runtime (CPU, 1 thread) on input `a`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, {"a": a})[0]
+
+
+@functools.cache
+def u8s8_is_exact() -> bool:
+    """Does ONNX Runtime's U8S8 kernel (uint8 inputs x int8 weights) give the exact integer
+    product on this CPU, for inputs where VPMADDUBSW's int16 pair sums would saturate? True on
+    x86 CPUs with VNNI (and on ARM); False on AVX2-only x86. One small MatMulInteger, a few ms;
+    cached per process."""
+    a, b = probe_inputs()
+    got = run_int32(matmul_integer_model(b, np.array(0, dtype=np.int8)), a)
+    return bool(np.array_equal(got, a.astype(np.int64) @ b.astype(np.int64)))
+
+
+def int8_storage(weights: str = "auto", probe: bool | None = None) -> Int8Storage:
+    """The storage for `weights` ("auto" | "signed" | "unsigned"), with its reason. `probe`:
+    the probe's result, when already known (default: `u8s8_is_exact()`, run once a process)."""
+    check_int8_weights(weights)
+    exact = u8s8_is_exact() if probe is None else probe
+    here = ("this CPU's U8S8 kernel is exact (probe)" if exact else
+            "U8S8 saturates on this CPU (x86 without VNNI, e.g. AVX2 only; probe)")
+    if weights == "auto":
+        signed = exact
+        reason = (f"signed int8 weights: {here}" if exact else f"uint8+128: {here}")
+    elif weights == "signed":
+        signed = True
+        reason = (f"signed int8 weights (requested): {here}" if exact else
+                  f"signed int8 weights (requested) although {here}: ONNX Runtime's int8 "
+                  f"results on this CPU are wrong where inputs near 255 meet weights near +-127")
+    else:
+        signed = False
+        reason = (f"uint8+128 (requested): exact on every CPU ({here}; about 2x slower than "
+                  f"signed where VNNI runs U8S8)")
+    return Int8Storage(weights, signed, exact, reason)
+
+
 def dynamic_int8(proto: onnx.ModelProto, nodes: Sequence[WeightNode], per_channel: bool = True,
-                 symmetric: bool = True) -> onnx.ModelProto:
-    """A copy of `proto` with the MatMuls `nodes` quantized by ORT's `quantize_dynamic`."""
+                 symmetric: bool = True, weights: str = "auto") -> onnx.ModelProto:
+    """A copy of `proto` with the MatMuls `nodes` quantized by ORT's `quantize_dynamic`, int8
+    weights stored as `weights` says (module docstring)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -68,7 +202,8 @@ def dynamic_int8(proto: onnx.ModelProto, nodes: Sequence[WeightNode], per_channe
                          extra_options={"MatMulConstBOnly": True,
                                         "WeightSymmetric": symmetric})
         quantized = onnx.load(str(dst))
-    unsigned_matmul_weights(quantized)
+    if not int8_storage(weights).signed:
+        unsigned_matmul_weights(quantized)
     return quantized
 
 
@@ -89,7 +224,6 @@ def unsigned_matmul_weights(proto: onnx.ModelProto) -> None:
     The U8U8 kernel widens to int16 first and does not saturate (ONNX Runtime docs, "Quantize
     ONNX models", on U8S8 saturation and U8U8). A DequantizeLinear whose input is computed (an
     activation) is left alone."""
-    import numpy as np
     from onnx import TensorProto, numpy_helper
 
     inits = {i.name: i for i in proto.graph.initializer}
