@@ -3,6 +3,8 @@ calibration manifest, so CI needs no corpus), save, reload, export plan, refusal
 import json
 from pathlib import Path
 
+import pytest
+
 from workbench.__main__ import main
 from workbench.export.reference_plans import pruned_int8_plan
 from workbench.models import load_checkpoint, load_demo, model_fingerprint
@@ -11,6 +13,22 @@ from workbench.plan import CompressionPlan
 from workbench.compress.resolution import resolve
 
 CALIB = DATA_DIR / "calib" / "manifest.jsonl"
+#: Utterances of each held-out set the recovery report evaluates here. The report's WERs are
+#: only checked for their set names; the full sets (122 + 150 utterances, evaluated 2-4 times
+#: per run on the demo model) were most of this file's time.
+HELD_OUT_UTTERANCES = 6
+
+
+@pytest.fixture(autouse=True)
+def _short_held_out_sets(tmp_path: Path, monkeypatch) -> None:
+    """Point workbench.paths' REAL_TEST / SYNTH_TEST (read by recovery._held_out_sets at call
+    time) at the first few utterances of the real manifests, same audio, same set names."""
+    from workbench import paths
+    from workbench.data import read_manifest, write_manifest
+    for name in ("REAL_TEST", "SYNTH_TEST"):
+        short = write_manifest(read_manifest(getattr(paths, name))[:HELD_OUT_UTTERANCES],
+                               tmp_path / "held_out" / name.lower() / "manifest.jsonl")
+        monkeypatch.setattr(paths, name, short)
 
 
 def test_recover_writes_a_loadable_pruned_checkpoint(tmp_path: Path, capsys):
