@@ -74,6 +74,10 @@ def test_recover_progress_bar_shows_the_validation_wer_estimate(inputs, tmp_path
     states = [s for s in re.split(r"[\r\n]", proc.stderr) if s.startswith("recover")]
     shown = {(int(m.group(2)), m.group(1)) for s in states if (m := WER_FIELD.search(s))}
     assert shown == {(e["step"], f"{e['wer']:.3f}") for e in estimates}, states
+    # an estimate taken after step k is shown with k steps done, never before
+    for s in states:
+        if (m := WER_FIELD.search(s)):
+            assert int(re.search(r"(\d+)/4", s).group(1)) >= int(m.group(2)), s
     final = states[-1]
     assert "4/4" in final and "loss=" in final and f"@{estimates[-1]['step']}" in final
     # the step-0 estimate is the one-shot student's greedy WER on the validation utterances

@@ -126,7 +126,7 @@ def test_apply_writes_report_and_card(model, tmp_path):
     es = EvalSet("synth_test", Path("/nonexistent/m.jsonl"), ("a", "b", "c"), ("aa bb",) * 3,
                  feats)
     report = apply_whisper(model, _Letters(), _plan(), tmp_path / "out", [es],
-                           parity_utterances=2)
+                           parity_utterances=2, int8_weights="unsigned")
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
         "MODEL_CARD.md", "cross_kv.onnx", "decoder.onnx", "encoder.onnx", "plan.json",
@@ -143,6 +143,18 @@ def test_apply_writes_report_and_card(model, tmp_path):
     for section in ("## Compression plan", "## Accuracy", "## Size and latency",
                     "## Known failure modes and limits", "MatMulNBits", "ms per token"):
         assert section in card
+    # --int8-weights unsigned reaches every graph: uint8 + 128 MatMulInteger weights
+    assert on_disk["int8_weights"]["storage"] == "unsigned"
+    assert on_disk["int8_weights"]["reason"] in card
+    import onnx
+    from onnx import TensorProto
+    stored = set()
+    for g in ("encoder", "cross_kv", "decoder"):
+        proto = onnx.load(str(out / f"{g}.onnx"))
+        inits = {i.name: i.data_type for i in proto.graph.initializer}
+        stored |= {inits[n.input[1]] for n in proto.graph.node
+                   if n.op_type == "MatMulInteger" and n.input[1] in inits}
+    assert stored == {TensorProto.UINT8}
     assert np.isfinite(report["latency_ms"]["decoder_per_token"]["model_ms"])
 
 

@@ -141,21 +141,30 @@ class WerProbe(FitHooks):
 
 class RecoveryBar:
     """The CLI's progress bar: one line per run, `loss=` of the last step and `wer=` of the last
-    estimate with the step it was taken at (`wer=0.512@20`), updated when it is computed."""
+    estimate with the step it was taken at (`wer=0.512@20`), updated when it is computed. The
+    count is the steps done, so an estimate taken after step k shows k/N even though fit hands
+    over that step's losses just after it."""
 
     def __init__(self, total: int, desc: str = "recover") -> None:
         from tqdm import tqdm
         self.bar = tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
-        self.fields: dict[str, str] = {}
+        self.fields: dict[str, str] = {"loss": "-"}
+
+    def _to(self, step: int) -> None:
+        if step > self.bar.n:
+            self.bar.update(step - self.bar.n)
 
     def step(self, entry: dict) -> None:
         self.fields["loss"] = f"{entry['loss']:.3f}"
         self.bar.set_postfix(self.fields, refresh=False)
-        self.bar.update(1)
+        self._to(int(entry["step"]))
+        self.bar.refresh()
 
     def estimate(self, e: Estimate) -> None:
         self.fields["wer"] = f"{e.wer:.3f}@{e.step}"
-        self.bar.set_postfix(self.fields)      # refreshes: shown when computed
+        self.bar.set_postfix(self.fields, refresh=False)
+        self._to(e.step)
+        self.bar.refresh()                    # shown when computed
 
     def close(self) -> None:
         self.bar.close()

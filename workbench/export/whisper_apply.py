@@ -111,7 +111,8 @@ def check_exportable(model: nn.Module, plan) -> dict:
     return layers
 
 
-def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = False) -> dict:
+def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = False,
+                         int8_weights: str = "auto") -> dict:
     """fp32 and plan-quantized graphs in `work` (fp32/, model/), the simulation and the decisions.
 
     fp32/ is the unquantized reference with the embedding tied like model/; the quantizers run
@@ -145,6 +146,7 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
     layer_nodes: dict[str, list[str]] = {}
     notes: list[str] = []
     paths = {}
+    int8 = None                          # the int8 weight storage (the same in every graph)
     for name in GRAPHS:
         proto = onnx.load(str(fp32[name]))
         tag_modules(proto, index)
@@ -152,8 +154,9 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
         nodes = weight_nodes(proto)
         here = {p: v for p, v in layers.items() if nodes_of_layer(nodes, p, v[0])}
         if here:
-            q = quantize_graph(proto, here, None, None, strict=strict)
+            q = quantize_graph(proto, here, None, None, strict=strict, int8_weights=int8_weights)
             proto = q.proto
+            int8 = q.int8 or int8
             for d in q.decisions:
                 decisions[d.path] = d
             for p, ns in q.layer_nodes.items():
@@ -169,7 +172,7 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
                           f"Whisper graphs; were they removed by the structural part of the plan?")
     return {"fp32": reference, "model": paths, "sim": sim, "structural": structural,
             "decisions": tuple(decisions[p] for p in layers), "layer_nodes": layer_nodes,
-            "notes": notes}
+            "notes": notes, "int8": int8}
 
 
 def _transcripts(ort_model, tokenizer, eval_set) -> list[str]:
@@ -302,7 +305,8 @@ def whisper_size_section(paths: dict[str, Path], fp32_bytes: int, predicted: int
 
 def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Sequence,
                   *, strict: bool = False, overwrite: bool = False, parity_utterances: int = 5,
-                  model_name: str = "workbench-whisper-tiny.en") -> dict:
+                  model_name: str = "workbench-whisper-tiny.en", int8_weights: str = "auto"
+                  ) -> dict:
     """Export `model` compressed by `plan` to folder `out`, verify it, write report + card."""
     import tempfile
 
@@ -320,7 +324,7 @@ def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Seque
     check_output_dir(out, overwrite)
     stamped = plan if plan.model_fingerprint else plan_for_model(plan, model)
     with tempfile.TemporaryDirectory(prefix="workbench-whisper-") as tmp, staged_dir(out) as stage:
-        ex = build_whisper_export(model, plan, Path(tmp), strict)
+        ex = build_whisper_export(model, plan, Path(tmp), strict, int8_weights)
         sim, n = ex["sim"], len(model.decoder.blocks)
         dynamic = {d.path for d in ex["decisions"] if d.dynamic_activations}
         threads = max(1, torch.get_num_threads())
@@ -359,7 +363,10 @@ def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Seque
                                   "rows": rtf_by_device(sim)},
             "size": whisper_size_section(ex["model"], fp32_bytes, predicted, ex["notes"]),
             "layers": layers, "rounded_up": [r["path"] for r in layers if r["changes"]],
-            "notes": ex["notes"]}
+            "notes": ex["notes"],
+            "int8_weights": (ex["int8"].as_dict() if ex["int8"] is not None else
+                             {"requested": int8_weights, "storage": None,
+                              "reason": "no int8 MatMul weights in this plan"})}
         report["seconds"] = round(time.perf_counter() - start, 1)
         write_text_atomic(stage / "plan.json", stamped.to_json())
         write_text_atomic(stage / "report.json", json.dumps(report, indent=2) + "\n")
@@ -393,9 +400,15 @@ def apply_whisper_cli(args) -> int:
     check_plan_fits(plan, model, "Whisper tiny.en")
     sets = [load_eval_set(m, progress=False) for m in (REAL_TEST, SYNTH_TEST)]
     report = apply_whisper(model, WhisperTokenizer(), plan, Path(args.out), sets,
-                           strict=args.strict, overwrite=args.force)
+                           strict=args.strict, overwrite=args.force,
+                           int8_weights=getattr(args, "int8_weights", "auto"))
     for row in report["accuracy"]:
         print(f"{row['set']}: WER ORT {row['wer_ort']:.4f} vs simulated {row['wer_sim']:.4f} "
               f"(|diff| {row['wer_abs_diff']:.4f})", file=sys.stderr)
+    int8 = report["int8_weights"]
+    if int8.get("storage"):
+        print(f"int8 weights: {int8['reason']}", file=sys.stderr)
+        if int8.get("warning"):
+            print(f"warning: {int8['warning']}", file=sys.stderr)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0

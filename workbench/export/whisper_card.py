@@ -63,7 +63,9 @@ def render_whisper(report: Mapping[str, Any], resolved: Mapping[str, Any], plan_
              f"below is from `report.json`, measured in the same run.", "",
              "## Compression plan", "", plan_table(resolved, report["layers"]), "",
              "## Compression methods", ""]
-    parts += [f"- {m}" for m in methods(resolved, report["layers"])]
+    parts += [f"- {m}" for m in methods(resolved, report["layers"], report.get("int8_weights"))]
+    if (report.get("int8_weights") or {}).get("warning"):
+        parts += [f"- Target CPU: {report['int8_weights']['warning']}"]
     parts += ["", "## Accuracy", "", accuracy_section(report), ""]
     if par:
         parts += [f"Parity, ONNX Runtime vs the PyTorch simulation on {par['utterances']} "

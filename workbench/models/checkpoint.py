@@ -146,8 +146,15 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     return _read(Path(path))[1]
 
 
-def load_checkpoint(path: str | Path, family: str | None = None) -> CTCModel:
+def load_checkpoint(path: str | Path, family: str | None = None,
+                    base: CTCModel | None = None) -> CTCModel:
     """Build the model a checkpoint describes and fill it: float32, eval mode.
+
+    `base`: for a model whose architecture is the caller's code, which a checkpoint does not
+    store (one adapted by workbench.byo: family "adapted"), the unpruned model the file was
+    saved from, rebuilt by the caller (e.g. `adapt(Conformer(...))`); a copy of it gets the
+    stored structure and the file's tensors (`base` is not changed). Its family and config must
+    be the file's.
 
     Refused with CheckpointError: pickled code, files we did not write, another family than
     `family` (when given), a config with wrong types / out-of-range sizes (checked, and the model
@@ -169,6 +176,17 @@ def load_checkpoint(path: str | Path, family: str | None = None) -> CTCModel:
     found = info.get("family")
     if family is not None and found != family:
         raise CheckpointError(f"{path}: holds a '{found}' model, expected '{family}'.")
+    if base is not None:
+        return _fill(path, _on_base(path, info, base), tensors)
+    if found == ADAPTED:
+        source = (info.get("config") or {}).get("source", "your model") if isinstance(
+            info.get("config"), dict) else "your model"
+        raise CheckpointError(
+            f"{path}: holds a model adapted by workbench.byo ({source!s:.60}), whose architecture "
+            f"is your code, not stored in a checkpoint, so it cannot be rebuilt from the file "
+            f"alone; in Python: model = workbench.models.load_checkpoint(path, "
+            f"base=workbench.adapt(<your model, as built before adapting>)), then "
+            f"workbench.export.apply_plan(model, plan, out).")
     if not isinstance(found, str) or found not in FAMILIES:
         raise CheckpointError(f"{path}: unknown model family {found!r:.60}; known: "
                               f"{sorted(FAMILIES)}.")
@@ -187,14 +205,48 @@ def load_checkpoint(path: str | Path, family: str | None = None) -> CTCModel:
                     for k, v in meta.state_dict().items()}
         model = None
     _check_tensors(path, found, info.get("config"), expected, tensors)
+    return _fill(path, model if model is not None else FAMILIES[found][0](cfg), tensors,
+                 checked=True)
+
+
+#: The family of a model adapted by workbench.byo (AdaptedCTC.family): its architecture is the
+#: caller's code, so only load_checkpoint(base=...) rebuilds it.
+ADAPTED = "adapted"
+
+
+def _on_base(path: Path, info: dict[str, Any], base: CTCModel) -> CTCModel:
+    """A copy of `base` with the file's stored structure, after checking it is the file's
+    family and config."""
+    import copy
+    if not isinstance(base, CTCModel):
+        raise CheckpointError(f"load_checkpoint(base=...): expected a workbench CTC model (e.g. "
+                              f"workbench.adapt(your model)), got {type(base).__name__}.")
+    described = json.loads(json.dumps(base.describe()))     # plain data, as the file holds it
+    if (described["family"], described["config"]) != (info.get("family"), info.get("config")):
+        raise CheckpointError(f"{path}: saved from a '{info.get('family')}' model with config "
+                              f"{info.get('config')}, but base= is a '{described['family']}' "
+                              f"model with config {described['config']}; rebuild the model the "
+                              f"file was saved from (same sizes, same adapt(...) arguments).")
+    model = copy.deepcopy(base)
+    if info.get("structure") is not None:
+        model = _with_structure(model, info["structure"], path)
+    return model
+
+
+def _fill(path: Path, model: CTCModel, tensors: _Tensors, checked: bool = False) -> CTCModel:
+    """`model` filled with the file's tensors (checked against its state dict first unless
+    `checked`), refusing NaN / Inf: float32, eval mode."""
+    if not checked:
+        info = model.describe()
+        _check_tensors(path, info["family"], info["config"],
+                       {k: (tuple(v.shape), v.is_floating_point())
+                        for k, v in model.state_dict().items()}, tensors)
     state = tensors.load()
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. "
                               f"{bad[:_SHOW]}; the checkpoint is corrupt (training diverged?). "
                               f"Use an earlier checkpoint.")
-    if model is None:
-        model = FAMILIES[found][0](cfg)
     model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v
                            for k, v in state.items()})
     return model.float().eval()
