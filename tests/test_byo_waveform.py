@@ -30,9 +30,9 @@ def model(raw):
 
 @pytest.fixture(scope="module")
 def short_test(tmp_path_factory):
-    """The LIMIT shortest real_test utterances (~1 s each) as a manifest: the toy makes 1600
-    frames per second and attends over all of them, so the first ones (~5 s) cost ~25x more
-    for the same properties."""
+    """The LIMIT shortest real_test utterances (~1 s each) as a manifest: the toy attends over
+    all of its 200 frames per second, so the first ones (~5 s) cost more for the same
+    properties."""
     from workbench.data import read_manifest, write_manifest
     shortest = sorted(read_manifest(REAL_TEST), key=lambda u: u.duration)[:LIMIT]
     return write_manifest(shortest, tmp_path_factory.mktemp("short") / "manifest.jsonl")

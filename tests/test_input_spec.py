@@ -34,8 +34,8 @@ def test_input_spec_of_each_kind_of_model(wav2vec2) -> None:
 
 
 def test_frame_rate_at_the_blocks_of_a_waveform_model(wav2vec2) -> None:
-    # the toy's feature extractor: convs of stride 5 and 2 -> one frame per 10 samples
-    assert frames_per_second(wav2vec2) == 1600.0
+    # the toy's feature extractor: convs of stride 5, 2, 2, 2, 2 -> one frame per 80 samples
+    assert frames_per_second(wav2vec2) == 200.0
     whisper = build_model("whisper_ctc", d_model=32, n_heads=4, n_layers=1, d_ff=64, n_ctx=1500)
     assert frames_per_second(whisper) == 50.0
 
@@ -46,8 +46,8 @@ def test_a_waveform_bundle_measures_and_prices_one_second_of_samples(wav2vec2, t
     from workbench.paths import REAL_TEST
     from workbench.data import read_manifest, write_manifest
     from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
-    # The two shortest real_test utterances (~1 s each): the toy makes 1600 frames per second
-    # and attends over all of them, so the first two (~5 s each) cost ~25x more for the same
+    # The two shortest real_test utterances (~1 s each): the toy makes 200 frames per second
+    # and attends over all of them, so the first two (~5 s each) cost more for the same
     # properties (nothing here depends on which utterances are decoded).
     shortest = sorted(read_manifest(REAL_TEST), key=lambda u: u.duration)[:2]
     eval_set = write_manifest(shortest, tmp_path / "short" / "manifest.jsonl")
