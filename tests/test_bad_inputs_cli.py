@@ -359,3 +359,12 @@ def test_probe_folder_of_the_writability_check_is_removed(tmp_path) -> None:
     check_writable_parent(tmp_path / "new" / "deeper" / "out")
     assert _entries(tmp_path) == []
     assert not list(Path(tempfile.gettempdir()).glob(".out.probe.*"))
+
+
+@pytest.mark.parametrize("storage", ["signed", "unsigned"])
+def test_int8_weights_with_executorch_is_refused_not_ignored(capsys, files, storage) -> None:
+    out = Path(files["tmp"]) / "pte"
+    code, err = run(capsys, ["apply", "--runtime", "executorch", "--plan", files["plan"],
+                             "--out", str(out), "--int8-weights", storage])
+    assert_one_line_error(code, err, "--int8-weights", storage, "executorch")
+    assert not out.exists()

@@ -125,6 +125,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
         ck.check_new_output_dir(Path(args.out), args.force)
         return apply_whisper_cli(args)        # refuses --runtime executorch itself
     if getattr(args, "runtime", "onnx") == "executorch":
+        if getattr(args, "int8_weights", "auto") != "auto":   # said, so not silently ignored
+            raise ck.ArgumentError(
+                f"--int8-weights {args.int8_weights}: chooses ONNX Runtime's int8 kernels; "
+                f"ExecuTorch's XNNPACK has no such choice. Drop the option with --runtime "
+                f"executorch.")
         from workbench.export.apply_pte import apply_pte_cli
         return apply_pte_cli(args)
     from workbench.export import apply_cli
