@@ -120,6 +120,17 @@ NUMBERS = {
     "sweep-bits-zero": (["sweep", "--bits", "0"], ["--bits", "0"]),
     "sweep-bits-unsupported": (["sweep", "--bits", "8,9"], ["--bits", "9"]),
     "search-bits-zero": (["search", "--bits", "0,4", "--out", "{tmp}/s"], ["--bits", "0"]),
+    "bench-blocks-not-a-number": (["bench", "recover", "--case", "e_linear", "--blocks", "1,x"],
+                                  ["--blocks", "1,x"]),
+    "bench-blocks-empty-index": (["bench", "recover", "--case", "e_linear", "--blocks", "1,,2"],
+                                 ["--blocks", "1,,2"]),
+    "bench-blocks-negative": (["bench", "recover", "--case", "e_linear", "--blocks", "-1"],
+                              ["--blocks", "-1"]),
+    "bench-blocks-repeated": (["bench", "recover", "--case", "e_linear", "--blocks", "2,2"],
+                              ["--blocks", "2,2"]),
+    # a block set for a case that takes none: refused, not ignored (before the demo is loaded)
+    "bench-blocks-without-e-linear": (["bench", "recover", "--case", "d_windowed", "--blocks", "1"],
+                                      ["--blocks", "1", "e_linear"]),
 }
 
 
