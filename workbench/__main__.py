@@ -144,10 +144,16 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from workbench.export.apply import read_plan
     from workbench.models import load_checkpoint, load_demo
     from workbench.compress.progressive import ProgressiveConfig
+    from workbench.data.held_out import refuse_held_out
     from workbench.recovery import DEFAULT_CONFIG, recover_plan, validation_probe
 
     out = Path(args.out)
     ck.check_new_output_dir(out, args.force)
+    # before any model is loaded: no utterance of a held-out set trains or is watched
+    refuse_held_out(args.manifest, option="--manifest")
+    if args.val_manifest:
+        refuse_held_out([args.val_manifest], option="--val-manifest",
+                        use="the WER estimate watched while training")
     plan = read_plan(Path(args.plan))
     teacher = load_checkpoint(args.checkpoint) if args.checkpoint else load_demo()
     cfg = replace(DEFAULT_CONFIG, max_minutes=args.minutes,
