@@ -186,6 +186,28 @@ def test_recover_cli_refuses_a_copied_held_out_set_for_the_estimate(held_out, no
     refused_line(code, err, "--val-manifest", manifest, name)
 
 
+@pytest.mark.parametrize("make", [renamed_copy, copy_with_audio],
+                         ids=["renamed", "audio-copied-new-ids"])
+def test_recover_cli_refuses_an_estimate_on_copies_of_the_training_data(make, no_model, tmp_path,
+                                                                        capsys):
+    """The same rule keeps the estimate's validation set apart from the training data."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(PLAN.to_json())
+    val = make(CALIB, tmp_path)
+    code, err = run(capsys, ["recover", "--plan", str(plan), "--out", str(tmp_path / "o"),
+                             "--manifest", str(CALIB), "--val-manifest", str(val)])
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "ModelLoaded" not in err, err
+    assert "--val-manifest" in lines[0] and "training manifest" in lines[0]
+    assert str(CALIB) in lines[0] and str(val) in lines[0]
+    utts = read_manifest(CALIB)                   # disjoint halves: accepted, up to the model
+    train = write_manifest(utts[:24], tmp_path / "halves" / "train.jsonl")
+    val = write_manifest(utts[24:], tmp_path / "halves" / "val.jsonl")
+    code, err = run(capsys, ["recover", "--plan", str(plan), "--out", str(tmp_path / "o"),
+                             "--manifest", str(train), "--val-manifest", str(val)])
+    assert code == 2 and "ModelLoaded" in err, err
+
+
 def test_recipe_search_cli_refuses_held_out_data(held_out, no_model, tmp_path, capsys):
     name, manifest = held_out
     plan = tmp_path / "plan.json"

@@ -181,7 +181,7 @@ def validation_probe(manifests: list[Path] | None, val_manifest: Path | None,
     split (never trained on); None when training on other manifests without a validation one.
     The held-out test sets are refused: the estimate is watched while training, and a number
     you tune by must not come from the sets the results are reported on."""
-    from workbench.data.held_out import refuse_held_out
+    from workbench.data.held_out import refuse_held_out, shared_utterances
     from workbench.errors import ArgumentError
     from workbench.evaluate import load_eval_set
     from workbench.paths import cache_dir
@@ -195,9 +195,12 @@ def validation_probe(manifests: list[Path] | None, val_manifest: Path | None,
     refuse_held_out([val_manifest], option="--val-manifest",
                     use="the WER estimate watched while training (a validation split, e.g. the "
                         "demo corpus's synth/dev.jsonl)")
-    if manifests and Path(val_manifest).resolve() in {Path(m).resolve() for m in manifests}:
-        raise ArgumentError(f"--val-manifest {val_manifest}: also a training manifest; the "
-                            f"estimate must come from utterances never trained on.")
+    shared = shared_utterances(val_manifest, manifests or ())
+    if shared is not None:
+        other, n, total, example, how = shared
+        raise ArgumentError(f"--val-manifest {val_manifest}: {n} of its {total} utterances are "
+                            f"also in the training manifest {other} (e.g. '{example[:60]}': "
+                            f"{how}); the estimate must come from utterances never trained on.")
     return load_eval_set(val_manifest, limit=limit, progress=False,
                          name=f"validation ({Path(val_manifest).parent.name}/"
                               f"{Path(val_manifest).name})")

@@ -91,11 +91,11 @@ def _digest(path: Path, key: tuple[int, int, int]) -> str:
 
 
 class _Index:
-    """One held-out set's utterances: their files, sizes and (id, transcript) pairs."""
+    """One manifest's utterances (a held-out set's): their files, sizes and (id, transcript)
+    pairs."""
 
     def __init__(self, manifest: Path) -> None:
         from workbench.data.manifest import read_manifest
-        self.manifest = manifest
         self.files: set[tuple[int, int]] = set()
         self.by_size: dict[int, list[tuple[Path, tuple[int, int, int]]]] = {}
         self.labels: set[tuple[str, str]] = set()
@@ -146,6 +146,24 @@ def find_held_out(manifest: Path | str) -> HeldOutMatch | None:
                 if (how := index.how(u.audio_path, u.id, u.text)) is not None]
         if hits:
             return HeldOutMatch(manifest, name, m, len(hits), len(utts), *hits[0])
+    return None
+
+
+def shared_utterances(manifest: Path | str, others: Iterable[Path | str]
+                      ) -> tuple[Path, int, int, str, str] | None:
+    """The first of `others` that shares an utterance with `manifest` by the same rule, as
+    (that manifest, shared utterances, utterances of `manifest`, an example id, how), or None.
+    For a validation set that must not overlap the training data."""
+    from workbench.data.manifest import read_manifest
+    utts = read_manifest(manifest)
+    for other in others:
+        if _same_file(Path(manifest), Path(other)):
+            return Path(other), len(utts), len(utts), utts[0].id, "the same manifest"
+        index = _Index(Path(other))
+        hits = [(u.id, how) for u in utts
+                if (how := index.how(u.audio_path, u.id, u.text)) is not None]
+        if hits:
+            return Path(other), len(hits), len(utts), *hits[0]
     return None
 
 
