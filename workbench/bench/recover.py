@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from workbench.compress.progressive import ProgressiveConfig
-from workbench.compress.recover import RecoverConfig
+from workbench.compress.distill import RecoverConfig
 from workbench import presets
 from workbench.errors import ArgumentError
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig
