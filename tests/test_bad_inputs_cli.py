@@ -398,6 +398,8 @@ HELD_OUT_CASES = {   # (argv before the manifest, the option), the manifest's fo
                                "--manifest"),
     "search-recover-manifest": (["search", "--out", "{tmp}/o", "--executor", "serial"],
                                 "--recover-manifest"),
+    "bench-recover-manifest": (["bench", "recover", "--case", "d_windowed"], "--manifest"),
+    "bench-linear-blocks-manifest": (["bench", "linear-blocks"], "--manifest"),
 }
 
 
