@@ -164,8 +164,13 @@ def compute_precision(layer: EffectiveLayer, dev: DeviceProfile) -> str:
     return "fp32" if dequantized_per_call(layer, dev) else layer.precision
 
 
-def layer_latency(layer: EffectiveLayer, dev: DeviceProfile) -> LayerLatency:
-    """Roofline time of one layer on one device (module docstring)."""
+def roofline_terms(layer: EffectiveLayer, dev: DeviceProfile) -> dict[str, float]:
+    """The roofline's inputs for one layer (lesson 05's roofline_ms takes exactly these):
+    flops, bytes_moved, peak_gops, bandwidth_gbs, compute_efficiency, memory_efficiency,
+    overhead_ms. time = max(flops / (peak x eff), bytes / (bandwidth x eff)) + overhead.
+    flops: 2 x MACs (elementwise: ELEMENTWISE_FLOPS per element); for a layer whose <= 4-bit
+    weights are dequantized on every call, plus the fp32 FLOPs that take as long as that
+    dequantization (params x int4_dequant_ns_per_weight at this layer's fp32 rate)."""
     eff = dev.efficiency
     precision = compute_precision(layer, dev)
     if layer.op == "matmul":
@@ -177,17 +182,28 @@ def layer_latency(layer: EffectiveLayer, dev: DeviceProfile) -> LayerLatency:
         op_eff, flops = eff.attention_scores, 2 * layer.macs
     else:
         op_eff, flops = eff.elementwise, ELEMENTWISE_FLOPS * layer.output_bytes // 4
-    compute_s = flops / (dev.peak_ops(precision) * op_eff)
+    peak = dev.peak_ops(precision)
     if dequantized_per_call(layer, dev):
         # every weight unpacked, offset and scaled to fp32 once per call (MLAS SQ4BitGemm
         # CompFp32: per panel of N columns, then SGEMM over all rows): a cost that does not
         # shrink with shorter audio, which is why int4 loses to fp32 at 5 s on the host
-        compute_s += layer.params * float(dev.int4_dequant_ns_per_weight or 0.0) * 1e-9
-    moved = bytes_moved(layer, dev)
-    memory_s = moved / (dev.memory_bandwidth_gbs * 1e9 * eff.memory)
-    overhead_s = OPS_PER_LAYER[layer.op] * dev.overhead_us_per_op * 1e-6
-    return LayerLatency(path=layer.path, role=layer.role, op=layer.op, precision=precision,
-                        macs=layer.macs, bytes_moved=moved, compute_ms=compute_s * 1e3,
+        dequant_s = layer.params * float(dev.int4_dequant_ns_per_weight or 0.0) * 1e-9
+        flops += dequant_s * peak * op_eff
+    return dict(flops=float(flops), bytes_moved=float(bytes_moved(layer, dev)),
+                peak_gops=peak / 1e9, bandwidth_gbs=dev.memory_bandwidth_gbs,
+                compute_efficiency=op_eff, memory_efficiency=eff.memory,
+                overhead_ms=OPS_PER_LAYER[layer.op] * dev.overhead_us_per_op * 1e-3)
+
+
+def layer_latency(layer: EffectiveLayer, dev: DeviceProfile) -> LayerLatency:
+    """Roofline time of one layer on one device (module docstring)."""
+    t = roofline_terms(layer, dev)
+    compute_s = t["flops"] / (t["peak_gops"] * 1e9 * t["compute_efficiency"])
+    memory_s = t["bytes_moved"] / (t["bandwidth_gbs"] * 1e9 * t["memory_efficiency"])
+    overhead_s = t["overhead_ms"] * 1e-3
+    return LayerLatency(path=layer.path, role=layer.role, op=layer.op,
+                        precision=compute_precision(layer, dev), macs=layer.macs,
+                        bytes_moved=int(t["bytes_moved"]), compute_ms=compute_s * 1e3,
                         memory_ms=memory_s * 1e3, overhead_ms=overhead_s * 1e3,
                         time_ms=(max(compute_s, memory_s) + overhead_s) * 1e3)
 
