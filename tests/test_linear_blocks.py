@@ -133,3 +133,28 @@ def test_bench_recover_qat_case_is_the_exactly_exported_int4_preset():
     assert {d.kind for d in decisions} == {"linear", "conv"}
     assert [d.path for d in decisions if d.changes] == []
     assert {d.bits for d in decisions if d.kind == "linear"} >= {4}
+
+
+def test_bench_recover_block_sets_from_the_command_line():
+    """`--blocks all --blocks 2,0` reach bench_recover as linear_sets (None, (0, 2)); without
+    --blocks the default sets stand."""
+    from workbench import bench
+    from workbench.__main__ import build_parser
+    from workbench.bench.recover import LINEAR_SETS
+
+    kwargs = bench.BENCHES["recover"][2]
+    args = build_parser().parse_args(["bench", "recover", "--case", "e_linear",
+                                      "--blocks", "all", "--blocks", "2,0"])
+    assert kwargs(args)["linear_sets"] == (None, (0, 2))
+    assert "linear_sets" not in kwargs(build_parser().parse_args(["bench", "recover"]))
+    assert LINEAR_SETS == (None, (1,))
+
+
+def test_bench_recover_refuses_a_block_the_demo_lacks_before_any_recovery():
+    """A block index past the demo's 4 blocks is refused with the valid range, before anything
+    is trained (the check follows loading the demo, which takes seconds, not minutes)."""
+    from workbench.bench.recover import bench_recover
+    from workbench.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"--blocks 1,4: the demo has blocks 0\.\.3"):
+        bench_recover(minutes=0.01, cases=("e_linear",), linear_sets=[(1,), (1, 4)])

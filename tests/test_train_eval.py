@@ -1,4 +1,5 @@
 """Training decreases the CTC loss; the shipped demo model transcribes real held-out speech."""
+import pytest
 import torch
 
 from workbench.decode import encode_text
@@ -56,3 +57,24 @@ def test_shipped_demo_transcribes_real_held_out_speech():
     result = evaluate(load_demo(), eval_set)
     # The full set measures 0.31 greedy (README); 20 utterances leave room for sampling noise.
     assert result.wer < 0.45 and result.cer < 0.15, (result.wer, result.cer)
+
+
+def test_timed_run_warms_up_over_real_steps_not_over_time():
+    """With a wall-clock budget the cosine decay follows the time spent, but the warm-up counts
+    optimizer steps: a loaded run that has taken 3 steps in a third of its budget gets 3/30 of
+    the peak lr, not the ~0.8 of it a time-based warm-up gave (which left a barely warmed-up
+    optimizer at full lr). Past the warm-up, and without a budget, the schedule is unchanged."""
+    from workbench.compress.distill import RecoverConfig
+    from workbench.train import _schedule_step, lr_at, scheduled_lr
+
+    cfg = RecoverConfig(steps=400, lr=5e-4, warmup=30, max_minutes=10.0)
+    third = 200.0                                             # seconds: a third of 10 min
+    old = lr_at(_schedule_step(2, cfg, third), cfg)           # what the loop used before
+    assert old > 0.8 * cfg.lr
+    assert scheduled_lr(2, cfg, third) == pytest.approx(cfg.lr * 3 / 30, rel=1e-9)
+    assert scheduled_lr(2, cfg, 0.0) == pytest.approx(cfg.lr * 3 / 30, rel=1e-9)
+    assert scheduled_lr(100, cfg, third) == pytest.approx(lr_at(_schedule_step(100, cfg, third), cfg))
+    assert scheduled_lr(599, cfg, 600.0) == pytest.approx(0.0, abs=1e-12)   # budget spent
+    untimed = RecoverConfig(steps=400, lr=5e-4, warmup=30)
+    assert [scheduled_lr(s, untimed, 1e9) for s in (0, 29, 30, 399)] == [
+        lr_at(s, untimed) for s in (0, 29, 30, 399)]

@@ -83,6 +83,26 @@ def choice_of_ints(allowed: tuple[int, ...], what: str) -> Callable[[str], int]:
     return parse
 
 
+def block_set(text: str) -> tuple[int, ...] | None:
+    """An argparse type: a set of transformer block indices, "1,2" -> (1, 2), or "all" -> None
+    (every block). Whether the indices exist is checked against the model before any work."""
+    fix = 'give block indices separated by commas, e.g. 1 or 1,2, or "all"'
+    if text.strip().lower() == "all":
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty block index; {fix}")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not whole numbers; {fix}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: a block index is negative; {fix}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats a block index; {fix}")
+    return tuple(sorted(values))
+
+
 threads = int_in(1, MAX_THREADS, "the number of CPU threads to use, e.g. 2")
 seed = int_in(0, MAX_SEED, f"a seed in 0..{MAX_SEED}, e.g. 0")
 port = int_in(1, 65535, "a free TCP port in 1..65535, e.g. 8888")

@@ -21,8 +21,11 @@ the simulated one (and any layer the export runs differently from the plan, expo
 and ORT ms (1 thread, median of interleaved rounds) at 5 s and 30 s of audio next to the
 unswapped fp32 export, with the host latency model's predicted ratio for the plan as
 exported (structure, swaps and the quantization ORT applies; its source and band; null with the
-reason where it cannot price a setting). Recovery results are cached by plan + recipe
-(workbench.recovery), so a re-run only re-measures.
+reason where it cannot price a setting; the top-level "host_profile" says whether `workbench
+calibrate` ran here: uncalibrated predictions are nominal, and a line on stderr says so).
+Recovery results are cached by plan + recipe (workbench.recovery), so a re-run only re-measures;
+a row from the cache says "recovery_cached": true and when its checkpoint was written, since its
+minutes and steps were spent then, at another load.
 """
 from __future__ import annotations
 
@@ -36,8 +39,10 @@ from typing import Any
 import torch
 
 from workbench.compress.progressive import ProgressiveConfig
-from workbench.compress.recover import RecoverConfig
+from workbench.compress.distill import RecoverConfig
 from workbench import presets
+from workbench.data.held_out import refuse_held_out
+from workbench.errors import ArgumentError
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig
 
 CASES = ("a_progressive", "b_oneshot", "c_qat4", "d_windowed", "e_linear")
@@ -101,8 +106,32 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def when_recovered(checkpoint: Path, t0_epoch: float, load: list[float]) -> dict[str, Any]:
+    """When and at what load a case's recovery ran. A result found in the recovery cache was
+    trained earlier, at another load: say so, and when its checkpoint was written, rather than
+    the time and load of the cache lookup (`t0_epoch`: time.time() just before recover_plan)."""
+    written = checkpoint.stat().st_mtime
+    if written < t0_epoch:
+        return {"recovery_cached": True, "recovery_utc_start": None,
+                "recovery_utc_written": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(written)),
+                "load_recovery": None}
+    return {"recovery_cached": False,
+            "recovery_utc_start": time.strftime("%H:%M:%S", time.gmtime(t0_epoch)),
+            "load_recovery": load}
+
+
 def _log(msg: str) -> None:
     print(f"[bench recover] {msg}", file=sys.stderr, flush=True)
+
+
+def host_profile_state() -> dict[str, Any]:
+    """Whether the host latency profile the predictions use was calibrated on this machine
+    (`workbench calibrate`), and when: an uncalibrated profile's predicted speed-ups are nominal."""
+    from workbench.latency import load_device
+
+    dev = load_device("host")
+    return {"calibrated": bool(dev.calibrated), "calibrated_at": dev.calibrated_at or None,
+            "error_band_pct": round(dev.error_band_pct, 1)}
 
 
 def _predicted(teacher, plan: CompressionPlan, seconds: float, measured: float) -> dict[str, Any]:
@@ -155,22 +184,38 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
     from workbench.onnx_tools.runtime import time_interleaved
     from workbench.recovery import _held_out_sets, recover_plan
 
+    refuse_held_out(manifests, option="--manifest")    # before minutes of setup, naming the option
+    if tuple(linear_sets) != LINEAR_SETS and "e_linear" not in cases:
+        given = ["all" if b is None else ",".join(map(str, b)) for b in linear_sets]
+        raise ArgumentError(f"--blocks {' '.join(given)}: block sets apply to case e_linear "
+                            f"only; add --case e_linear or leave --blocks out")
     teacher = load_demo()
+    n_blocks = len(teacher.blocks)
+    for blocks in linear_sets:
+        if blocks is not None and (not blocks or max(blocks) >= n_blocks or min(blocks) < 0):
+            raise ArgumentError(f"--blocks {','.join(map(str, blocks))}: the demo has blocks "
+                                f"0..{n_blocks - 1}; give indices in that range, e.g. --blocks 1")
+    host = host_profile_state()
+    if not host["calibrated"]:
+        _log("the host latency profile is not calibrated here: predicted speed-ups use nominal "
+             "efficiencies (27-39 % off on 2026-12-02, vs <= 4.3 % calibrated); run "
+             "`workbench calibrate` (~40 s) first for the latency model's figures")
     sets = _held_out_sets()
     cfg = RecoverConfig(steps=steps or 400, lr=5e-4, warmup=30, max_batch_frames=12_000,
                         max_minutes=minutes)
     base_onnx = to_bytes(export_fp32(teacher))
-    out: dict[str, Any] = {"minutes_budget": minutes, "steps_max": cfg.steps,
+    out: dict[str, Any] = {"minutes_budget": minutes, "steps_max": cfg.steps, "host_profile": host,
                            "threads": torch.get_num_threads(), "cases": {}}
     start = time.perf_counter()
     for key, name, blocks in case_runs(cases, linear_sets):
         plan, kwargs = case_plan(name, blocks)
         _log(f"{key}: recovering ({minutes:g} min budget)")
-        load_recovery, t0 = _load(), time.strftime("%H:%M:%S", time.gmtime())
+        load_recovery, t0_epoch = _load(), time.time()
         result = recover_plan(plan, teacher, config=cfg, manifests=manifests, progress=False,
                               **kwargs)
         r = result.report
         load_recovery += _load()
+        recovery_when = when_recovered(Path(result.checkpoint), t0_epoch, load_recovery)
         export, sim_wer, ort_wer = export_parity(result, sets)
         jobs = [((which, s), blob, s) for which, blob in (("base", base_onnx),
                                                           ("case", export.model))
@@ -197,7 +242,7 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
             "ort_minus_sim": {k: round(ort_wer[k] - sim_wer[k], 4) for k in sim_wer},
             "export_inexact": inexact_layers(export),
             "ort": timing, "load": [times.load_before, times.load_after],
-            "recovery_utc_start": t0, "load_recovery": load_recovery,
+            **recovery_when,
             "checkpoint": str(result.checkpoint),
         }
         _log(f"{key}: after {r['greedy_wer_after']}, ORT {ort_wer}, 30 s x"
