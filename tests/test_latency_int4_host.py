@@ -64,9 +64,9 @@ def test_int4_everywhere_on_host_is_not_priced_as_int8(tables, uncalibrated_host
     host = load_device("host")
     s = _speedup(tables, "int4", host, seconds)
     assert 0.9 < s < 1.15, s
-    # int8 plans keep their int8 speed-up, exactly as on 91d36c4
-    want = {5.0: 2.035103205140392, 30.0: 1.4351971776814865}[seconds]
-    assert _speedup(tables, "int8", host, seconds) == pytest.approx(want, rel=1e-9)
+    # int8 plans keep their int8 MatMul speed-up (91d36c4: 2.035x / 1.435x; since the int8
+    # convs are priced at fp32 on the host, 1.80x / 1.36x: tests/test_latency_int8_conv.py)
+    assert _speedup(tables, "int8", host, seconds) > 1.3
 
 
 def test_a_4bit_layer_on_host_costs_its_fp32_compute_plus_dequantization(tables,

@@ -11,7 +11,10 @@ Per effective layer (workbench.latency.table):
   profile's `int4_compute` says: "int8" (unpacked to int8, the int8 rate) or "fp32" (ONNX
   Runtime's CPU MatMulNBits at the accuracy level our export writes: the weights stay 4-bit in
   memory, every call dequantizes them to fp32, then the fp32 GEMM; the dequantization adds
-  params x int4_dequant_ns_per_weight to the compute time). On the Cortex-A72 (rpi4) the int8
+  params x int4_dequant_ns_per_weight to the compute time). 5..8-bit Conv weights run what
+  `int8_conv_compute` says: "int8" or "fp32" (our ONNX export: int8 weights + DequantizeLinear +
+  the fp32 Conv, dequantized every call: + params x int8_conv_dequant_ns_per_weight; ORT dynamic
+  quantization is only asked for MatMuls). On the Cortex-A72 (rpi4) the int8
   peak equals the fp32 peak (no SDOT), so int8 only shrinks the bytes; on the A76 (rpi5, phone)
   SDOT makes int8 faster.
 - structured pruning (heads, neurons, channels) and low rank shrink the module shapes and so the
@@ -151,16 +154,32 @@ def memory_fit(table: LayerTable, dev: DeviceProfile) -> MemoryFit:
         activations_store="SRAM" if dev.sram_kb is not None else "RAM")
 
 
+def dequant_ns_per_weight(layer: EffectiveLayer, dev: DeviceProfile) -> float | None:
+    """ns per weight the runtime spends dequantizing this layer's integer weights to fp32 on every
+    call, or None when it runs them with integer kernels (or they are not integer): <= 4-bit
+    matmul / conv weights on an int4_compute == "fp32" device, 5..8-bit conv weights on an
+    int8_conv_compute == "fp32" device (module docstring)."""
+    if layer.op not in ("matmul", "conv") or layer.params <= 0 or layer.weight_bits > 8:
+        return None
+    if layer.weight_bits <= 4:
+        if dev.int4_compute == "fp32":
+            return float(dev.int4_dequant_ns_per_weight or 0.0)
+        return None
+    if layer.op == "conv" and dev.int8_conv_compute == "fp32":
+        return float(dev.int8_conv_dequant_ns_per_weight or 0.0)
+    return None
+
+
 def dequantized_per_call(layer: EffectiveLayer, dev: DeviceProfile) -> bool:
-    """True when the runtime keeps this layer's weights at <= 4 bits and dequantizes them to fp32
-    on every call (device profile int4_compute == "fp32"), instead of running int8 kernels."""
-    return (dev.int4_compute == "fp32" and layer.op in ("matmul", "conv") and layer.params > 0
-            and layer.weight_bits <= 4)
+    """True when the runtime keeps this layer's weights as integers and dequantizes them to fp32
+    on every call (<= 4-bit weights with int4_compute == "fp32", 5..8-bit Conv weights with
+    int8_conv_compute == "fp32"), instead of running int8 kernels."""
+    return dequant_ns_per_weight(layer, dev) is not None
 
 
 def compute_precision(layer: EffectiveLayer, dev: DeviceProfile) -> str:
     """The arithmetic `dev`'s runtime runs `layer` in: the table's precision (its weight bits),
-    except <= 4-bit weights on a runtime that computes them in fp32 (module docstring)."""
+    except integer weights the runtime dequantizes and computes in fp32 (module docstring)."""
     return "fp32" if dequantized_per_call(layer, dev) else layer.precision
 
 
@@ -168,9 +187,9 @@ def roofline_terms(layer: EffectiveLayer, dev: DeviceProfile) -> dict[str, float
     """The roofline's inputs for one layer (lesson 05's roofline_ms takes exactly these):
     flops, bytes_moved, peak_gops, bandwidth_gbs, compute_efficiency, memory_efficiency,
     overhead_ms. time = max(flops / (peak x eff), bytes / (bandwidth x eff)) + overhead.
-    flops: 2 x MACs (elementwise: ELEMENTWISE_FLOPS per element); for a layer whose <= 4-bit
+    flops: 2 x MACs (elementwise: ELEMENTWISE_FLOPS per element); for a layer whose integer
     weights are dequantized on every call, plus the fp32 FLOPs that take as long as that
-    dequantization (params x int4_dequant_ns_per_weight at this layer's fp32 rate)."""
+    dequantization (params x dequant_ns_per_weight at this layer's fp32 rate)."""
     eff = dev.efficiency
     precision = compute_precision(layer, dev)
     if layer.op == "matmul":
@@ -183,11 +202,13 @@ def roofline_terms(layer: EffectiveLayer, dev: DeviceProfile) -> dict[str, float
     else:
         op_eff, flops = eff.elementwise, ELEMENTWISE_FLOPS * layer.output_bytes // 4
     peak = dev.peak_ops(precision)
-    if dequantized_per_call(layer, dev):
+    ns_per_weight = dequant_ns_per_weight(layer, dev)
+    if ns_per_weight is not None:
         # every weight unpacked, offset and scaled to fp32 once per call (MLAS SQ4BitGemm
-        # CompFp32: per panel of N columns, then SGEMM over all rows): a cost that does not
-        # shrink with shorter audio, which is why int4 loses to fp32 at 5 s on the host
-        dequant_s = layer.params * float(dev.int4_dequant_ns_per_weight or 0.0) * 1e-9
+        # CompFp32: per panel of N columns, then SGEMM over all rows; a Conv's DequantizeLinear
+        # over its whole weight): a cost that does not shrink with shorter audio, which is why
+        # int4 loses to fp32 at 5 s on the host
+        dequant_s = layer.params * ns_per_weight * 1e-9
         flops += dequant_s * peak * op_eff
     return dict(flops=float(flops), bytes_moved=float(bytes_moved(layer, dev)),
                 peak_gops=peak / 1e9, bandwidth_gbs=dev.memory_bandwidth_gbs,
