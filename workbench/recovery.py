@@ -3,6 +3,8 @@ by distillation from the uncompressed model, and save the result as a checkpoint
 
     recover_plan(plan, ...) -> RecoveryResult   (cached by plan + teacher + recipe)
 
+The distillation training itself (loss, QAT, the Distiller cache) is workbench/compress/distill.py.
+
 Training data: the demo's corpus (synthetic train sentences, real fine-tune prompts with one
 augmented view each), built offline if missing (`workbench data build`); or any NeMo manifests.
 The evaluation sets are never trained on. Quantization entries of the plan are written to
@@ -27,7 +29,7 @@ from collections.abc import Callable
 import torch
 
 from workbench.compress.progressive import ProgressiveConfig, progressive_recover
-from workbench.compress.recover import RecoverConfig, recover, split_plan
+from workbench.compress.distill import RecoverConfig, recover, split_plan
 from workbench.evaluate import EvalSet
 from workbench.plan import CompressionPlan
 from workbench.train import FitHooks, Item
@@ -331,7 +333,7 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "how": ("progressive pruning (cubic schedule, importance re-scored) + " if progressive
                 else "") + "layer-wise distillation (block outputs MSE / teacher variance) + KL on CTC "
-               "posteriors + 0.2 CTC; front-end frozen (workbench.compress.recover)"
+               "posteriors + 0.2 CTC; front-end frozen (workbench.compress.distill)"
                + ("; quantization-aware (straight-through) for the plan's weight bits" if qat
                   else ""),
     }

@@ -71,7 +71,7 @@ def select_blocks(teacher: torch.nn.Module, items: Sequence, *, val_items: int =
     """Score linear-attention swaps of `teacher` on the validation part of `items` (the
     recovery corpus) without recovery; see the module docstring. Reads no manifest."""
     from workbench.compress import compress
-    from workbench.compress.recover import Distiller, RecoverConfig, frozen_teacher
+    from workbench.compress.distill import Distiller, RecoverConfig, frozen_teacher
     from workbench.search.recipe import _chunks, _val_eval_set, _val_scores, split_items
 
     train, val = split_items(items, val_items, seed)
