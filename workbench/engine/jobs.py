@@ -79,11 +79,12 @@ class PriorityLock:
 
 
 #: The app's one run lock. Held by every model run the app starts: a slider's WER evaluation
-#: (INTERACTIVE), a sweep cell and a recovery step (BACKGROUND), a search trial, a condition of
-#: the conditions grid, the streaming measurement, building a chosen model's baseline, and the
-#: ONNX export (USER; released between two of its stages, so a slider's evaluation gets in there).
-#: Not held by the cost caches' pricing (engine/costs.py: shape tables and traced graphs of a
-#: plan, for the header's readouts and the sensitivity tab's suggestion).
+#: (INTERACTIVE), a sweep cell and a recovery step (BACKGROUND), a search trial's evaluation, a
+#: condition of the conditions grid, the streaming measurement, building a chosen model's
+#: baseline, and the ONNX export (USER; released between two of its stages, so a slider's
+#: evaluation gets in there). Not held by the cost caches' pricing (engine/costs.py: shape
+#: tables, traced graphs and the analytic profile of a plan, for the header's readouts, the
+#: profile tab and the suggestion).
 RUN_LOCK = PriorityLock()
 
 
