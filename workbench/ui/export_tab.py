@@ -118,7 +118,7 @@ class ExportTab(LazyView):
         if verb is None:
             raise RuntimeError("the ONNX export is not available in this version.")
         apply_plan, options_cls = verb
-        from workbench.export.apply import STAGES, summary_lines
+        from workbench.export.apply import STAGES, summary_lines  # loaded with the export (onnx)
         model = self.core.model
         plan = plan_for_model(self.state.plan, model)
         out = Path(self.out_dir.value).expanduser()
