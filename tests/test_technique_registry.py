@@ -159,6 +159,53 @@ def test_a_shape_changing_hook_counts_once_in_the_engine_as_in_predict_latency(m
         unregister("toy")
 
 
+def _bottleneck(root: nn.Module, entries: Mapping[str, ToyConfig], ctx: ApplyContext
+                ) -> nn.Module:
+    """A shape-changing toy: each Linear becomes in -> round(out * factor) -> out (two Linears
+    under a Sequential: new paths and widths that no built-in arithmetic knows)."""
+    from workbench.compress.techniques.low_rank import replace_module
+    for path, s in entries.items():
+        layer = root.get_submodule(path)
+        mid = max(1, round(layer.out_features * s.factor))
+        root = replace_module(root, path, nn.Sequential(nn.Linear(layer.in_features, mid),
+                                                        nn.Linear(mid, layer.out_features)))
+    return root
+
+
+#: the toy with changes_shape=True and no latency hook: only a shape pass of the compressed
+#: model sees what it does
+BOTTLENECK = replace(TOY, apply_=_bottleneck, changes_shape=lambda s: True, latency_row=None,
+                     size_specs=None)
+
+
+@pytest.mark.parametrize("seconds", [1.0, 2.0])
+def test_a_shape_changing_technique_without_a_hook_is_priced_as_compressed(model, seconds
+                                                                           ) -> None:
+    """The dashboard's host latency (CostCache -> table_for_plan, arithmetic on the dense table)
+    of a technique that changes shapes without a latency hook equals predict_latency (a shape
+    pass of the compressed model): the new rows FC1.0 / FC1.1 appear, FC1 is gone. Before the
+    fallback, table_for_plan ignored the technique and priced the dense FC1 (the rows differed
+    and the total was the baseline's)."""
+    from workbench.engine.costs import CostCache
+    from workbench.latency import predict_latency, table_for_plan
+    dense = predict_latency(model, "host", seconds)
+    register(BOTTLENECK)
+    try:
+        plan = _plan(factor=0.25)
+        ref = predict_latency(model, "host", seconds, plan)
+        got = CostCache(model).latency(plan, "host", seconds)
+        quick = table_for_plan(layer_table(model, seconds), model, plan)
+    finally:
+        unregister("toy")
+    paths = [r.path for r in ref.layers]
+    assert f"{FC1}.0" in paths and f"{FC1}.1" in paths and FC1 not in paths
+    assert [(r.path, r.macs) for r in got.layers] == [(r.path, r.macs) for r in ref.layers]
+    assert got.total_ms == pytest.approx(ref.total_ms, rel=1e-9)
+    assert [(r.path, r.macs) for r in quick.layers] == [(r.path, r.macs) for r in ref.layers]
+    # the bottleneck (256 -> 64 -> ... on fc1) does change the price: the test can tell
+    assert abs(ref.total_ms - dense.total_ms) > 1e-6 * dense.total_ms
+
+
 def test_the_edge_path_applies_the_toy_hook_as_the_host_does(toy, model) -> None:
     """An edge device prices the traced graph; the module the toy's latency hook changes (FC1:
     stored as 8-bit) is priced from the hooked table row, as on the host: int8 on the Pi 4,
