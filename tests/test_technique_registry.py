@@ -291,3 +291,50 @@ def test_export_asks_the_registry_for_a_runtime_technique_handler(model) -> None
     # the built-in quantization decides through its registered handler
     d = decide(FC1, "linear", QuantConfig(weight_bits=8))
     assert (d.method, d.bits) == ("int8_dynamic", 8)
+
+
+def test_the_model_card_names_every_technique_of_the_plan(model) -> None:
+    """The card's plan table and methods (export.model_card, also used by the Whisper and
+    ExecuTorch cards) name each registered technique in its own `describe` words: the swaps,
+    which the card never named before, and the built-ins."""
+    from workbench.export.model_card import methods, plan_table
+    from workbench.plan import PruneConfig
+    plan = CompressionPlan(layers={
+        "blocks.0.attn": LayerConfig(windowed_attention={"window_s": 1.0}),
+        "blocks.1.attn": LayerConfig(performer_attention={"features": 32}),
+        "blocks.0.ffn1": LayerConfig(grouped_ffn={"groups": 2}),
+        "blocks.0.ffn2": LayerConfig(prune=PruneConfig(amount=0.5, structure="neurons")),
+        "blocks.1.ffn1.fc1": LayerConfig(rank=8, quant=QuantConfig(weight_bits=8)),
+    })
+    resolved = resolve(plan, model)
+    table, bullets = plan_table(resolved, []), "\n".join(methods(resolved, []))
+    rows = {line.split("|")[1].strip(" `"): line for line in table.splitlines()[2:]}
+    assert "windowed attention, 1 s blocks" in rows["blocks.0.attn"]
+    assert "at least 1 s of context each side" in rows["blocks.0.attn"]
+    assert "Performer attention, 32 random features" in rows["blocks.1.attn"]
+    assert "grouped FFN, 2 block-diagonal groups" in rows["blocks.0.ffn1"]
+    assert "structured pruning, 50% of the FFN neurons removed (magnitude importance)" in \
+        rows["blocks.0.ffn2"]
+    # low rank before the export; the 8-bit weights (a runtime technique) in the plan column,
+    # from `describe` when the export's report has no row for the layer
+    cells = [c.strip() for c in rows["blocks.1.ffn1.fc1"].split("|")]
+    assert cells[2] == "low rank 8 (truncated SVD)"
+    assert cells[3] == "8-bit weights (per channel, symmetric)"
+    for name in ("windowed attention", "performer attention", "grouped ffn"):
+        assert f"**{name}**: " in bullets                 # one method bullet per swap
+    assert "1 s blocks" in bullets and "the exported graph has the new modules" in bullets
+    assert "**Structured pruning**" in bullets and "**Low rank**" in bullets
+
+
+def test_the_model_card_names_a_technique_registered_from_a_test(toy, model) -> None:
+    """The toy (registered here, unknown to export/) shows up in the card: by its config when it
+    has no `describe` hook, in its own words when it has one."""
+    from workbench.export.model_card import methods, plan_table
+    resolved = resolve(_plan(factor=0.5), model)
+    assert "toy (factor=0.5, bits=16)" in plan_table(resolved, [])
+    assert any(m.startswith("**toy**: toy (factor=0.5, bits=16) (1 module)")
+               for m in methods(resolved, []))
+    register(replace(TOY, describe=lambda s: f"toy scaling by {s.factor:g}"), replace=True)
+    resolved = resolve(_plan(factor=0.5), model)
+    assert "toy scaling by 0.5" in plan_table(resolved, [])
+    assert "**toy**: toy scaling by 0.5 (1 module)" in "\n".join(methods(resolved, []))
