@@ -338,3 +338,38 @@ def test_the_model_card_names_a_technique_registered_from_a_test(toy, model) -> 
     resolved = resolve(_plan(factor=0.5), model)
     assert "toy scaling by 0.5" in plan_table(resolved, [])
     assert "**toy**: toy scaling by 0.5 (1 module)" in "\n".join(methods(resolved, []))
+
+
+def test_cross_technique_rules_are_the_registry_conflicts_hook(model) -> None:
+    """Resolution asks each technique's `conflicts` hook: unstructured pruning refuses low rank
+    on the same Linear through its hook (without the hook the same plan resolves), and a toy
+    registered here can refuse int8 on its layer the same way, naming the plan levels."""
+    from workbench.compress.techniques import technique
+    from workbench.plan import PruneConfig
+    both = CompressionPlan(default=LayerConfig(prune=PruneConfig(amount=0.5)),
+                           layers={FC1: LayerConfig(rank=4)})
+    with pytest.raises(PlanError, match=rf"{FC1}: unstructured pruning \(default\) and low rank "
+                                        rf"\(layers\['{FC1}'\]\)"):
+        resolve(both, model)
+    pruning = technique("prune")
+    register(replace(pruning, conflicts=None), replace=True)
+    try:
+        assert resolve(both, model)[FC1].rank == 4          # the rule was the hook
+    finally:
+        register(pruning, replace=True)
+
+    def no_int8(s, where, others):
+        if "quant" in others:
+            return f"toy ({where}) and quantization ({others['quant'][1]}) do not mix."
+        return None
+
+    register(replace(TOY, conflicts=no_int8))
+    try:
+        assert settings(resolve(_plan(), model)[FC1]) == {"toy": ToyConfig(factor=0.5)}
+        mixed = CompressionPlan(default=LayerConfig(quant=QuantConfig(weight_bits=8)),
+                                layers={FC1: LayerConfig(toy={"factor": 0.5})})
+        with pytest.raises(PlanError, match=rf"{FC1}: toy \(layers\['{FC1}'\]\) and "
+                                            rf"quantization \(default\) do not mix"):
+            resolve(mixed, model)
+    finally:
+        unregister("toy")

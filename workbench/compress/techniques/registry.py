@@ -126,6 +126,11 @@ class Technique:
     #: the model card: setting -> a short phrase a person reads ("windowed attention, 1 s
     #: blocks"); None: the card writes the technique's name and its config (see `describe_setting`)
     describe: Callable[[Any], str] | None = None
+    #: resolution: (this setting, the plan level that set it, {other technique's name: (its
+    #: setting, its level)} chosen for the same layer) -> why they cannot go together (a
+    #: sentence; the PlanError puts the layer's path before it), or None. E.g. unstructured
+    #: pruning refuses low rank on the same Linear.
+    conflicts: Callable[[Any, str, Mapping[str, tuple[Any, str]]], str | None] | None = None
 
     def setting(self, cfg: LayerConfig) -> Any:
         """This technique's setting in `cfg`, or None when `cfg` does not set it."""
