@@ -13,7 +13,7 @@ import torch
 from workbench.compress import compress
 from workbench.compress.lowrank import LowRankLinear
 from workbench.compress.quantize import BLOCK_SIZE
-from workbench.compress.recover import (FakeQuantSTE, RecoverConfig, _add_fake_quant, recover,
+from workbench.compress.distill import (FakeQuantSTE, RecoverConfig, _add_fake_quant, recover,
                                         split_plan)
 from workbench.compress.swap_layers import GroupedLinear
 from workbench.errors import PlanError

@@ -90,7 +90,7 @@ def test_ship_recovered_writes_a_float16_copy_that_loads_as_the_same_model(tmp_p
     import torch
 
     from workbench import CompressionPlan, LayerConfig, PruneConfig, compress
-    from workbench.compress.recover import split_plan
+    from workbench.compress.distill import split_plan
     from workbench.lessons.shipped import ship_recovered
     from workbench.models import build_model, save_checkpoint
 

@@ -12,7 +12,7 @@ from workbench.compress import importance as imp
 from workbench.compress.progressive import ProgressiveConfig, cubic_fraction, progressive_recover
 from workbench.compress.progressive_units import GatedUnits
 from workbench.compress.prune import count_to_remove
-from workbench.compress.recover import RecoverConfig
+from workbench.compress.distill import RecoverConfig
 from workbench.errors import PlanError, WorkbenchError
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
 from workbench.size import size_of_compressed
@@ -57,7 +57,7 @@ class _Spy:
 
     def __init__(self, monkeypatch) -> None:
         self.model = None
-        module = importlib.import_module("workbench.compress.recover")
+        module = importlib.import_module("workbench.compress.distill")
         real = module.fit
 
         def fit(model, *args, **kwargs):

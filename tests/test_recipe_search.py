@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workbench.compress import compress
-from workbench.compress.recover import Distiller, RecoverConfig, frozen_teacher, recover
+from workbench.compress.distill import Distiller, RecoverConfig, frozen_teacher, recover
 from workbench.compress.trainable import changed_parameters
 from workbench.errors import WorkbenchError
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig

@@ -6,7 +6,7 @@ import torch
 
 from workbench.compress import compress
 from workbench.compress.lowrank import LowRankLinear
-from workbench.compress.recover import RecoverConfig, recover, split_plan
+from workbench.compress.distill import RecoverConfig, recover, split_plan
 from workbench.errors import WorkbenchError
 from workbench.models import load_checkpoint, model_fingerprint, save_checkpoint
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.compress.recover import RecoverConfig
+from workbench.compress.distill import RecoverConfig
 from workbench.engine.jobs import RUN_LOCK, JobQueue
 from workbench.models import build_model
 from workbench.paths import DATA_DIR

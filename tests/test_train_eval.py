@@ -64,7 +64,7 @@ def test_timed_run_warms_up_over_real_steps_not_over_time():
     optimizer steps: a loaded run that has taken 3 steps in a third of its budget gets 3/30 of
     the peak lr, not the ~0.8 of it a time-based warm-up gave (which left a barely warmed-up
     optimizer at full lr). Past the warm-up, and without a budget, the schedule is unchanged."""
-    from workbench.compress.recover import RecoverConfig
+    from workbench.compress.distill import RecoverConfig
     from workbench.train import _schedule_step, lr_at, scheduled_lr
 
     cfg = RecoverConfig(steps=400, lr=5e-4, warmup=30, max_minutes=10.0)

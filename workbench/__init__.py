@@ -22,7 +22,7 @@ from workbench._version import __version__
 from workbench.byo import adapt
 from workbench import presets
 from workbench.compress import compress
-from workbench.compress.recover import RecoverConfig, recover
+from workbench.compress.distill import RecoverConfig, recover
 from workbench.compress.resolution import plan_for_model, resolve
 from workbench.errors import (ArgumentError, CheckpointError, DataError, DeviceError, PlanError,
                               WorkbenchError)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from workbench.data.held_out import refuse_held_out
 from workbench.plan import CompressionPlan, LayerConfig
 
 Blocks = tuple[int, ...]
@@ -71,7 +72,7 @@ def select_blocks(teacher: torch.nn.Module, items: Sequence, *, val_items: int =
     """Score linear-attention swaps of `teacher` on the validation part of `items` (the
     recovery corpus) without recovery; see the module docstring. Reads no manifest."""
     from workbench.compress import compress
-    from workbench.compress.recover import Distiller, RecoverConfig, frozen_teacher
+    from workbench.compress.distill import Distiller, RecoverConfig, frozen_teacher
     from workbench.search.recipe import _chunks, _val_eval_set, _val_scores, split_items
 
     train, val = split_items(items, val_items, seed)
@@ -139,9 +140,9 @@ def bench_linear_blocks(steps: int = 90, sizes: Sequence[int] = (1, 2), val_item
     from workbench.models import load_demo
     from workbench.recovery import (DEFAULT_CONFIG, _held_out_sets, recover_plan,
                                     recovery_items)
-    from workbench.search.recipe import WARMUP_SHARE, check_training_manifests
+    from workbench.search.recipe import WARMUP_SHARE
 
-    check_training_manifests(manifests)
+    refuse_held_out(manifests, option="--manifest")
     teacher = load_demo()
     start = time.perf_counter()
     items = recovery_items(manifests, seed=DEFAULT_CONFIG.seed, progress=False)

@@ -39,8 +39,9 @@ from typing import Any
 import torch
 
 from workbench.compress.progressive import ProgressiveConfig
-from workbench.compress.recover import RecoverConfig
+from workbench.compress.distill import RecoverConfig
 from workbench import presets
+from workbench.data.held_out import refuse_held_out
 from workbench.errors import ArgumentError
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig
 
@@ -103,6 +104,20 @@ def case_runs(cases: Sequence[str], linear_sets: Sequence[Sequence[int] | None] 
 def _load() -> list[float]:
     """os.getloadavg() (1, 5, 15 min), rounded: the machine is shared."""
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def when_recovered(checkpoint: Path, t0_epoch: float, load: list[float]) -> dict[str, Any]:
+    """When and at what load a case's recovery ran. A result found in the recovery cache was
+    trained earlier, at another load: say so, and when its checkpoint was written, rather than
+    the time and load of the cache lookup (`t0_epoch`: time.time() just before recover_plan)."""
+    written = checkpoint.stat().st_mtime
+    if written < t0_epoch:
+        return {"recovery_cached": True, "recovery_utc_start": None,
+                "recovery_utc_written": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(written)),
+                "load_recovery": None}
+    return {"recovery_cached": False,
+            "recovery_utc_start": time.strftime("%H:%M:%S", time.gmtime(t0_epoch)),
+            "load_recovery": load}
 
 
 def _log(msg: str) -> None:
@@ -169,6 +184,7 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
     from workbench.onnx_tools.runtime import time_interleaved
     from workbench.recovery import _held_out_sets, recover_plan
 
+    refuse_held_out(manifests, option="--manifest")    # before minutes of setup, naming the option
     if tuple(linear_sets) != LINEAR_SETS and "e_linear" not in cases:
         given = ["all" if b is None else ",".join(map(str, b)) for b in linear_sets]
         raise ArgumentError(f"--blocks {' '.join(given)}: block sets apply to case e_linear "
@@ -195,21 +211,11 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
         plan, kwargs = case_plan(name, blocks)
         _log(f"{key}: recovering ({minutes:g} min budget)")
         load_recovery, t0_epoch = _load(), time.time()
-        t0 = time.strftime("%H:%M:%S", time.gmtime(t0_epoch))
         result = recover_plan(plan, teacher, config=cfg, manifests=manifests, progress=False,
                               **kwargs)
         r = result.report
         load_recovery += _load()
-        # A result found in the recovery cache was trained earlier, at another load: say so, and
-        # when it was written, rather than the time and load of the cache lookup.
-        written = Path(result.checkpoint).stat().st_mtime
-        cached = written < t0_epoch
-        recovery_when = ({"recovery_cached": True, "recovery_utc_start": None,
-                          "recovery_utc_written": time.strftime("%Y-%m-%d %H:%M:%S",
-                                                                time.gmtime(written)),
-                          "load_recovery": None} if cached else
-                         {"recovery_cached": False, "recovery_utc_start": t0,
-                          "load_recovery": load_recovery})
+        recovery_when = when_recovered(Path(result.checkpoint), t0_epoch, load_recovery)
         export, sim_wer, ort_wer = export_parity(result, sets)
         jobs = [((which, s), blob, s) for which, blob in (("base", base_onnx),
                                                           ("case", export.model))

@@ -8,9 +8,11 @@
     lowrank.py      Linear -> two Linears by truncated SVD
     quantize.py     fake-quantized weights (b bits) and activations (8 bits, observed ranges)
     importance.py   scores per head / neuron / channel / weight (magnitude, Taylor)
-    calibration.py  calibration batches, Taylor gradients, activation range observation
+    calibration_stats.py  calibration batches, Taylor gradients, activation range observation
     targets.py      which modules a plan may name (Linear/Conv, attention, FFN, conv modules)
-    recover.py      recovery training after compression: layer-wise distillation from the original
+    distill.py      recovery training after compression: layer-wise distillation from the original
+                    (and QAT); `workbench recover` around it (data, cache, checkpoint) is
+                    workbench/recovery.py
 """
 # Named plans are plain data at the plan layer (workbench.presets); kept here as an attribute
 # so `from workbench.compress import presets` still works.

@@ -21,7 +21,7 @@ buffers and sparsity the one-shot `compress(teacher, plan)` gives (same size(), 
 latency), only with other units / weights chosen and trained weights. As one-shot does, an
 unstructured entry inside a pruned module (e.g. fc1 of an FFN losing neurons) masks its amount
 of the weights that remain after the cut.
-The loss is the distillation loss of workbench.compress.recover (teacher outputs cached); the
+The loss is the distillation loss of workbench.compress.distill (teacher outputs cached); the
 front-end is frozen there, so the plan may not prune it here.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from torch import nn
 
 from workbench.compress.progressive_units import GatedUnits, MaskedWeights, unit_count
 from workbench.compress.prune import count_to_remove
-from workbench.compress.recover import (RecoverConfig, Recovered, _front_end,
+from workbench.compress.distill import (RecoverConfig, Recovered, _front_end,
                                         check_recovery_inputs, distill, finish_recovery)
 from workbench.compress.resolution import resolve
 from workbench.compress.targets import graph_groups

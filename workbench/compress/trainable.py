@@ -1,5 +1,5 @@
 """What a recovery trains, when not everything (RecoverConfig.train of
-workbench.compress.recover): the layers, or the blocks, a compression changed.
+workbench.compress.distill): the layers, or the blocks, a compression changed.
 
     changed_parameters(student, teacher, "changed_layers") -> {"blocks.0.mlp.fc1.weight", ...}
 

@@ -1,10 +1,10 @@
 """Costs of a full Whisper model (encoder + greedy KV-cached decoder) for the dashboard and for
-scripts: `WhisperCore`, a CostCache whose latency is `workbench.whisper_latency`'s (encoder +
+scripts: `WhisperCostCache`, a CostCache whose latency is `workbench.whisper_latency`'s (encoder +
 cross keys/values + tokens x one decoder step, on the roofline device profiles), with the
 structurally compressed models and per-part tables cached so a bits-only change re-prices rows.
 
 Moved here from workbench/ui/whisper_app.py (review7 finding 10: caches and pricing are the
-engine's, not the UI's); `workbench.ui.whisper_app.WhisperCore` still names it.
+engine's, not the UI's); `workbench.ui.whisper_app.WhisperCostCache` still names it.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ STRUCTURES_KEPT = 3
 TABLES_KEPT = 64
 
 
-class WhisperCore(CostCache):
+class WhisperCostCache(CostCache):
     """Costs for a WhisperASR: size as for any model (workbench.size), latency as
     `whisper_latency` (autoregressive), on the roofline device profiles (`known_devices`)."""
 

@@ -37,7 +37,7 @@ def save_checkpoint(model: CTCModel, path: str | Path, metadata: dict[str, Any] 
     """Write `model` to `path` (`.safetensors`, or `.pt`); floating tensors stored as `dtype`.
 
     `structure`: the structural CompressionPlan that turned the family's model into this one
-    (e.g. a pruned and recovered model; see `workbench.compress.recover`), or None.
+    (e.g. a pruned and recovered model; see `workbench.compress.distill`), or None.
     The model itself is not touched (tensors are copied before the cast).
     """
     if not isinstance(model, CTCModel):

@@ -7,7 +7,7 @@ emphasis recover a compressed model best, searched on the recovery corpus only.
 
 The recovery items are split by transcript (every view of a sentence on the same side) into a
 training part and a validation part of about `val_items` items. Each trial recovers a copy of
-the student (workbench.compress.recover) for `trial_steps` optimizer steps — steps, not minutes,
+the student (workbench.compress.distill) for `trial_steps` optimizer steps — steps, not minutes,
 so a trial's result does not depend on the machine's load — with a sampled Recipe, then scores
 the recovered model on the validation part:
 
@@ -35,7 +35,7 @@ never worse than the default on the validation split. Later trials come from Opt
 sampler (seeded; trials asked and told one at a time, so a seed gives the same trials). Every
 trial sees the same batches in the same order (one training seed): the comparison is paired.
 The teacher's outputs are computed once per item, before trial 0, and shared by all trials
-(the Distiller cache of workbench.compress.recover), so every trial runs the student only.
+(the Distiller cache of workbench.compress.distill), so every trial runs the student only.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from workbench.compress import compress
-from workbench.compress.recover import (TRAIN_CHOICES, Distiller, RecoverConfig,
+from workbench.compress.distill import (TRAIN_CHOICES, Distiller, RecoverConfig,
                                         check_recovery_inputs, frozen_teacher, recover,
                                         trainable_params)
 from workbench.compress.resolution import resolve
@@ -356,17 +356,11 @@ def _selection(student: torch.nn.Module, teacher: torch.nn.Module, train: str
 
 
 def check_training_manifests(manifests: Sequence[Path] | None) -> None:
-    """Refuse the held-out sets as recipe-search data (they score the result, never choose it)."""
-    from workbench.paths import REAL_TEST, SYNTH_TEST   # read at call time (tests move them)
-    for m in manifests or ():
-        for name, held in (("real_test", REAL_TEST), ("synth_test", SYNTH_TEST)):
-            same = Path(m).resolve() == Path(held).resolve()
-            if not same and Path(m).exists() and Path(held).exists():
-                same = Path(m).samefile(held)
-            if same:
-                raise WorkbenchError(f"--manifest {m}: that is the held-out set {name}; the "
-                                     f"recipe is searched on training / calibration data only "
-                                     f"(the held-out sets score the result, never choose it).")
+    """Refuse a manifest with any utterance of a held-out set as recipe-search data (they score
+    the result, never choose it): workbench.data.held_out's rule, one line naming --manifest."""
+    from workbench.data.held_out import refuse_held_out
+    refuse_held_out(manifests, option="--manifest",
+                    use="recipe-search data (training / calibration data only)")
 
 
 def search_recipe_for_plan(plan, teacher: torch.nn.Module | None = None, *,

@@ -5,7 +5,7 @@
 
 Same pieces as `Workbench` (one AppState, a Controller, the header and the Compress /
 Trade-offs / Listen tabs), driven by `workbench.engine.whisper_session.WhisperSession` (a decoder-only
-change re-runs only the decoder) and `WhisperCore` (workbench.engine.whisper_costs), which
+change re-runs only the decoder) and `WhisperCostCache` (workbench.engine.whisper_costs), which
 prices latency the way `workbench.whisper_latency` does: encoder + cross keys/values + tokens x
 one decoder step, on the roofline device profiles. The Profile, Sensitivity, Conditions,
 Streaming and Export tabs are CTC-only for now; the app says so instead of showing them broken.
@@ -20,7 +20,7 @@ import ipywidgets as widgets
 from workbench.plan import CompressionPlan
 from workbench.ui.app import Workbench, eval_limit_from_env
 from workbench.ui.compress_tab import CompressTab
-from workbench.engine.whisper_costs import WhisperCore
+from workbench.engine.whisper_costs import WhisperCostCache
 from workbench.ui.listen_tab import ListenTab
 from workbench.ui.tradeoffs_tab import TradeoffsTab
 
@@ -53,7 +53,7 @@ class WhisperWorkbench(Workbench):
         from workbench.engine.whisper_session import WhisperSession
         self.session = session if session is not None else WhisperSession(
             model, tokenizer, eval_set, quick_utterances=quick_utterances)
-        self.core = WhisperCore(self.session.baseline)
+        self.core = WhisperCostCache(self.session.baseline)
         self.core.device(device)   # an unknown device fails here, naming the file it looked for
         self.core.warm_up(device, float(audio_seconds))
         es = self.session.eval_set
@@ -83,4 +83,4 @@ class WhisperWorkbench(Workbench):
                    load_eval_set(REAL_TEST, limit=limit, progress=False), **kwargs)
 
 
-__all__ = ["WhisperWorkbench", "WhisperCore", "MODEL_LABEL"]
+__all__ = ["WhisperWorkbench", "WhisperCostCache", "MODEL_LABEL"]

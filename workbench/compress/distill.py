@@ -1,4 +1,6 @@
 """Recovery training: a compressed model learns back what compression took, from the original.
+(This file is the training; workbench/recovery.py is the `workbench recover` command around it:
+plan splitting, data, the result cache and the checkpoint. Named distill.py, was recover.py.)
 
     recover(student, teacher, items, config) -> Recovered(model, history)   (inputs unchanged)
 
