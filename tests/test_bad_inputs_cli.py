@@ -379,3 +379,44 @@ def test_int8_weights_with_executorch_is_refused_not_ignored(capsys, files, stor
                              "--out", str(out), "--int8-weights", storage])
     assert_one_line_error(code, err, "--int8-weights", storage, "executorch")
     assert not out.exists()
+
+
+# ---- held-out sets as training data (workbench.data.held_out) ------------------------------------
+def _renamed_held_out(tmp: str, name: str) -> str:
+    """A held-out manifest written elsewhere under another name (same utterances and audio)."""
+    from workbench import paths
+    from workbench.data import read_manifest, write_manifest
+    src = paths.REAL_TEST if name == "real_test" else paths.SYNTH_TEST
+    return str(write_manifest(read_manifest(src), Path(tmp) / "renamed" / "train.jsonl"))
+
+
+HELD_OUT_CASES = {   # (argv before the manifest, the option), the manifest's form
+    "recover-manifest": (["recover", "--plan", "{plan}", "--out", "{tmp}/o"], "--manifest"),
+    "recover-val-manifest": (["recover", "--plan", "{plan}", "--out", "{tmp}/o"],
+                             "--val-manifest"),
+    "recipe-search-manifest": (["recipe-search", "--plan", "{plan}", "--out", "{tmp}/o"],
+                               "--manifest"),
+    "search-recover-manifest": (["search", "--out", "{tmp}/o", "--executor", "serial"],
+                                "--recover-manifest"),
+    "bench-recover-manifest": (["bench", "recover", "--case", "d_windowed"], "--manifest"),
+    "bench-linear-blocks-manifest": (["bench", "linear-blocks"], "--manifest"),
+}
+
+
+@pytest.mark.parametrize("form", ["shipped", "renamed"])
+@pytest.mark.parametrize("name", ["real_test", "synth_test"])
+@pytest.mark.parametrize("case", HELD_OUT_CASES)
+def test_held_out_set_as_training_data_is_refused(capsys, files, monkeypatch, case, name,
+                                                  form) -> None:
+    from workbench import models, paths
+
+    def loaded(*args, **kwargs):
+        pytest.fail("a model was loaded before the held-out check")
+    monkeypatch.setattr(models, "load_demo", loaded)
+    monkeypatch.setattr(models, "load_checkpoint", loaded)
+    manifest = (str(paths.REAL_TEST if name == "real_test" else paths.SYNTH_TEST)
+                if form == "shipped" else _renamed_held_out(files["tmp"], name))
+    argv, option = HELD_OUT_CASES[case]
+    code, err = run(capsys, [a.format(**files) for a in argv] + [option, manifest])
+    assert_one_line_error(code, err, option, manifest, f"held-out set {name}")
+    assert not (Path(files["tmp"]) / "o").exists()

@@ -144,23 +144,30 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from workbench.export.apply import read_plan
     from workbench.models import load_checkpoint, load_demo
     from workbench.compress.progressive import ProgressiveConfig
+    from workbench.data.held_out import refuse_held_out
     from workbench.recovery import DEFAULT_CONFIG, recover_plan, validation_probe
 
     out = Path(args.out)
     ck.check_new_output_dir(out, args.force)
+    # before any model is loaded: no utterance of a held-out set trains or is watched
+    refuse_held_out(args.manifest, option="--manifest")
+    if args.val_manifest:
+        refuse_held_out([args.val_manifest], option="--val-manifest",
+                        use="the WER estimate watched while training")
     plan = read_plan(Path(args.plan))
-    teacher = load_checkpoint(args.checkpoint) if args.checkpoint else load_demo()
-    cfg = replace(DEFAULT_CONFIG, max_minutes=args.minutes,
-                  steps=args.steps or DEFAULT_CONFIG.steps)
     import torch
     torch.set_num_threads(args.threads)
     manifests = [Path(m) for m in args.manifest] or None
-    # the progress bar's WER estimate: a validation split, never the held-out test sets
+    # the progress bar's WER estimate: a validation split, never the held-out test sets nor
+    # the training data (checked before the model is loaded)
     probe = validation_probe(manifests, Path(args.val_manifest) if args.val_manifest else None,
                              args.val_limit)
     if probe is None:
         sys.stderr.write("recover: no WER estimate in the progress bar (training on --manifest "
                          "without --val-manifest)\n")
+    teacher = load_checkpoint(args.checkpoint) if args.checkpoint else load_demo()
+    cfg = replace(DEFAULT_CONFIG, max_minutes=args.minutes,
+                  steps=args.steps or DEFAULT_CONFIG.steps)
     result = recover_plan(plan, teacher, out_dir=out, config=cfg, manifests=manifests,
                           teacher_name=args.checkpoint or "demo", qat=args.qat,
                           progressive=(ProgressiveConfig(importance=args.progressive)

@@ -7,9 +7,10 @@ The distillation training itself (loss, QAT, the Distiller cache) is workbench/c
 
 Training data: the demo's corpus (synthetic train sentences, real fine-tune prompts with one
 augmented view each), built offline if missing (`workbench data build`); or any NeMo manifests.
-The evaluation sets are never trained on. Quantization entries of the plan are written to
-`export_plan.json`, for `workbench apply --checkpoint`; with `qat=True` recovery also trains for
-them (quantization-aware, straight-through; then a plan without structure is fine too).
+The held-out sets are never trained on: a training manifest that lists any of their utterances
+is refused (workbench.data.held_out, for every entry point). Quantization entries of the plan are
+written to `export_plan.json`, for `workbench apply --checkpoint`; with `qat=True` recovery also
+trains for them (quantization-aware, straight-through; then a plan without structure is fine too).
 
 The progress bar (RecoveryBar) shows each step's loss and, when a `probe` set is given, the WER
 estimate of the model being trained (WerProbe: the same estimate the dashboard's Recover tab
@@ -52,12 +53,15 @@ class RecoveryResult:
 
 def recovery_items(manifests: list[Path] | None = None, n_synth: int = 1200, seed: int = 0,
                    progress: bool = True) -> list[Item]:
-    """Log-mel + label items: the given manifests, or the demo corpus (built if missing)."""
+    """Log-mel + label items: the given manifests, or the demo corpus (built if missing).
+    A manifest with any utterance of a held-out set is refused (workbench.data.held_out)."""
     from workbench.data import build_all, read_manifest
+    from workbench.data.held_out import refuse_held_out
     from workbench.paths import cache_dir
     from workbench.recipes import _items
 
     if manifests:
+        refuse_held_out(manifests, option="manifests")
         utts = [u for m in manifests for u in read_manifest(m)]
         feats, labels = _items(utts, 1, False, seed, "recovery features", progress)
     else:
@@ -179,9 +183,10 @@ def validation_probe(manifests: list[Path] | None, val_manifest: Path | None,
     split (never trained on); None when training on other manifests without a validation one.
     The held-out test sets are refused: the estimate is watched while training, and a number
     you tune by must not come from the sets the results are reported on."""
+    from workbench.data.held_out import refuse_held_out, shared_utterances
     from workbench.errors import ArgumentError
     from workbench.evaluate import load_eval_set
-    from workbench.paths import REAL_TEST, SYNTH_TEST, cache_dir
+    from workbench.paths import cache_dir
     if val_manifest is None:
         if manifests:
             return None
@@ -189,15 +194,15 @@ def validation_probe(manifests: list[Path] | None, val_manifest: Path | None,
         if not val_manifest.is_file():
             from workbench.data import build_all
             build_all(cache_dir() / "corpus", n_train=4000, seed=0)
-    held_out = {Path(m).resolve() for m in (REAL_TEST, SYNTH_TEST)}
-    if Path(val_manifest).resolve() in held_out:
-        raise ArgumentError(f"--val-manifest {val_manifest}: a held-out test set; the WER "
-                            f"estimate during training must come from a validation split "
-                            f"(e.g. the demo corpus's synth/dev.jsonl), never from the sets "
-                            f"the results are reported on.")
-    if manifests and Path(val_manifest).resolve() in {Path(m).resolve() for m in manifests}:
-        raise ArgumentError(f"--val-manifest {val_manifest}: also a training manifest; the "
-                            f"estimate must come from utterances never trained on.")
+    refuse_held_out([val_manifest], option="--val-manifest",
+                    use="the WER estimate watched while training (a validation split, e.g. the "
+                        "demo corpus's synth/dev.jsonl)")
+    shared = shared_utterances(val_manifest, manifests or ())
+    if shared is not None:
+        other, n, total, example, how = shared
+        raise ArgumentError(f"--val-manifest {val_manifest}: {n} of its {total} utterances are "
+                            f"also in the training manifest {other} (e.g. '{example[:60]}': "
+                            f"{how}); the estimate must come from utterances never trained on.")
     return load_eval_set(val_manifest, limit=limit, progress=False,
                          name=f"validation ({Path(val_manifest).parent.name}/"
                               f"{Path(val_manifest).name})")
@@ -230,11 +235,15 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
     `probe` (an EvalSet never trained on; with `hooks` None): a WER estimate of the model being
     trained every `probe_every` steps (WerProbe), shown in the progress bar (RecoveryBar) next
     to the loss and kept in the report as "estimates".
+    `manifests` listing any utterance of a held-out set are refused (DataError) before the
+    teacher is loaded (workbench.data.held_out).
     """
     from workbench.compress import compress
+    from workbench.data.held_out import refuse_held_out
     from workbench.models import load_demo, save_checkpoint
     from workbench.paths import cache_dir
 
+    refuse_held_out(manifests, option="manifests")   # before any model is loaded or trained
     if probe is not None and hooks is not None:
         from workbench.errors import ArgumentError
         raise ArgumentError("recover_plan: give probe= or hooks=, not both (an engine job's "

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from workbench.data.held_out import refuse_held_out
 from workbench.plan import CompressionPlan, LayerConfig
 
 Blocks = tuple[int, ...]
@@ -139,9 +140,9 @@ def bench_linear_blocks(steps: int = 90, sizes: Sequence[int] = (1, 2), val_item
     from workbench.models import load_demo
     from workbench.recovery import (DEFAULT_CONFIG, _held_out_sets, recover_plan,
                                     recovery_items)
-    from workbench.search.recipe import WARMUP_SHARE, check_training_manifests
+    from workbench.search.recipe import WARMUP_SHARE
 
-    check_training_manifests(manifests)
+    refuse_held_out(manifests, option="--manifest")
     teacher = load_demo()
     start = time.perf_counter()
     items = recovery_items(manifests, seed=DEFAULT_CONFIG.seed, progress=False)

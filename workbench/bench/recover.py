@@ -41,6 +41,7 @@ import torch
 from workbench.compress.progressive import ProgressiveConfig
 from workbench.compress.distill import RecoverConfig
 from workbench import presets
+from workbench.data.held_out import refuse_held_out
 from workbench.errors import ArgumentError
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig
 
@@ -183,6 +184,7 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
     from workbench.onnx_tools.runtime import time_interleaved
     from workbench.recovery import _held_out_sets, recover_plan
 
+    refuse_held_out(manifests, option="--manifest")    # before minutes of setup, naming the option
     if tuple(linear_sets) != LINEAR_SETS and "e_linear" not in cases:
         given = ["all" if b is None else ",".join(map(str, b)) for b in linear_sets]
         raise ArgumentError(f"--blocks {' '.join(given)}: block sets apply to case e_linear "

@@ -151,7 +151,10 @@ def watch_recovery(plan: CompressionPlan, teacher: torch.nn.Module, probe: EvalS
     """Submit the recovery of `plan` on `teacher` (module docstring). `on_step(entry)`: every
     step's losses (fit's log); `on_estimate(Estimate)`; `on_done(Watched)`, or None when
     cancelled; `measure`: the set the result is measured on (default: `probe`). Returns the Job.
-    Training data: `manifests` (None: the demo corpus, built offline if missing)."""
+    Training data: `manifests` (None: the demo corpus, built offline if missing); a manifest
+    with any utterance of a held-out set is refused here (DataError), before a job exists."""
+    from workbench.data.held_out import refuse_held_out
+    refuse_held_out(manifests, option="training manifest")
     cfg = recipe.config()
     progressive = (ProgressiveConfig(importance=recipe.importance)
                    if recipe.kind == "progressive" else None)

@@ -43,7 +43,12 @@ def search(spec: EvaluatorSpec, config: SearchConfig, *, space: SearchSpace | No
 
     recover_minutes: also recover (distill) up to `recover_plans` searched plans that remove
     structure, that many minutes each, and measure them (workbench.search.recover); the records
-    are in result.recovered and front.json's "recovered"."""
+    are in result.recovered and front.json's "recovered". `recover_manifests` with any
+    utterance of a held-out set are refused before the search starts (workbench.data.held_out).
+    """
+    if recover_minutes is not None:
+        from workbench.data.held_out import refuse_held_out
+        refuse_held_out(recover_manifests, option="recover_manifests")
     model = evaluator.model if evaluator is not None else spec.load_model()
     if space is None:
         space = SearchSpace.for_model(model, **(space_options or {}))

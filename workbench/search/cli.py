@@ -97,6 +97,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     for m in recover["recover_manifests"] or ():
         if not m.is_file():
             raise WorkbenchError(f"--recover-manifest {m}: no such file.")
+    from workbench.data.held_out import refuse_held_out   # before the search, not after it
+    refuse_held_out(recover["recover_manifests"], option="--recover-manifest")
     from workbench.search.executors import RayStartError
     try:
         result = search(spec, config, space_options=options, executor=executor,

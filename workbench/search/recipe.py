@@ -356,17 +356,11 @@ def _selection(student: torch.nn.Module, teacher: torch.nn.Module, train: str
 
 
 def check_training_manifests(manifests: Sequence[Path] | None) -> None:
-    """Refuse the held-out sets as recipe-search data (they score the result, never choose it)."""
-    from workbench.paths import REAL_TEST, SYNTH_TEST   # read at call time (tests move them)
-    for m in manifests or ():
-        for name, held in (("real_test", REAL_TEST), ("synth_test", SYNTH_TEST)):
-            same = Path(m).resolve() == Path(held).resolve()
-            if not same and Path(m).exists() and Path(held).exists():
-                same = Path(m).samefile(held)
-            if same:
-                raise WorkbenchError(f"--manifest {m}: that is the held-out set {name}; the "
-                                     f"recipe is searched on training / calibration data only "
-                                     f"(the held-out sets score the result, never choose it).")
+    """Refuse a manifest with any utterance of a held-out set as recipe-search data (they score
+    the result, never choose it): workbench.data.held_out's rule, one line naming --manifest."""
+    from workbench.data.held_out import refuse_held_out
+    refuse_held_out(manifests, option="--manifest",
+                    use="recipe-search data (training / calibration data only)")
 
 
 def search_recipe_for_plan(plan, teacher: torch.nn.Module | None = None, *,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ipywidgets as widgets
 
+from workbench.data.held_out import refuse_held_out
 from workbench.engine.jobs import Job
 from workbench.engine.recovery_job import (IMPORTANCES, Estimate, Recipe, Watched, subset,
                                            watch_recovery)
@@ -139,6 +140,8 @@ class RecoveryTab(LazyView):
         if self.job is not None and self.job.running:
             raise WorkbenchError("recovery: one is already running; cancel it first.")
         recipe = self.recipe()
+        # before anything changes in the tab: the error shows, nothing is trained
+        refuse_held_out(self.manifests, option="training manifest")
         c = self.controller
         plan, teacher = c.state.plan, c.session.baseline
         if recipe.kind != "qat" and not removes_structure(plan, teacher):
