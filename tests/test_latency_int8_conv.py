@@ -227,3 +227,34 @@ def test_calibration_overlays_the_conv_dequantization_cost(tmp_path, monkeypatch
         {**record, "int8_conv_dequant_ns_per_weight": -1.0}))
     with pytest.raises(DeviceError, match="not a valid host calibration"):
         load_device("host")
+
+
+# ---- calibration times an int8-conv variant -------------------------------------------------
+
+def test_tiny_calibration_times_dequantized_int8_convs_and_reports_their_error(tmp_path) -> None:
+    """An int8-everywhere variant: its Convs get int8 weights + DequantizeLinear (the export's
+    layout), its MatMuls ORT's dynamic int8; the record counts them and gives the variant's
+    leave-one-out error (no timed assertion)."""
+    import onnx
+
+    from workbench.latency.fit_host import build_variant, calibrate
+    from workbench.models import build_model
+    from workbench.onnx_tools.graph_map import op_counts
+    from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
+
+    torch.manual_seed(0)
+    model = build_model("whisper_ctc", d_model=64, n_heads=2, n_layers=2, d_ff=128, n_ctx=200,
+                        head_dim=32).eval()
+    plans = {"fp32": CompressionPlan(),
+             "int8_everywhere": CompressionPlan(default=LayerConfig(
+                 quant=QuantConfig(weight_bits=8)))}
+    variant = build_variant(model, "int8_everywhere", plans["int8_everywhere"], (1.0,), tmp_path)
+    convs = [x for x in variant.tables[1.0].layers if x.op == "conv"]
+    counts = op_counts(onnx.load(str(variant.onnx_path)))
+    assert variant.int8_convs == len(convs) == counts["DequantizeLinear"] == counts["Conv"] >= 2
+    record = calibrate(tmp_path / "host_profile.json", model=model, plans=plans,
+                       seconds=(1.0, 2.0), repeats=3)
+    assert record["variants"]["int8_everywhere"]["int8_convs"] == len(convs)
+    assert record["variants"]["fp32"]["int8_convs"] == 0
+    assert set(record["cv_abs_pct_error_by_variant"]) == {"fp32", "int8_everywhere"}
+    assert record["cv_abs_pct_error_by_variant"]["int8_everywhere"] >= 0

@@ -1,8 +1,8 @@
 """Fit the `host` device profile to ONNX Runtime measured on this machine (`workbench calibrate`).
 
 What is measured: a fixed set of variants of the demo architecture (fp32; int8 dynamic
-per-channel; 4-bit block-wise attention + FFN; FFN neurons and attention heads pruned; low-rank
-FFN; mixes), each exported to ONNX
+per-channel; int8 everywhere, the conv stem included; 4-bit block-wise attention + FFN; FFN
+neurons and attention heads pruned; low-rank FFN; mixes), each exported to ONNX
 once (dynamic time axis) and timed by ONNX Runtime, 1 thread, median of repeats, at several audio
 lengths (the attention scores grow with T^2, the rest with T, so lengths separate the two).
 Export, int8 quantization and timing are the export's own (the ONNX toolbox,
@@ -13,6 +13,11 @@ The 4-bit layers become MatMulNBits (bits 4, block 32, symmetric, no accuracy_le
 the export's layout and ORT's fp32-compute path) written by ONNX Runtime's own
 MatMulNBitsQuantizer, since latency may not import the export's writer (same layer); the kernel
 ORT picks depends only on bits, block size, zero points and accuracy_level, not on the writer.
+5..8-bit Conv weights become int8 (symmetric, per output channel) + DequantizeLinear in front of
+the fp32 Conv, as the export writes them (export.weight_grids.replace_with_dq_weights; written
+here by `conv_dq_int8`, same layer rule); their dequantization cost (int8_conv_dequant_ns_per_
+weight, ~0.05 ms on the demo's 0.54 M conv weights) is too small to fit and stays nominal, the
+conv efficiency is fitted on fp32 and dequantized convs together.
 
 What is fitted: the host profile's efficiencies (matmul fp32 / int8, conv, attention scores,
 elementwise, memory), the per-op overhead and the per-call int4 dequantization cost
@@ -73,6 +78,7 @@ class Variant:
     int8_matmuls: int = 0                # MatMulInteger nodes in the quantized graph
     int4_layers: tuple[str, ...] = ()    # module paths run as MatMulNBits (<= 4 bit)
     nbits_matmuls: int = 0               # MatMulNBits nodes in the quantized graph
+    int8_convs: int = 0                  # Conv weights behind a DequantizeLinear (5..8 bit)
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ def calibration_plans() -> dict[str, Any]:
     return {
         "fp32": p,
         "int8": p.with_group("attention", int8).with_group("ffn", int8),
+        "int8_everywhere": CompressionPlan(default=int8),     # + the conv stem, dequantized
         "int4": p.with_group("attention", int4).with_group("ffn", int4),
         "ffn_neurons_60": p.with_group("ffn", LayerConfig(
             prune=PruneConfig(amount=0.6, structure="neurons"))),
@@ -138,10 +145,42 @@ def matmul_nbits(proto: Any, names: Sequence[str], bits: int = 4) -> Any:
     return quantizer.model.model
 
 
+def conv_dq_int8(proto: Any, names: Sequence[str]) -> Any:
+    """The Conv nodes `names` with their weight stored as int8 (symmetric, per output channel,
+    axis 0) + a DequantizeLinear in front of the fp32 Conv: the layout workbench's export writes
+    for 5..8-bit Conv weights (in place; returns `proto`)."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    wanted = set(names)
+    nodes = []
+    for node in proto.graph.node:
+        if node.name in wanted and node.op_type == "Conv":
+            base = node.input[1]
+            weight = numpy_helper.to_array(inits[base]).astype(np.float32)
+            amax = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1)
+            scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+            codes = np.clip(np.round(weight / scale.reshape(-1, *[1] * (weight.ndim - 1))),
+                            -127, 127).astype(np.int8)
+            proto.graph.initializer.extend([
+                numpy_helper.from_array(codes, f"{base}_int8"),
+                numpy_helper.from_array(scale, f"{base}_scale"),
+                numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{base}_zero_point")])
+            nodes.append(helper.make_node(
+                "DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero_point"],
+                [f"{base}_dequantized"], name=f"{node.name}_weight_dq", axis=0))
+            node.input[1] = f"{base}_dequantized"
+        nodes.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return proto
+
+
 def build_variant(model: nn.Module, name: str, plan: Any, seconds: Sequence[float],
                   workdir: Path) -> Variant:
     """Apply `plan`, export it as `workbench apply` does (structure in PyTorch, fp32 ONNX, ORT
-    dynamic int8 on the int8 layers' MatMuls, MatMulNBits on the <= 4-bit ones), write it to
+    dynamic int8 on the int8 layers' MatMuls, int8 + DequantizeLinear on their Convs,
+    MatMulNBits on the <= 4-bit ones), write it to
     `workdir`, make the tables."""
     compressed = compressed_for_pricing(model, plan)              # shapes + bits: the tables
     proto = export_fp32(compressed_for_pricing(model, plan, quant=False))
@@ -150,9 +189,14 @@ def build_variant(model: nn.Module, name: str, plan: Any, seconds: Sequence[floa
     if low:
         proto = matmul_nbits(proto, [n.name for path in low
                                      for n in nodes_of_layer(nodes, path, "linear")])
+    convs = sorted({n.name for path in quant for n in nodes_of_layer(nodes, path, "conv")})
     if quant:
         chosen = {n.name: n for path in quant for n in nodes_of_layer(nodes, path, "linear")}
-        proto = dynamic_int8(proto, list(chosen.values()), per_channel=True, symmetric=True)
+        if chosen:
+            proto = dynamic_int8(proto, list(chosen.values()), per_channel=True,
+                                 symmetric=True)
+    if convs:   # after ORT's quantizer, as the export does (export.ort_quantize)
+        proto = conv_dq_int8(proto, convs)
     kind = "int8" if quant else "int4" if low else "fp32"
     path = workdir / f"{name.replace(':', '_')}.{kind}.onnx"
     path.write_bytes(to_bytes(proto))
@@ -161,7 +205,7 @@ def build_variant(model: nn.Module, name: str, plan: Any, seconds: Sequence[floa
     counts = op_counts(proto)
     return Variant(name, path, {s: base.at_seconds(s) for s in seconds}, tuple(quant),
                    counts.get("MatMulInteger", 0) if quant else 0, tuple(low),
-                   counts.get("MatMulNBits", 0))
+                   counts.get("MatMulNBits", 0), len(convs))
 
 
 def measure_variants(variants: Sequence[Variant], repeats: int = 7) -> list[Point]:
@@ -233,6 +277,7 @@ def calibrate(out_path: str | Path | None = None, *, model: nn.Module | None = N
                                    "int8_matmuls": v.int8_matmuls,
                                    "int4_layers": len(v.int4_layers),
                                    "nbits_matmuls": v.nbits_matmuls,
+                                   "int8_convs": v.int8_convs,
                                    "macs_at_max_seconds": v.tables[max(v.tables)].macs}
                           for v in variants}
     if write:
