@@ -24,7 +24,7 @@ def test_tiny_calibration_writes_the_cache_and_calibrates_host(tmp_path, monkeyp
     assert json.loads(path.read_text())["calibrated_at"] == record["calibrated_at"]
     # the two FFN Linears of each block went through ONNX Runtime's dynamic int8 quantizer
     assert record["variants"]["ffn_int8"] == {
-        "int8_layers": 4, "int8_matmuls": 4,
+        "int8_layers": 4, "int8_matmuls": 4, "int4_layers": 0, "nbits_matmuls": 0, "int8_convs": 0,
         "macs_at_max_seconds": record["variants"]["ffn_int8"]["macs_at_max_seconds"]}
     points = record["points"]
     assert [p["seconds"] for p in points] == [1.0, 2.0]

@@ -92,15 +92,16 @@ def test_attention_macs_fall_with_each_swapped_block():
 
 
 def test_bench_recover_e_linear_runs_every_block_and_the_chosen_set(deep):
-    """Case e_linear of `bench recover` is measured twice by default, every block and block 1
-    alone (the set bench linear-blocks chose), each under its own row key and swapping exactly
-    its blocks; the other cases run once and take no block set."""
+    """Case e_linear of `bench recover` is measured three times by default, every block, block 1
+    alone (the set bench linear-blocks chose) and blocks 1 and 2, each under its own row key and
+    swapping exactly its blocks; the other cases run once and take no block set."""
     from workbench.bench.recover import LINEAR_SETS, case_plan, case_runs
 
     runs = case_runs(("c_qat4", "e_linear", "d_windowed"))
     assert runs == [("c_qat4", "c_qat4", None), ("e_linear", "e_linear", None),
-                    ("e_linear_blocks_1", "e_linear", (1,)), ("d_windowed", "d_windowed", None)]
-    assert LINEAR_SETS == (None, (1,))
+                    ("e_linear_blocks_1", "e_linear", (1,)),
+                    ("e_linear_blocks_1_2", "e_linear", (1, 2)), ("d_windowed", "d_windowed", None)]
+    assert LINEAR_SETS == (None, (1,), (1, 2))
     assert case_runs(("e_linear",), [(2, 0), None]) == [
         ("e_linear_blocks_0_2", "e_linear", (0, 2)), ("e_linear", "e_linear", None)]
     for blocks, expected in ((None, [True, True, True]), ((1,), [False, True, False]),
@@ -147,7 +148,7 @@ def test_bench_recover_block_sets_from_the_command_line():
                                       "--blocks", "all", "--blocks", "2,0"])
     assert kwargs(args)["linear_sets"] == (None, (0, 2))
     assert "linear_sets" not in kwargs(build_parser().parse_args(["bench", "recover"]))
-    assert LINEAR_SETS == (None, (1,))
+    assert LINEAR_SETS == (None, (1,), (1, 2))
 
 
 def test_bench_recover_refuses_a_block_the_demo_lacks_before_any_recovery():

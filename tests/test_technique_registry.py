@@ -159,6 +159,53 @@ def test_a_shape_changing_hook_counts_once_in_the_engine_as_in_predict_latency(m
         unregister("toy")
 
 
+def _bottleneck(root: nn.Module, entries: Mapping[str, ToyConfig], ctx: ApplyContext
+                ) -> nn.Module:
+    """A shape-changing toy: each Linear becomes in -> round(out * factor) -> out (two Linears
+    under a Sequential: new paths and widths that no built-in arithmetic knows)."""
+    from workbench.compress.techniques.low_rank import replace_module
+    for path, s in entries.items():
+        layer = root.get_submodule(path)
+        mid = max(1, round(layer.out_features * s.factor))
+        root = replace_module(root, path, nn.Sequential(nn.Linear(layer.in_features, mid),
+                                                        nn.Linear(mid, layer.out_features)))
+    return root
+
+
+#: the toy with changes_shape=True and no latency hook: only a shape pass of the compressed
+#: model sees what it does
+BOTTLENECK = replace(TOY, apply_=_bottleneck, changes_shape=lambda s: True, latency_row=None,
+                     size_specs=None)
+
+
+@pytest.mark.parametrize("seconds", [1.0, 2.0])
+def test_a_shape_changing_technique_without_a_hook_is_priced_as_compressed(model, seconds
+                                                                           ) -> None:
+    """The dashboard's host latency (CostCache -> table_for_plan, arithmetic on the dense table)
+    of a technique that changes shapes without a latency hook equals predict_latency (a shape
+    pass of the compressed model): the new rows FC1.0 / FC1.1 appear, FC1 is gone. Before the
+    fallback, table_for_plan ignored the technique and priced the dense FC1 (the rows differed
+    and the total was the baseline's)."""
+    from workbench.engine.costs import CostCache
+    from workbench.latency import predict_latency, table_for_plan
+    dense = predict_latency(model, "host", seconds)
+    register(BOTTLENECK)
+    try:
+        plan = _plan(factor=0.25)
+        ref = predict_latency(model, "host", seconds, plan)
+        got = CostCache(model).latency(plan, "host", seconds)
+        quick = table_for_plan(layer_table(model, seconds), model, plan)
+    finally:
+        unregister("toy")
+    paths = [r.path for r in ref.layers]
+    assert f"{FC1}.0" in paths and f"{FC1}.1" in paths and FC1 not in paths
+    assert [(r.path, r.macs) for r in got.layers] == [(r.path, r.macs) for r in ref.layers]
+    assert got.total_ms == pytest.approx(ref.total_ms, rel=1e-9)
+    assert [(r.path, r.macs) for r in quick.layers] == [(r.path, r.macs) for r in ref.layers]
+    # the bottleneck (256 -> 64 -> ... on fc1) does change the price: the test can tell
+    assert abs(ref.total_ms - dense.total_ms) > 1e-6 * dense.total_ms
+
+
 def test_the_edge_path_applies_the_toy_hook_as_the_host_does(toy, model) -> None:
     """An edge device prices the traced graph; the module the toy's latency hook changes (FC1:
     stored as 8-bit) is priced from the hooked table row, as on the host: int8 on the Pi 4,
@@ -244,3 +291,85 @@ def test_export_asks_the_registry_for_a_runtime_technique_handler(model) -> None
     # the built-in quantization decides through its registered handler
     d = decide(FC1, "linear", QuantConfig(weight_bits=8))
     assert (d.method, d.bits) == ("int8_dynamic", 8)
+
+
+def test_the_model_card_names_every_technique_of_the_plan(model) -> None:
+    """The card's plan table and methods (export.model_card, also used by the Whisper and
+    ExecuTorch cards) name each registered technique in its own `describe` words: the swaps,
+    which the card never named before, and the built-ins."""
+    from workbench.export.model_card import methods, plan_table
+    from workbench.plan import PruneConfig
+    plan = CompressionPlan(layers={
+        "blocks.0.attn": LayerConfig(windowed_attention={"window_s": 1.0}),
+        "blocks.1.attn": LayerConfig(performer_attention={"features": 32}),
+        "blocks.0.ffn1": LayerConfig(grouped_ffn={"groups": 2}),
+        "blocks.0.ffn2": LayerConfig(prune=PruneConfig(amount=0.5, structure="neurons")),
+        "blocks.1.ffn1.fc1": LayerConfig(rank=8, quant=QuantConfig(weight_bits=8)),
+    })
+    resolved = resolve(plan, model)
+    table, bullets = plan_table(resolved, []), "\n".join(methods(resolved, []))
+    rows = {line.split("|")[1].strip(" `"): line for line in table.splitlines()[2:]}
+    assert "windowed attention, 1 s blocks" in rows["blocks.0.attn"]
+    assert "at least 1 s of context each side" in rows["blocks.0.attn"]
+    assert "Performer attention, 32 random features" in rows["blocks.1.attn"]
+    assert "grouped FFN, 2 block-diagonal groups" in rows["blocks.0.ffn1"]
+    assert "structured pruning, 50% of the FFN neurons removed (magnitude importance)" in \
+        rows["blocks.0.ffn2"]
+    # low rank before the export; the 8-bit weights (a runtime technique) in the plan column,
+    # from `describe` when the export's report has no row for the layer
+    cells = [c.strip() for c in rows["blocks.1.ffn1.fc1"].split("|")]
+    assert cells[2] == "low rank 8 (truncated SVD)"
+    assert cells[3] == "8-bit weights (per channel, symmetric)"
+    for name in ("windowed attention", "performer attention", "grouped ffn"):
+        assert f"**{name}**: " in bullets                 # one method bullet per swap
+    assert "1 s blocks" in bullets and "the exported graph has the new modules" in bullets
+    assert "**Structured pruning**" in bullets and "**Low rank**" in bullets
+
+
+def test_the_model_card_names_a_technique_registered_from_a_test(toy, model) -> None:
+    """The toy (registered here, unknown to export/) shows up in the card: by its config when it
+    has no `describe` hook, in its own words when it has one."""
+    from workbench.export.model_card import methods, plan_table
+    resolved = resolve(_plan(factor=0.5), model)
+    assert "toy (factor=0.5, bits=16)" in plan_table(resolved, [])
+    assert any(m.startswith("**toy**: toy (factor=0.5, bits=16) (1 module)")
+               for m in methods(resolved, []))
+    register(replace(TOY, describe=lambda s: f"toy scaling by {s.factor:g}"), replace=True)
+    resolved = resolve(_plan(factor=0.5), model)
+    assert "toy scaling by 0.5" in plan_table(resolved, [])
+    assert "**toy**: toy scaling by 0.5 (1 module)" in "\n".join(methods(resolved, []))
+
+
+def test_cross_technique_rules_are_the_registry_conflicts_hook(model) -> None:
+    """Resolution asks each technique's `conflicts` hook: unstructured pruning refuses low rank
+    on the same Linear through its hook (without the hook the same plan resolves), and a toy
+    registered here can refuse int8 on its layer the same way, naming the plan levels."""
+    from workbench.compress.techniques import technique
+    from workbench.plan import PruneConfig
+    both = CompressionPlan(default=LayerConfig(prune=PruneConfig(amount=0.5)),
+                           layers={FC1: LayerConfig(rank=4)})
+    with pytest.raises(PlanError, match=rf"{FC1}: unstructured pruning \(default\) and low rank "
+                                        rf"\(layers\['{FC1}'\]\)"):
+        resolve(both, model)
+    pruning = technique("prune")
+    register(replace(pruning, conflicts=None), replace=True)
+    try:
+        assert resolve(both, model)[FC1].rank == 4          # the rule was the hook
+    finally:
+        register(pruning, replace=True)
+
+    def no_int8(s, where, others):
+        if "quant" in others:
+            return f"toy ({where}) and quantization ({others['quant'][1]}) do not mix."
+        return None
+
+    register(replace(TOY, conflicts=no_int8))
+    try:
+        assert settings(resolve(_plan(), model)[FC1]) == {"toy": ToyConfig(factor=0.5)}
+        mixed = CompressionPlan(default=LayerConfig(quant=QuantConfig(weight_bits=8)),
+                                layers={FC1: LayerConfig(toy={"factor": 0.5})})
+        with pytest.raises(PlanError, match=rf"{FC1}: toy \(layers\['{FC1}'\]\) and "
+                                            rf"quantization \(default\) do not mix"):
+            resolve(mixed, model)
+    finally:
+        unregister("toy")

@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--blocks", action="append", default=[], type=ck.block_set, metavar="SET",
                    help="bench recover, case e_linear: the blocks whose attention is swapped, "
                    "one run per --blocks (e.g. --blocks all --blocks 1 --blocks 1,2; default: "
-                   "all, then 1)")
+                   "all, 1, then 1,2)")
     b.add_argument("--minutes", type=ck.minutes, default=20.0,
                    help="bench recover: recovery budget per case")
     b.add_argument("--steps", type=ck.steps, default=None,

@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from json.decoder import scanstring
-from json.scanner import NUMBER_RE
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -524,41 +522,60 @@ def _json_path(data: Any, loc: tuple[Any, ...], missing: bool) -> tuple[tuple[An
     return path, field.lstrip(".")
 
 
+# The tokens of JSON (RFC 8259, sections 6-7), for `_json_positions`: it only runs on text that
+# json.loads has accepted, so these need not reject anything; a string token's value is read by
+# json.loads (public API) rather than by the json module's private scanner.
+_WS = re.compile(r"[ \t\n\r]*")
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
 def _json_positions(text: str) -> dict[tuple[Any, ...], int]:
     """Character offset of every value (objects: of their key) in valid JSON, by path."""
     out: dict[tuple[Any, ...], int] = {}
-    ws = re.compile(r"[ \t\n\r]*")
+
+    def skip(i: int) -> int:
+        return _WS.match(text, i).end()     # type: ignore[union-attr]  # `*`: always matches
+
+    def string_end(i: int) -> int:
+        token = _STRING.match(text, i)
+        if token is None:                   # not reached: json.loads accepted the text
+            raise ValueError(f"no JSON string at offset {i}")
+        return token.end()
 
     def value(i: int, path: tuple[Any, ...]) -> int:
-        i = ws.match(text, i).end()
+        i = skip(i)
         out.setdefault(path, i)
         c = text[i]
         if c == "{":
-            i = ws.match(text, i + 1).end()
+            i = skip(i + 1)
             while text[i] != "}":
-                key_at = i
-                key, i = scanstring(text, i + 1)
+                key_at, i = i, string_end(i)
+                key = json.loads(text[key_at:i])
                 out[path + (key,)] = key_at
-                i = ws.match(text, i).end() + 1          # past ':'
-                i = ws.match(text, value(i, path + (key,))).end()
+                i = skip(i) + 1                          # past ':'
+                i = skip(value(i, path + (key,)))
                 if text[i] == ",":
-                    i = ws.match(text, i + 1).end()
+                    i = skip(i + 1)
             return i + 1
         if c == "[":
-            i = ws.match(text, i + 1).end()
+            i = skip(i + 1)
             n = 0
             while text[i] != "]":
-                i = ws.match(text, value(i, path + (n,))).end()
+                i = skip(value(i, path + (n,)))
                 n += 1
                 if text[i] == ",":
-                    i = ws.match(text, i + 1).end()
+                    i = skip(i + 1)
             return i + 1
         if c == '"':
-            return scanstring(text, i + 1)[1]
+            return string_end(i)
         for literal in ("true", "false", "null"):
             if text.startswith(literal, i):
                 return i + len(literal)
-        return NUMBER_RE.match(text, i).end()
+        number = _NUMBER.match(text, i)
+        if number is None:                  # not reached: json.loads accepted the text
+            raise ValueError(f"no JSON value at offset {i}")
+        return number.end()
 
     value(0, ())
     return out

@@ -207,7 +207,7 @@ def _merge(path: str, target: Target, levels: list[tuple[str, LayerConfig | str]
            ) -> LayerConfig:
     """Per technique, the first level that sets it or says skip; keep what fits the target."""
     chosen: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+    picked: dict[str, tuple[Any, str]] = {}    # technique -> (setting, level that set it)
     for tech in techniques():
         for where, entry in levels:
             if entry == SKIP:
@@ -215,15 +215,16 @@ def _merge(path: str, target: Target, levels: list[tuple[str, LayerConfig | str]
             setting = tech.setting(entry)
             if setting is not None:
                 if tech.applies_to(setting, target.kind) and not tech.is_noop(setting):
-                    sources[tech.name] = where
+                    picked[tech.name] = (setting, where)
                     chosen.update({f: entry.get(f) for f in tech.fields})
                 break
-    prune = chosen.get("prune")
-    if "prune" in chosen and prune.structure == "unstructured" and (
-            chosen.get("rank") is not None or chosen.get("energy") is not None):
-        raise PlanError(f"{path}: unstructured pruning ({sources['prune']}) and low rank "
-                        f"({sources['low_rank']}) on the same Linear would make the sparse "
-                        f"weights dense again; pick one for this layer.")
+    for tech in techniques():       # cross-technique rules: each technique's `conflicts`
+        if tech.conflicts is not None and tech.name in picked:
+            setting, where = picked[tech.name]
+            why = tech.conflicts(setting, where,
+                                 {n: v for n, v in picked.items() if n != tech.name})
+            if why is not None:
+                raise PlanError(f"{path}: {why}")
     return LayerConfig(**chosen)
 
 

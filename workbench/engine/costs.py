@@ -205,7 +205,8 @@ class CostCache:
         # The fp32 model's table comes from one shape pass, kept apart from the LRU (evicting it
         # would re-profile the model); a structural plan is then priced by arithmetic on it
         # (table_for_plan: ~2 ms, equal to a shape pass of the compressed model, tested in the
-        # latency package). Channel pruning and energy ranks fall back to a pass.
+        # latency package). Channel pruning, energy ranks and a registered technique that
+        # changes shapes without a latency hook fall back to a pass of the compressed model.
         with self._lock:
             base = self._base_table
         if base is None:

@@ -12,7 +12,7 @@ between two cells — no sleeps, no polling.
     job.cancelled (or job.check(), which raises Cancelled) between steps; job.cancel() asks it
     to stop (a queued job never starts).
 
-Tabs submit jobs; none starts a thread or sleeps.
+Tabs submit jobs; none starts a thread or sleeps (tests/test_ui_threads.py checks it).
 """
 from __future__ import annotations
 
@@ -78,7 +78,13 @@ class PriorityLock:
         self.release()
 
 
-#: The app's one run lock: every model run (evaluation, sweep cell, export, search trial) holds it.
+#: The app's one run lock. Held by every model run the app starts: a slider's WER evaluation
+#: (INTERACTIVE), a sweep cell and a recovery step (BACKGROUND), a search trial's evaluation, a
+#: condition of the conditions grid, the streaming measurement, building a chosen model's
+#: baseline, and the ONNX export (USER; released between two of its stages, so a slider's
+#: evaluation gets in there). Not held by the cost caches' pricing (engine/costs.py: shape
+#: tables, traced graphs and the analytic profile of a plan, for the header's readouts, the
+#: profile tab and the suggestion).
 RUN_LOCK = PriorityLock()
 
 

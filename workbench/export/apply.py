@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,18 +100,32 @@ def _eval_sets(options: ApplyOptions, model: nn.Module) -> list[EvalSet]:
                           features=input_spec(model).kind) for m in options.eval_manifests]
 
 
+def _no_stage(_stage: str) -> None:
+    pass
+
+
 def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_sets: list[EvalSet],
                  calib: EvalSet | None, options: ApplyOptions,
-                 original: nn.Module | None = None) -> dict[str, Any]:
-    """Verify `export` (see workbench.export.report) and collect everything into one dict."""
+                 original: nn.Module | None = None,
+                 between: Callable[[str], None] = _no_stage) -> dict[str, Any]:
+    """Verify `export` (see workbench.export.report) and collect everything into one dict.
+    `between(stage)` is called before each measuring stage (see `apply_plan`)."""
     import onnx
     import onnxruntime
 
     ort_model, ort_fp32 = sessions(export.model, export.fp32)
+    between("accuracy")
     accuracy, overall = accuracy_section(ort_model, export.sim, model, eval_sets, original)
     from workbench.export.emulation import add_emulated   # ORT's run-time input quantization
     add_emulated(accuracy, overall, export.sim, export.decisions, eval_sets)
     parity_feats = list(eval_sets[0].features[:options.parity_utterances]) if eval_sets else []
+    between("parity")
+    parity = parity_section(ort_model, ort_fp32, export.sim, export.structural, parity_feats)
+    between("latency")
+    latency = latency_section(export.model, export.fp32, options.latency_seconds,
+                              options.latency_repeats, options.threads,
+                              input_spec(model).channels, input_spec(model).per_second)
+    between("simulated devices")
     layers = layer_rows(export.decisions, export.layer_nodes)
     from workbench.size import size
     predicted = size(model, plan).total_bytes
@@ -127,10 +142,8 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
         "accuracy": accuracy,
         "accuracy_all_sets": overall,
         "reference_models": reference_models(original is not None),
-        "parity": parity_section(ort_model, ort_fp32, export.sim, export.structural, parity_feats),
-        "latency_ms": latency_section(export.model, export.fp32, options.latency_seconds,
-                                      options.latency_repeats, options.threads,
-                                      input_spec(model).channels, input_spec(model).per_second),
+        "parity": parity,
+        "latency_ms": latency,
         "simulated_latency": (simulated_devices(export.sim, options.latency_seconds)
                               if options.simulate_devices else {"unavailable": "not requested"}),
         "size": size_section(export.proto, len(export.model), len(export.fp32), predicted,
@@ -145,6 +158,7 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
                           "reason": "no int8 MatMul weights in this plan"}),
     }
     if options.conditions and eval_sets:
+        between("conditions")
         report["conditions"] = conditions_report(ort_model, export.sim, model, options.conditions,
                                                  eval_sets[0].manifest)
     if calib is not None:
@@ -156,23 +170,35 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
     return report
 
 
+#: The stages `apply_plan` passes to `between`, in order ("conditions" only with a grid).
+STAGES = ("calibration", "export", "eval sets", "accuracy", "parity", "latency",
+          "simulated devices", "conditions", "write")
+
+
 def apply_plan(model: nn.Module, plan: CompressionPlan, out: Path,
                options: ApplyOptions = ApplyOptions(), *,
-               original: nn.Module | None = None) -> dict[str, Any]:
+               original: nn.Module | None = None,
+               between: Callable[[str], None] = _no_stage) -> dict[str, Any]:
     """Export `model` compressed by `plan` to folder `out` and verify it; returns the report.
 
     `original`: the model `model` was recovered from (the recovery's teacher), when it was;
     the report and card then give its WER next to `model`'s (`wer_original`), the baseline a
     compression is judged against. `model` is not changed. Raises PlanError / ExportError /
     DataError (WorkbenchError) on bad input, before anything is written.
+    `between(stage)`: called before each stage of STAGES (after the input checks); what it raises
+    stops the export there, and `out` is left as it was (the app's export job cancels this way
+    and lets other model runs in between two stages: workbench/ui/export_tab.py).
     """
     out = Path(out)
     start = time.perf_counter()
     check_int8_weights(options.int8_weights)
     check_output_dir(out, options.overwrite)
     check_plan_fits(plan, model, options.checkpoint or "this model")
-    calib = (load_calibration_set(options.calib_manifest, options.calib_utterances)
-             if needs_calibration(model, plan) else None)
+    calib = None
+    if needs_calibration(model, plan):
+        between("calibration")
+        calib = load_calibration_set(options.calib_manifest, options.calib_utterances)
+    between("export")
     export = build_export(model, plan, calib, strict=options.strict,
                           int8_weights=options.int8_weights)
     resolved = resolve(plan, model)
@@ -180,8 +206,10 @@ def apply_plan(model: nn.Module, plan: CompressionPlan, out: Path,
     with staged_dir(out) as stage:
         write_text_atomic(stage / "plan.json", stamped.to_json())
         write_bytes_atomic(stage / DELIVERABLE, export.model)
-        report = build_report(model, plan, export, _eval_sets(options, model), calib, options,
-                              original)
+        between("eval sets")
+        eval_sets = _eval_sets(options, model)
+        report = build_report(model, plan, export, eval_sets, calib, options, original, between)
+        between("write")
         report["seconds"] = round(time.perf_counter() - start, 1)
         write_text_atomic(stage / "report.json", json.dumps(report, indent=2) + "\n")
         metadata = None

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from workbench.compress.techniques import settings, technique
 from workbench.paths import DATA_DIR
 
 #: Licenses of what the shipped model is made of (credited in data/README.md as well).
@@ -66,21 +67,40 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
+def _described(cfg: Any) -> list[tuple[Any, str]]:
+    """(technique, its describe phrase) of every technique the plan entry sets, in apply order."""
+    return [(technique(name), technique(name).describe_setting(setting))
+            for name, setting in settings(cfg).items()]
+
+
 def plan_table(resolved: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> str:
-    """One row per layer the plan touches: pruning, low rank, planned and runtime quantization."""
+    """One row per layer the plan touches: what PyTorch changes before the export (every
+    registered technique, in its own words: the registry's `describe`), then the planned and
+    runtime quantization the export decided (report rows)."""
     runs = {row["path"]: row for row in layers}
     rows = []
     for path, cfg in resolved.items():
-        prune = (f"{cfg.prune.amount:.0%} {cfg.prune.structure} ({cfg.prune.importance})"
-                 if cfg.prune is not None else "")
-        rank = f"rank {cfg.rank}" if cfg.rank else (f"energy {cfg.energy}" if cfg.energy else "")
+        described = _described(cfg)
+        before = "; ".join(text + (" (simulated only: not in the exported graph)"
+                                   if t.export == "simulated" else "")
+                           for t, text in described if t.export != "runtime")
         row = runs.get(path, {})
-        rows.append((f"`{path}`", prune, rank, row.get("planned", ""), row.get("runs_as", ""),
+        planned = row.get("planned") or "; ".join(text for t, text in described
+                                                  if t.export == "runtime")
+        rows.append((f"`{path}`", before, planned, row.get("runs_as", ""),
                      "; ".join(row.get("changes", []))))
     if not rows:
         return "The plan changes nothing: the model is exported in fp32."
-    return _table(("layer", "pruning", "low rank", "quantization (plan)", "runs as (ORT)",
-                   "differences"), rows)
+    return _table(("layer", "changed before export (PyTorch)", "quantization (plan)",
+                   "runs as (ORT)", "differences"), rows)
+
+
+#: How each export path reaches the exported model, for a technique the card has no paragraph of
+#: its own for (see `methods`).
+_HOW = {"pytorch": "applied in PyTorch before the export: the exported graph has the new modules",
+        "runtime": "left to the runtime's own kernels at export",
+        "simulated": "simulated in PyTorch only: the exported graph does not have it (no export "
+                     "path yet)"}
 
 
 def int8_storage_sentence(int8: Mapping[str, Any] | None) -> str | None:
@@ -93,14 +113,26 @@ def int8_storage_sentence(int8: Mapping[str, Any] | None) -> str | None:
             f"{int8['reason']}.")
 
 
+#: Techniques whose method paragraph is written below (pruning, low rank) or comes from the
+#: runtime's decisions (quantization: how ONNX Runtime runs each layer); every other registered
+#: technique gets a bullet built from its `describe` phrases.
+_OWN_PARAGRAPH = frozenset({"prune", "low_rank", "quant"})
+
+
 def methods(resolved: Mapping[str, Any], layers: Sequence[Mapping[str, Any]],
             report_int8: Mapping[str, Any] | None = None) -> list[str]:
     used = set()
+    # the other registered techniques (architecture swaps, ...): {name: {phrase: modules}}
+    others: dict[str, dict[str, int]] = {}
     for cfg in resolved.values():
         if cfg.prune is not None:
             used.add("unstructured" if cfg.prune.structure == "unstructured" else "structured")
         if cfg.rank or cfg.energy:
             used.add("lowrank")
+        for t, text in _described(cfg):
+            if t.name not in _OWN_PARAGRAPH:
+                phrases = others.setdefault(t.name, {})
+                phrases[text] = phrases.get(text, 0) + 1
     runs = {row["runs_as"].split(" (")[0] for row in layers}
     text = {
         "structured": "**Structured pruning** (heads, FFN neurons, conv channels) removes whole "
@@ -111,6 +143,10 @@ def methods(resolved: Mapping[str, Any], layers: Sequence[Mapping[str, Any]],
         "lowrank": "**Low rank**: a Linear becomes two thinner Linears (truncated SVD).",
     }
     out = [text[k] for k in ("structured", "unstructured", "lowrank") if k in used]
+    for name, phrases in others.items():
+        listed = "; ".join(f"{phrase} ({n} module{'s' if n > 1 else ''})"
+                           for phrase, n in phrases.items())
+        out.append(f"**{name.replace('_', ' ')}**: {listed}; {_HOW[technique(name).export]}.")
     if any(r.startswith("int8 dynamic") for r in runs):
         out.append("**int8 dynamic quantization** (ONNX Runtime `quantize_dynamic`, "
                    "MatMulInteger): int8 per-output-channel symmetric weights; each layer input is "

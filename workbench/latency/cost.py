@@ -6,10 +6,17 @@ Per effective layer (workbench.latency.table):
     memory_s   = bytes_moved / (bandwidth * efficiency.memory)
     time       = max(compute_s, memory_s) + ops * overhead_per_op
 
-- precision: int8 for <= 8-bit weights of a matmul/conv (4-bit and other narrow weights run int8
-  arithmetic after unpacking), fp16 for 16-bit weights where the device has fp16 arithmetic, else
-  fp32. On the Cortex-A72 (rpi4) the int8 peak equals the fp32 peak (no SDOT), so int8 only
-  shrinks the bytes; on the A76 (rpi5, phone) SDOT makes int8 faster.
+- precision (`compute_precision`): int8 for 5..8-bit weights of a matmul/conv, fp16 for 16-bit
+  weights where the device has fp16 arithmetic, else fp32. <= 4-bit weights run what the device
+  profile's `int4_compute` says: "int8" (unpacked to int8, the int8 rate) or "fp32" (ONNX
+  Runtime's CPU MatMulNBits at the accuracy level our export writes: the weights stay 4-bit in
+  memory, every call dequantizes them to fp32, then the fp32 GEMM; the dequantization adds
+  params x int4_dequant_ns_per_weight to the compute time). 5..8-bit Conv weights run what
+  `int8_conv_compute` says: "int8" or "fp32" (our ONNX export: int8 weights + DequantizeLinear +
+  the fp32 Conv, dequantized every call: + params x int8_conv_dequant_ns_per_weight; ORT dynamic
+  quantization is only asked for MatMuls). On the Cortex-A72 (rpi4) the int8
+  peak equals the fp32 peak (no SDOT), so int8 only shrinks the bytes; on the A76 (rpi5, phone)
+  SDOT makes int8 faster.
 - structured pruning (heads, neurons, channels) and low rank shrink the module shapes and so the
   MACs and bytes; unstructured sparsity changes nothing here: dense runtimes (ONNX Runtime MLAS,
   XNNPACK, CMSIS-NN) store and multiply the zeros.
@@ -147,10 +154,44 @@ def memory_fit(table: LayerTable, dev: DeviceProfile) -> MemoryFit:
         activations_store="SRAM" if dev.sram_kb is not None else "RAM")
 
 
-def layer_latency(layer: EffectiveLayer, dev: DeviceProfile) -> LayerLatency:
-    """Roofline time of one layer on one device (module docstring)."""
+def dequant_ns_per_weight(layer: EffectiveLayer, dev: DeviceProfile) -> float | None:
+    """ns per weight the runtime spends dequantizing this layer's integer weights to fp32 on every
+    call, or None when it runs them with integer kernels (or they are not integer): <= 4-bit
+    matmul / conv weights on an int4_compute == "fp32" device, 5..8-bit conv weights on an
+    int8_conv_compute == "fp32" device (module docstring)."""
+    if layer.op not in ("matmul", "conv") or layer.params <= 0 or layer.weight_bits > 8:
+        return None
+    if layer.weight_bits <= 4:
+        if dev.int4_compute == "fp32":
+            return float(dev.int4_dequant_ns_per_weight or 0.0)
+        return None
+    if layer.op == "conv" and dev.int8_conv_compute == "fp32":
+        return float(dev.int8_conv_dequant_ns_per_weight or 0.0)
+    return None
+
+
+def dequantized_per_call(layer: EffectiveLayer, dev: DeviceProfile) -> bool:
+    """True when the runtime keeps this layer's weights as integers and dequantizes them to fp32
+    on every call (<= 4-bit weights with int4_compute == "fp32", 5..8-bit Conv weights with
+    int8_conv_compute == "fp32"), instead of running int8 kernels."""
+    return dequant_ns_per_weight(layer, dev) is not None
+
+
+def compute_precision(layer: EffectiveLayer, dev: DeviceProfile) -> str:
+    """The arithmetic `dev`'s runtime runs `layer` in: the table's precision (its weight bits),
+    except integer weights the runtime dequantizes and computes in fp32 (module docstring)."""
+    return "fp32" if dequantized_per_call(layer, dev) else layer.precision
+
+
+def roofline_terms(layer: EffectiveLayer, dev: DeviceProfile) -> dict[str, float]:
+    """The roofline's inputs for one layer (lesson 05's roofline_ms takes exactly these):
+    flops, bytes_moved, peak_gops, bandwidth_gbs, compute_efficiency, memory_efficiency,
+    overhead_ms. time = max(flops / (peak x eff), bytes / (bandwidth x eff)) + overhead.
+    flops: 2 x MACs (elementwise: ELEMENTWISE_FLOPS per element); for a layer whose integer
+    weights are dequantized on every call, plus the fp32 FLOPs that take as long as that
+    dequantization (params x dequant_ns_per_weight at this layer's fp32 rate)."""
     eff = dev.efficiency
-    precision = layer.precision
+    precision = compute_precision(layer, dev)
     if layer.op == "matmul":
         op_eff = eff.matmul_int8 if precision == "int8" else eff.matmul_fp32
         flops = 2 * layer.macs
@@ -160,19 +201,38 @@ def layer_latency(layer: EffectiveLayer, dev: DeviceProfile) -> LayerLatency:
         op_eff, flops = eff.attention_scores, 2 * layer.macs
     else:
         op_eff, flops = eff.elementwise, ELEMENTWISE_FLOPS * layer.output_bytes // 4
-    compute_s = flops / (dev.peak_ops(precision) * op_eff)
-    moved = bytes_moved(layer, dev)
-    memory_s = moved / (dev.memory_bandwidth_gbs * 1e9 * eff.memory)
-    overhead_s = OPS_PER_LAYER[layer.op] * dev.overhead_us_per_op * 1e-6
-    return LayerLatency(path=layer.path, role=layer.role, op=layer.op, precision=precision,
-                        macs=layer.macs, bytes_moved=moved, compute_ms=compute_s * 1e3,
+    peak = dev.peak_ops(precision)
+    ns_per_weight = dequant_ns_per_weight(layer, dev)
+    if ns_per_weight is not None:
+        # every weight unpacked, offset and scaled to fp32 once per call (MLAS SQ4BitGemm
+        # CompFp32: per panel of N columns, then SGEMM over all rows; a Conv's DequantizeLinear
+        # over its whole weight): a cost that does not shrink with shorter audio, which is why
+        # int4 loses to fp32 at 5 s on the host
+        dequant_s = layer.params * ns_per_weight * 1e-9
+        flops += dequant_s * peak * op_eff
+    return dict(flops=float(flops), bytes_moved=float(bytes_moved(layer, dev)),
+                peak_gops=peak / 1e9, bandwidth_gbs=dev.memory_bandwidth_gbs,
+                compute_efficiency=op_eff, memory_efficiency=eff.memory,
+                overhead_ms=OPS_PER_LAYER[layer.op] * dev.overhead_us_per_op * 1e-3)
+
+
+def layer_latency(layer: EffectiveLayer, dev: DeviceProfile) -> LayerLatency:
+    """Roofline time of one layer on one device (module docstring)."""
+    t = roofline_terms(layer, dev)
+    compute_s = t["flops"] / (t["peak_gops"] * 1e9 * t["compute_efficiency"])
+    memory_s = t["bytes_moved"] / (t["bandwidth_gbs"] * 1e9 * t["memory_efficiency"])
+    overhead_s = t["overhead_ms"] * 1e-3
+    return LayerLatency(path=layer.path, role=layer.role, op=layer.op,
+                        precision=compute_precision(layer, dev), macs=layer.macs,
+                        bytes_moved=int(t["bytes_moved"]), compute_ms=compute_s * 1e3,
                         memory_ms=memory_s * 1e3, overhead_ms=overhead_s * 1e3,
                         time_ms=(max(compute_s, memory_s) + overhead_s) * 1e3)
 
 
 def bytes_moved(layer: EffectiveLayer, dev: DeviceProfile) -> int:
     """Weights + activations in and out; the score matrix is written, normalised and re-read."""
-    scale = dev.quantized_activation_bits / 32 if layer.precision == "int8" else 1.0
+    int8 = compute_precision(layer, dev) == "int8"
+    scale = dev.quantized_activation_bits / 32 if int8 else 1.0
     acts = layer.input_bytes + layer.output_bytes
     if layer.op == "attention_scores":
         # q, k, v in; (H,T,T) written by QK^T, read+written by softmax, read by AV; output out.
@@ -183,7 +243,7 @@ def bytes_moved(layer: EffectiveLayer, dev: DeviceProfile) -> int:
 def _activation_scale(table: LayerTable, dev: DeviceProfile) -> float:
     """Full-integer runtimes keep int8 activations when every weight layer is int8."""
     weighted = [x for x in table.layers if x.op in ("matmul", "conv") and x.params]
-    if weighted and all(x.precision == "int8" for x in weighted):
+    if weighted and all(compute_precision(x, dev) == "int8" for x in weighted):
         return dev.quantized_activation_bits / 32
     return 1.0
 

@@ -13,6 +13,9 @@ The shapes follow what workbench.compress builds, without building it:
 - bits: from the plan's quant entries; unstructured sparsity: the plan's amount (no time effect).
 Channel pruning of conv modules and energy-based low rank (which needs the singular values) are
 not arithmetic: for those plans this falls back to the exact path, layer_table(model, s, plan).
+So does any other registered technique that changes shapes without a latency hook (nothing here
+knows its new rows; the exact path compresses the model and reads them, as predict_latency does).
+A technique with a hook is priced by its hook, after the built-ins' arithmetic.
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ from torch import nn
 from workbench.latency.table import (ACT_BYTES, EffectiveLayer, LayerTable, layer_table,
                                      with_technique_rows)
 from workbench.compress.resolution import resolve
+from workbench.compress.techniques import settings, technique
+
+#: The techniques whose rows table_for_plan computes by arithmetic (the built-ins' names).
+ARITHMETIC = frozenset({"prune", "low_rank", "quant"})
 
 
 def table_for_plan(base: LayerTable, model: nn.Module, plan: Any) -> LayerTable:
@@ -33,6 +40,7 @@ def table_for_plan(base: LayerTable, model: nn.Module, plan: Any) -> LayerTable:
 
     resolved = resolve(plan, model)
     if any((c.prune is not None and c.prune.structure == "channels") or c.energy is not None
+           or any(_unknown_shapes(name, s) for name, s in settings(c).items())
            for c in resolved.values()):
         return layer_table(model, base.audio_seconds, plan)
     rows = {layer.path: layer for layer in base.layers}
@@ -86,6 +94,14 @@ def table_for_plan(base: LayerTable, model: nn.Module, plan: Any) -> LayerTable:
                                                 for x in base.layers)
     peak = max(x.input_bytes + x.output_bytes for x in layers) + residual
     return LayerTable(layers, base.audio_seconds, peak)
+
+
+def _unknown_shapes(name: str, setting: Any) -> bool:
+    """Does this setting change shapes that neither the arithmetic below nor a latency hook
+    prices? (Then only a shape pass of the compressed model gives its rows.)"""
+    t = technique(name)
+    return (name not in ARITHMETIC and t.latency_row is None and t.latency_row_at is None
+            and t.changes_shape(setting))
 
 
 def _resize(row: EffectiveLayer, in_width: int | None = None, out_width: int | None = None,

@@ -22,7 +22,7 @@ from torch import nn
 
 from workbench.latency import EffectiveLayer, LatencyReport
 from workbench.latency import published
-from workbench.latency.cost import ELEMENTWISE_FLOPS, OPS_PER_LAYER, bytes_moved
+from workbench.latency.cost import roofline_terms
 from workbench.latency.devices import DeviceProfile
 from workbench.latency.graph import FusedOp, ops_at_scale
 from workbench.latency.predict import (bits_by_op, check_seconds, edge_report, resolve_target,
@@ -74,22 +74,9 @@ def roofline_inputs(layer: EffectiveLayer, device: DeviceProfile) -> dict[str, f
     """The arguments of lesson 05's roofline_ms for one layer of a LayerTable on a (host-style)
     DeviceProfile: flops, bytes_moved, peak_gops, bandwidth_gbs, compute_efficiency,
     memory_efficiency, overhead_ms. With them, max(compute, memory) + overhead is
-    `latency.cost.layer_latency(layer, device).time_ms` (tests/test_lessons_edge.py)."""
-    eff = device.efficiency
-    if layer.op == "matmul":
-        op_eff = eff.matmul_int8 if layer.precision == "int8" else eff.matmul_fp32
-        flops = 2 * layer.macs
-    elif layer.op == "conv":
-        op_eff, flops = eff.conv, 2 * layer.macs
-    elif layer.op == "attention_scores":
-        op_eff, flops = eff.attention_scores, 2 * layer.macs
-    else:
-        op_eff, flops = eff.elementwise, ELEMENTWISE_FLOPS * layer.output_bytes // 4
-    return dict(flops=flops, bytes_moved=bytes_moved(layer, device),
-                peak_gops=device.peak_ops(layer.precision) / 1e9,
-                bandwidth_gbs=device.memory_bandwidth_gbs, compute_efficiency=op_eff,
-                memory_efficiency=eff.memory,
-                overhead_ms=OPS_PER_LAYER[layer.op] * device.overhead_us_per_op * 1e-3)
+    `latency.cost.layer_latency(layer, device).time_ms` (tests/test_lessons_edge.py): both come
+    from `latency.cost.roofline_terms`, so the lesson's formula cannot drift from the model's."""
+    return roofline_terms(layer, device)
 
 
 def published_fit() -> dict[str, Any]:

@@ -1,6 +1,10 @@
 """Export tab: save the current plan as JSON (stamped with the model's fingerprint), download it,
 and build the ONNX model with its verification report (`workbench.export.apply_plan`, what
-`workbench apply` runs), on a background thread.
+`workbench apply` runs) as a job of the engine's queue (USER priority). The job holds RUN_LOCK
+while it runs and lets go of it between two stages of the export (workbench.export.apply.STAGES),
+so a slider's evaluation gets in there and never runs during the export's latency timing; the
+cancel button calls Job.cancel, and the export stops before its next stage, leaving the output
+folder as it was (the export is built in a staging folder and moved into place at the end).
 
 A plan that removes structure (pruning, low rank) is best recovered first: in the Recover tab
 (a cancellable job with a live plot), then "use as baseline"; the export then holds the recovered
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import ipywidgets as widgets
 
-from workbench.engine.jobs import JOBS, USER, Job
+from workbench.engine.jobs import JOBS, RUN_LOCK, USER, Job
 from workbench.ui.controller import Controller
 from workbench.ui.view import LazyView
 from workbench.compress.resolution import plan_for_model
@@ -60,15 +64,19 @@ class ExportTab(LazyView):
         self.worker: Job | None = None
         self.onnx = widgets.Button(description="export ONNX + report")
         self.onnx.add_class("wb-export-onnx")
+        self.cancel_button = widgets.Button(description="cancel export", disabled=True)
+        self.cancel_button.add_class("wb-export-cancel")
         self.onnx_status = widgets.HTML()
         self.onnx_status.add_class("wb-export-onnx-status")
         save.on_click(g("saving the plan", lambda _b: self.save()))
         self.onnx.on_click(g("exporting", lambda _b: self.start_export()))
+        self.cancel_button.on_click(g("cancelling the export", lambda _b: self.cancel()))
         self.state.observe(g("showing the plan JSON", lambda _c: self.invalidate()),
                            names=["plan"])
         self.widget = widgets.VBox([widgets.HBox([self.path, save]), self.status, self.download,
                                     self.json,
-                                    widgets.HBox([self.out_dir, self.force, self.onnx]),
+                                    widgets.HBox([self.out_dir, self.force, self.onnx,
+                                                  self.cancel_button]),
                                     self.recover_hint,
                                     self.onnx_status])
         self.widget.add_class("wb-export")
@@ -105,11 +113,12 @@ class ExportTab(LazyView):
         self.status.value = f"saved <code>{html.escape(str(path.resolve()))}</code>"
         return path
 
-    def start_export(self) -> None:
+    def start_export(self) -> Job:
         verb = export_verb()
         if verb is None:
             raise RuntimeError("the ONNX export is not available in this version.")
         apply_plan, options_cls = verb
+        from workbench.export.apply import STAGES, summary_lines  # loaded with the export (onnx)
         model = self.core.model
         plan = plan_for_model(self.state.plan, model)
         out = Path(self.out_dir.value).expanduser()
@@ -117,23 +126,52 @@ class ExportTab(LazyView):
         options = options_cls(overwrite=self.force.value,
                               eval_limit=len(self.controller.session.eval_set))
         self.onnx.disabled = True
+        self.cancel_button.disabled = False
         self.onnx_status.value = ("exporting and verifying in the background (ONNX Runtime "
-                                  "measurements; WER updates are slower meanwhile)…")
+                                  "measurements; WER updates wait for the current stage)…")
 
-        def work() -> None:
-            try:
-                report = apply_plan(model, plan, out, options)
-                from workbench.export.apply import summary_lines
-                lines = "\n".join(summary_lines(report))
-                self.onnx_status.value = (f"exported to <code>{html.escape(str(out))}</code> "
-                                          f"(model.onnx, report.json, MODEL_CARD.md)"
-                                          f"<pre>{html.escape(lines)}</pre>")
-            except Exception:
-                self.onnx_status.value = "export failed (see the error above)"
-                raise
-            finally:
-                self.onnx.disabled = False
+        def run(job: Job) -> dict:
+            def between(stage: str) -> None:
+                # Called with the lock held, between two stages: report, let a waiting model run
+                # (a slider's evaluation, higher priority) go first, then stop here if cancelled.
+                job.progress(STAGES.index(stage), len(STAGES))
+                RUN_LOCK.release()
+                RUN_LOCK.acquire(USER)
+                job.check()
 
-        guarded = self.controller.errors.guard("exporting", work)
-        self.worker = JOBS.submit(lambda job: guarded(), name="export", priority=USER)
+            with RUN_LOCK.hold(USER):
+                job.check()
+                return apply_plan(model, plan, out, options, between=between)
 
+        def progress(done: int, total: int) -> None:
+            self.onnx_status.value = (f"exporting: {html.escape(STAGES[done])} (stage {done + 1} "
+                                      f"of at most {total})…")
+
+        def finished(report: dict | None) -> None:
+            self.onnx.disabled, self.cancel_button.disabled = False, True
+            if report is None:
+                self.onnx_status.value = (f"export cancelled; <code>{html.escape(str(out))}"
+                                          f"</code> left as it was")
+                return
+            lines = "\n".join(summary_lines(report))
+            self.onnx_status.value = (f"exported to <code>{html.escape(str(out))}</code> "
+                                      f"(model.onnx, report.json, MODEL_CARD.md)"
+                                      f"<pre>{html.escape(lines)}</pre>")
+
+        def failed(err: BaseException) -> None:
+            self.onnx.disabled, self.cancel_button.disabled = False, True
+            self.onnx_status.value = "export failed (see the error above)"
+            self.controller.errors.show(err, "exporting")
+
+        g = self.controller.errors.guard
+        self.worker = JOBS.submit(run, name="export", priority=USER,
+                                  on_progress=g("showing the export's progress", progress),
+                                  on_done=g("exporting", finished), on_error=failed)
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop the running export before its next stage (nothing is written)."""
+        if self.worker is not None and self.worker.running:
+            self.worker.cancel()
+            self.cancel_button.disabled = True
+            self.onnx_status.value = "cancelling: the export stops before its next stage…"

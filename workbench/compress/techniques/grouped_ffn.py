@@ -80,6 +80,7 @@ GROUPED_FFN = register(Technique(
     applies_to=lambda s, kind: kind == "ffn", fits="grouped_ffn fits FFN modules (fc1 / fc2)",
     apply_=apply_, changes_shape=lambda s: True, export="pytorch", latency_row=latency_row,
     check_module=check_module, weight_parts=weight_parts, size_specs=size_specs,
+    describe=lambda s: f"grouped FFN, {s.groups} block-diagonal groups in fc1 and fc2",
     control=Control(label="FFN groups", kinds=("ffn",), values=(None, 2, 4),
                     to_setting=lambda v: None if v is None else GroupedFFNConfig(groups=v),
                     from_setting=lambda s: None if s is None else s.groups)))

@@ -45,6 +45,7 @@ LINEAR_ATTENTION = register(Technique(
     applies_to=lambda s, kind: kind == "attention",
     fits="linear_attention fits attention modules", why_not=ATTENTION_WHY_NOT,
     apply_=apply_, changes_shape=lambda s: True, export="pytorch", latency_row=latency_row,
+    describe=lambda s: f"linear attention ({s.feature_map} feature map)",
     control=Control(label="linear attn", kinds=("attention",), values=(None, "elu+1"),
                     to_setting=lambda v: None if v is None else
                     LinearAttentionConfig(feature_map=v),

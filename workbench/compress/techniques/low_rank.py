@@ -45,6 +45,12 @@ def apply_(root: nn.Module, entries: Mapping[str, dict[str, Any]], ctx: ApplyCon
     return root
 
 
+def describe(setting: dict[str, Any]) -> str:
+    if setting["rank"] is not None:
+        return f"low rank {setting['rank']} (truncated SVD)"
+    return f"low rank keeping {setting['energy']:.0%} of the energy (truncated SVD)"
+
+
 LOW_RANK = register(Technique(
     name="low_rank", fields=("rank", "energy"), order=30,
     weight_parts=lambda m: {"down": m.down, "up": m.up} if isinstance(m, LowRankLinear) else None,
@@ -53,4 +59,4 @@ LOW_RANK = register(Technique(
     why_not=lambda s, target, path: (f"low rank applies to Linear layers, and {path} is a "
                                      f"{target.type_name}."),
     field_name=lambda cfg: "rank" if cfg.rank is not None else "energy",
-    check_module=check_module))  # no Control: the compress tab draws the rank slider
+    check_module=check_module, describe=describe))  # no Control: the compress tab draws the rank slider

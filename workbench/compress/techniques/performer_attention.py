@@ -51,6 +51,7 @@ PERFORMER_ATTENTION = register(Technique(
     applies_to=lambda s, kind: kind == "attention",
     fits="performer_attention fits attention modules", why_not=ATTENTION_WHY_NOT,
     apply_=apply_, changes_shape=lambda s: True, export="pytorch", latency_row=latency_row,
+    describe=lambda s: f"Performer attention, {s.features} random features (seed {s.seed})",
     control=Control(label="performer m", kinds=("attention",), values=(None, 128, 64, 32),
                     to_setting=lambda v: None if v is None else
                     PerformerAttentionConfig(features=v),

@@ -70,12 +70,32 @@ def apply_(root: nn.Module, entries: Mapping[str, PruneConfig], ctx: ApplyContex
     return root
 
 
+#: what each structure removes, for `describe` (the model card)
+_UNITS = {"heads": "attention heads", "neurons": "FFN neurons", "channels": "conv channels"}
+
+
+def describe(p: PruneConfig) -> str:
+    if p.structure == "unstructured":
+        return (f"unstructured pruning, {p.amount:.0%} of the weights zeroed ({p.importance} "
+                f"importance; stored dense)")
+    return (f"structured pruning, {p.amount:.0%} of the {_UNITS[p.structure]} removed "
+            f"({p.importance} importance)")
+
+
+def conflicts(p: PruneConfig, where: str, others) -> str | None:  # noqa: ANN001
+    """Unstructured masks and low rank on one Linear: the factors are dense, the zeros lost."""
+    if p.structure != "unstructured" or "low_rank" not in others:
+        return None
+    return (f"unstructured pruning ({where}) and low rank ({others['low_rank'][1]}) on the "
+            f"same Linear would make the sparse weights dense again; pick one for this layer.")
+
+
 PRUNING = register(Technique(
     name="prune", fields=("prune",), order=10, applies_to=applies_to,
     fits=("Pruning 'heads' fits attention modules, 'neurons' FFN modules, 'channels' conv "
           "modules, 'unstructured' Linear/Conv layers"),
     apply_=apply_, changes_shape=lambda p: p.structure != "unstructured", export="pytorch",
     is_noop=lambda p: p.amount == 0, why_not=why_not,
-    field_name=lambda cfg: "prune.structure",
+    field_name=lambda cfg: "prune.structure", describe=describe, conflicts=conflicts,
     # no Control: the compress tab draws pruning's own slider and structure dropdown
     needs=lambda p: frozenset({"gradients"}) if p.importance == "taylor" else frozenset()))

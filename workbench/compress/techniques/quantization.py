@@ -32,6 +32,17 @@ def apply_(root: nn.Module, entries: Mapping[str, QuantConfig], ctx: ApplyContex
     return root
 
 
+def describe(q: QuantConfig) -> str:
+    if q.weight_bits is None:
+        weights = "fp32 weights"
+    elif q.weight_bits == 16:
+        weights = "fp16 weights"
+    else:
+        weights = (f"{q.weight_bits}-bit weights ({q.granularity.replace('_', ' ')}, "
+                   f"{'symmetric' if q.symmetric else 'asymmetric'})")
+    return weights + (", 8-bit inputs" if q.act_bits is not None else "")
+
+
 QUANTIZATION = register(Technique(
     name="quant", fields=("quant",), order=40,
     applies_to=lambda q, kind: kind in ("linear", "conv"), fits="quant fits Linear/Conv layers",
@@ -40,7 +51,7 @@ QUANTIZATION = register(Technique(
     why_not=lambda q, target, path: (f"quantization applies to Linear/Conv layers, and {path} "
                                      f"is a {target.type_name}; name its layers (e.g. "
                                      f"'{path}.*')."),
-    field_name=lambda cfg: "quant",
+    field_name=lambda cfg: "quant", describe=describe,
     # no Control: the compress tab draws the bits dropdown (ui.edits.BIT_CHOICES)
     needs=lambda q: frozenset({"activations"}) if q.act_bits is not None else frozenset(),
     runtime_exports={"onnxruntime": decide, "executorch": pte_decide}))

@@ -123,6 +123,14 @@ class Technique:
     #: setting) -> the export's Decision for that layer (how it runs there, what differs from the
     #: plan). A runtime without a handler refuses layers that set the technique.
     runtime_exports: Mapping[str, Callable[[str, str, Any], Any]] = field(default_factory=dict)
+    #: the model card: setting -> a short phrase a person reads ("windowed attention, 1 s
+    #: blocks"); None: the card writes the technique's name and its config (see `describe_setting`)
+    describe: Callable[[Any], str] | None = None
+    #: resolution: (this setting, the plan level that set it, {other technique's name: (its
+    #: setting, its level)} chosen for the same layer) -> why they cannot go together (a
+    #: sentence; the PlanError puts the layer's path before it), or None. E.g. unstructured
+    #: pruning refuses low rank on the same Linear.
+    conflicts: Callable[[Any, str, Mapping[str, tuple[Any, str]]], str | None] | None = None
 
     def setting(self, cfg: LayerConfig) -> Any:
         """This technique's setting in `cfg`, or None when `cfg` does not set it."""
@@ -131,6 +139,20 @@ class Technique:
         if len(self.fields) == 1:
             return cfg.get(self.fields[0])
         return {f: cfg.get(f) for f in self.fields}
+
+
+    def describe_setting(self, setting: Any) -> str:
+        """The `describe` phrase of `setting`; without the hook, the name and the config's
+        fields ("toy (factor=0.5, bits=16)"), so an export never leaves a technique unnamed."""
+        if self.describe is not None:
+            return self.describe(setting)
+        if hasattr(setting, "model_dump"):
+            fields = setting.model_dump(mode="json")
+        elif isinstance(setting, Mapping):
+            fields = dict(setting)
+        else:
+            return f"{self.name} ({setting})"
+        return f"{self.name} (" + ", ".join(f"{k}={v}" for k, v in fields.items()) + ")"
 
 
 _REGISTRY: dict[str, Technique] = {}

@@ -65,6 +65,8 @@ WINDOWED_ATTENTION = register(Technique(
     fits="windowed_attention fits attention modules", why_not=ATTENTION_WHY_NOT,
     apply_=apply_, changes_shape=lambda s: True, export="pytorch",
     latency_row_at=latency_row_at,
+    describe=lambda s: (f"windowed attention, {s.window_s:g} s blocks: at least "
+                        f"{s.window_s:g} s of context each side"),
     control=Control(label="window s", kinds=("attention",), values=(None, 4.0, 2.0, 1.0, 0.5),
                     to_setting=lambda v: None if v is None else
                     WindowedAttentionConfig(window_s=v),

@@ -9,6 +9,18 @@ with the marks of ../shared/devices.md: V read in the source, D derived from V n
 arithmetic is in the source text), U unverified placeholder. `efficiency` holds one such object per
 op class. A null value means "does not apply" (no fp16 arithmetic, no flash, no scratchpad SRAM).
 
+`int4_compute` says what arithmetic the runtime runs layers with <= 4-bit weights in: "int8"
+(unpacked to int8 and multiplied by the int8 kernels, e.g. XNNPACK qc4w) or "fp32" (the weights
+stay 4-bit in memory, each call dequantizes them to fp32 and runs the fp32 GEMM: ONNX Runtime's
+CPU MatMulNBits at accuracy_level 0, which is what workbench's export writes). With "fp32",
+`int4_dequant_ns_per_weight` prices that per-call dequantization (null with "int8").
+
+`int8_conv_compute` says the same for Conv layers with 5..8-bit weights: "int8" (integer conv
+kernels: XNNPACK, CMSIS-NN, TensorRT) or "fp32" (what workbench's ONNX export writes for them:
+int8 weights + DequantizeLinear + the fp32 Conv, since ORT's ConvInteger was slower than the fp32
+Conv on this CPU; ORT does not constant-fold a weight DequantizeLinear, so every call dequantizes
+the weight). With "fp32", `int8_conv_dequant_ns_per_weight` prices that (null with "int8").
+
 The `host` profile is this machine: `workbench calibrate` measures ONNX Runtime here and writes
 fitted efficiencies to the per-user cache (`host_profile.json` under `workbench.paths.cache_dir()`,
 never the repo); `load_device("host")` overlays that file and says `calibrated=True` and when.
@@ -29,9 +41,18 @@ OP_CLASSES = ("matmul_fp32", "matmul_int8", "conv", "attention_scores", "element
 #: Fields every device file must have (each a {"value", "source", "mark"} object).
 FIELDS = ("description", "runtime", "threads", "peak_gflops_fp32", "peak_gops_int8",
           "peak_gflops_fp16", "memory_bandwidth_gbs", "efficiency", "overhead_us_per_op",
-          "ram_mb", "flash_mb", "sram_kb", "quantized_activation_bits", "error_band_pct")
+          "ram_mb", "flash_mb", "sram_kb", "quantized_activation_bits", "error_band_pct",
+          "int4_compute", "int4_dequant_ns_per_weight", "int8_conv_compute",
+          "int8_conv_dequant_ns_per_weight")
 #: Fields that may be null ("does not apply").
-NULLABLE = ("peak_gflops_fp16", "flash_mb", "sram_kb")
+NULLABLE = ("peak_gflops_fp16", "flash_mb", "sram_kb", "int4_dequant_ns_per_weight",
+            "int8_conv_dequant_ns_per_weight")
+#: Per-weight dequantization costs (ns): may be 0, never negative.
+DEQUANT_FIELDS = ("int4_dequant_ns_per_weight", "int8_conv_dequant_ns_per_weight")
+#: What a runtime runs <= 4-bit weights in (module docstring).
+INT4_COMPUTE = ("int8", "fp32")
+#: What a runtime runs 5..8-bit Conv weights in (module docstring).
+INT8_CONV_COMPUTE = ("int8", "fp32")
 MARKS = ("V", "D", "U")
 #: File name of the calibrated host profile inside the per-user cache directory.
 HOST_CACHE_FILE = "host_profile.json"
@@ -68,6 +89,12 @@ class DeviceProfile:
     sram_kb: float | None
     quantized_activation_bits: int
     error_band_pct: float
+    #: arithmetic of <= 4-bit weight layers: "int8" or "fp32" (dequantized per call, see above)
+    int4_compute: str = "int8"
+    int4_dequant_ns_per_weight: float | None = None   # ns per weight per call ("fp32" only)
+    #: arithmetic of 5..8-bit Conv weight layers: "int8" or "fp32" (DequantizeLinear per call)
+    int8_conv_compute: str = "int8"
+    int8_conv_dequant_ns_per_weight: float | None = None   # ns per weight per call ("fp32" only)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     calibrated: bool = False
     calibrated_at: str | None = None     # ISO time of the calibration run, if calibrated
@@ -145,7 +172,17 @@ def parse_device(data: Mapping[str, Any], source_name: str) -> DeviceProfile:
         values[key] = _number(values[key], key, source_name, positive=key != "overhead_us_per_op")
     for key in NULLABLE:
         if values[key] is not None:
-            values[key] = _number(values[key], key, source_name, positive=True)
+            values[key] = _number(values[key], key, source_name,
+                                  positive=key not in DEQUANT_FIELDS)
+    for key, allowed, dequant in (("int4_compute", INT4_COMPUTE, "int4_dequant_ns_per_weight"),
+                                  ("int8_conv_compute", INT8_CONV_COMPUTE,
+                                   "int8_conv_dequant_ns_per_weight")):
+        if values[key] not in allowed:
+            raise DeviceError(f"{source_name}: field '{key}' must be one of "
+                              f"{', '.join(allowed)}, got {values[key]!r}.")
+        if values[key] == "fp32" and values[dequant] is None:
+            raise DeviceError(f"{source_name}: field '{dequant}' may not be null when {key} is "
+                              f"'fp32' (the per-call dequantization is priced).")
     name = data.get("name", Path(source_name).stem)
     return DeviceProfile(name=str(name), description=str(values["description"]),
                          runtime=str(values["runtime"]), threads=int(values["threads"]),
@@ -158,8 +195,13 @@ def parse_device(data: Mapping[str, Any], source_name: str) -> DeviceProfile:
                          ram_mb=values["ram_mb"], flash_mb=values["flash_mb"],
                          sram_kb=values["sram_kb"],
                          quantized_activation_bits=int(values["quantized_activation_bits"]),
-                         error_band_pct=values["error_band_pct"], sources=sources,
-                         path=source_name)
+                         error_band_pct=values["error_band_pct"],
+                         int4_compute=str(values["int4_compute"]),
+                         int4_dequant_ns_per_weight=values["int4_dequant_ns_per_weight"],
+                         int8_conv_compute=str(values["int8_conv_compute"]),
+                         int8_conv_dequant_ns_per_weight=values[
+                             "int8_conv_dequant_ns_per_weight"],
+                         sources=sources, path=source_name)
 
 
 def apply_calibration(profile: DeviceProfile, data: Mapping[str, Any], source_name: str
@@ -167,7 +209,10 @@ def apply_calibration(profile: DeviceProfile, data: Mapping[str, Any], source_na
     """Overlay a calibration file (written by `calibrate`) on the shipped host profile.
 
     Layout: {"calibrated_at": ISO time, "machine": {...}, "efficiency": {op: value},
-    "overhead_us_per_op": value, "error_band_pct": value, "ram_mb": value, ...}.
+    "overhead_us_per_op": value, "error_band_pct": value, "ram_mb": value,
+    "int4_dequant_ns_per_weight": value (optional: calibrations before 2026-12-03 08:00 have
+    none, and the shipped value stays), "int8_conv_dequant_ns_per_weight": value (optional, the
+    same way: calibrations before 2026-12-03 09:00 have none), ...}.
     """
     try:
         eff = replace(profile.efficiency, **{k: float(v) for k, v in data["efficiency"].items()
@@ -178,7 +223,14 @@ def apply_calibration(profile: DeviceProfile, data: Mapping[str, Any], source_na
             sources[f"efficiency.{op}"] = note + " [D]"
         for key in ("overhead_us_per_op", "error_band_pct", "ram_mb"):
             sources[key] = note + " [D]"
-        return replace(profile, efficiency=eff,
+        dequant = {key: getattr(profile, key) for key in DEQUANT_FIELDS}
+        for key in DEQUANT_FIELDS:
+            if data.get(key) is not None:
+                dequant[key] = float(data[key])
+                if dequant[key] < 0:
+                    raise ValueError(f"{key} must be >= 0, got {dequant[key]}")
+                sources[key] = note + " [D]"
+        return replace(profile, efficiency=eff, **dequant,
                        overhead_us_per_op=float(data["overhead_us_per_op"]),
                        error_band_pct=float(data["error_band_pct"]),
                        ram_mb=float(data.get("ram_mb", profile.ram_mb)),
