@@ -53,12 +53,13 @@ def _int8_convs(table: LayerTable) -> list[EffectiveLayer]:
 
 def _by_hand_fp32_conv_ms(layer: EffectiveLayer, dev) -> float:
     """A dequantized int8 conv by hand: fp32 arithmetic at the conv efficiency plus the per-call
-    DequantizeLinear, int8 weight bytes + fp32 activations, one ONNX node's overhead."""
+    DequantizeLinear, int8 weight bytes + fp32 activations, two ONNX nodes' overhead
+    (DequantizeLinear + Conv)."""
     compute = (2 * layer.macs / (dev.peak_gflops_fp32 * 1e9 * dev.efficiency.conv)
                + layer.params * dev.int8_conv_dequant_ns_per_weight * 1e-9)
     memory = ((layer.params + layer.input_bytes + layer.output_bytes)
               / (dev.memory_bandwidth_gbs * 1e9 * dev.efficiency.memory))
-    return (max(compute, memory) + dev.overhead_us_per_op * 1e-6) * 1e3
+    return (max(compute, memory) + 2 * dev.overhead_us_per_op * 1e-6) * 1e3
 
 
 # ---- the host runs int8 convs in fp32 -------------------------------------------------------
@@ -122,6 +123,10 @@ def test_dequantization_is_priced_per_weight_by_hand(uncalibrated_host) -> None:
                + 200_000 * 0.25 * 1e-9)
     assert t.compute_ms == pytest.approx(compute * 1e3, rel=1e-9)
     assert t.bytes_moved == 200_000 + 80_000        # 200k weights at 8 bits + fp32 activations
+    # DequantizeLinear + Conv: two nodes' overhead; the fp32 Conv alone: one
+    assert t.overhead_ms == pytest.approx(2 * host.overhead_us_per_op * 1e-3, rel=1e-12)
+    assert layer_latency(replace(layer, weight_bits=32), host).overhead_ms == pytest.approx(
+        host.overhead_us_per_op * 1e-3, rel=1e-12)
     # a 5..8-bit MatMul is not dequantized: ORT's MatMulInteger runs it int8
     assert layer_latency(replace(layer, op="matmul"), host).precision == "int8"
     # a 6-bit conv is stored as int8: the same fp32 path

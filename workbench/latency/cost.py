@@ -26,7 +26,8 @@ Per effective layer (workbench.latency.table):
 - elementwise ops (norms, activations) count ELEMENTWISE_FLOPS per element and are memory-bound
   in practice.
 - ops: ONNX nodes one layer becomes in our dynamo export after ONNX Runtime's graph fusions
-  (OPS_PER_LAYER, counted in the optimised graph of whisper_ctc); each pays the per-op overhead.
+  (OPS_PER_LAYER, counted in the optimised graph of whisper_ctc), + 1 for the DequantizeLinear
+  of a dequantized Conv weight; each pays the per-op overhead.
 """
 from __future__ import annotations
 
@@ -210,10 +211,14 @@ def roofline_terms(layer: EffectiveLayer, dev: DeviceProfile) -> dict[str, float
         # int4 loses to fp32 at 5 s on the host
         dequant_s = layer.params * ns_per_weight * 1e-9
         flops += dequant_s * peak * op_eff
+    # a dequantized Conv's weight goes through its own DequantizeLinear node (MatMulNBits
+    # dequantizes inside the one node): one more node's overhead
+    ops = OPS_PER_LAYER[layer.op] + (1 if layer.op == "conv" and ns_per_weight is not None
+                                     else 0)
     return dict(flops=float(flops), bytes_moved=float(bytes_moved(layer, dev)),
                 peak_gops=peak / 1e9, bandwidth_gbs=dev.memory_bandwidth_gbs,
                 compute_efficiency=op_eff, memory_efficiency=eff.memory,
-                overhead_ms=OPS_PER_LAYER[layer.op] * dev.overhead_us_per_op * 1e-3)
+                overhead_ms=ops * dev.overhead_us_per_op * 1e-3)
 
 
 def layer_latency(layer: EffectiveLayer, dev: DeviceProfile) -> LayerLatency:
