@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from workbench import cli_checks as ck
 from workbench import lesson_timing
+from workbench.data import build_all
 from workbench.errors import WorkbenchError
+from workbench.evaluate import evaluate
+from workbench.latency import calibrate
+from workbench.models import PRESETS
+from workbench.paths import DEMO_DIR, cache_dir
 
 
 def _print_json(obj: dict) -> None:
@@ -22,11 +31,9 @@ def _print_json(obj: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from workbench.evaluate import evaluate, load_eval_set
-    from workbench.models import load_checkpoint, load_demo
-    from workbench.paths import DEMO_DIR, REAL_TEST
+    from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
+    from workbench.models import load_checkpoint, load_demo  # looked up per call: tests monkeypatch it
+    from workbench.paths import REAL_TEST  # looked up per call: tests monkeypatch it
 
     if getattr(args, "conditions", False):
         from workbench.conditions.cli import cmd_eval_conditions
@@ -59,9 +66,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from workbench.data import build_all
-    from workbench.paths import cache_dir
-
     out = Path(args.out) if args.out else cache_dir() / "corpus"
     ck.check_writable_parent(out / "x")
     summary = build_all(out, n_train=args.n_train, seed=args.seed,
@@ -71,7 +75,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from workbench.models import PRESETS
     from workbench.recipes import train_conformer, train_demo
 
     if not args.demo:
@@ -89,8 +92,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    import os
-
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "00_workbench.ipynb"
     ck.check_port_free(args.port)
     root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
@@ -107,8 +108,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from workbench.latency import calibrate
-
     if args.out:
         if Path(args.out).is_dir():
             raise ck.ArgumentError(f"--out {args.out}: is a folder; give the path of the JSON "
@@ -139,10 +138,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from workbench.export.apply import read_plan
-    from workbench.models import load_checkpoint, load_demo
+    from workbench.models import load_checkpoint, load_demo  # looked up per call: tests monkeypatch it
     from workbench.compress.progressive import ProgressiveConfig
     from workbench.data.held_out import refuse_held_out
     from workbench.recovery import DEFAULT_CONFIG, recover_plan, validation_probe
@@ -155,7 +152,6 @@ def cmd_recover(args: argparse.Namespace) -> int:
         refuse_held_out([args.val_manifest], option="--val-manifest",
                         use="the WER estimate watched while training")
     plan = read_plan(Path(args.plan))
-    import torch
     torch.set_num_threads(args.threads)
     manifests = [Path(m) for m in args.manifest] or None
     # the progress bar's WER estimate: a validation split, never the held-out test sets nor

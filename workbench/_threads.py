@@ -18,6 +18,8 @@ runs on more than one thread.
 import os
 import warnings
 
+import torch
+
 ADVICE = ("OMP_WAIT_POLICY is not set: torch's OpenMP threads spin while they wait, which made "
           "2-thread runs up to 20x slower on a busy 2-core machine (workbench/_threads.py). "
           "Start Python with OMP_WAIT_POLICY=PASSIVE in its environment (make does), or use "
@@ -29,7 +31,6 @@ def wait_policy_ok() -> bool:
     one thread; True otherwise."""
     if "OMP_WAIT_POLICY" in os.environ:
         return True
-    import torch
     if torch.get_num_threads() <= 1:
         return True
     warnings.warn(ADVICE, RuntimeWarning, stacklevel=3)

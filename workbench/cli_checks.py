@@ -16,8 +16,10 @@ import difflib
 import errno
 import math
 import os
+import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -138,8 +140,6 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line: `workbench VERB: error: argument --x: ...`."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        import re
-
         bad = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)", message)
         if bad:   # add the closest known name
             message += ";" + closest(bad.group(1), re.findall(r"'([^']*)'", bad.group(2)))
@@ -150,8 +150,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> int:
     """Refuse a port something already listens on (the server would fail after starting)."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))

@@ -9,6 +9,9 @@ import jiwer
 import torch
 from tqdm import tqdm
 
+from workbench.checks import check_int, check_model
+from workbench.data import load_audio, normalize_text
+from workbench.data.audio import audio_seconds
 from workbench.decode import greedy_decode
 from workbench.errors import ArgumentError, DataError
 from workbench.features import FRAMES_PER_SECOND, SAMPLE_RATE, collate_features, log_mel
@@ -92,9 +95,7 @@ def load_eval_set(manifest: Path | str, limit: int | None = None, progress: bool
     makes WER meaningless); every audio file exists and, from its header, is at most
     `max_seconds` long.
     """
-    from workbench.checks import check_int
-    from workbench.data import load_audio, normalize_text, read_manifest
-    from workbench.data.audio import audio_seconds
+    from workbench.data import read_manifest  # looked up per call: tests monkeypatch it
 
     check_int(limit, "load_eval_set", "limit", low=1, none_ok=True)
     if features not in FEATURE_RATES:
@@ -155,7 +156,6 @@ def batches(lengths: list[int], max_frames: int = 12_000, max_ratio: float = 1.2
 def transcribe(model: CTCModel, features: tuple[torch.Tensor, ...], max_frames: int = 12_000
                ) -> list[str]:
     """Greedy CTC transcripts for each (80, T) feature tensor, batched by length."""
-    from workbench.checks import check_int, check_model
     check_model(model, "transcribe")
     check_int(max_frames, "transcribe", "max_frames", low=1)
     if isinstance(features, torch.Tensor) or not isinstance(features, list | tuple):
@@ -219,7 +219,6 @@ def score(references: list[str] | tuple[str, ...], hypotheses: list[str], ids=No
 def evaluate(model: CTCModel, eval_set: EvalSet, lexicon=None) -> EvalResult:
     """WER / CER of `model` on `eval_set`: greedy CTC decoding, then (optionally) lexicon
     correction of out-of-lexicon words (`workbench.lexicon.Lexicon`)."""
-    from workbench.checks import check_model
     check_model(model, "evaluate")
     check_eval_set(eval_set, "evaluate")
     if lexicon is not None and not callable(getattr(lexicon, "correct", None)):

@@ -12,6 +12,8 @@ from functools import lru_cache
 import torch
 import torchaudio
 
+from workbench.errors import ArgumentError, DataError
+
 SAMPLE_RATE = 16_000
 N_FFT = 400
 HOP_LENGTH = 160
@@ -34,7 +36,6 @@ def num_frames(num_samples: int) -> int:
 
 def log_mel(wave: torch.Tensor, n_mels: int = N_MELS) -> torch.Tensor:
     """(samples,) float 16 kHz -> (n_mels, samples // 160) Whisper log-mel features."""
-    from workbench.errors import ArgumentError, DataError
     if not isinstance(wave, torch.Tensor):
         raise ArgumentError(f"log_mel(wave=...): expected a 1-D torch tensor of samples, got "
                             f"{type(wave).__name__}; use workbench.data.load_audio(path).")

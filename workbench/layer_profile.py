@@ -34,12 +34,13 @@ import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from workbench.checks import check_bool, check_int, check_model, check_seconds, max_seconds_of
 from workbench.errors import WorkbenchError
 from workbench.models.base import ROLE_NAMES, example_input, role_of
 
@@ -159,7 +160,6 @@ class Profile:
 
     def to_records(self) -> list[dict[str, Any]]:
         """Rows as plain dicts (for tables and JSON)."""
-        from dataclasses import asdict
         return [asdict(r) for r in self.rows]
 
 
@@ -170,11 +170,9 @@ def profile(model: nn.Module, audio_seconds: float = 4.0, measure: bool = True, 
     make_inputs(seconds) -> positional inputs of the model's forward; default: CTC models
     (features (1, n_mels, 100*s), lengths (1,)). The caller's model is not touched (deep copy).
     """
-    from workbench.checks import check_int, check_model, check_seconds, max_seconds_of
     check_model(model, "profile")
     check_seconds(audio_seconds, "profile", max_seconds=max_seconds_of(model))
     check_int(repeats, "profile", "repeats", low=1, high=1000)
-    from workbench.checks import check_bool
     check_bool(measure, "profile", "measure")
     work = copy.deepcopy(model).eval()
     inputs = (make_inputs or default_inputs(model))(audio_seconds)

@@ -17,6 +17,9 @@ from collections.abc import Iterable
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
+from workbench.data import build_sentences, split_sentences
+from workbench.paths import DATA_DIR
+
 
 def max_edits(word: str) -> int:
     return 1 if len(word) <= 4 else 2 if len(word) <= 8 else 3
@@ -60,9 +63,6 @@ def training_lexicon() -> Lexicon:
     Both come from training data only. The fine-tune transcripts are read from the shipped list
     data/lexicon/finetune_words.txt (written when the demo is trained) so no corpus build is needed.
     """
-    from workbench.data import build_sentences, split_sentences
-    from workbench.paths import DATA_DIR
-
     texts = list(split_sentences(build_sentences(0)).train)  # train side only: never dev / test
     extra = DATA_DIR / "lexicon" / "finetune_words.txt"
     if extra.is_file():

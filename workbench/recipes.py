@@ -20,11 +20,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from workbench.data import build_all
 from workbench.data.audio import load_audio
 from workbench.data.augment import AugmentConfig, augment_wave
 from workbench.data.text import normalize_text
 from workbench.decode import encode_text
+from workbench.evaluate import evaluate
 from workbench.features import log_mel
+from workbench.models import conformer_ctc, save_checkpoint, whisper_ctc_pretrained
+from workbench.paths import DEMO_DIR, cache_dir
 from workbench.train import Item, TrainConfig, cache_hidden, train_ctc
 
 
@@ -70,10 +74,9 @@ def _items(utts, copies: int, augment: bool, seed: int, desc: str, progress: boo
 def train_demo(out_dir: Path | None = None, minutes: float | None = None, seed: int = 0,
                corpus_dir: Path | None = None, recipe: DemoRecipe | None = None) -> dict:
     """Fine-tune the demo model and write checkpoint, config, training summary and metrics."""
-    from workbench.data import build_all, read_manifest
-    from workbench.evaluate import evaluate, load_eval_set
-    from workbench.models import save_checkpoint, whisper_ctc_pretrained
-    from workbench.paths import DEMO_DIR, REAL_TEST, SYNTH_TEST, cache_dir
+    from workbench.data import read_manifest  # looked up per call: tests monkeypatch it
+    from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
+    from workbench.paths import REAL_TEST, SYNTH_TEST  # looked up per call: tests monkeypatch it
 
     recipe = recipe or DemoRecipe(seed=seed)
     out_dir = Path(out_dir or DEMO_DIR)
@@ -166,10 +169,9 @@ def _with_minutes(cfg: TrainConfig, minutes: float) -> TrainConfig:
 def train_conformer(preset: str = "small", out_dir: Path | None = None, minutes: float | None = None,
                     seed: int = 0, corpus_dir: Path | None = None, n_train: int = 4000) -> dict:
     """Train a Conformer-CTC preset from scratch on log-mel features (with SpecAugment)."""
-    from workbench.data import build_all, read_manifest
-    from workbench.evaluate import evaluate, load_eval_set
-    from workbench.models import conformer_ctc, save_checkpoint
-    from workbench.paths import REAL_TEST, SYNTH_TEST, cache_dir
+    from workbench.data import read_manifest  # looked up per call: tests monkeypatch it
+    from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
+    from workbench.paths import REAL_TEST, SYNTH_TEST  # looked up per call: tests monkeypatch it
 
     torch.manual_seed(seed)
     corpus_dir = Path(corpus_dir or cache_dir() / "corpus")

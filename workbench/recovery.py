@@ -28,14 +28,21 @@ from typing import Any
 from collections.abc import Callable
 
 import torch
+from tqdm import tqdm
 
 from workbench.compress.progressive import ProgressiveConfig, progressive_recover
 from workbench.compress.distill import RecoverConfig, recover, split_plan
-from workbench.evaluate import EvalSet
+from workbench.evaluate import EvalSet, evaluate
 from workbench.plan import CompressionPlan
 from workbench.train import FitHooks, Item
 from workbench.compress.resolution import resolve
 from workbench.compress.techniques import structure_only
+from workbench.compress import compress
+from workbench.data import build_all
+from workbench.engine.jobs import BACKGROUND, JOBS, RUN_LOCK
+from workbench.errors import ArgumentError, PlanError
+from workbench.models import save_checkpoint
+from workbench.paths import cache_dir
 
 #: Defaults measured on the demo (2 cores, load ~2): 50 % FFN neurons + 2/6 heads pruned in every
 #: block, greedy WER real / synthetic 1.83 / 1.52 before, 0.48 / 0.41 after 10 minutes (255 steps;
@@ -55,9 +62,8 @@ def recovery_items(manifests: list[Path] | None = None, n_synth: int = 1200, see
                    progress: bool = True) -> list[Item]:
     """Log-mel + label items: the given manifests, or the demo corpus (built if missing).
     A manifest with any utterance of a held-out set is refused (workbench.data.held_out)."""
-    from workbench.data import build_all, read_manifest
+    from workbench.data import read_manifest  # looked up per call: tests monkeypatch it
     from workbench.data.held_out import refuse_held_out
-    from workbench.paths import cache_dir
     from workbench.recipes import _items
 
     if manifests:
@@ -77,8 +83,8 @@ def recovery_items(manifests: list[Path] | None = None, n_synth: int = 1200, see
 
 def _held_out_sets() -> dict[str, Any]:
     """The shipped held-out sets, features computed once (every WER of the report uses them)."""
-    from workbench.evaluate import load_eval_set
-    from workbench.paths import REAL_TEST, SYNTH_TEST
+    from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
+    from workbench.paths import REAL_TEST, SYNTH_TEST  # looked up per call: tests monkeypatch it
     return {name: load_eval_set(m, progress=False)
             for name, m in (("real_test", REAL_TEST), ("synth_test", SYNTH_TEST))}
 
@@ -86,7 +92,6 @@ def _held_out_sets() -> dict[str, Any]:
 def _wers(model: torch.nn.Module, sets: dict[str, Any],
           hold: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, float]:
     """Greedy WER per set, each evaluation inside `hold()` (a run lock, or nothing)."""
-    from workbench.evaluate import evaluate
     out = {}
     for name, eval_set in sets.items():
         with hold():
@@ -127,7 +132,6 @@ class WerProbe(FitHooks):
         self.estimate(0)
 
     def estimate(self, step: int) -> None:
-        from workbench.evaluate import evaluate
         model = self.model
         was_training = model.training
         model.eval()
@@ -152,7 +156,6 @@ class RecoveryBar:
     over that step's losses just after it."""
 
     def __init__(self, total: int, desc: str = "recover") -> None:
-        from tqdm import tqdm
         self.bar = tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
         self.fields: dict[str, str] = {"loss": "-"}
 
@@ -184,15 +187,12 @@ def validation_probe(manifests: list[Path] | None, val_manifest: Path | None,
     The held-out test sets are refused: the estimate is watched while training, and a number
     you tune by must not come from the sets the results are reported on."""
     from workbench.data.held_out import refuse_held_out, shared_utterances
-    from workbench.errors import ArgumentError
-    from workbench.evaluate import load_eval_set
-    from workbench.paths import cache_dir
+    from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
     if val_manifest is None:
         if manifests:
             return None
         val_manifest = cache_dir() / "corpus" / "synth" / "dev.jsonl"
         if not val_manifest.is_file():
-            from workbench.data import build_all
             build_all(cache_dir() / "corpus", n_train=4000, seed=0)
     refuse_held_out([val_manifest], option="--val-manifest",
                     use="the WER estimate watched while training (a validation split, e.g. the "
@@ -238,14 +238,11 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
     `manifests` listing any utterance of a held-out set are refused (DataError) before the
     teacher is loaded (workbench.data.held_out).
     """
-    from workbench.compress import compress
     from workbench.data.held_out import refuse_held_out
-    from workbench.models import load_demo, save_checkpoint
-    from workbench.paths import cache_dir
+    from workbench.models import load_demo  # looked up per call: tests monkeypatch it
 
     refuse_held_out(manifests, option="manifests")   # before any model is loaded or trained
     if probe is not None and hooks is not None:
-        from workbench.errors import ArgumentError
         raise ArgumentError("recover_plan: give probe= or hooks=, not both (an engine job's "
                             "hooks estimate WER themselves: workbench.engine.recovery_job).")
     cfg = config or DEFAULT_CONFIG
@@ -255,7 +252,6 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
     # applied at export or trained for with qat: enough for the cache key.
     structure, rest = split_plan(plan, teacher, None)
     if not structure.layers and not (qat and rest.layers):
-        from workbench.errors import PlanError
         raise PlanError("recover: the plan removes no structure (no pruning, no low rank); a "
                         "quantization-only plan needs no recovery: run `workbench apply` on it, "
                         "or train for its bit widths with --qat.")
@@ -273,7 +269,6 @@ def recover_plan(plan: CompressionPlan, teacher: torch.nn.Module | None = None,
         key["qat"] = rest.to_json()
     if progressive is not None:
         if qat:
-            from workbench.errors import PlanError
             raise PlanError("recover: progressive pruning and --qat in one run are not "
                             "supported yet; recover progressively, then run QAT on the result.")
         key["progressive"] = asdict(progressive)
@@ -387,7 +382,6 @@ def submit_recovery(plan: CompressionPlan, *, teacher: torch.nn.Module | None = 
 
     `on_step(entry)` gets every training step's losses (a live plot); `on_progress(step,
     steps)`; `on_done(RecoveryResult)`, or None when cancelled. Returns the Job (job.cancel())."""
-    from workbench.engine.jobs import BACKGROUND, JOBS, RUN_LOCK
     cfg = config or DEFAULT_CONFIG
 
     def run(job) -> RecoveryResult:

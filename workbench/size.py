@@ -47,6 +47,10 @@ from workbench.compress.targets import find_targets, graph_groups
 from workbench.compress.techniques import techniques
 from workbench.plan import CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
+from workbench.checks import check_bool, check_model, check_plan
+from workbench.compress import importance as imp
+from workbench.compress.apply import under
+from workbench.graph.surgery import choose
 
 NOTE = ("Unstructured sparsity is priced here in a sparse format, but it gives no speed-up on "
         "CPU runtimes (ONNX Runtime and the edge CPUs we target run dense kernels), and the "
@@ -235,7 +239,6 @@ def size(model: nn.Module, plan: CompressionPlan, calib: Calibration | None = No
     of layers whose parent is not pruned); if that layer's FFN / attention is pruned by
     'taylor' importance, `calib` is needed too.
     """
-    from workbench.checks import check_bool, check_model, check_plan
     check_model(model, "size")
     plan = check_plan(plan, "size")
     check_bool(force, "size", "force")
@@ -349,7 +352,6 @@ def _shrink_graph_group(model: nn.Module, group, cfg: LayerConfig,  # noqa: ANN0
     of slices on each axis (heads, neurons, channels: the usual case), any choice of that many
     units gives the same shapes, so no importance is computed; a group of units of different
     sizes needs the choice compress makes (graph.surgery.choose, with gradients for Taylor)."""
-    from workbench.graph.surgery import choose, count_to_remove
     p = cfg.prune
     same_size = all(len({len(u[axis]) for u in group.units}) == 1 for axis in group.axes)
     if same_size:
@@ -381,9 +383,6 @@ def _needs_grads(resolved: Mapping[str, LayerConfig], path: str) -> bool:
 def _pruned_weight(model: nn.Module, resolved: Mapping[str, LayerConfig], path: str,
                    grads: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
     """The (out, in) weight of Linear `path` after its attention / FFN parent is pruned."""
-    from workbench.compress import importance as imp
-    from workbench.compress.apply import under
-
     weight = model.get_submodule(path).weight.detach()
     found = _structured_parent(resolved, path)
     if found is None:

@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from workbench.data.augment import AugmentConfig
 from workbench.data.augment import spec_augment as spec_augment_features
+from workbench.evaluate import batches as length_batches
+from workbench.features import collate_features
 from workbench.models.base import CTCModel
 
 
@@ -292,9 +294,6 @@ def cache_hidden(model: CTCModel, features: Sequence[torch.Tensor], stop: int,
                  max_frames: int = 12_000, progress: bool = True, dtype=torch.float16
                  ) -> list[torch.Tensor]:
     """Hidden states at the input of block `stop` for each (80, T) item -> list of (T', D)."""
-    from workbench.evaluate import batches as length_batches
-    from workbench.features import collate_features
-
     model.eval()
     out: list[torch.Tensor] = [torch.empty(0)] * len(features)
     groups = length_batches([f.shape[-1] for f in features], max_frames)

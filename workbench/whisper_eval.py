@@ -22,8 +22,9 @@ import time
 
 import torch
 
+from workbench.data import load_audio, normalize_text
 from workbench.evaluate import EvalResult, batches, score
-from workbench.features import FRAMES_PER_SECOND, collate_features
+from workbench.features import FRAMES_PER_SECOND, SAMPLE_RATE, collate_features, log_mel
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.models.whisper_full import DecodeRules, WhisperASR, WhisperTokenizer
 
@@ -163,8 +164,6 @@ def transcribe(model: WhisperASR, tokenizer: WhisperTokenizer,
     `tail` to reuse one). "real": the encoder output of the features as given, padding masked
     (pass features padded to 30 s for Whisper's own, slow, way).
     """
-    from workbench.data import normalize_text
-
     if context not in ("tail", "real"):
         raise ValueError(f"context: 'tail' or 'real', got {context!r}.")
     if seconds is None:
@@ -195,8 +194,7 @@ def padded_features(manifest, limit: int | None = None, seconds: float | None = 
     """Log-mel of each utterance's audio zero-padded to `seconds` (Whisper's own input: 3000
     frames for 30 s, as openai-whisper / CTranslate2 users feed it), or, with `seconds=None`,
     followed by `extra` seconds of digital silence."""
-    from workbench.data import load_audio, read_manifest
-    from workbench.features import SAMPLE_RATE, log_mel
+    from workbench.data import read_manifest  # looked up per call: tests monkeypatch it
 
     out = []
     for u in read_manifest(manifest)[:limit]:

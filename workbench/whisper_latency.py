@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from workbench.latency import (DeviceProfile, EffectiveLayer, LatencyReport, LayerTable,
+from workbench.latency import (DeviceProfile, EffectiveLayer, LatencyReport, LayerTable, known_devices,
                                load_device, price_table)
 from workbench.models.base import role_of
 
@@ -159,6 +159,5 @@ def price_whisper(tables: tuple[LayerTable, LayerTable, LayerTable, int],
 def rtf_by_device(model: nn.Module, seconds: tuple[float, ...] = (2.5, 8.0),
                   devices: tuple[str, ...] | None = None) -> list[dict]:
     """Simulated latency / RTF of typical utterances on every known device."""
-    from workbench.latency import known_devices
     return [whisper_latency(model, d, s).as_dict() for d in (devices or known_devices())
             for s in seconds]

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from workbench.data import normalize_text
 from workbench.errors import WorkbenchError
+from workbench.models.ct2_reader import default_whisper_dir
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,6 @@ def ct2_tokens(features: list[torch.Tensor] | tuple[torch.Tensor, ...], model_di
     except ImportError:
         raise WorkbenchError("Parity checks need CTranslate2: `pip install -r "
                              "requirements-test.txt` (ctranslate2==4.8.5).") from None
-    from workbench.models.ct2_reader import default_whisper_dir
 
     model = ctranslate2.models.Whisper(str(model_dir or default_whisper_dir()), device="cpu",
                                        compute_type="float32", intra_threads=threads)
@@ -64,8 +65,6 @@ def ct2_tokens(features: list[torch.Tensor] | tuple[torch.Tensor, ...], model_di
 
 def compare(ours: list[list[int]], theirs: list[list[int]], tokenizer, ids=None) -> ParityResult:
     """Share of identical token sequences and normalized transcripts; differing items listed."""
-    from workbench.data import normalize_text
-
     diffs = []
     same_tokens = same_text = 0
     for i, (a, b) in enumerate(zip(ours, theirs)):

@@ -26,18 +26,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torchaudio.models import Conformer, wav2vec2_model
 
 from workbench.graph import count_params, discover, prune
 from workbench.graph.surgery import count_to_remove
+from workbench.models import build_model, load_whisper_hf
 
 _IN_BLOCK = re.compile(r"(^|\.)(conformer_layers|layers|blocks)\.\d+\.")
 AMOUNTS = {"neurons": 0.5, "heads": 0.25, "channels": 0.25}
 
 
 def _conformer() -> tuple[nn.Module, tuple, int]:
-    from torchaudio.models import Conformer
     d, h, ff, k, n = 144, 4, 576, 31, 4
     torch.manual_seed(0)
     model = Conformer(input_dim=d, num_heads=h, ffn_dim=ff, num_layers=n,
@@ -52,7 +54,6 @@ def _conformer() -> tuple[nn.Module, tuple, int]:
 
 
 def _wav2vec2() -> tuple[nn.Module, tuple, int]:
-    from torchaudio.models import wav2vec2_model
     d, h, ff, n = 256, 4, 1024, 4
     torch.manual_seed(0)
     model = wav2vec2_model(
@@ -73,7 +74,6 @@ def _wav2vec2() -> tuple[nn.Module, tuple, int]:
 
 def _whisper_hf() -> tuple[nn.Module, tuple, int]:
     from workbench.byo.hf_layout import write_whisper_hf
-    from workbench.models import build_model, load_whisper_hf
     d, h, ff, n = 128, 4, 512, 4
     torch.manual_seed(0)
     source = build_model("whisper_ctc", d_model=d, n_heads=h, n_layers=n, d_ff=ff,
@@ -96,7 +96,6 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, tuple, int]]] = {
 
 
 def _ort_diff(model: nn.Module, example: tuple) -> float:
-    import numpy as np
     import onnxruntime as ort
     buf = io.BytesIO()
     names = [f"in{i}" for i in range(len(example))]

@@ -15,14 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from workbench.data import load_audio
+from workbench.data.augment import add_noise, colored_noise, telephone
 from workbench.deploy.drift import DriftMonitor, utterance_stats
+from workbench.features import log_mel
+from workbench.paths import CALIB
 
 Condition = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def conditions() -> dict[str, Condition | None]:
-    from workbench.data.augment import add_noise, colored_noise, telephone
-
     def noise(snr_db: float) -> Condition:
         def apply(wave: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             exponent = float(torch.randint(0, 2, (1,), generator=gen))    # white or pink
@@ -37,8 +39,7 @@ def conditions() -> dict[str, Condition | None]:
 def stats_of(model: torch.nn.Module, manifest: Path, condition: Condition | None,
              limit: int | None = None, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """utterance_stats of every utterance of `manifest` under `condition` (batch 1)."""
-    from workbench.data import load_audio, read_manifest
-    from workbench.features import log_mel
+    from workbench.data import read_manifest  # looked up per call: tests monkeypatch it
 
     gen = torch.Generator().manual_seed(seed)
     rows = []
@@ -53,8 +54,8 @@ def stats_of(model: torch.nn.Module, manifest: Path, condition: Condition | None
 
 
 def bench_drift(args: Any = None) -> dict[str, Any]:
-    from workbench.models import load_demo
-    from workbench.paths import CALIB, REAL_TEST, SYNTH_TEST
+    from workbench.models import load_demo  # looked up per call: tests monkeypatch it
+    from workbench.paths import REAL_TEST, SYNTH_TEST  # looked up per call: tests monkeypatch it
 
     start = time.perf_counter()
     torch.set_num_threads(2)

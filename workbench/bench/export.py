@@ -51,10 +51,11 @@ from workbench.export.reference_plans import int4_plan, int8_plan, pruned_int8_p
 from workbench.paths import REAL_TEST, SYNTH_TEST
 from workbench.plan import CompressionPlan
 from workbench.size import size
+from workbench.models import whisper_ctc_pretrained
 
 
 def _model() -> tuple[torch.nn.Module, str]:
-    from workbench.models import load_demo, whisper_ctc_pretrained
+    from workbench.models import load_demo  # looked up per call: tests monkeypatch it
     try:
         return load_demo(), "demo"
     except CheckpointError:
@@ -117,7 +118,7 @@ def bench_export(args: argparse.Namespace | None = None) -> dict[str, Any]:
     _log(f"model: {model_name}")
     eval_sets = [load_eval_set(m, progress=False) for m in (REAL_TEST, SYNTH_TEST)]
     _log("recover the pruned model (first run ~10 min on 2 cores, then cached)")
-    from workbench.models import load_checkpoint
+    from workbench.models import load_checkpoint  # looked up per call: tests monkeypatch it
     from workbench.recovery import recover_plan
     recovery = recover_plan(pruned_int8_plan(), model, teacher_name=model_name)
     recovered = load_checkpoint(recovery.checkpoint)

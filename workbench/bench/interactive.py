@@ -10,6 +10,12 @@ import time
 import numpy as np
 import torch
 
+from workbench.compress import compress
+from workbench.engine.session import Session
+from workbench.evaluate import evaluate
+from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
+from workbench.size import size
+
 
 
 def scripted_changes(model, n: int, seed: int) -> list:
@@ -18,8 +24,6 @@ def scripted_changes(model, n: int, seed: int) -> list:
     Each change moves one control of one layer (weight bits 8/6/4, FFN neurons pruned 10-40 %,
     one or two of six heads removed, a rank for an FFN Linear), or resets that layer (1 in 5).
     """
-    from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
-
     rng = random.Random(seed)
     n_blocks = len(model.blocks)
     plan = CompressionPlan()
@@ -51,12 +55,9 @@ def scripted_changes(model, n: int, seed: int) -> list:
 
 def bench_interactive(changes: int = 30, seed: int = 0) -> dict:
     """Engine vs naive (copy + compress + full eval) over a scripted slider session on the demo."""
-    from workbench.compress import compress
-    from workbench.evaluate import evaluate, load_eval_set
-    from workbench.models import load_demo
-    from workbench.paths import REAL_TEST
-    from workbench.engine.session import Session
-    from workbench.size import size
+    from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
+    from workbench.models import load_demo  # looked up per call: tests monkeypatch it
+    from workbench.paths import REAL_TEST  # looked up per call: tests monkeypatch it
 
     torch.set_num_threads(2)
     model = load_demo()

@@ -31,6 +31,8 @@ from workbench.latency.fit_host import (CALIBRATION_SECONDS, build_variant, cali
 from workbench.latency.cost import predict_latency, price_table
 from workbench.latency.table import layer_table
 from workbench.onnx_tools.runtime import CLOCK
+from workbench import presets
+from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
 
 #: Audio lengths the bench draws from (seconds).
 BENCH_SECONDS = (4.0, 5.0, 6.0, 7.0, 8.0)
@@ -40,8 +42,6 @@ SPEEDUP_SECONDS = 8.0
 
 def random_plan(model: nn.Module, rng: random.Random) -> tuple[Any, str]:
     """A random mix of head / neuron pruning, low rank and int8 over the model's blocks."""
-    from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
-
     plan = CompressionPlan()
     int8 = QuantConfig(weight_bits=8)
     quant_mode = rng.choice(["none", "all", "some", "some"])
@@ -85,8 +85,6 @@ def bench_latency(n_plans: int = 30, seed: int = 0, *, model: nn.Module | None =
     change in the machine's load between the two phases cannot bias the comparison; the fit
     sees only the calibration variants.
     """
-    from workbench import presets
-
     start = time.perf_counter()
     model = model if model is not None else default_model()
     rng = random.Random(seed)

@@ -31,7 +31,10 @@ from typing import Any
 
 import torch
 
+from workbench.compress import compress
+from workbench.compress.distill import Distiller, RecoverConfig, frozen_teacher
 from workbench.data.held_out import refuse_held_out
+from workbench.latency import predict_latency
 from workbench.plan import CompressionPlan, LayerConfig
 
 Blocks = tuple[int, ...]
@@ -71,8 +74,6 @@ def select_blocks(teacher: torch.nn.Module, items: Sequence, *, val_items: int =
                   log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Score linear-attention swaps of `teacher` on the validation part of `items` (the
     recovery corpus) without recovery; see the module docstring. Reads no manifest."""
-    from workbench.compress import compress
-    from workbench.compress.distill import Distiller, RecoverConfig, frozen_teacher
     from workbench.search.recipe import _chunks, _val_eval_set, _val_scores, split_items
 
     train, val = split_items(items, val_items, seed)
@@ -109,8 +110,6 @@ def attention_macs(teacher: torch.nn.Module, blocks: Sequence[int], seconds: flo
                    ) -> dict[str, Any]:
     """Attention-score MACs (QK^T + AV, or the kernelized equivalent) of the model with `blocks`
     swapped vs none, from the latency model's layer table at `seconds` of audio (simulated)."""
-    from workbench.latency import predict_latency
-
     def totals(plan: CompressionPlan | None) -> tuple[int, int, float]:
         r = predict_latency(teacher, "host", seconds, plan)
         att = sum(x.macs for x in r.layers if x.op == "attention_scores")
@@ -137,7 +136,7 @@ def bench_linear_blocks(steps: int = 90, sizes: Sequence[int] = (1, 2), val_item
                         seed: int = 0, manifests: list[Path] | None = None,
                         ort: bool = True) -> dict[str, Any]:
     from workbench.bench.recover import export_parity
-    from workbench.models import load_demo
+    from workbench.models import load_demo  # looked up per call: tests monkeypatch it
     from workbench.recovery import (DEFAULT_CONFIG, _held_out_sets, recover_plan,
                                     recovery_items)
     from workbench.search.recipe import WARMUP_SHARE

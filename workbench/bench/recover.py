@@ -45,6 +45,8 @@ from workbench import presets
 from workbench.data.held_out import refuse_held_out
 from workbench.errors import ArgumentError
 from workbench.plan import CompressionPlan, LayerConfig, PruneConfig
+from workbench.evaluate import evaluate
+from workbench.latency import load_device, predict_latency
 
 CASES = ("a_progressive", "b_oneshot", "c_qat4", "d_windowed", "e_linear")
 #: Audio lengths of the ORT timing (seconds): a typical prompt, and Whisper's full 30 s window.
@@ -130,8 +132,6 @@ def _log(msg: str) -> None:
 def host_profile_state() -> dict[str, Any]:
     """Whether the host latency profile the predictions use was calibrated on this machine
     (`workbench calibrate`), and when: an uncalibrated profile's predicted speed-ups are nominal."""
-    from workbench.latency import load_device
-
     dev = load_device("host")
     return {"calibrated": bool(dev.calibrated), "calibrated_at": dev.calibrated_at or None,
             "error_band_pct": round(dev.error_band_pct, 1)}
@@ -141,7 +141,6 @@ def _predicted(teacher, plan: CompressionPlan, seconds: float, measured: float) 
     """The host latency model's speed-up for the plan as exported (structure, swaps and the
     quantization the export applies), next to the measured one; null with the reason when
     the model cannot price a setting as the runtime runs it (simulated, not measured)."""
-    from workbench.latency import predict_latency
     base = predict_latency(teacher, "host", seconds)
     case = predict_latency(teacher, "host", seconds, plan)
     out: dict[str, Any] = {"predicted_source": case.source,
@@ -157,10 +156,9 @@ def _predicted(teacher, plan: CompressionPlan, seconds: float, measured: float) 
 def export_parity(result: Any, sets: dict[str, Any]) -> tuple[Any, dict, dict]:
     """A `recover_plan` result exported with its plan's quantization, and its greedy WER per
     held-out set simulated (PyTorch) and in ONNX Runtime: (export, sim_wer, ort_wer)."""
-    from workbench.evaluate import evaluate
     from workbench.export.pipeline import build_export
     from workbench.export.verify import evaluate_ort
-    from workbench.models import load_checkpoint
+    from workbench.models import load_checkpoint  # looked up per call: tests monkeypatch it
     from workbench.onnx_tools.runtime import make_session
 
     model = load_checkpoint(result.checkpoint)
@@ -182,7 +180,7 @@ def bench_recover(minutes: float = 20.0, steps: int | None = None,
                   cases: tuple[str, ...] = CASES, manifests: list[Path] | None = None,
                   time_repeats: int = 5,
                   linear_sets: Sequence[Sequence[int] | None] = LINEAR_SETS) -> dict[str, Any]:
-    from workbench.models import load_demo
+    from workbench.models import load_demo  # looked up per call: tests monkeypatch it
     from workbench.onnx_tools.exporter import export_fp32, to_bytes
     from workbench.onnx_tools.runtime import time_interleaved
     from workbench.recovery import _held_out_sets, recover_plan

@@ -12,6 +12,7 @@ scheduling and transfer); the Ray figure minus the serial one is what Ray itself
 """
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -57,7 +58,6 @@ def _run(executor: str, trials: int, batch: int, seed: int, threads: int, worker
 
 
 def bench_search(trials: int = 32, batch: int = 8, seed: int = 0, ray: bool = True) -> dict:
-    import os
     load_start = [round(x, 2) for x in os.getloadavg()]
     serial = _run("serial", trials, batch, seed, threads=2, workers=1)
     out = {"what": f"NSGA-II search on the demo model: {trials} trials, batch {batch}, seed "

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import torch
 
+from workbench.decode import greedy_decode
+from workbench.latency import load_device
 from workbench.onnx_tools.runtime import WALL
 
 
 def onnx_parity(model, eval_set, cfg, path: Path, limit: int = 24) -> dict:
     """ORT chunk by chunk vs the PyTorch chunked simulation on the first `limit` utterances."""
-    from workbench.decode import greedy_decode
     from workbench.streaming.onnx_step import ort_session, run_onnx_stream
     from workbench.streaming.step import StreamingStep, stream_logits
 
@@ -39,9 +40,9 @@ def onnx_parity(model, eval_set, cfg, path: Path, limit: int = 24) -> dict:
 
 
 def bench_streaming(args=None) -> dict:
-    from workbench.evaluate import load_eval_set
-    from workbench.models import load_demo
-    from workbench.paths import REAL_TEST
+    from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
+    from workbench.models import load_demo  # looked up per call: tests monkeypatch it
+    from workbench.paths import REAL_TEST  # looked up per call: tests monkeypatch it
     from workbench.streaming.onnx_step import export_step
     from workbench.streaming.report import cache_bytes, rows_to_dicts, step_cost, streaming_table
     from workbench.streaming.step import StreamConfig
@@ -66,7 +67,6 @@ def bench_streaming(args=None) -> dict:
         parity_s, load_after = time.perf_counter() - t, os.getloadavg()[0]
         size_mb = path.stat().st_size / 1e6
     measured = statistics.median(parity.pop("step_ms"))
-    from workbench.latency import load_device
     host_profile = load_device("host")
     host = step_cost(model, "host")
     q = cfg.chunk + cfg.lookahead

@@ -24,6 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workbench.compress import compress
+from workbench.evaluate import score
+from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
+from workbench.size import size
+
 
 
 def _load() -> list[float]:
@@ -36,8 +41,6 @@ def _load() -> list[float]:
 def scripted_whisper_changes(n: int, seed: int, n_enc: int = 4, n_dec: int = 4) -> list:
     """n single-layer changes over encoder and decoder blocks (bits, neurons, heads, ranks,
     cross-attention heads, the tied embedding's bits), a reset 1 in 6."""
-    from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
-
     rng = random.Random(seed)
     plan = CompressionPlan()
     plans = []
@@ -71,11 +74,9 @@ def scripted_whisper_changes(n: int, seed: int, n_enc: int = 4, n_dec: int = 4) 
 
 
 def bench_whisper(args) -> dict:
-    from workbench.compress import compress
-    from workbench.evaluate import load_eval_set
+    from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
     from workbench.models.whisper_full import WhisperTokenizer, load_whisper_asr
-    from workbench.paths import REAL_TEST, SYNTH_TEST
-    from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
+    from workbench.paths import REAL_TEST, SYNTH_TEST  # looked up per call: tests monkeypatch it
     from workbench.whisper_eval import evaluate_whisper
     from workbench.whisper_latency import rtf_by_device
     from workbench.engine.whisper_session import WhisperSession
@@ -142,11 +143,8 @@ def bench_figures(model, tokenizer, sets, args) -> dict:
     """ORT int8 WER vs simulated int8 WER per set, decoder ms per token, file sizes: the plan
     "int8 everywhere" through the same per-layer path as `workbench apply --model whisper`
     (`whisper_apply.build_whisper_export`)."""
-    from workbench.evaluate import score
     from workbench.export.whisper_apply import build_whisper_export, stored_bytes
     from workbench.export.whisper_onnx import OrtWhisper, ort_transcribe
-    from workbench.plan import CompressionPlan, LayerConfig, QuantConfig
-    from workbench.size import size
     from workbench.whisper_eval import evaluate_whisper, ort_dynamic_activations
 
     out: dict = {}

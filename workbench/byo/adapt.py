@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from workbench.errors import ArgumentError, WorkbenchError
+from workbench.graph import discover
 from workbench.models.base import VOCAB, CTCModel
 from workbench.models.layers import lengths_to_pad_mask
 
@@ -109,7 +110,6 @@ class AdaptedCTC(CTCModel):
     def find_structure(self):  # noqa: ANN201 - workbench.graph.Structure
         """`graph_structure`, found on first call."""
         if self._structure is None:
-            from workbench.graph import discover
             self._structure = discover(self, self.example_input())
             for i, block in enumerate(self.blocks):
                 block._structure = _rebase(self._structure, f"blocks.{i}.")
@@ -143,7 +143,6 @@ class AdaptedCTC(CTCModel):
 
 def _rebase(structure, prefix: str):  # noqa: ANN001, ANN202 - Structure -> Structure
     """The groups of `structure` under `prefix`, with paths and parameter names relative."""
-    from dataclasses import replace
     n = len(prefix)
     groups = tuple(
         replace(g, path=g.path[n:], axes=tuple((name[n:], d) for name, d in g.axes),

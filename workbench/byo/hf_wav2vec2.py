@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchaudio.models import wav2vec2_model
 
 from workbench.errors import CheckpointError
 from workbench.models.base import VOCAB
@@ -144,7 +145,6 @@ def _vocab_rows(folder: Path, head_rows: int) -> list[int] | None:
 def load_wav2vec2_hf(folder: str | Path) -> nn.Module:
     """A torchaudio `Wav2Vec2Model` from a local HF wav2vec2 folder (see module doc), in eval
     mode. CheckpointError names the file and the problem."""
-    from torchaudio.models import wav2vec2_model
     folder = Path(folder)
     cfg = _config(folder)
     tensors = _tensors(folder)

@@ -29,6 +29,7 @@ from workbench.plan import CompressionPlan, LayerConfig
 from workbench.compress.resolution import resolve
 from workbench.errors import PlanError
 from workbench.models.checkpoint import register_structure_loader
+from workbench.checks import check_bool, check_model, check_plan
 
 V = TypeVar("V")
 
@@ -55,7 +56,6 @@ def compress_detailed(model: nn.Module, plan: CompressionPlan,
     and for act_bits (features only); `force` applies a plan made for another fingerprint.
     `grads`: Taylor gradients already computed on `model` (`taylor_gradients(model, calib)`),
     reused instead of recomputed (several plans with Taylor importance on one model)."""
-    from workbench.checks import check_bool, check_model, check_plan
     check_model(model, "compress")
     plan = check_plan(plan, "compress")
     check_bool(force, "compress", "force")

@@ -40,11 +40,13 @@ computed from them exactly as in training. The front-end is frozen and not quant
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from workbench.compress.quantize import fake_quant_weight
 from workbench.compress.trainable import changed_parameters, first_trained_block
@@ -53,6 +55,10 @@ from workbench.models.layers import lengths_to_pad_mask
 from workbench.train import FitHooks, Item, collate, fit
 from workbench.compress.resolution import resolve
 from workbench.compress.techniques import runtime_only, structure_only, techniques
+from workbench.checks import check_model
+from workbench.compress.lowrank import LowRankLinear
+from workbench.models.base import role_of
+from workbench.plan import CompressionPlan, LayerConfig
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,6 @@ class RecoverConfig:
     block_weights: tuple[float, ...] | None = None  # hidden term per block (None: all equal)
 
     def __post_init__(self) -> None:
-        import math
         ints = {"steps": 1, "warmup": 0, "max_batch_frames": 100, "seed": 0}
         for name, low in ints.items():
             value = getattr(self, name)
@@ -128,7 +133,6 @@ def _add_fake_quant(model: torch.nn.Module, quant) -> list[torch.nn.Module]:
     A layer a technique rebuilt from Linears (low rank: down / up; grouped FFN: parts.G) has
     each of them fake-quantized with the layer's setting (the technique's `weight_parts`, as
     compress quantizes it)."""
-    from torch.nn.utils import parametrize
     done = []
     for path, cfg in resolve(quant, model, force=True).items():
         if cfg.quant is None or cfg.quant.weight_bits is None or _front_end(model, path + ".w"):
@@ -145,7 +149,6 @@ def _add_fake_quant(model: torch.nn.Module, quant) -> list[torch.nn.Module]:
 
 def _front_end(model: torch.nn.Module, name: str) -> bool:
     """True for a parameter / buffer name of the front-end (frozen during recovery)."""
-    from workbench.models.base import role_of
     if name.startswith("blocks."):
         return False
     name = name.replace(".parametrizations.weight.original", ".weight")
@@ -278,7 +281,6 @@ class Distiller:
 
 def check_recovery_inputs(student, teacher, items, config) -> RecoverConfig:
     """The checks every recovery makes before training (clear errors); returns the config."""
-    from workbench.checks import check_model
     check_model(student, "recover", "student")
     check_model(teacher, "recover", "teacher")
     if config is not None and not isinstance(config, RecoverConfig):
@@ -340,7 +342,6 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, items: Sequence[
     fake_quantized = _add_fake_quant(model, quant) if quant is not None else []
     history = distill(model, teacher, items, cfg, desc="recover", progress=progress, log=log,
                       hooks=hooks, distiller=distiller)
-    from torch.nn.utils import parametrize
     for layer in fake_quantized:  # keep the latent weights; the plan quantizes them again
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
     return finish_recovery(model, history)
@@ -386,9 +387,6 @@ def split_plan(plan, teacher: torch.nn.Module, compressed: torch.nn.Module | Non
     as explicit per-layer entries; `rest` holds the quantization entries, to apply after
     recovery (export time). Layers kept dense are left out.
     """
-    from workbench.compress.lowrank import LowRankLinear
-    from workbench.plan import CompressionPlan, LayerConfig
-
     structure: dict[str, LayerConfig] = {}
     rest: dict[str, LayerConfig] = {}
     for path, cfg in resolve(plan, teacher).items():

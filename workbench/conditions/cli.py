@@ -10,13 +10,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from workbench.presets import int8_everywhere
+
 
 def cmd_eval_conditions(args: argparse.Namespace) -> int:
-    import torch
-
     from workbench.conditions import evaluate_conditions, resolve_grid
-    from workbench.models import load_checkpoint, load_demo
-    from workbench.paths import REAL_TEST
+    from workbench.models import load_checkpoint, load_demo  # looked up per call: tests monkeypatch it
+    from workbench.paths import REAL_TEST  # looked up per call: tests monkeypatch it
 
     resolve_grid(args.grid)  # a bad grid fails before any model is loaded
     plan = None
@@ -42,11 +44,8 @@ def bench_conditions(args=None) -> dict:
 
     The first run starts from an empty feature cache (a fresh temporary folder), so its time
     includes degrading the audio and computing features; the second reads that cache."""
-    import torch
-
     from workbench.conditions import BaselineCache, evaluate_conditions
-    from workbench.presets import int8_everywhere
-    from workbench.models import load_demo
+    from workbench.models import load_demo  # looked up per call: tests monkeypatch it
 
     torch.set_num_threads(2)
     seed = getattr(args, "seed", 0) if args is not None else 0

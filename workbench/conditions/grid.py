@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torchaudio.functional as AF
 
+from workbench.data import augment as A
 from workbench.errors import WorkbenchError
 
 NOISE_TYPES = ("white", "pink", "babble", "moh")
@@ -123,8 +125,6 @@ def stream_seed(seed: int, *parts: str) -> int:
 
 def mulaw_8k(wave: torch.Tensor, sr: int = 16_000) -> torch.Tensor:
     """G.711 mu-law at 8 kHz: resample to 8 kHz, 8-bit mu-law encode + decode, back to `sr`."""
-    import torchaudio.functional as AF
-
     narrow = AF.resample(wave, sr, 8000).clamp(-1.0, 1.0)
     coded = AF.mu_law_decoding(AF.mu_law_encoding(narrow, 256), 256)
     return AF.resample(coded, 8000, sr)[: wave.numel()]
@@ -134,8 +134,6 @@ def degrade(cond: Condition, wave: torch.Tensor, utt_id: str, *, seed: int = 0,
             babble: Sequence[torch.Tensor] = (), moh: torch.Tensor | None = None,
             rir: torch.Tensor | None = None) -> torch.Tensor:
     """`wave` (samples,) 16 kHz under `cond`; a new tensor, peak limited to 1.0."""
-    from workbench.data import augment as A
-
     gen = torch.Generator().manual_seed(stream_seed(seed, cond.name, utt_id))
     out = wave.to(torch.float32)
     if cond.kind == "clean":

@@ -25,15 +25,26 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from workbench.checks import check_model, check_plan
+from workbench.compress import compress
 from workbench.conditions.grid import Condition, degrade, resolve_grid
-from workbench.errors import Cancelled  # raised when cancel() returns True; re-exported
-from workbench.evaluate import EvalSet, score
+from workbench.data import load_audio, normalize_text
+from workbench.data.build import voice_of
+from workbench.errors import (
+    ArgumentError,
+    Cancelled,  # raised when cancel() returns True; re-exported
+)
+from workbench.evaluate import EvalSet, score, transcribe
+from workbench.features import log_mel
 from workbench.models.digest import weights_digest
+from workbench.paths import cache_dir
 
 #: Bump when degrade() or the features change, so old cached features are not reused.
 CACHE_VERSION = "2"  # 2: reverberation by a power-of-two FFT (differences <= 3e-6)
@@ -160,7 +171,7 @@ def _file_digest(path: Path) -> str:
 
 
 def _load_clean(manifest: Path, limit: int | None = None):
-    from workbench.data import load_audio, normalize_text, read_manifest
+    from workbench.data import read_manifest  # looked up per call: tests monkeypatch it
 
     utts = read_manifest(manifest)[:limit]
     return utts, [load_audio(u.audio_path) for u in utts], [normalize_text(u.text) for u in utts]
@@ -168,8 +179,6 @@ def _load_clean(manifest: Path, limit: int | None = None):
 
 def _cache_path(cond: Condition, manifest: Path, seed: int, root: Path | None = None,
                 limit: int | None = None) -> Path:
-    from workbench.paths import cache_dir
-
     key = hashlib.sha1("|".join([CACHE_VERSION, cond.name, str(seed), str(manifest.resolve()),
                                  _file_digest(manifest), str(limit)]).encode()).hexdigest()[:20]
     return (Path(root) if root is not None else cache_dir() / "conditions") / f"{key}.pt"
@@ -182,8 +191,6 @@ def _degraded_features(cond: Condition, waves, ids, seed: int, extra: dict, log_
     on which thread runs it. Why threads: the per-utterance ops (1-D FFTs, resampling, noise)
     are small, torch barely parallelizes them inside one call, and they release the GIL; two
     threads took the feature time of 4 conditions from 16.3 to 7.7 s wall on 2 cores (load ~11)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def one(k: int) -> torch.Tensor:
         return log_mel(degrade(cond, waves[k], ids[k], seed=seed, **extra))
 
@@ -202,11 +209,8 @@ def condition_sets(grid="default", manifest: Path | str | None = None, *, seed: 
     """[(condition, EvalSet of its log-mel features)] and stats {'feature_seconds', 'from_cache',
     'skipped', 'durations'}. Features are read from the user cache when present.
     limit: only the first N utterances of the manifest."""
-    from tqdm import tqdm
-
     from workbench.conditions import sources
-    from workbench.features import log_mel
-    from workbench.paths import REAL_TEST
+    from workbench.paths import REAL_TEST  # looked up per call: tests monkeypatch it
 
     manifest = Path(manifest) if manifest else REAL_TEST
     conds = list(resolve_grid(grid))
@@ -221,7 +225,7 @@ def condition_sets(grid="default", manifest: Path | str | None = None, *, seed: 
     t0 = time.perf_counter()
     clean = None
     out, from_cache = [], 0
-    from workbench.data import read_manifest
+    from workbench.data import read_manifest  # looked up per call: tests monkeypatch it
     utts = read_manifest(manifest)[:limit]
     ids = tuple(u.id for u in utts)
     durations = tuple(float(u.duration) for u in utts)
@@ -307,17 +311,10 @@ def evaluate_conditions(model, plan=None, *, grid="default", manifest: Path | st
     evaluation gets in between two conditions). The caller's model is not modified (the plan
     is applied to a new model).
     """
-    from tqdm import tqdm
-
-    from workbench.checks import check_model, check_plan
-    from workbench.compress import compress
-    from workbench.data.build import voice_of
-    from workbench.evaluate import transcribe
-    from workbench.paths import SYNTH_TEST
+    from workbench.paths import SYNTH_TEST  # looked up per call: tests monkeypatch it
 
     check_model(model, "evaluate_conditions")
     if baseline_cache is not None and baseline_cache.model is not model:
-        from workbench.errors import ArgumentError
         raise ArgumentError("evaluate_conditions(baseline_cache=...): a cache made for another "
                             "model; make one per model: BaselineCache(model).")
     if plan is not None:

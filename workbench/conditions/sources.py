@@ -5,9 +5,14 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import soundfile as sf
 import torch
 
 from workbench.conditions.grid import ConditionError, stream_seed
+from workbench.data import load_audio
+from workbench.data.audio import resample
+from workbench.data.augment import room_impulse_response
+from workbench.paths import CALIB
 
 #: Debian `asterisk-moh-opsound-wav` (CC-BY-SA-3.0, see data/README.md): 8 kHz music on hold.
 MOH_DIR = Path("/usr/share/asterisk/moh")
@@ -22,8 +27,7 @@ def babble_sources(manifest: str | None = None) -> tuple[torch.Tensor, ...]:
     data/calib holds 32 synthetic `train-*` utterances (many voices and accents) and 16 real
     fine-tuning prompts; babble uses only the `train-*` ones, so no test speech is ever mixed in.
     """
-    from workbench.data import load_audio, read_manifest
-    from workbench.paths import CALIB
+    from workbench.data import read_manifest  # looked up per call: tests monkeypatch it
 
     path = Path(manifest) if manifest else CALIB
     utts = [u for u in read_manifest(path) if u.id.startswith("train-")]
@@ -39,10 +43,6 @@ def moh_available(directory: Path = MOH_DIR) -> bool:
 @lru_cache(maxsize=1)
 def moh_recording(directory: str = str(MOH_DIR)) -> torch.Tensor:
     """The music-on-hold files (first 60 s of each, sorted by name) as one 16 kHz waveform."""
-    import soundfile as sf
-
-    from workbench.data.audio import resample
-
     files = sorted(Path(directory).glob("*.wav"))
     if not files:
         raise ConditionError(f"{directory}: no music-on-hold recordings; install the Debian "
@@ -60,7 +60,5 @@ def moh_recording(directory: str = str(MOH_DIR)) -> torch.Tensor:
 @lru_cache(maxsize=8)
 def room_for(rt60_s: float, seed: int = 0) -> torch.Tensor:
     """The RIR of the grid's room for this RT60 (a shoebox drawn from a seed, pyroomacoustics)."""
-    from workbench.data.augment import room_impulse_response
-
     gen = torch.Generator().manual_seed(stream_seed(seed, "room", f"{rt60_s:g}"))
     return room_impulse_response(gen, (rt60_s, rt60_s))

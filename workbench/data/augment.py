@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torchaudio.functional as AF
 import torchaudio.transforms as T
@@ -108,7 +109,6 @@ def room_impulse_response(gen: torch.Generator, rt60_s: tuple[float, float] = (0
     source and microphone at random positions >= 0.5 m from the walls. Image order is capped at
     `max_order` to bound the cost (~tens of ms); the late tail is then slightly shorter.
     """
-    import numpy as np
     import pyroomacoustics as pra
 
     dims = [_uniform(gen, 3, 10), _uniform(gen, 3, 8), _uniform(gen, 2.4, 3.5)]

@@ -29,6 +29,7 @@ from workbench.data.corpus import build_sentences, split_sentences, vocabulary
 from workbench.data.manifest import Utterance, read_manifest, write_manifest
 from workbench.data.synth import SynthSettings, Voice, require_engines, synthesize, voice_catalogue
 from workbench.errors import DataError
+from workbench.paths import REPO_ROOT
 
 #: Share of utterances per engine. Festival costs ~0.4 s per call (vs ~0.03 s espeak-ng), so it
 #: gets a small share; flite's few voices are natural-sounding, so they get more than their count.
@@ -251,8 +252,6 @@ def build_all(out_dir: Path | str, n_train: int = 4000, seed: int = 0, progress:
     Refuses a folder inside the workbench checkout: training audio (~200 MB for 4,000
     utterances) is built on demand into the user cache, never committed.
     """
-    from workbench.paths import REPO_ROOT
-
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir == REPO_ROOT or REPO_ROOT in out_dir.parents:
         raise DataError(f"{out_dir}: is inside the workbench repository; build the corpus outside "

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench import paths
 from workbench.errors import DataError
 
 #: What the rule says, in the refusal (one sentence; users see it).
@@ -40,7 +41,6 @@ RULE = ("a manifest is refused if it lists any utterance of a held-out set: the 
 
 def held_out_manifests() -> dict[str, Path]:
     """The shipped held-out manifests by set name (workbench.paths, read now)."""
-    from workbench import paths
     return {"real_test": Path(paths.REAL_TEST), "synth_test": Path(paths.SYNTH_TEST)}
 
 
@@ -95,7 +95,7 @@ class _Index:
     pairs."""
 
     def __init__(self, manifest: Path) -> None:
-        from workbench.data.manifest import read_manifest
+        from workbench.data.manifest import read_manifest  # looked up per call: tests monkeypatch it
         self.files: set[tuple[int, int]] = set()
         self.by_size: dict[int, list[tuple[Path, tuple[int, int, int]]]] = {}
         self.labels: set[tuple[str, str]] = set()
@@ -131,7 +131,7 @@ def find_held_out(manifest: Path | str) -> HeldOutMatch | None:
     """The first held-out set `manifest` takes utterances from (module docstring), or None.
     Held-out manifests that do not exist are skipped. Raises DataError for a manifest that
     cannot be read (read_manifest's message)."""
-    from workbench.data.manifest import read_manifest
+    from workbench.data.manifest import read_manifest  # looked up per call: tests monkeypatch it
     manifest = Path(manifest)
     held = {name: m for name, m in held_out_manifests().items() if m.is_file()}
     for name, m in held.items():
@@ -154,7 +154,7 @@ def shared_utterances(manifest: Path | str, others: Iterable[Path | str]
     """The first of `others` that shares an utterance with `manifest` by the same rule, as
     (that manifest, shared utterances, utterances of `manifest`, an example id, how), or None.
     For a validation set that must not overlap the training data."""
-    from workbench.data.manifest import read_manifest
+    from workbench.data.manifest import read_manifest  # looked up per call: tests monkeypatch it
     utts = read_manifest(manifest)
     for other in others:
         if _same_file(Path(manifest), Path(other)):

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import soundfile as sf
+
 from workbench.errors import DataError
 
 REQUIRED_FIELDS = ("audio_filepath", "duration", "text")
@@ -168,8 +170,6 @@ def read_librispeech(root: Path | str) -> list[Utterance]:
 
     Each transcript line is `<utterance-id> <TEXT>`; durations come from the FLAC headers.
     """
-    import soundfile as sf
-
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: LibriSpeech folder not found")

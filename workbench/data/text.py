@@ -13,6 +13,8 @@ import unicodedata
 
 from num2words import num2words
 
+from workbench.errors import DataError
+
 # Spoken forms of abbreviations that end in a period (checked case-insensitively, whole word).
 _ABBREVIATIONS = {
     "mr": "mister", "mrs": "missus", "dr": "doctor", "prof": "professor",
@@ -141,7 +143,6 @@ def normalize_text(s: str) -> str:
     break; accents are stripped ("café" -> "cafe"); whitespace is collapsed. Idempotent.
     """
     if not isinstance(s, str):
-        from workbench.errors import DataError
         raise DataError(f"normalize_text: expected a transcript string, got {type(s).__name__}.")
     s = unicodedata.normalize("NFKC", s)
     s = s.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")

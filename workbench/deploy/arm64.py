@@ -28,8 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from workbench.decode import greedy_decode
 from workbench.errors import WorkbenchError
+from workbench.evaluate import score
+from workbench.paths import cache_dir
+from workbench.plan import CompressionPlan
 
 ORT_ARM64 = "onnxruntime==1.22.0"
 NUMPY_ARM64 = "numpy==2.4.6"
@@ -61,7 +66,6 @@ class Arm64Error(WorkbenchError):
 
 
 def cache_root() -> Path:
-    from workbench.paths import cache_dir
     return Path(cache_dir())
 
 
@@ -145,14 +149,9 @@ def run_emulated(root: Path, site: Path, model_dir: Path, names: list[str], cpu:
 def verify_arm64(model, plan, features: list, texts: list[str], cpu: str = "cortex-a76",
                  cache: Path | None = None, log=print) -> dict[str, Any]:
     """fp32 and `plan` ONNX exports of `model`, run on x86 ORT here and on emulated ARM64."""
-    import torch
-
-    from workbench.decode import greedy_decode
-    from workbench.evaluate import score
     from workbench.export.pipeline import build_export
     from workbench.export.verify import ort_log_probs
     from workbench.onnx_tools.runtime import make_session
-    from workbench.plan import CompressionPlan
 
     if cpu not in CPUS:
         raise Arm64Error(f"--cpu {cpu}: unknown; choose one of {', '.join(CPUS)}.")
@@ -205,12 +204,10 @@ def verify_arm64(model, plan, features: list, texts: list[str], cpu: str = "cort
 
 
 def cmd_verify_arm64(args: argparse.Namespace) -> int:
-    import torch
-
-    from workbench.evaluate import load_eval_set
+    from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
     from workbench.export.apply import read_plan
-    from workbench.models import load_checkpoint, load_demo
-    from workbench.paths import REAL_TEST
+    from workbench.models import load_checkpoint, load_demo  # looked up per call: tests monkeypatch it
+    from workbench.paths import REAL_TEST  # looked up per call: tests monkeypatch it
 
     if args.limit < 1:
         raise Arm64Error(f"--limit {args.limit}: must be at least 1 utterance.")

@@ -20,6 +20,7 @@ allocates about the same, the weights dominate).
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import subprocess
@@ -32,8 +33,11 @@ from torch import nn
 
 from workbench.deploy.selector import BUNDLE_FORMAT, MANIFEST
 from workbench.errors import WorkbenchError
+from workbench.latency.cost import predict_latency
+from workbench.latency.predict import canonical_device, edge_names
 from workbench.models.base import input_spec
 from workbench.plan import CompressionPlan
+from workbench.size import size
 
 SELECTOR_NAME = "select_runtime.py"
 #: Longest warm-up / budget input (s): the demo encoder's 1,500 positions hold 30 s.
@@ -82,10 +86,8 @@ class Budget:
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or \
                 not 1 <= self.threads <= 256:
             raise BundleInputError(f"--threads {self.threads!r}: must be an integer in 1..256.")
-        from workbench.latency.predict import canonical_device, edge_names
         device = canonical_device(str(self.device))
         if device not in edge_names():
-            import difflib
             close = difflib.get_close_matches(str(self.device), list(edge_names()), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise BundleInputError(f"--device {self.device!r}: unknown edge device{hint}; "
@@ -97,8 +99,6 @@ def simulate(model: nn.Module, plan: CompressionPlan, budget: Budget, *,
              size_bytes: int | None = None) -> dict[str, Any]:
     """Bytes (size(); pass `size_bytes` when already computed), simulated device latency (ONNX
     Runtime on the device) and memory (weights bytes + the simulator's activation peak)."""
-    from workbench.latency.cost import predict_latency
-    from workbench.size import size
     report = predict_latency(model, budget.device, budget.seconds, plan=plan,
                              runtime="onnxruntime", threads=budget.threads)
     # exact bytes; the simulator prices int4 as int8
@@ -168,7 +168,6 @@ def build_bundle(model: nn.Module, out: Path, budget: Budget, primary: Compressi
     options = options or ApplyOptions()
     options = replace(options, threads=tuple(sorted({*options.threads, budget.threads})),
                       latency_seconds=budget.seconds)
-    from workbench.size import size
     p_bytes = size(model, primary).total_bytes
     f_bytes = size(fallback_model, fallback).total_bytes
     if f_bytes >= p_bytes:

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 BUNDLE_FORMAT = "workbench-bundle/1"
 MANIFEST = "bundle.json"
 
@@ -141,7 +143,6 @@ def _session(model: Path, threads: int) -> Any:
 def warmup_ms(session: Any, n_mels: int, frames: int, runs: int) -> float:
     """Median ms of `runs` runs on a (1, n_mels, frames) input, after one untimed run. Zeros
     cost what speech costs: dense kernels do not skip values."""
-    import numpy as np
     feeds = {"features": np.zeros((1, n_mels, frames), np.float32),
              "feat_lengths": np.array([frames], np.int64)}
     session.run(None, feeds)

@@ -25,11 +25,20 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from workbench.compress.targets import find_targets
+from workbench.compress.targets import find_targets, graph_groups
 from workbench.compress.techniques import shape_only, techniques
-from workbench.latency.table import hooked_paths, with_technique_rows
-from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig
+from workbench.latency.table import hooked_paths, table_from_profile, with_technique_rows
+from workbench.plan import STRUCTURE_FOR_KIND, CompressionPlan, LayerConfig, PruneConfig
 from workbench.compress.resolution import resolve
+from workbench.compress import importance as imp
+from workbench.compress.techniques.registry import generation
+from workbench.latency import load_device, price_table, table_for_plan
+from workbench.latency.graph import ops_at_scale
+from workbench.latency.hardware import edge_device_names
+from workbench.latency.predict import (ALIASES, bits_by_op, canonical_device, check_seconds, edge_report,
+                                       is_edge, resolve_target, roles_for, technique_ops, trace_model)
+from workbench.layer_profile import profile
+from workbench.size import size
 
 #: Shape-pass tables kept (each a few KB of plain data).
 TABLE_CACHE = 64
@@ -56,7 +65,6 @@ class CostCache:
     def resolve(self, plan: CompressionPlan) -> dict[str, LayerConfig]:
         """Effective settings per layer; raises PlanError on a bad plan (shown by the app).
         Cached per (plan JSON, technique registry generation): the baseline never changes."""
-        from workbench.compress.techniques.registry import generation
         key = (plan.to_json(), generation())
         with self._lock:
             if key in self._resolved:
@@ -72,36 +80,29 @@ class CostCache:
     # ---- size --------------------------------------------------------------------------------
     def size(self, plan: CompressionPlan):
         """workbench.size.SizeReport of `plan` (exact bytes, no model run)."""
-        from workbench.size import size
         return size(self.model, plan)
 
     # ---- latency -----------------------------------------------------------------------------
     def devices(self) -> tuple[str, ...]:
         """Edge devices (names say the core) and `host` (ONNX Runtime here, calibrated)."""
-        from workbench.latency.hardware import edge_device_names
         return (*edge_device_names(), "host")
 
     def device(self, name: str):
         """The device's profile; an old name ('rpi4') maps to its file ('rpi4_a72')."""
-        from workbench.latency import load_device
-        from workbench.latency.predict import ALIASES, is_edge, resolve_target
         if is_edge(name):
             return resolve_target(ALIASES.get(name, name), None, None)[0]
         return load_device(name)
 
     def canonical_device(self, name: str) -> str:
-        from workbench.latency.predict import canonical_device
         return canonical_device(name)
 
     def runtimes(self, device: str, device_file: str | None = None) -> tuple[str, ...]:
         """Runtimes of an edge device (its file's list), () for the host."""
-        from workbench.latency.predict import ALIASES, is_edge, resolve_target
         if not is_edge(device, device_file):
             return ()
         return resolve_target(ALIASES.get(device, device), None, None, device_file)[0].runtimes
 
     def cores(self, device: str, device_file: str | None = None) -> int:
-        from workbench.latency.predict import ALIASES, is_edge, resolve_target
         if not is_edge(device, device_file):
             return 1
         return resolve_target(ALIASES.get(device, device), None, None, device_file)[0].cores
@@ -114,11 +115,9 @@ class CostCache:
         Edge devices: the traced graph of the plan's structure (one trace per structure, on
         REFERENCE_SECONDS, rescaled: graph.ops_at_scale) priced with the plan's bits; equals
         predict_latency(model, device, seconds, plan) at whole multiples of the reference."""
-        from workbench.latency.predict import is_edge
         if is_edge(device, device_file):
             return self._edge_latency(plan, device, float(audio_seconds), runtime, threads,
                                       device_file)
-        from workbench.latency import load_device, price_table
         return price_table(self._priced_table(self.resolve(plan), float(audio_seconds)),
                            load_device(device))
 
@@ -137,9 +136,6 @@ class CostCache:
 
     def _edge_latency(self, plan: CompressionPlan, device: str, seconds: float,
                       runtime: str | None, threads: int | None, device_file: str | None):
-        from workbench.latency.graph import ops_at_scale
-        from workbench.latency.predict import (ALIASES, bits_by_op, check_seconds, edge_report,
-                                               resolve_target, technique_ops)
         check_seconds(seconds)
         dev, rt, n = resolve_target(ALIASES.get(device, device), runtime, threads, device_file)
         resolved = self.resolve(plan)
@@ -156,7 +152,6 @@ class CostCache:
 
     def _ops(self, resolved: dict[str, LayerConfig]):
         """Fused ops of the plan's structure at REFERENCE_SECONDS (cached per structure)."""
-        from workbench.latency.predict import roles_for, trace_model
         structure = self._structure(resolved)
         key = "ops:" + json.dumps({p: c.model_dump(mode="json") for p, c in structure.items()},
                                   sort_keys=True)
@@ -183,7 +178,6 @@ class CostCache:
         """Price one structural change of each kind (heads, neurons, channels) once, so the first
         slider move does not pay one-off costs (lazy imports, first compress and shape pass of
         that kind: ~0.3-3 s on a busy machine)."""
-        from workbench.plan import PruneConfig
         seen: set[str] = set()
         for path, target in self.targets.items():
             if target.kind in STRUCTURE_FOR_KIND and target.kind not in seen:
@@ -198,8 +192,6 @@ class CostCache:
         shapes of structured pruning and low rank. A technique priced by a latency hook (the
         architecture swaps) is left out here and hooked in `_priced_table`, once, at the
         length asked for."""
-        from workbench.latency.table import table_from_profile
-        from workbench.layer_profile import profile
         structure = {path: kept for path, cfg in self._structure(resolved).items()
                      for kept in [_without_hooked(cfg)] if not kept.is_empty()}
         # The fp32 model's table comes from one shape pass, kept apart from the LRU (evicting it
@@ -221,7 +213,6 @@ class CostCache:
             if key in self._tables:
                 self._tables.move_to_end(key)
                 return self._tables[key]
-        from workbench.latency import table_for_plan
         table = table_for_plan(base, self.model, CompressionPlan(layers=structure))
         with self._lock:
             self._tables[key] = table
@@ -232,7 +223,6 @@ class CostCache:
     # ---- profile -----------------------------------------------------------------------------
     def profile(self, audio_seconds: float):
         """workbench.layer_profile.Profile of the baseline model (analytic, no timing), cached."""
-        from workbench.layer_profile import profile
         seconds = float(audio_seconds)
         with self._lock:
             if seconds in self._profiles:
@@ -263,8 +253,6 @@ def _without_hooked(cfg: LayerConfig) -> LayerConfig:
 
 
 def _importance(model: nn.Module, path: str, kind: str) -> torch.Tensor:
-    from workbench.compress import importance as imp
-    from workbench.compress.targets import graph_groups
     groups = graph_groups(model)
     if path in groups:  # a group found from the graph (workbench.byo.adapt): the scores its
         from workbench.graph.surgery import scores  # pruning ranks by (sum of squares)

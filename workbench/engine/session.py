@@ -34,13 +34,18 @@ from collections.abc import Callable
 import torch
 
 from workbench.decode import greedy_decode
-from workbench.evaluate import EvalSet, batches, score
+from workbench.evaluate import EvalSet, batches, check_eval_set, score
 from workbench.features import collate_features
-from workbench.models.base import CTCModel
+from workbench.models.base import CTCModel, role_of
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.compress.resolution import resolve
 from workbench.engine.jobs import (INTERACTIVE, JOBS, RUN_LOCK,  # noqa: F401 (re-exported)
                                    Cancelled, Job, JobQueue)
+from workbench.checks import check_choice, check_int, check_model, check_plan
+from workbench.compress import compress, compress_module, lowrank, under
+from workbench.compress.apply import needs_activation_calibration, needs_gradients
+from workbench.errors import ArgumentError
+from workbench.plan import CompressionPlan
 
 
 @dataclass(frozen=True)
@@ -96,8 +101,6 @@ class BackgroundEval:
         Callbacks run on the queue's worker thread; a result (or error) is delivered only while
         its request is the newest. Returns the request's generation number.
         """
-        from workbench.checks import check_choice, check_plan
-        from workbench.errors import ArgumentError
         name = f"{type(self).__name__}.submit"
         plan = check_plan(plan, name)
         if not callable(on_result) or (on_error is not None and not callable(on_error)):
@@ -166,15 +169,12 @@ class Session(BackgroundEval):
     def __init__(self, model: CTCModel, eval_set: EvalSet, *, quick_utterances: int = 16,
                  max_frames: int = 12_000, cache_entries: int = 48, calib=None, seed: int = 0,
                  warm_svd: bool = True) -> None:
-        from workbench.checks import check_int, check_model
-        from workbench.evaluate import check_eval_set
         check_model(model, "Session")
         check_eval_set(eval_set, "Session")
         check_int(quick_utterances, "Session", "quick_utterances", low=1)
         check_int(max_frames, "Session", "max_frames", low=100)
         check_int(cache_entries, "Session", "cache_entries", low=1)
         if not hasattr(model, "blocks"):
-            from workbench.errors import ArgumentError
             raise ArgumentError(f"Session(model=...): a {type(model).__name__} has no 'blocks'; "
                                 f"the session needs a workbench CTC model (load_demo(), "
                                 f"conformer_ctc(), load_checkpoint()).")
@@ -184,7 +184,6 @@ class Session(BackgroundEval):
                               cache_entries=cache_entries, calib=calib, seed=seed,
                               warm_svd=warm_svd)
         if warm_svd:  # ~1 s once on the demo, so the first move of any rank slider needs no SVD
-            from workbench.compress import lowrank
             linears = [m for m in self.baseline.blocks.modules() if isinstance(m, torch.nn.Linear)]
             if len(linears) <= lowrank.SVD_CACHE_ENTRIES // 2:  # big models: SVD on demand
                 for module in linears:
@@ -208,7 +207,6 @@ class Session(BackgroundEval):
         self._results: OrderedDict[tuple, WerEstimate] = OrderedDict()
         self._cache_entries = cache_entries
         self._generation = 0
-        from workbench.plan import CompressionPlan
         self._empty_plan = CompressionPlan()
         self._empty_sigs = self._signatures(self._empty_plan)
         self._baseline_hyps = {k: self._run_kind(self._empty_plan, k, None)[0]
@@ -223,7 +221,6 @@ class Session(BackgroundEval):
         return self.n_blocks if self._is_head(path) else -1
 
     def _is_head(self, path: str) -> bool:
-        from workbench.models.base import role_of
         return role_of(self.baseline, path) in ("head", "norm") and not path.startswith("blocks.")
 
     def _signatures(self, plan) -> list[str]:
@@ -247,8 +244,6 @@ class Session(BackgroundEval):
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        from workbench.compress import compress, compress_module, under
-        from workbench.compress.apply import needs_activation_calibration, needs_gradients
 
         resolved = {p: c for p, c in resolve(plan, self.baseline).items() if not c.is_empty()}
         whole = (needs_gradients(resolved) or needs_activation_calibration(resolved)
@@ -350,7 +345,6 @@ class Session(BackgroundEval):
     def evaluate(self, plan, kind: Literal["quick", "full"] = "full",
                  cancel: Callable[[], bool] | None = None) -> WerEstimate:
         """WER / CER of `plan` on the quick subset (estimate + stderr) or the full set (exact)."""
-        from workbench.checks import check_choice, check_plan
         plan = check_plan(plan, "Session.evaluate")
         check_choice(kind, ("quick", "full"), "Session.evaluate", "kind")
         key = (plan_key(plan), kind)

@@ -13,7 +13,12 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
+from workbench.checks import check_seconds
+from workbench.compress import compress
 from workbench.engine.costs import CostCache
+from workbench.errors import WorkbenchError
+from workbench.latency import LayerTable, known_devices, load_device
+from workbench.latency.cost import memory_fit
 from workbench.plan import CompressionPlan
 
 #: Structurally compressed models kept for pricing (a Whisper tiny copy is ~150 MB in fp32).
@@ -32,11 +37,9 @@ class WhisperCostCache(CostCache):
         self._whisper_tables: OrderedDict[tuple[str, float], tuple] = OrderedDict()
 
     def devices(self) -> tuple[str, ...]:
-        from workbench.latency import known_devices
         return known_devices()
 
     def device(self, name: str):
-        from workbench.latency import load_device
         return load_device(name)
 
     def canonical_device(self, name: str) -> str:
@@ -52,7 +55,6 @@ class WhisperCostCache(CostCache):
         self.latency(CompressionPlan(), device, audio_seconds)
 
     def profile(self, audio_seconds: float):
-        from workbench.errors import WorkbenchError
         raise WorkbenchError("The per-layer profile covers the CTC models; for Whisper see "
                              "workbench.whisper_latency.whisper_tables.")
 
@@ -88,7 +90,6 @@ class WhisperCostCache(CostCache):
                 return self._structures[key]
         model = self.model
         if structure:
-            from workbench.compress import compress
             model = compress(self.model, CompressionPlan(layers=structure)).eval()
         with self._lock:
             self._structures[key] = model
@@ -102,9 +103,6 @@ class WhisperCostCache(CostCache):
         """A LatencyReport of one utterance: encoder + cross K/V + steps x decoder step
         (`whisper_latency`), its layers the three parts' rows (decoder-step rows once, their
         time x steps), memory fit of all weights and the encoder's activation peak."""
-        from workbench.checks import check_seconds
-        from workbench.latency import LayerTable, load_device
-        from workbench.latency.cost import memory_fit
         from workbench.whisper_latency import price_whisper
         seconds = check_seconds(audio_seconds, "latency", max_seconds=30.0)
         resolved = self.resolve(plan)

@@ -33,13 +33,18 @@ from collections.abc import Callable
 
 import torch
 
-from workbench.evaluate import EvalSet, batches, score
+from workbench.evaluate import EvalSet, batches, check_eval_set, score
 from workbench.features import FRAMES_PER_SECOND, collate_features
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.models.whisper_full import WhisperASR, WhisperTokenizer
 from workbench.engine.session import BackgroundEval, WerEstimate, check_cancel, plan_key
 from workbench.whisper_eval import (MARGIN_FRAMES, SILENCE, decode_all, with_margin)
 from workbench.compress.resolution import resolve
+from workbench.checks import check_choice, check_int, check_plan
+from workbench.compress import compress, compress_module
+from workbench.data import normalize_text
+from workbench.errors import ArgumentError
+from workbench.plan import CompressionPlan
 
 
 def _sig(entries: dict) -> str:
@@ -52,9 +57,6 @@ class WhisperSession(BackgroundEval):
 
     def __init__(self, model: WhisperASR, tokenizer: WhisperTokenizer, eval_set: EvalSet, *,
                  quick_utterances: int = 16, max_frames: int = 12_000, seed: int = 0) -> None:
-        from workbench.checks import check_int
-        from workbench.errors import ArgumentError
-        from workbench.evaluate import check_eval_set
         if not isinstance(model, WhisperASR):
             raise ArgumentError(
                 f"WhisperSession(model=...): expected a full Whisper model (WhisperASR: encoder "
@@ -91,7 +93,6 @@ class WhisperSession(BackgroundEval):
         self._results: OrderedDict[tuple, WerEstimate] = OrderedDict()
         self._lock = threading.RLock()      # guards _results and the worker's generation
         self._generation = 0
-        from workbench.plan import CompressionPlan
         empty = CompressionPlan()
         self._baseline_hyps = {k: self._hyps(empty, k)[0] for k in self._kinds}
         self.baseline_full = self.evaluate(empty, "full")
@@ -123,7 +124,6 @@ class WhisperSession(BackgroundEval):
             return base
         key = (unit, _sig(entries))
         if key not in self._units:
-            from workbench.compress import compress_module
             self._units[key] = compress_module(base, entries, model=self.baseline,
                                                prefix=unit).model.eval()
             while len(self._units) > 256:
@@ -151,7 +151,6 @@ class WhisperSession(BackgroundEval):
                  + ["encoder.conv1", "encoder.conv2", "decoder.token_embedding"])
         covered = {p for p in resolved if any(p == u or p.startswith(u + ".") for u in units)}
         if covered != set(resolved):
-            from workbench.compress import compress
             return compress(self.baseline, plan).eval()
         model = copy.copy(self.baseline)
         model._modules = dict(self.baseline._modules)
@@ -218,7 +217,6 @@ class WhisperSession(BackgroundEval):
 
     def _hyps(self, plan, kind: str, cancel: Callable[[], bool] | None = None,
               resolved: dict | None = None) -> tuple[list[str], list[int], int]:
-        from workbench.data import normalize_text
         if resolved is None:
             resolved = self._resolved(plan)
         sigs = self._encoder_sigs(resolved)
@@ -242,8 +240,6 @@ class WhisperSession(BackgroundEval):
         n_enc + 2 nothing (cached encoder output; decoder only). `cancel()` returning True stops
         the run (workbench.engine.session.Cancelled) between encoder blocks and decoder batches.
         A plan naming a path this model lacks raises PlanError before any model run."""
-        from workbench.checks import check_choice, check_plan
-        from workbench.errors import ArgumentError
         plan = check_plan(plan, "WhisperSession.evaluate")
         check_choice(kind, ("quick", "full"), "WhisperSession.evaluate", "kind")
         if cancel is not None and not callable(cancel):

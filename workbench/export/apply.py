@@ -41,6 +41,8 @@ from workbench.export.report import (DELIVERABLE, FORMAT, accuracy_section, host
 from workbench.paths import CALIB, DEMO_DIR, REAL_TEST, SYNTH_TEST
 from workbench.plan import CompressionPlan, plan_from_file
 from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
+from workbench.models import DEMO_FILE, read_checkpoint_metadata
+from workbench.size import size
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,6 @@ def build_report(model: nn.Module, plan: CompressionPlan, export: Export, eval_s
                               input_spec(model).channels, input_spec(model).per_second)
     between("simulated devices")
     layers = layer_rows(export.decisions, export.layer_nodes)
-    from workbench.size import size
     predicted = size(model, plan).total_bytes
     report: dict[str, Any] = {
         "format": FORMAT, "deliverable": DELIVERABLE,
@@ -214,7 +215,6 @@ def apply_plan(model: nn.Module, plan: CompressionPlan, out: Path,
         write_text_atomic(stage / "report.json", json.dumps(report, indent=2) + "\n")
         metadata = None
         if options.checkpoint and Path(options.checkpoint).is_file():
-            from workbench.models import read_checkpoint_metadata
             metadata = read_checkpoint_metadata(options.checkpoint)
         write_text_atomic(stage / "MODEL_CARD.md", render(report, resolved, stamped.to_json(),
                                                           metadata))
@@ -250,7 +250,7 @@ def recovery_teacher(checkpoint: str | None) -> nn.Module | None:
     teacher's file is gone (the report then says no original was measured)."""
     if not checkpoint or not Path(checkpoint).is_file():
         return None
-    from workbench.models import load_checkpoint, load_demo, read_checkpoint_metadata
+    from workbench.models import load_checkpoint, load_demo  # looked up per call: tests monkeypatch it
     teacher = (read_checkpoint_metadata(checkpoint).get("recovery") or {}).get("teacher")
     if teacher == "demo":
         return load_demo()
@@ -265,7 +265,7 @@ def apply_cli(args: argparse.Namespace) -> int:
 
     Prints the report as one JSON object on stdout, a summary on stderr.
     """
-    from workbench.models import DEMO_FILE, load_checkpoint, load_demo
+    from workbench.models import load_checkpoint, load_demo  # looked up per call: tests monkeypatch it
 
     torch.set_num_threads(2)  # the PyTorch side (simulated WER); ORT runs with explicit threads
     plan = read_plan(Path(args.plan))

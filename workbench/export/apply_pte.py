@@ -37,6 +37,9 @@ from workbench.export.verify import by_length, evaluate_ort, parity_stats
 from workbench.onnx_tools.runtime import CLOCK
 from workbench.plan import CompressionPlan
 from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
+from workbench.models import DEMO_FILE
+from workbench.paths import DEMO_DIR
+from workbench.size import size
 
 FORMAT = "workbench-export-report/1"
 
@@ -75,7 +78,6 @@ def pte_report(model: nn.Module, plan: CompressionPlan, export: PteExport,
     import executorch
     import torchao
 
-    from workbench.size import size
     set_threads(1)
     session = PteSession(export.model)
     accuracy, overall = accuracy_rows(session, export, model, eval_sets, original)
@@ -218,8 +220,7 @@ def apply_pte(model: nn.Module, plan: CompressionPlan, out: Path,
 
 def apply_pte_cli(args: argparse.Namespace) -> int:
     """`workbench apply --runtime executorch ...` (same arguments as the ONNX path)."""
-    from workbench.models import DEMO_FILE, load_checkpoint, load_demo
-    from workbench.paths import DEMO_DIR
+    from workbench.models import load_checkpoint, load_demo  # looked up per call: tests monkeypatch it
 
     torch.set_num_threads(2)
     plan = read_plan(Path(args.plan))

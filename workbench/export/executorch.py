@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import logging
 import os
@@ -53,6 +54,7 @@ from workbench.onnx_tools.exporter import EXAMPLE_FRAMES, MIN_FRAMES, max_input_
 from workbench.export.structural import layer_quant, structural_plan
 from workbench.features import FRAMES_PER_SECOND
 from workbench.plan import CompressionPlan
+from workbench.models.whisper_ctc import whisper_sinusoids
 
 DELIVERABLE_PTE = "model.pte"
 #: Longest input of models without a position limit, in mel frames (30 s, Whisper's window):
@@ -126,7 +128,6 @@ def _with_computed_positions(work: nn.Module) -> bool:
     table = getattr(work, "_buffers", {}).get("positional_embedding")
     if table is None or table.dim() != 2:
         return False
-    from workbench.models.whisper_ctc import whisper_sinusoids
     if not torch.equal(table, whisper_sinusoids(table.shape[0], table.shape[1])):
         return False
     del work._buffers["positional_embedding"]
@@ -203,7 +204,6 @@ def _plan_grid(config: Any) -> Any:
     every scale to >= 2**-12 (eps), which coarsens channels whose max |w| < 127 * 2**-12 = 0.031
     (35 of the demo's 15,133 channels, e.g. 6 rows of blocks.0.attn.out_proj); the simulation's
     scale is max |w| / 127 for every channel. float32's eps keeps zero scales out."""
-    import dataclasses
     weight = config.weight
     observer_class = weight.observer_or_fake_quant_ctr.p.func       # PartialWrapper(partial)
     observer = observer_class.with_args(eps=torch.finfo(torch.float32).eps)

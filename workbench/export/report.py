@@ -14,6 +14,8 @@ Every number is measured in the same run on the files being delivered:
 from __future__ import annotations
 
 import hashlib
+import os
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -172,8 +174,6 @@ def simulated_devices(sim: nn.Module, seconds: float) -> dict[str, Any]:
 
 def host_description() -> str:
     """CPU model and core count (timings depend on both, and on what else runs)."""
-    import os
-    import platform
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -189,7 +189,6 @@ def latency_section(model: bytes, fp32: bytes, seconds: float, repeats: int,
                     ) -> dict[str, Any]:
     """Measured ORT latency on `seconds` of input: (n_mels, seconds x rate) features (log-mel
     at 100 frames/s; a waveform model: n_mels 1, rate 16,000)."""
-    import os
     out: dict[str, Any] = {"input_seconds": seconds, "repeats": repeats,
                            "statistic": "median of session.run wall time", "clock": CLOCK,
                            "load_average_1min_before": round(os.getloadavg()[0], 2)}

@@ -27,6 +27,8 @@ exactly the priced weights (equal on tiny.en int8); the files add graph structur
 from __future__ import annotations
 
 import json
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,11 +38,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.compress import compress
 from workbench.compress.resolution import fingerprint_of, plan_for_model, resolve
-from workbench.errors import PlanError
+from workbench.errors import ArgumentError, PlanError
+from workbench.evaluate import score
 from workbench.export.errors import ExportError
 from workbench.export.whisper_onnx import GRAPHS, OrtWhisper, export_whisper, ort_transcribe
 from workbench.onnx_tools.tied_embedding import share_tied_embedding, tied_pairs, value_key
+from workbench.size import size
 
 FORMAT = "workbench-whisper-export-report/1"
 
@@ -121,7 +126,6 @@ def build_whisper_export(model: nn.Module, plan, work: Path, strict: bool = Fals
     `model` is not changed."""
     import onnx
 
-    from workbench.compress import compress
     from workbench.onnx_tools.graph_map import nodes_of_layer, weight_nodes
     from workbench.onnx_tools.exporter import to_bytes
     from workbench.export.ort_quantize import plan_decisions, quantize_graph
@@ -184,7 +188,6 @@ def accuracy_rows(ort_model, sim: nn.Module, original: nn.Module, tokenizer, eva
                   dynamic_paths: set[str]) -> tuple[list[dict], dict]:
     """Per set: ORT WER / CER vs the simulation (weights on the plan's grid + ORT's run-time
     uint8 rounding of the inputs of its int8-dynamic layers) and the uncompressed model."""
-    from workbench.evaluate import score
     from workbench.export.report import pooled_wer, worst
     from workbench.export.verify import by_length
     from workbench.whisper_eval import evaluate_whisper, ort_dynamic_activations
@@ -308,15 +311,12 @@ def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Seque
                   model_name: str = "workbench-whisper-tiny.en", int8_weights: str = "auto"
                   ) -> dict:
     """Export `model` compressed by `plan` to folder `out`, verify it, write report + card."""
-    import tempfile
-
     import onnx
     import onnxruntime
 
     from workbench.export.apply import check_output_dir
     from workbench.export.atomic import staged_dir, write_bytes_atomic, write_text_atomic
     from workbench.export.report import host_description, layer_rows, sha256
-    from workbench.size import size
     from workbench.whisper_latency import rtf_by_device
 
     out = Path(out)
@@ -379,13 +379,10 @@ def apply_whisper(model: nn.Module, tokenizer, plan, out: Path, eval_sets: Seque
 def apply_whisper_cli(args) -> int:
     """`workbench apply --model whisper --plan P --out DIR [--force] [--strict]`: the shipped
     Whisper tiny.en, both held-out sets; report JSON on stdout, a summary on stderr."""
-    import sys
-
-    from workbench.errors import ArgumentError
-    from workbench.evaluate import load_eval_set
+    from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
     from workbench.export.apply import check_plan_fits, read_plan
     from workbench.models.whisper_full import WhisperTokenizer, load_whisper_asr
-    from workbench.paths import REAL_TEST, SYNTH_TEST
+    from workbench.paths import REAL_TEST, SYNTH_TEST  # looked up per call: tests monkeypatch it
 
     for flag, value in (("--checkpoint", getattr(args, "checkpoint", None)),
                         ("--conditions", getattr(args, "conditions", None))):

@@ -20,14 +20,18 @@ once).
 """
 from __future__ import annotations
 
+import copy
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from workbench.data import normalize_text
 from workbench.export.errors import ExportError
+from workbench.models.whisper_ctc import whisper_sinusoids
 
 OPSET = 17
 #: The graphs of a Whisper export, in run order.
@@ -45,7 +49,6 @@ class _Encoder(nn.Module):
         self.encoder = model.encoder
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        from workbench.models.whisper_ctc import whisper_sinusoids
         enc = self.encoder
         lengths = torch.full((1,), mel.shape[-1], dtype=torch.long)
         table = whisper_sinusoids((mel.shape[-1] - 1) // 2 + 1,
@@ -104,8 +107,6 @@ def export_whisper(model, out_dir: str | Path) -> dict[str, Path]:
     keeps everything, so the same graph serves the prompt pass (P = 0) and each step.
     A deep copy in eval mode is traced: `model` (whose modules a WhisperSession may share with
     running evaluations) is neither changed nor switched to eval mode."""
-    import copy
-    import warnings
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).eval()
@@ -223,7 +224,6 @@ class OrtWhisper:
 
 
 def ort_transcribe(ort_model: OrtWhisper, tokenizer, features, seconds) -> list[str]:
-    from workbench.data import normalize_text
     from workbench.whisper_eval import max_new_tokens
     return [normalize_text(tokenizer.decode(ort_model.transcribe_ids(f.numpy(),
                                                                      max_new_tokens(s))))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from workbench.errors import PlanError
 from workbench.graph.structure import Group, Structure
 
 #: Relative tolerance of the pruned-vs-masked check (float reassociation is ~1e-6).
@@ -121,7 +122,6 @@ def scores(model: nn.Module, group: Group, method: str = "magnitude",
                Estimation for Neural Network Pruning", CVPR), `grads` by parameter name as
                `workbench.compress.calibration.taylor_gradients` gives them
     """
-    from workbench.errors import PlanError
     if method not in ("magnitude", "taylor"):
         raise PlanError(f"prune.importance: unknown method {method!r} (magnitude | taylor).")
     tensors = [_get(model, name).detach() for name, _ in group.axes]
@@ -300,7 +300,6 @@ def plan_removals(model: nn.Module, structure: Structure, amounts: Mapping[str, 
                   grads: Mapping[str, torch.Tensor] | None = None
                   ) -> list[tuple[Group, list[int]]]:
     """(group, removed unit indices) for every group `amounts` names with a positive amount."""
-    from workbench.errors import PlanError
     known = {g.path for g in structure.groups} | {"heads", "neurons", "channels"}
     for key, value in amounts.items():
         if key not in known:
@@ -325,7 +324,6 @@ def prune(model: nn.Module, structure: Structure, amounts: Mapping[str, float],
           grads: Mapping[str, torch.Tensor] | None = None) -> Pruned:
     """A pruned deep copy of `model` (the input is never changed); see module doc.
     `importance` "taylor" needs `grads` (parameter name -> dL/dw, e.g. taylor_gradients)."""
-    from workbench.errors import PlanError
     removals = plan_removals(model, structure, amounts, importance, grads)
     new = copy.deepcopy(model)
     remove_units_(new, removals)

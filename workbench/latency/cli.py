@@ -17,7 +17,10 @@ import sys
 from pathlib import Path
 
 from workbench import cli_checks as ck
-from workbench.plan import WEIGHT_BITS
+from workbench.errors import WorkbenchError
+from workbench.latency import predict_latency
+from workbench.latency.hardware import edge_device_names, load_edge_device, load_runtime, runtime_names
+from workbench.plan import WEIGHT_BITS, plan_from_file
 
 #: Weight widths a CompressionPlan accepts (workbench.plan.QuantConfig.weight_bits).
 BITS = WEIGHT_BITS
@@ -51,8 +54,6 @@ def _print(obj: dict) -> None:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from workbench.latency.hardware import (edge_device_names, load_edge_device, load_runtime,
-                                            runtime_names)
     if args.list:
         devs = {}
         for n in edge_device_names():
@@ -68,24 +69,21 @@ def cmd_latency(args: argparse.Namespace) -> int:
         from workbench.latency.published import write_fit
         _print(write_fit())
         return 0
-    from workbench.latency import predict_latency
     from workbench.latency.reference_models import REFERENCE, build
     make_inputs = None
     if args.model == "demo":
-        from workbench.models import load_demo
+        from workbench.models import load_demo  # looked up per call: tests monkeypatch it
         model = load_demo()
     elif args.model in REFERENCE:
         model, make_inputs = build(args.model)
     elif Path(args.model).is_file():
-        from workbench.models import load_checkpoint
+        from workbench.models import load_checkpoint  # looked up per call: tests monkeypatch it
         model = load_checkpoint(Path(args.model))
     else:
-        from workbench.errors import WorkbenchError
         raise WorkbenchError(f"--model: '{args.model}' is neither 'demo', a reference model "
                              f"({', '.join(REFERENCE)}) nor a checkpoint file.")
     bits = None
     if args.plan:
-        from workbench.plan import plan_from_file
         bits = plan_from_file(Path(args.plan))   # errors name the file, line and field
     elif args.bits is not None:
         bits = {"*": args.bits}

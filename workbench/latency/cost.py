@@ -39,7 +39,7 @@ from torch import nn
 from workbench.errors import WorkbenchError
 from workbench.plan import CompressionPlan
 from workbench.latency import predict as edge
-from workbench.latency.devices import DeviceProfile, load_device
+from workbench.latency.devices import DeviceProfile, known_devices, load_device
 from workbench.latency.report import LatencyReport, LayerLatency, MemoryFit
 from workbench.latency.table import BitsOrPlan, EffectiveLayer, LayerTable, layer_table
 
@@ -108,7 +108,6 @@ def predict_latency(model: nn.Module | LayerTable, device: str | DeviceProfile |
             f"calibrated thread count; runtime and threads apply to edge devices "
             f"({', '.join(edge.edge_names())}).")
     if isinstance(device, str):
-        from workbench.latency.devices import known_devices
         if device not in known_devices():
             raise edge.unknown_device_error(device, sorted(set(known_devices()) - set(
                 edge.ALIASES)) + list(edge.edge_names()))
@@ -262,7 +261,6 @@ def reports_by_device(model: nn.Module | LayerTable, devices: Sequence[str] | No
                       audio_seconds: float = 4.0, weight_bits: BitsOrPlan = None
                       ) -> dict[str, LatencyReport]:
     """One report per device (default: every known device), sharing one shape pass."""
-    from workbench.latency.devices import known_devices
     if isinstance(model, LayerTable):
         table = model.at_seconds(audio_seconds) if model.audio_seconds != audio_seconds else model
         if weight_bits is not None:

@@ -47,14 +47,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.errors import CheckpointError
 from workbench.latency.cost import price_table
-from workbench.latency.devices import (OP_CLASSES, DeviceProfile, Efficiency, host_cache_path,
-                                       load_device, parse_device, devices_dir)
+from workbench.latency.devices import (OP_CLASSES, DeviceProfile, Efficiency, host_cache_path, load_device,
+                                       parse_device, devices_dir, apply_calibration)
 from workbench.latency.table import LayerTable, compressed_for_pricing, layer_table
+from workbench.models import whisper_ctc_pretrained
 from workbench.onnx_tools.exporter import export_fp32, to_bytes
 from workbench.onnx_tools.graph_map import nodes_of_layer, op_counts, weight_nodes
 from workbench.onnx_tools.quantize import dynamic_int8
 from workbench.onnx_tools.runtime import CLOCK, time_interleaved
+from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
 
 #: Audio lengths (seconds) every calibration variant is timed at.
 CALIBRATION_SECONDS = (2.0, 4.0, 8.0, 16.0)
@@ -91,8 +94,7 @@ class Point:
 
 def default_model() -> nn.Module:
     """The demo model if it is there, else the same architecture from the pretrained encoder."""
-    from workbench.errors import CheckpointError
-    from workbench.models import load_demo, whisper_ctc_pretrained
+    from workbench.models import load_demo  # looked up per call: tests monkeypatch it
     try:
         return load_demo()
     except CheckpointError:
@@ -101,7 +103,6 @@ def default_model() -> nn.Module:
 
 def calibration_plans() -> dict[str, Any]:
     """The fixed calibration variants (names -> CompressionPlan); the bench uses other plans."""
-    from workbench.plan import CompressionPlan, LayerConfig, PruneConfig, QuantConfig
     int8 = LayerConfig(quant=QuantConfig(weight_bits=8))
     int4 = LayerConfig(quant=QuantConfig(weight_bits=4, granularity="per_block"))
     p = CompressionPlan()
@@ -327,7 +328,6 @@ def fit_record(points: Sequence[Point], nominal: DeviceProfile | None = None) ->
 
 def fitted_host(record: dict[str, Any]) -> DeviceProfile:
     """The host profile with a calibration record applied (without reading the cache)."""
-    from workbench.latency.devices import apply_calibration
     return apply_calibration(nominal_host(), record, "<calibration run>")
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -233,7 +233,6 @@ def ops_at_scale(ops: Sequence[FusedOp], s: float) -> list[FusedOp]:
     activations grow with s, attention with s^2 (its output with s); weights stay, except
     per-position static operands of elementwise ops (a positional embedding slice). Exact at
     whole multiples for models without length-dependent rounding beyond their strides."""
-    from dataclasses import replace
     out = []
     for op in ops:
         if op.kind == "attention":

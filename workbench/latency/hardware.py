@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -199,7 +200,6 @@ def _get(data: Mapping[str, Any], key: str, src: str, sources: dict[str, str],
 
 def _num(value: Any, key: str, src: str, *, positive: bool = True, upper: float | None = None
          ) -> float:
-    import math
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise DeviceFileError(f"{src}: field '{key}' must be a finite number, got {value!r}.")
     if value < 0 or (positive and value == 0):

@@ -28,6 +28,8 @@ from workbench.latency.table import (ACT_BYTES, EffectiveLayer, LayerTable, laye
                                      with_technique_rows)
 from workbench.compress.resolution import resolve
 from workbench.compress.techniques import settings, technique
+from workbench.compress.lowrank import pays_off
+from workbench.compress.prune import count_to_remove
 
 #: The techniques whose rows table_for_plan computes by arithmetic (the built-ins' names).
 ARITHMETIC = frozenset({"prune", "low_rank", "quant"})
@@ -35,9 +37,6 @@ ARITHMETIC = frozenset({"prune", "low_rank", "quant"})
 
 def table_for_plan(base: LayerTable, model: nn.Module, plan: Any) -> LayerTable:
     """The effective table of `compress(model, plan)`, from the fp32 table `base` of `model`."""
-    from workbench.compress.lowrank import pays_off
-    from workbench.compress.prune import count_to_remove
-
     resolved = resolve(plan, model)
     if any((c.prune is not None and c.prune.structure == "channels") or c.energy is not None
            or any(_unknown_shapes(name, s) for name, s in settings(c).items())

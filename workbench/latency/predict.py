@@ -11,6 +11,7 @@ Input checks raise WorkbenchError subclasses that name the argument and the fix.
 """
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -29,6 +30,8 @@ from workbench.latency.table import (_check_bits, bits_for, compressed_for_prici
                                      layer_table, with_technique_rows)
 from workbench.latency.hardware import (EdgeDevice, Runtime, UnknownDeviceError,
                                         edge_device_names, load_edge_device, load_runtime)
+from workbench.layer_profile import default_inputs
+from workbench.models.base import role_of
 
 #: Longest audio (s) a prediction accepts: an hour; longer is almost surely a unit mistake.
 MAX_SECONDS = 3600.0
@@ -128,7 +131,6 @@ def resolve_target(device: str | None, runtime: str | Runtime | None, threads: A
 
 
 def unknown_device_error(device: Any, known: Sequence[str]) -> UnknownDeviceError:
-    import difflib
     names = list(known)
     close = difflib.get_close_matches(str(device), names, n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -152,7 +154,6 @@ def trace_model(model: nn.Module, seconds: float, weight_bits: Any,
                 ) -> tuple[list[FusedOp], dict[str, int | None], nn.Module]:
     """Fused ops of `model` (a plan applied to a copy first) and weight bits per op path; the
     modules a technique's latency hook prices come from the hooked table (technique_ops)."""
-    from workbench.layer_profile import default_inputs
     if not isinstance(model, nn.Module):
         raise LatencyInputError(f"model: expected a torch.nn.Module or a LayerTable, got "
                                 f"{type(model).__name__}.")
@@ -304,5 +305,4 @@ def unsupported_settings(ops: Sequence[FusedOp], bits: Mapping[str, int | None],
 
 
 def roles_for(model: nn.Module, ops: Sequence[FusedOp]) -> dict[str, str]:
-    from workbench.models.base import role_of
     return {op.path: role_of(model, op.path) for op in ops}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, UTC
@@ -25,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import DataError
-from workbench.latency.edge import BYTES, op_precision, weight_precision
+from workbench.latency.edge import BYTES, op_precision, price_ops, total_ms, weight_precision
 from workbench.latency.graph import FusedOp, fused_ops
-from workbench.latency.hardware import (KINDS, EdgeDevice, Runtime, load_edge_device,
-                                        load_runtime, runtimes_dir)
+from workbench.latency.hardware import (KINDS, EdgeDevice, Runtime, edge_device_names, edge_devices_dir,
+                                        load_edge_device, load_runtime, runtimes_dir)
+from workbench.paths import REPO_ROOT
 
 FIELDS = ("model", "device", "runtime", "threads", "precision", "ms", "source", "date")
 #: Device families the acceptance check reports (others are listed too when present).
@@ -41,7 +43,6 @@ DEVICE_SCALES = "__device_scales__"
 
 
 def measurements_path() -> Path:
-    from workbench.paths import REPO_ROOT
     return REPO_ROOT / "data" / "latency_measurements.jsonl"
 
 
@@ -279,7 +280,6 @@ def summarize(pairs: Sequence[tuple[_Row, float]]) -> dict[str, Any]:
 
 def bench_published(path: str | Path | None = None) -> dict[str, Any]:
     """`workbench bench latency --published`: LOMO error per family, Spearman, worst case."""
-    import time
     t0 = time.perf_counter()
     ms = load_measurements(path)
     rows = _rows(ms)
@@ -308,7 +308,6 @@ def bench_published(path: str | Path | None = None) -> dict[str, Any]:
 def ds_cnn_int8_vs_fp32(device: str = "rpi4_a72", runtime: str = "tflite",
                         threads: int | None = None) -> dict[str, Any]:
     """DS-CNN int8 vs fp32 on a Pi 4 with TFLite's built-in kernels (no SDOT on the A72)."""
-    from workbench.latency.edge import price_ops, total_ms
     dev, rt = load_edge_device(device), load_runtime(runtime)
     ops = model_ops("ds_cnn_kws")
     out: dict[str, Any] = {"device": device, "runtime": runtime}
@@ -332,7 +331,6 @@ def write_fit(path: str | Path | None = None) -> dict[str, Any]:
     s = summarize(pairs)
     when = datetime.now(UTC).strftime("%Y-%m-%d")
     used = set(_used_params(rows))
-    from workbench.latency.hardware import edge_device_names, edge_devices_dir
     scales = params.pop(DEVICE_SCALES)
     by_family: dict[str, list[float]] = {}
     for dev_name, scale in scales.items():

@@ -9,6 +9,7 @@ latency on a dense runtime does not depend on their values.
 """
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -311,7 +312,6 @@ REFERENCE: dict[str, Reference] = {
 def build(name: str) -> tuple[nn.Module, Callable[[float], tuple[Any, ...]]]:
     """(model, make_inputs) of a reference model; unknown names list the known ones."""
     if name not in REFERENCE:
-        import difflib
         close = difflib.get_close_matches(name, list(REFERENCE), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise WorkbenchError(f"model: unknown reference model '{name}'.{hint} Known: "

@@ -28,6 +28,7 @@ from workbench.plan import CompressionPlan
 from workbench.layer_profile import Profile, profile
 from workbench.compress.resolution import resolve
 from workbench.compress.techniques import structure_only, techniques
+from workbench.compress import compress_module
 
 #: Profiler row kind -> op class of the cost model.
 OP_OF_KIND = {"linear": "matmul", "conv": "conv", "attention_scores": "attention_scores",
@@ -173,8 +174,6 @@ def compressed_for_pricing(model: nn.Module, plan: Any, quant: bool = True) -> n
     PyTorch applies before an ONNX export (the registry's structure_only: what the export's
     fp32 graph holds; ONNX Runtime quantizes after).
     """
-    from workbench.compress import compress_module   # lazy: workbench.compress is heavier
-
     entries = {}
     for path, config in resolve(plan, model).items():
         if not quant:

@@ -30,6 +30,12 @@ import copy
 import torch
 from torch import nn
 
+from workbench.compress.lowrank import singular_values, svd
+from workbench.compress.prune import count_to_remove, shrink_inputs_, shrink_outputs_
+from workbench.compress.quantize import fake_quant_weight
+from workbench.compress.quantize import sqnr_db as _sqnr
+from workbench.size import WeightSpec, storage_bytes
+
 
 # ---- lesson 00: word error rate ------------------------------------------------------------------
 
@@ -80,8 +86,6 @@ def crossover_frames(d_model: int, d_ff: int) -> int:
 def magnitude_mask(weight: torch.Tensor, amount: float) -> torch.Tensor:
     """Bool mask (weight's shape), False for the round(amount * numel) smallest |w| (ties: the
     earlier index goes first), as `compress` prunes unstructured."""
-    from workbench.compress.prune import count_to_remove
-
     flat = weight.detach().abs().flatten().double()
     drop = torch.argsort(flat, stable=True)[: count_to_remove(flat.numel(), amount,
                                                                keep_one=False)]
@@ -104,8 +108,6 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
 def prune_ffn(fc1: nn.Linear, fc2: nn.Linear, keep: torch.Tensor) -> tuple[nn.Linear, nn.Linear]:
     """New (fc1, fc2) keeping hidden neurons `keep`: rows of fc1 (+ bias), columns of fc2.
     fc1: (d_ff, d) -> (k, d); fc2: (d, d_ff) -> (d, k). The inputs are not changed."""
-    from workbench.compress.prune import shrink_inputs_, shrink_outputs_
-
     keep = torch.as_tensor(keep, dtype=torch.long)
     new1, new2 = copy.deepcopy(fc1), copy.deepcopy(fc2)
     shrink_outputs_(new1, keep)
@@ -143,15 +145,11 @@ def linear_quantize(weight: torch.Tensor, bits: int, granularity: str = "per_cha
                     symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dequantized w', scale, zero_point) on a uniform b-bit grid, per_tensor or per_channel
     (scale / zero_point shaped (1,) or (out,)); the grid of `compress.quantize`."""
-    from workbench.compress.quantize import fake_quant_weight
-
     return fake_quant_weight(weight, bits, granularity, symmetric)
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     """10 log10(sum ref^2 / sum (ref - approx)^2), in dB."""
-    from workbench.compress.quantize import sqnr_db as _sqnr
-
     return _sqnr(reference, approx)
 
 
@@ -198,8 +196,6 @@ def integer_linear(x_q: torch.Tensor, w_q: torch.Tensor, s_x: float, zp_x: int, 
 def truncated_svd(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(U_r (out, r), V_r (r, in)) with U_r V_r the best rank-r approximation of weight
     (Eckart-Young); the singular values are split as sqrt into both factors, as `factorize` does."""
-    from workbench.compress.lowrank import svd
-
     u, s, vh = svd(weight)
     root = s[:rank].sqrt()
     return ((u[:, :rank] * root[None, :]).to(weight.dtype),
@@ -208,8 +204,6 @@ def truncated_svd(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.
 
 def frobenius_error(weight: torch.Tensor, rank: int) -> float:
     """||W - W_r||_F of the best rank-r approximation = sqrt(sum_{i > r} s_i^2)."""
-    from workbench.compress.lowrank import singular_values
-
     return float(singular_values(weight)[rank:].pow(2).sum().sqrt())
 
 
@@ -239,7 +233,6 @@ def bits_by_role(delta_wer_at_4_bits: dict[str, float], tolerance: float) -> dic
 def int8_bytes(out_features: int, in_features: int, granularity: str = "per_channel") -> int:
     """Bytes of an int8 weight matrix as exported: one byte per weight, one fp32 scale and one
     int8 zero point per group (per_channel: out groups; per_tensor: 1)."""
-    from workbench.size import WeightSpec, storage_bytes
     s = storage_bytes(WeightSpec(out_features, in_features, bits=8, granularity=granularity))
     return int(s["weight"]) + int(s["scale"]) + int(s["zero_point"])
 

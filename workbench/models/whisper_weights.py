@@ -24,6 +24,7 @@ final_layer_norm, layer_norm.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -154,7 +155,6 @@ def read_hf_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{st}: not a readable safetensors file ({err}).") from None
     if pt.is_file():
-        import pickle
         try:
             return torch.load(pt, map_location="cpu", weights_only=True), pt
         except pickle.UnpicklingError as err:

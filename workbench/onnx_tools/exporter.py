@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from workbench.models.base import input_spec
 from workbench.cli_checks import signals_held
@@ -83,7 +84,6 @@ def fold_parametrizations_(model: nn.Module) -> None:
     Not torch's `remove_parametrizations`: it deletes the property from the generated
     `ParametrizedConv1d` class, which a deep copy shares with the original model, and so broke
     the caller's model (found by `workbench apply` on an adapted wav2vec2)."""
-    from torch.nn.utils import parametrize
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
             values = {name: getattr(module, name).detach().clone()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,8 +71,6 @@ def feature_feeds(features: torch.Tensor) -> dict[str, np.ndarray]:
 
 def runtime_op_counts(model: ModelSource) -> dict[str, int]:
     """Op counts of the graph ORT actually runs (after its fusions, e.g. DynamicQuantizeMatMul)."""
-    import tempfile
-
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="workbench-ort-") as tmp:

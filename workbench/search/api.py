@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workbench.errors import WorkbenchError
 from workbench.search.objective import EvaluatorSpec
 from workbench.search.runner import OBJECTIVES, SearchConfig, SearchResult, Trial, run_search
 from workbench.search.space import SearchSpace
@@ -28,7 +29,6 @@ def make_executor(kind: str, spec: EvaluatorSpec, space: SearchSpace, *, model=N
         return SerialExecutor(spec, space, evaluator)
     if kind == "ray":
         return RayExecutor(spec, space, address=address, workers=workers)
-    from workbench.errors import WorkbenchError
     raise WorkbenchError(f"--executor: '{kind}' is not an executor; use 'ray' or 'serial'.")
 
 
@@ -65,8 +65,8 @@ def search(spec: EvaluatorSpec, config: SearchConfig, *, space: SearchSpace | No
         from workbench.search.recover import recover_front
         eval_set = evaluator.session.eval_set if evaluator is not None else spec.eval_set
         if eval_set is None:
-            from workbench.evaluate import load_eval_set
-            from workbench.paths import REAL_TEST
+            from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
+            from workbench.paths import REAL_TEST  # looked up per call: tests monkeypatch it
             eval_set = load_eval_set(spec.manifest or REAL_TEST, limit=spec.limit,
                                      progress=False)
         note = (lambda text: progress(0, 0, text)) if progress is not None else None

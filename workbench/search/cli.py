@@ -6,8 +6,12 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 from workbench.errors import WorkbenchError
-from workbench.plan import WEIGHT_BITS
+from workbench.plan import WEIGHT_BITS, CompressionPlan
+from workbench.presets import PRESETS
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -132,10 +136,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import torch
-
-    from workbench.presets import PRESETS
-    from workbench.plan import CompressionPlan
     from workbench.search.executors import RayExecutor, RayStartError
     from workbench.search.sweep import sweep
 
@@ -149,7 +149,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"--base: '{args.base}' is not a preset; choose from "
                              f"{', '.join(PRESETS)}.")
     base = PRESETS[args.base]() if args.base else CompressionPlan()
-    from tqdm import tqdm
     bar = tqdm(total=0, desc="sweep", file=sys.stderr, disable=None)
 
     def progress(done: int, total: int) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.plan import CompressionPlan
 from workbench.search.objective import EvaluatorSpec, PlanEvaluator, evaluator_for
 from workbench.search.space import SearchSpace
 
@@ -97,7 +98,6 @@ def _remote_job(spec: EvaluatorSpec, space: SearchSpace, job: Job) -> dict[str, 
 
 def _remote_plan(spec: EvaluatorSpec, plan_json: str, kind: str) -> dict[str, Any]:
     """One sweep cell on a worker: the plan travels as its JSON (plain data)."""
-    from workbench.plan import CompressionPlan
     return evaluator_for(spec)(CompressionPlan.from_json(plan_json), kind).to_dict()
 
 

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from collections.abc import Callable
+import json
 
 import torch
 from torch import nn
@@ -26,6 +27,12 @@ from torch import nn
 from workbench.errors import WorkbenchError
 from workbench.compress.resolution import resolve
 from workbench.latency.table import hooked_paths
+from workbench.compress.techniques import shape_only
+from workbench.engine.session import Session
+from workbench.latency import layer_table, load_device, predict_latency
+from workbench.latency import predict as edge
+from workbench.plan import CompressionPlan
+from workbench.size import size
 
 
 @dataclass(frozen=True)
@@ -74,17 +81,15 @@ class EvaluatorSpec:
     def load_model(self) -> nn.Module:
         if self.model is not None:
             return self.model
-        from workbench.models import load_checkpoint, load_demo
+        from workbench.models import load_checkpoint, load_demo  # looked up per call: tests monkeypatch it
         return load_checkpoint(self.checkpoint) if self.checkpoint else load_demo()
 
     def check(self) -> None:
         """Fail fast (WorkbenchError naming the field) on a bad device / runtime / threads."""
-        from workbench.latency import predict as edge
         if edge.is_edge(self.device):
             edge.resolve_target(edge.ALIASES.get(self.device, self.device), self.runtime,
                                 self.latency_threads)
         else:
-            from workbench.latency import load_device
             load_device(self.device)
 
     def build(self, session=None, model: nn.Module | None = None) -> PlanEvaluator:
@@ -92,11 +97,10 @@ class EvaluatorSpec:
         torch.set_num_threads(self.threads)
         model = model if model is not None else self.load_model()
         if session is None:
-            from workbench.engine.session import Session
             eval_set = self.eval_set
             if eval_set is None:
-                from workbench.evaluate import load_eval_set
-                from workbench.paths import REAL_TEST
+                from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
+                from workbench.paths import REAL_TEST  # looked up per call: tests monkeypatch it
                 eval_set = load_eval_set(self.manifest or REAL_TEST, limit=self.limit,
                                          progress=False)
             session = Session(model, eval_set, quick_utterances=self.quick_utterances)
@@ -121,7 +125,6 @@ class PlanEvaluator:
 
     def __call__(self, plan, kind: str = "quick",
                  cancel: Callable[[], bool] | None = None) -> Measures:
-        from workbench.size import size
         if kind not in ("quick", "full"):
             raise WorkbenchError(f"eval: '{kind}' is not an evaluation; use 'quick' or 'full'.")
         t0 = time.perf_counter()
@@ -149,7 +152,6 @@ class LatencyPricer:
 
     def __init__(self, model: nn.Module, device: str, seconds: float, *,
                  runtime: str | None = None, latency_threads: int | None = None) -> None:
-        from workbench.latency import predict as edge
         self.model, self.device, self.seconds = model, device, float(seconds)
         self.runtime, self.latency_threads = runtime, latency_threads
         self.edge = edge.is_edge(device)
@@ -159,21 +161,15 @@ class LatencyPricer:
             self.target = edge.resolve_target(edge.ALIASES.get(device, device), runtime,
                                               latency_threads)
         else:
-            from workbench.latency import load_device
             if runtime is not None:
                 raise WorkbenchError(f"--runtime: '{device}' is the calibrated host (ONNX "
                                      f"Runtime); runtimes apply to edge devices only.")
             self.target = load_device(device)
 
     def __call__(self, plan):
-        from workbench.compress.techniques import shape_only
-        from workbench.plan import CompressionPlan
         if not self.edge:
-            from workbench.latency import predict_latency
             return predict_latency(self.model, self.device, self.seconds, plan)
-        import json
 
-        from workbench.latency import predict as edge
         resolved = resolve(plan, self.model)
         # the settings that change shapes, as the registry says (registered swaps included)
         structure = {path: kept for path, cfg in resolved.items()
@@ -193,7 +189,6 @@ class LatencyPricer:
                 if cfg.quant is not None}
         op_bits = edge.bits_by_op(ops, bits, {})
         if hooked_paths(resolved):   # modules a latency hook prices: as predict_latency does
-            from workbench.latency import layer_table
             hooked = layer_table(self.model, self.seconds, plan)
             ops, op_bits = edge.technique_ops(ops, op_bits, hooked, resolved)
             roles = {**roles, **{row.path: row.role for row in hooked.layers}}

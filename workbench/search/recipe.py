@@ -376,7 +376,7 @@ def search_recipe_for_plan(plan, teacher: torch.nn.Module | None = None, *,
 
     check_training_manifests(manifests)
     if teacher is None:
-        from workbench.models import load_demo
+        from workbench.models import load_demo  # looked up per call: tests monkeypatch it
         teacher = load_demo()
     shapes = {path: structure_only(c) for path, c in resolve(plan, teacher).items()}
     structure = {p: c for p, c in shapes.items() if not c.is_empty()}

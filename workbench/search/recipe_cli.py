@@ -17,13 +17,13 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 from workbench import cli_checks as ck
 
 
 def cmd_recipe_search(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
     from workbench.export.apply import read_plan
     from workbench.export.atomic import write_text_atomic
     from workbench.recovery import DEFAULT_CONFIG
@@ -39,7 +39,7 @@ def cmd_recipe_search(args: argparse.Namespace) -> int:
                                 seed=args.seed)
     plan = read_plan(Path(args.plan))
     torch.set_num_threads(args.threads)
-    from workbench.models import load_checkpoint, load_demo
+    from workbench.models import load_checkpoint, load_demo  # looked up per call: tests monkeypatch it
     teacher = load_checkpoint(args.checkpoint) if args.checkpoint else load_demo()
     bar = tqdm(total=args.trials, desc="recipe search", file=sys.stderr, disable=None)
 

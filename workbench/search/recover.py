@@ -20,6 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from workbench.compress import compress
+from workbench.evaluate import evaluate
+from workbench.plan import CompressionPlan
 from workbench.search.front import pareto_indices
 from workbench.search.runner import OBJECTIVES, SearchResult, Trial
 
@@ -51,10 +54,7 @@ def recover_front(result: SearchResult, model, eval_set, minutes: float, out_dir
                   *, max_plans: int = 3, manifests: Sequence[Path] | None = None,
                   progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Recover the candidates (candidates()) for `minutes` each; one record per plan."""
-    from workbench.compress import compress
-    from workbench.evaluate import evaluate
-    from workbench.models import load_checkpoint
-    from workbench.plan import CompressionPlan
+    from workbench.models import load_checkpoint  # looked up per call: tests monkeypatch it
     from workbench.recovery import DEFAULT_CONFIG, recover_plan
 
     out = Path(out_dir)

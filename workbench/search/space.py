@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,7 +137,6 @@ class SearchSpace:
         changes ~half the layers at once (WER far past any budget); children of sparse parents
         stay sparse (uniform crossover, 1/genes mutation), so the search walks out from the base.
         """
-        import random
         rng = random.Random(seed)
         points = []
         for i in range(n):

@@ -27,7 +27,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+from tqdm import tqdm
 
+from workbench.decode import greedy_decode
+from workbench.evaluate import batches, score, transcribe
+from workbench.features import collate_features
+from workbench.latency import known_devices, load_device, predict_latency
+from workbench.latency import predict as edge
 from workbench.streaming.step import (FRAMES_PER_SECOND, HEAD_CACHE, StreamConfig,
                                       StreamingStep, stream_logits)
 
@@ -38,8 +44,6 @@ FIT_FRAMES = (50, 150, 300)
 def device_name(prefix: str) -> str:
     """The latency model's device whose name starts with `prefix` ('rpi4' -> 'rpi4' or
     'rpi4_a72', whichever the installed device files call it)."""
-    from workbench.latency import known_devices
-
     names = sorted(known_devices())
     for name in names:
         if name == prefix:
@@ -110,12 +114,10 @@ def copy_prices(device: str) -> tuple[float, float]:
     """(ms per fp32 element moved, ms per runtime node) of a memory-bound copy on `device`:
     the latency model's own bandwidth x memory efficiency and per-op overhead (host profile,
     calibrated if `workbench calibrate` ran; edge devices: device file x default runtime)."""
-    from workbench.latency import predict as edge
     if edge.is_edge(device):
         dev, rt, _ = edge.resolve_target(device, None, None)
         bandwidth = dev.memory_bandwidth_gbs * 1e9 * rt.params["memory_efficiency"]
         return 4 / bandwidth * 1e3, rt.params["overhead_cycles"] / (dev.clock_mhz * 1e6) * 1e3
-    from workbench.latency import load_device
     prof = load_device(device)
     bandwidth = prof.memory_bandwidth_gbs * 1e9 * prof.efficiency.memory
     return 4 / bandwidth * 1e3, prof.overhead_us_per_op * 1e-3
@@ -124,8 +126,6 @@ def copy_prices(device: str) -> tuple[float, float]:
 def step_cost(model, device: str, plan=None) -> StepCost:
     """Fit a + b n + c n^2 to the latency model's prediction at FIT_FRAMES lengths; price the
     cache bookkeeping with the device's copy prices (copy_prices)."""
-    from workbench.latency import predict_latency
-
     kw = {"weight_bits": plan} if plan is not None else {}
     ys, band = [], 0.0
     for n in FIT_FRAMES:
@@ -155,10 +155,6 @@ def cache_bytes(model, cfg: StreamConfig) -> int:
 def chunked_transcripts(model, eval_set, cfg: StreamConfig | None, max_frames: int = 12_000
                         ) -> list[str]:
     """Greedy transcripts of every utterance: chunked (cfg) or full context (cfg None)."""
-    from workbench.decode import greedy_decode
-    from workbench.evaluate import batches, transcribe
-    from workbench.features import collate_features
-
     if cfg is None:
         return transcribe(model, eval_set.features, max_frames)
     step = StreamingStep(model, cfg).eval()
@@ -192,10 +188,6 @@ def streaming_table(model, eval_set, chunks_s: Sequence[float | None] = (0.5, 1.
                     devices: Sequence[str] = ("rpi4", "rpi5"), plan=None,
                     progress: bool = True) -> list[StreamingRow]:
     """WER (measured, chunked simulation) and latency (simulated) per chunk size and device."""
-    from tqdm import tqdm
-
-    from workbench.evaluate import score
-
     names = [device_name(d) for d in devices]
     costs = {d: step_cost(model, d, plan) for d in names}
     mean_frames = round(sum(f.shape[-1] for f in eval_set.features) / len(eval_set) / 2)

@@ -10,6 +10,7 @@ builders) does not pull in the whole app.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = ["Workbench", "demo_inputs", "ModelChooser", "WhisperWorkbench"]
@@ -18,7 +19,6 @@ _HOME = {"ModelChooser": "model_chooser", "WhisperWorkbench": "whisper_app"}
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        import importlib
         module = importlib.import_module(f"workbench.ui.{_HOME.get(name, 'app')}")
         return getattr(module, name)
     raise AttributeError(f"module 'workbench.ui' has no attribute {name!r}")

@@ -26,7 +26,7 @@ from typing import Any
 import ipywidgets as widgets
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.errors import CheckpointError, WorkbenchError
 from workbench.evaluate import EvalSet
 from workbench.plan import CompressionPlan
 from workbench.engine.jobs import JOBS, USER, Job
@@ -48,6 +48,7 @@ from workbench.ui.state import ORIGINAL, AppState, HistoryPoint
 from workbench.ui.streaming_tab import StreamingTab
 from workbench.ui.tradeoffs_tab import TradeoffsTab
 from workbench.ui.view import LazyView, run_in_kernel
+from workbench.models import whisper_ctc_pretrained
 
 #: Environment variable: evaluate only the first n utterances in `Workbench.demo()`.
 EVAL_LIMIT_ENV = "WORKBENCH_EVAL_LIMIT"
@@ -76,10 +77,9 @@ def demo_inputs(eval_limit: int | None = None) -> DemoInputs:
     """The demo model (the untrained Whisper CTC if the trained one is not built yet, with a
     note saying so) and the held-out real-speech set (first `eval_limit` utterances; default:
     $WORKBENCH_EVAL_LIMIT, else all)."""
-    from workbench.evaluate import load_eval_set
-    from workbench.errors import CheckpointError
-    from workbench.models import load_demo, whisper_ctc_pretrained
-    from workbench.paths import REAL_TEST
+    from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
+    from workbench.models import load_demo  # looked up per call: tests monkeypatch it
+    from workbench.paths import REAL_TEST  # looked up per call: tests monkeypatch it
 
     limit = eval_limit if eval_limit is not None else eval_limit_from_env()
     note = ""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import ipywidgets as widgets
 
+from workbench.compress.prune import keep_indices
 from workbench.compress.targets import Target, graph_groups
 from workbench.compress.techniques import technique
 from workbench.plan import STRUCTURE_FOR_KIND, LayerConfig, PruneConfig, QuantConfig
@@ -342,7 +343,6 @@ class CompressTab(LazyView):
 
     # ---- importance --------------------------------------------------------------------------
     def _draw_importance(self, resolved: dict[str, LayerConfig] | None = None) -> None:
-        from workbench.compress.prune import keep_indices
         kind = self.importance_kind.value
         if kind is None:
             return

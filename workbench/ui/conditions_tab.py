@@ -19,6 +19,7 @@ from workbench.ui.controller import Controller
 from workbench.ui.figures import _layout, new_figure
 from workbench.ui.live import FigureSlot
 from workbench.compress.resolution import resolve
+from workbench.engine.session import RUN_LOCK
 
 
 def conditions_heatmap(conditions: list[str], baseline: list[float], plan: list[float | None],
@@ -104,7 +105,6 @@ class ConditionsTab:
 
     def _work(self, job, plan, grid) -> None:
         from workbench.conditions import Cancelled, evaluate_conditions
-        from workbench.engine.session import RUN_LOCK
 
         started = time.perf_counter()
 

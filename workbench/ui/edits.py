@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from workbench.compress import presets as core
 from workbench.compress.targets import Target, find_targets
 from workbench.compress.techniques import technique, techniques
 from workbench.plan import (STRUCTURE_FOR_KIND, WEIGHT_BITS, CompressionPlan, LayerConfig,
@@ -157,8 +158,6 @@ class Preset:
 
 def presets() -> tuple[Preset, ...]:
     """"reset" (the empty plan) and the core's named plans (workbench.compress.presets)."""
-    from workbench.compress import presets as core
-
     out = [Preset("reset", "No compression: every layer fp32, nothing pruned.", CompressionPlan)]
     for name, factory in core.PRESETS.items():
         doc = " ".join((factory.__doc__ or name).split())

@@ -8,11 +8,14 @@ data-rtf / data-band, data-fits. The prose around them is for people.
 from __future__ import annotations
 
 import html
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import ipywidgets as widgets
 
 from workbench.engine.session import plan_key
+from workbench.latency.hardware import load_edge_device
 from workbench.ui.error_area import ErrorArea
 from workbench.ui.state import AppState
 
@@ -118,14 +121,10 @@ class Header:
 
     def _file_uploaded(self, change: dict) -> None:
         """Validate the uploaded device file (DeviceFileError is shown), then price with it."""
-        import tempfile
-
-        from workbench.latency.hardware import load_edge_device
         files = change["new"]
         if not files:
             return
         item = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
-        from pathlib import Path
         name = Path(str(item.get("name") or "device.json")).name   # errors name the user's file
         path = Path(tempfile.mkdtemp(prefix="wb-device-")) / name
         path.write_bytes(bytes(item["content"]))

@@ -10,7 +10,10 @@ import html
 import io
 
 import ipywidgets as widgets
+import jiwer
+import soundfile
 
+from workbench.data import load_audio
 from workbench.engine.session import plan_key
 from workbench.ui.controller import Controller
 from workbench.ui.view import LazyView
@@ -20,8 +23,6 @@ def marked_words(reference: str, hypothesis: str) -> str:
     """HTML of `hypothesis` with its word errors against `reference` marked:
     substitutions (class wb-hyp-sub, the reference word in the title), insertions
     (wb-err-ins), deletions (the missing reference word, struck through, wb-err-del)."""
-    import jiwer
-
     if not reference.strip() or not hypothesis.strip():
         return html.escape(hypothesis) or "<i>(empty)</i>"
     out = jiwer.process_words(reference, hypothesis)
@@ -74,7 +75,7 @@ class ListenTab(LazyView):
 
     def _audio_path(self, uid: str) -> str | None:
         if self._audio_paths is None:
-            from workbench.data import read_manifest
+            from workbench.data import read_manifest  # looked up per call: tests monkeypatch it
             manifest = self.session.eval_set.manifest
             try:
                 self._audio_paths = {u.id: str(u.audio_path) for u in read_manifest(manifest)}
@@ -83,9 +84,6 @@ class ListenTab(LazyView):
         return self._audio_paths.get(uid)
 
     def _load_audio(self, index: int) -> None:
-        import soundfile
-
-        from workbench.data import load_audio
         uid = self.session.eval_set.ids[index]
         path = self._audio_path(uid)
         if path is None:

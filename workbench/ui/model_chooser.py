@@ -18,6 +18,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from workbench.checks import check_choice
 from workbench.engine.jobs import JOBS, RUN_LOCK, USER, Job
 from workbench.ui.error_area import ErrorArea
 
@@ -49,7 +50,6 @@ class ModelChooser:
 
     def __init__(self, initial: str = "ctc", *, eval_limit: int | None = None,
                  builders: dict[str, Callable[[], Any]] | None = None) -> None:
-        from workbench.checks import check_choice
         keys = tuple(k for _, k in MODELS)
         check_choice(initial, keys, "ModelChooser", "initial")
         self._builders = builders or _default_builders(eval_limit)

@@ -11,6 +11,8 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from workbench.engine.jobs import INTERACTIVE, JOBS, Job
+from workbench.engine.session import RUN_LOCK, plan_key
+from workbench.evaluate import score
 from workbench.ui.controller import Controller
 from workbench.ui.figures import _layout, new_figure
 from workbench.ui.live import FigureSlot
@@ -80,7 +82,6 @@ class StreamingTab(LazyView):
         return StreamConfig.from_seconds(self.chunk.value, self.lookahead.value, self.left.value)
 
     def _cost(self, device: str):
-        from workbench.engine.session import plan_key
         from workbench.streaming import step_cost
 
         plan = self.state.plan
@@ -90,7 +91,6 @@ class StreamingTab(LazyView):
         return self._costs[key]
 
     def update(self) -> None:
-        from workbench.engine.session import plan_key
         from workbench.streaming import cache_bytes, supports_streaming
 
         if not supports_streaming(self.session.baseline):
@@ -122,8 +122,6 @@ class StreamingTab(LazyView):
             self._submit(key, cfg)
 
     def _draw(self) -> None:
-        from workbench.engine.session import plan_key
-
         pk = plan_key(self.state.plan)
         cfg = self.config()
         points = {c.chunk_s: w for (k, c), w in self._wers.items()
@@ -143,8 +141,6 @@ class StreamingTab(LazyView):
                                 priority=INTERACTIVE)
 
     def _measure(self, gen, key, cfg, plan) -> None:
-        from workbench.evaluate import score
-        from workbench.engine.session import RUN_LOCK
         from workbench.streaming import chunked_transcripts
 
         with RUN_LOCK:

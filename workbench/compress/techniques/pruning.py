@@ -11,6 +11,7 @@ from workbench.compress.prune import (prune_channels_, prune_heads_, prune_neuro
 from workbench.compress.targets import graph_groups
 from workbench.compress.techniques.registry import ApplyContext, Technique, register
 from workbench.errors import PlanError
+from workbench.graph.surgery import choose, remove_units_
 from workbench.plan import STRUCTURE_FOR_KIND, PruneConfig
 
 _STRUCTURED = {"heads": prune_heads_, "neurons": prune_neurons_, "channels": prune_channels_}
@@ -33,7 +34,6 @@ def why_not(setting: PruneConfig, target, path: str) -> str:
 def _graph_removal(root: nn.Module, group, p: PruneConfig, grads):  # noqa: ANN001, ANN202
     """(group, unit indices to remove) for a graph group, by magnitude or Taylor importance
     (workbench.graph.surgery.scores; `grads` by parameter name relative to `root`)."""
-    from workbench.graph.surgery import choose  # lazy: only models with graph groups need it
     if p.structure == "unstructured":
         raise PlanError(f"layers[{group.path!r}]: a group found from the graph takes structured "
                         f"pruning ({group.kind}); got 'unstructured' (name one of its Linear / "
@@ -58,7 +58,6 @@ def apply_(root: nn.Module, entries: Mapping[str, PruneConfig], ctx: ApplyContex
                                                ctx.grads, prefix=path)
             ctx.notes.append(f"{path}: removed {len(removed)} {p.structure} {removed}")
     if removals:
-        from workbench.graph.surgery import remove_units_
         remove_units_(root, removals, ctx.grads)
         root._structure = None  # shapes changed: found again if asked
     for path, p in entries.items():

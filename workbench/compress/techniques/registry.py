@@ -21,7 +21,7 @@ from typing import Any, Literal
 from torch import nn
 
 from workbench.errors import PlanError
-from workbench.plan import LayerConfig, register_technique_config
+from workbench.plan import LayerConfig, register_technique_config, unregister_technique_config
 
 #: How an export treats a technique: "pytorch" = applied to the model before the fp32 ONNX export
 #: (pruning, low rank: the graph has the new shapes / weights); "runtime" = left to the runtime's
@@ -191,7 +191,6 @@ def register(technique: Technique, *, replace: bool = False) -> Technique:
 
 def unregister(name: str) -> None:
     """Remove a registered technique (tests that register a toy technique clean up with this)."""
-    from workbench.plan import unregister_technique_config
     _REGISTRY.pop(name, None)
     unregister_technique_config(name)
     _changed()

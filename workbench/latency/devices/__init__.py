@@ -27,6 +27,7 @@ never the repo); `load_device("host")` overlays that file and says `calibrated=T
 """
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import DeviceError
+from workbench.paths import cache_dir
 
 #: Op classes with their own efficiency factor (see workbench.latency.cost).
 OP_CLASSES = ("matmul_fp32", "matmul_int8", "conv", "attention_scores", "elementwise", "memory")
@@ -119,7 +121,6 @@ def known_devices() -> tuple[str, ...]:
 
 
 def host_cache_path() -> Path:
-    from workbench.paths import cache_dir
     return cache_dir() / HOST_CACHE_FILE
 
 
@@ -129,7 +130,6 @@ def load_device(name: str | DeviceProfile) -> DeviceProfile:
         return name
     known = known_devices()
     if name not in known:
-        import difflib
         hit = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
         hint = f" did you mean '{hit[0]}'?" if hit else ""
         raise DeviceError(f"device: unknown device '{name}';{hint} known devices: "

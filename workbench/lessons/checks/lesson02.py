@@ -6,6 +6,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from workbench.compress.prune import count_to_remove
 from workbench.lessons import solutions as ref
 from workbench.lessons.checks.core import (CheckResult, _close_problem, _gen, _run,
                                            _shape_problem, _weights)
@@ -13,8 +14,6 @@ from workbench.lessons.checks.core import (CheckResult, _close_problem, _gen, _r
 
 def check_magnitude_mask(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> CheckResult:
     """fn(weight, amount) -> bool mask, False for the round(amount * n) smallest |w|."""
-    from workbench.compress.prune import count_to_remove
-
     def compare(f: Callable) -> list[str]:
         problems = []
         for amount in (0.0, 0.3, 0.5, 0.9):

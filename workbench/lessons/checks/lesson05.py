@@ -4,15 +4,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from workbench.latency.cost import layer_latency
+from workbench.latency.devices import load_device
+from workbench.latency.table import EffectiveLayer
 from workbench.lessons import solutions as ref
 from workbench.lessons.checks.core import CheckResult, _run
 
 def _roofline_cases() -> list[tuple[str, dict, float]]:
     """(label, kwargs, expected ms) for real layer kinds priced by `latency.cost.layer_latency`
     on the Raspberry Pi 4 profile: the workbench's own roofline is the reference."""
-    from workbench.latency.cost import layer_latency
-    from workbench.latency.devices import load_device
-    from workbench.latency.table import EffectiveLayer
     from workbench.lessons.edge import roofline_inputs
 
     dev = load_device("rpi4")

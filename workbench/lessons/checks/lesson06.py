@@ -5,12 +5,11 @@ from collections.abc import Callable
 
 from workbench.lessons import solutions as ref
 from workbench.lessons.checks.core import CheckResult, _run
+from workbench.size import WeightSpec, storage_bytes
 
 
 def check_int8_bytes(fn: Callable[[int, int, str], int]) -> CheckResult:
     """fn(out, in, granularity) -> bytes; compared with `workbench.size.storage_bytes`."""
-    from workbench.size import WeightSpec, storage_bytes
-
     def compare(f: Callable) -> list[str]:
         problems = []
         for out, k, gran in ((1536, 384, "per_channel"), (384, 1536, "per_channel"),
