@@ -7,18 +7,15 @@ Reference numbers marked "91d36c4" were computed by the code of that commit (bef
 on the demo architecture (WhisperCTC(), random weights: shapes only), 8 s of audio."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
 import torch
 
 from workbench.compress import presets
-from workbench.errors import DeviceError
 from workbench.latency import (LayerTable, layer_table, load_device, predict_latency,
                                price_table, table_for_plan)
 from workbench.latency.cost import layer_latency
-from workbench.latency.devices import devices_dir, parse_device
 from workbench.latency.fit_host import nominal_host
 from workbench.latency.table import EffectiveLayer
 from workbench.models.whisper_ctc import WhisperCTC
@@ -117,52 +114,8 @@ def test_edge_int4_predictions_are_unchanged(demo, tables) -> None:
         assert price_table(tables["int4"], dev).total_ms == pytest.approx(ms, rel=1e-9), name
 
 
-# ---- device file validation and the calibration overlay -------------------------------------
-
-def _host_json() -> dict:
-    return json.loads((devices_dir() / "host.json").read_text())
-
-
-def test_bad_int4_compute_is_refused() -> None:
-    data = _host_json()
-    data["int4_compute"]["value"] = "int4"
-    with pytest.raises(DeviceError, match=r"x\.json: field 'int4_compute' must be one of int8, "
-                                          r"fp32, got 'int4'"):
-        parse_device(data, "x.json")
-
-
-def test_fp32_int4_compute_needs_a_dequantization_cost() -> None:
-    data = _host_json()
-    data["int4_dequant_ns_per_weight"]["value"] = None
-    with pytest.raises(DeviceError, match="'int4_dequant_ns_per_weight' may not be null when "
-                                          "int4_compute is 'fp32'"):
-        parse_device(data, "x.json")
-    data["int4_dequant_ns_per_weight"]["value"] = -0.1
-    with pytest.raises(DeviceError, match="'int4_dequant_ns_per_weight' must be >= 0"):
-        parse_device(data, "x.json")
-
-
-def test_missing_int4_compute_is_named() -> None:
-    data = _host_json()
-    del data["int4_compute"]
-    with pytest.raises(DeviceError, match="x.json: missing field 'int4_compute'"):
-        parse_device(data, "x.json")
-
-
-def test_calibration_overlays_the_dequantization_cost(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
-    record = {"calibrated_at": "2026-01-01T00:00:00+00:00",
-              "efficiency": {"matmul_fp32": 0.5}, "overhead_us_per_op": 2.0,
-              "error_band_pct": 7.5}
-    (tmp_path / "host_profile.json").write_text(json.dumps(record))
-    shipped = nominal_host().int4_dequant_ns_per_weight
-    assert load_device("host").int4_dequant_ns_per_weight == shipped   # older caches: shipped
-    (tmp_path / "host_profile.json").write_text(json.dumps(
-        {**record, "int4_dequant_ns_per_weight": 0.37}))
-    host = load_device("host")
-    assert host.int4_dequant_ns_per_weight == 0.37
-    assert "fitted by workbench calibrate" in host.sources["int4_dequant_ns_per_weight"]
-
+# ---- the device fields of <= 4-bit weights are validated with the int8-conv ones:
+#      tests/test_latency_int8_conv.py (one parametrized set of tests for both pairs)
 
 def test_dequantization_is_priced_per_weight_by_hand(uncalibrated_host) -> None:
     host = load_device("host")

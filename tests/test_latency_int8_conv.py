@@ -183,53 +183,59 @@ def _host_json() -> dict:
     return json.loads((devices_dir() / "host.json").read_text())
 
 
-def test_bad_int8_conv_compute_is_refused() -> None:
+#: (how the runtime computes with such weights, its per-weight dequantization cost): <= 4-bit
+#: weights (MatMulNBits) and 5..8-bit Conv weights (DequantizeLinear + Conv) on the host.
+FIELD_PAIRS = [("int4_compute", "int4_dequant_ns_per_weight"),
+               ("int8_conv_compute", "int8_conv_dequant_ns_per_weight")]
+
+
+@pytest.mark.parametrize("compute,_cost", FIELD_PAIRS)
+def test_bad_compute_kind_is_refused(compute, _cost) -> None:
     data = _host_json()
-    data["int8_conv_compute"]["value"] = "int4"
-    with pytest.raises(DeviceError, match=r"x\.json: field 'int8_conv_compute' must be one of "
+    data[compute]["value"] = "int4"
+    with pytest.raises(DeviceError, match=rf"x\.json: field '{compute}' must be one of "
                                           r"int8, fp32, got 'int4'"):
         parse_device(data, "x.json")
 
 
-def test_fp32_int8_conv_compute_needs_a_dequantization_cost() -> None:
+@pytest.mark.parametrize("compute,cost", FIELD_PAIRS)
+def test_fp32_compute_needs_a_valid_dequantization_cost(compute, cost) -> None:
     data = _host_json()
-    data["int8_conv_dequant_ns_per_weight"]["value"] = None
-    with pytest.raises(DeviceError, match="'int8_conv_dequant_ns_per_weight' may not be null "
-                                          "when int8_conv_compute is 'fp32'"):
+    data[cost]["value"] = None
+    with pytest.raises(DeviceError, match=f"'{cost}' may not be null when {compute} is 'fp32'"):
         parse_device(data, "x.json")
-    data["int8_conv_dequant_ns_per_weight"]["value"] = -0.1
-    with pytest.raises(DeviceError, match="'int8_conv_dequant_ns_per_weight' must be >= 0"):
+    data[cost]["value"] = -0.1
+    with pytest.raises(DeviceError, match=f"'{cost}' must be >= 0"):
         parse_device(data, "x.json")
-    data["int8_conv_dequant_ns_per_weight"]["value"] = "0.1"
-    with pytest.raises(DeviceError, match="'int8_conv_dequant_ns_per_weight' must be a number"):
+    data[cost]["value"] = "0.1"
+    with pytest.raises(DeviceError, match=f"'{cost}' must be a number"):
         parse_device(data, "x.json")
 
 
-@pytest.mark.parametrize("key", ["int8_conv_compute", "int8_conv_dequant_ns_per_weight"])
-def test_missing_int8_conv_field_is_named(key) -> None:
+@pytest.mark.parametrize("key", [k for pair in FIELD_PAIRS for k in pair])
+def test_missing_dequantization_field_is_named(key) -> None:
     data = _host_json()
     del data[key]
     with pytest.raises(DeviceError, match=f"x.json: missing field '{key}'"):
         parse_device(data, "x.json")
 
 
-def test_calibration_overlays_the_conv_dequantization_cost(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("compute,cost", FIELD_PAIRS)
+def test_calibration_overlays_the_dequantization_cost(compute, cost, tmp_path,
+                                                      monkeypatch) -> None:
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
     record = {"calibrated_at": "2026-01-01T00:00:00+00:00",
               "efficiency": {"matmul_fp32": 0.5}, "overhead_us_per_op": 2.0,
               "error_band_pct": 7.5}
     (tmp_path / "host_profile.json").write_text(json.dumps(record))
-    shipped = nominal_host().int8_conv_dequant_ns_per_weight
     host = load_device("host")
-    assert host.int8_conv_dequant_ns_per_weight == shipped        # older caches: shipped
-    assert host.int8_conv_compute == "fp32"
-    (tmp_path / "host_profile.json").write_text(json.dumps(
-        {**record, "int8_conv_dequant_ns_per_weight": 0.37}))
+    assert getattr(host, cost) == getattr(nominal_host(), cost)     # older caches: shipped
+    assert getattr(host, compute) == "fp32"
+    (tmp_path / "host_profile.json").write_text(json.dumps({**record, cost: 0.37}))
     host = load_device("host")
-    assert host.int8_conv_dequant_ns_per_weight == 0.37
-    assert "fitted by workbench calibrate" in host.sources["int8_conv_dequant_ns_per_weight"]
-    (tmp_path / "host_profile.json").write_text(json.dumps(
-        {**record, "int8_conv_dequant_ns_per_weight": -1.0}))
+    assert getattr(host, cost) == 0.37
+    assert "fitted by workbench calibrate" in host.sources[cost]
+    (tmp_path / "host_profile.json").write_text(json.dumps({**record, cost: -1.0}))
     with pytest.raises(DeviceError, match="not a valid host calibration"):
         load_device("host")
 
