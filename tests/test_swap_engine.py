@@ -127,6 +127,7 @@ def test_engine_latency_of_a_swap_equals_pricing_at_that_length(ctc, name, secon
     assert [(r.path, r.macs) for r in got.layers] == [(r.path, r.macs) for r in at_length.layers]
     assert got.total_ms == pytest.approx(at_length.total_ms, rel=1e-9)
     shape_pass = predict_latency(model, "host", seconds, plan)
-    assert sum(r.macs for r in got.layers) == sum(r.macs for r in shape_pass.layers)
-    if name != "grouped_ffn":   # (a grouped FFN's shape pass has one row, and overhead, per part)
-        assert got.total_ms == pytest.approx(shape_pass.total_ms, rel=1e-9)
+    # the same rows as a shape pass of the compressed model: a grouped FFN's hook gives one
+    # row per part, as the shape pass has (it gave one row for all parts, 0.39 ms less at 2 s)
+    assert [(r.path, r.macs) for r in got.layers] == [(r.path, r.macs) for r in shape_pass.layers]
+    assert got.total_ms == pytest.approx(shape_pass.total_ms, rel=1e-9)

@@ -127,6 +127,10 @@ def test_engine_arithmetic_table_equals_the_shape_pass(model, name) -> None:
     quick = table_for_plan(layer_table(model, 4.0), model, plan)
     assert quick.macs == exact.macs
     assert quick.weight_bytes == exact.weight_bytes
+    fields = ("path", "op", "macs", "params", "input_bytes", "output_bytes", "in_width",
+              "out_width")
+    assert ([tuple(getattr(r, f) for f in fields) for r in quick.layers]
+            == [tuple(getattr(r, f) for f in fields) for r in exact.layers])
     if name != "grouped_ffn":
         assert quick.macs < layer_table(model, 4.0).macs or name == "windowed_attention"
 

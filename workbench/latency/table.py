@@ -198,16 +198,25 @@ def with_technique_rows(table: LayerTable, resolved: Mapping[str, Any]) -> Layer
         return table
     layers = []
     for row in table.layers:
+        rows = [row]        # a hook may split a row into parts (a grouped FFN's Linears)
         for tech in hooked:
             setting = _nearest_setting(tech, row.path, resolved)
             if setting is None:
                 continue
             if tech.latency_row is not None:
-                row = tech.latency_row(row, setting)
+                rows = _flat(tech.latency_row(r, setting) for r in rows)
             if tech.latency_row_at is not None:
-                row = tech.latency_row_at(row, setting, table.audio_seconds)
-        layers.append(row)
+                rows = _flat(tech.latency_row_at(r, setting, table.audio_seconds) for r in rows)
+        layers.extend(rows)
     return replace(table, layers=tuple(layers))
+
+
+def _flat(results: Any) -> list[EffectiveLayer]:
+    """Hook results, each a row or a sequence of rows, as one list of rows."""
+    out: list[EffectiveLayer] = []
+    for r in results:
+        out.extend(r if isinstance(r, (list, tuple)) else (r,))
+    return out
 
 
 def hooked_paths(resolved: Mapping[str, Any]) -> tuple[str, ...]:

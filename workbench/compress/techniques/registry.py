@@ -105,7 +105,8 @@ class Technique:
     needs: Callable[[Any], frozenset[str]] = lambda setting: frozenset()
     #: size.py: (list of WeightSpec of one Linear/Conv, setting) -> new list (None: no change)
     size_specs: Callable[[list, Any], list] | None = None
-    #: latency: (EffectiveLayer row, setting) -> row (None: bits/shape hooks of the built-ins).
+    #: latency: (EffectiveLayer row, setting) -> row, or a tuple of rows where the technique
+    #: splits a layer into parts (None: bits/shape hooks of the built-ins).
     #: Applied once to the rows of the target and of its sub-modules, in a table of the model
     #: without this technique (the engine's cached tables are never hooked before a rescale)
     #: or of the compressed model (a shape pass: e.g. a grouped FFN's parts, left as they are).
