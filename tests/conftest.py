@@ -22,6 +22,15 @@ def whisper_small():
                        head_dim=32).eval()
 
 
+@pytest.fixture(scope="module")
+def random_tiny_en():
+    """A randomly initialised Whisper-CTC at the demo's full size (tiny.en shapes), seed 0: for
+    latency tables, where the shapes matter and the weights do not."""
+    from workbench.models.whisper_ctc import WhisperCTC
+    torch.manual_seed(0)
+    return WhisperCTC().eval()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _join_background_workers():
     """Wait for the workbench's background model runs before the interpreter exits: a torch run

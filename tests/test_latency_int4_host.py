@@ -18,13 +18,11 @@ from workbench.latency import (LayerTable, layer_table, load_device, predict_lat
 from workbench.latency.cost import layer_latency
 from workbench.latency.fit_host import nominal_host
 from workbench.latency.table import EffectiveLayer
-from workbench.models.whisper_ctc import WhisperCTC
 
 
 @pytest.fixture(scope="module")
-def demo():
-    torch.manual_seed(0)
-    return WhisperCTC().eval()
+def demo(random_tiny_en):
+    return random_tiny_en
 
 
 @pytest.fixture(scope="module")
